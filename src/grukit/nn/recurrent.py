@@ -1,0 +1,440 @@
+"""Recurrent layers: drop-in twins of torch.nn.GRU / LSTM / RNN, plus MGU and MinGRU.
+
+Same constructor arguments, inputs (3-D, unbatched 2-D, PackedSequence), outputs and
+state_dict keys as torch.nn, so ``grukit.nn.GRU(...).load_state_dict(torch.nn.GRU(...).state_dict())``
+gives the same numbers. Additions: ``lengths=`` for padded batches, ``reset_after`` on GRU,
+``kernel=`` to choose the fused CPU kernel or the reference loop, ``check_finite=``, and
+``step()`` for streaming one time step at a time.
+
+Parameters of layer k (suffix ``_reverse`` for the backward direction), rows in gate order
+of :data:`grukit.nn.cells.LAYOUTS`:
+
+* ``weight_ih_l{k}``: (G_in * H, H_in), ``weight_hh_l{k}``: (G_rec * H, H)
+* ``bias_ih_l{k}`` and ``bias_hh_l{k}`` for GRU (reset_after=True), LSTM and RNN, as in torch;
+  a single merged ``bias_l{k}`` for GRU(reset_after=False) and MGU, whose two biases would be
+  redundant (this is Keras's layout, so parameter counts match Keras);
+  ``bias_ih_l{k}`` only for MinGRU, which has no recurrent weights.
+* ``weight_hr_l{k}``: (proj_size, H) for LSTM with proj_size > 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..errors import ConfigError, DataError, ShapeError
+from . import dispatch
+from .cells import LAYOUTS, CellLayout, State
+from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
+
+
+class RecurrentLayer(nn.Module):
+    """Shared machinery of all recurrent layers; use GRU, LSTM, RNN, MGU or MinGRU."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, kernel: str = "auto",
+                 check_finite: bool = False, candidate: str = "identity",
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        _check_positive_int(f"{name}(input_size=...)", input_size)
+        _check_positive_int(f"{name}(hidden_size=...)", hidden_size)
+        _check_positive_int(f"{name}(num_layers=...)", num_layers)
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+            raise ConfigError(f"{name}(dropout={dropout!r}): expected a probability in [0, 1]")
+        if not isinstance(proj_size, int) or proj_size < 0 or (proj_size and proj_size >= hidden_size):
+            raise ConfigError(f"{name}(proj_size={proj_size!r}): expected 0 (no projection) or an int "
+                              f"in [1, hidden_size={hidden_size})")
+        self.mode = mode
+        self.layout: CellLayout = LAYOUTS[mode]
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.kernel = dispatch.validate_kernel_choice(kernel)
+        self.check_finite = check_finite
+        self.candidate = candidate
+        factory = {"device": device, "dtype": dtype}
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else self.output_size * self.num_directions
+            for suffix in self._direction_suffixes():
+                for param_name, shape in self._parameter_shapes(layer_input):
+                    self.register_parameter(f"{param_name}_l{layer}{suffix}",
+                                            nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters()
+
+    # -- structure -------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Features per direction in the output: proj_size if projected, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def _direction_suffixes(self) -> tuple[str, ...]:
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def _parameter_shapes(self, layer_input: int) -> list[tuple[str, tuple[int, ...]]]:
+        H = self.hidden_size
+        layout = self.layout
+        shapes = [("weight_ih", (len(layout.input_gates) * H, layer_input))]
+        if layout.recurrent_gates:
+            shapes.append(("weight_hh", (len(layout.recurrent_gates) * H, self.output_size)))
+        if self.bias:
+            shapes += [(bias_name, (len(gates) * H,)) for bias_name, gates in layout.biases]
+        if self.proj_size:
+            shapes.append(("weight_hr", (self.proj_size, H)))
+        return shapes
+
+    def reset_parameters(self) -> None:
+        """Uniform(-1/sqrt(H), 1/sqrt(H)) for every parameter, as torch.nn does."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def _layer_parameters(self, layer: int, direction: int) -> dict[str, torch.Tensor | None]:
+        suffix = self._direction_suffixes()[direction]
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "bias", "weight_hr")
+        return {n: getattr(self, f"{n}_l{layer}{suffix}", None) for n in names}
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[p for p in self._layer_parameters(layer, d).values() if p is not None]
+                for layer in range(self.num_layers) for d in range(self.num_directions)]
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False, "proj_size": 0, "kernel": "auto"}
+        for key, default in defaults.items():
+            if getattr(self, key) != default:
+                text += f", {key}={getattr(self, key)!r}"
+        return text
+
+    # -- forward ---------------------------------------------------------------------
+    def forward(self, input: torch.Tensor | PackedSequence, hx: State | None = None,
+                lengths: torch.Tensor | None = None):
+        """Run the layer over a sequence.
+
+        input: (L, N, H_in), or (N, L, H_in) with batch_first, or (L, H_in) unbatched, or a
+        PackedSequence. hx: (num_layers * D, N, H_out) (for LSTM a tuple (h_0, c_0)), zeros if None.
+        lengths: optional (N,) valid lengths of a padded batch; each sequence's state stops at its
+        last valid step and padded outputs are zero.
+        Returns (output, h_n) (for LSTM (output, (h_n, c_n))) with torch.nn's shapes.
+        """
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ConfigError(f"{type(self).__name__}: lengths= was given with a PackedSequence, "
+                                  "which carries its own lengths; pass one or the other")
+            sorted_indices, batch_sizes = input.sorted_indices, input.batch_sizes
+            x, lengths = pad_packed_sequence(input, batch_first=False)
+            batched = True
+        else:
+            x, batched = self._check_input(input)
+            if batched and self.batch_first:
+                x = x.transpose(0, 1)
+            if not batched:
+                x = x.unsqueeze(1)
+        if self.check_finite and not torch.isfinite(x).all():
+            raise DataError(f"{type(self).__name__}: the input contains NaN or infinity; clean or "
+                            "impute the data first (check_finite=True asked for this check)")
+        T, N = x.shape[0], x.shape[1]
+        lengths = self._check_lengths(lengths, T, N)
+        state = self._initial_state(hx, N, x, batched)
+        output, final = self._run_layers(x, state, lengths)
+        if packed:
+            output = _repack(output, lengths, batch_sizes, sorted_indices, input.unsorted_indices)
+        elif not batched:
+            output = output.squeeze(1)
+            final = _map_state(final, lambda s: s.squeeze(1))
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, final
+
+    def _run_layers(self, x: torch.Tensor, state: State, lengths: torch.Tensor | None):
+        """x: (T, N, H_in) time-major; state: (layers * D, N, H) or a tuple of two."""
+        finals: list[State] = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                state0 = _map_state(state, lambda s: s[index])
+                out, final = self._run_direction(layer_input, state0, lengths, layer, direction)
+                outputs.append(out)
+                finals.append(final)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
+        if isinstance(finals[0], tuple):
+            final = tuple(torch.stack([f[i] for f in finals], 0) for i in range(2))
+        else:
+            final = torch.stack(finals, 0)
+        return layer_input, final
+
+    def _direction_weights(self, layer: int, direction: int) -> tuple[dict, DirectionWeights]:
+        params = self._layer_parameters(layer, direction)
+        return params, DirectionWeights(params["weight_hh"], params["bias_hh"], params["weight_hr"])
+
+    def _run_direction(self, x, state0, lengths, layer: int, direction: int):
+        params, weights = self._direction_weights(layer, direction)
+        gx = input_preactivations(self.layout, x, params, self.hidden_size)
+        reverse = direction == 1
+        path = dispatch.choose_path(self.kernel, self.mode, gx.dtype, gx.device, weights)
+        if path == "fused":
+            from .kernels.function import fused_run_direction
+            return fused_run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate)
+        if self.mode == "MINGRU":
+            return mingru_parallel_scan(gx, state0, lengths, reverse, self.candidate)
+        return run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate)
+
+    # -- streaming -------------------------------------------------------------------
+    def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Advance one time step, for streaming inference (unidirectional layers only).
+
+        x_t: (N, H_in) or (H_in,); state: as hx of forward, or None for zeros.
+        Returns (y_t, state) where y_t is the last layer's output (N, H_out); feeding a sequence
+        step by step gives the same numbers as one forward call.
+        """
+        if self.bidirectional:
+            raise ConfigError(f"{type(self).__name__}.step(): a bidirectional layer needs the whole "
+                              "sequence; use forward(), or a unidirectional layer for streaming")
+        if x_t.dim() not in (1, 2) or x_t.shape[-1] != self.input_size:
+            raise ShapeError(f"{type(self).__name__}.step(): x_t must be (N, {self.input_size}) or "
+                             f"({self.input_size},), got {tuple(x_t.shape)}")
+        batched = x_t.dim() == 2
+        x = x_t if batched else x_t.unsqueeze(0)
+        state = self._initial_state(state, x.shape[0], x.unsqueeze(0), batched)
+        new_states = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            params, weights = self._direction_weights(layer, 0)
+            gx = input_preactivations(self.layout, layer_input, params, self.hidden_size)
+            layer_state = step(self.mode, gx, _map_state(state, lambda s: s[layer]), weights, self.candidate)
+            new_states.append(layer_state)
+            layer_input = layer_state[0] if isinstance(layer_state, tuple) else layer_state
+        if isinstance(new_states[0], tuple):
+            final = tuple(torch.stack([s[i] for s in new_states], 0) for i in range(2))
+        else:
+            final = torch.stack(new_states, 0)
+        if not batched:
+            layer_input = layer_input.squeeze(0)
+            final = _map_state(final, lambda s: s.squeeze(1))
+        return layer_input, final
+
+    # -- validation ------------------------------------------------------------------
+    def _check_input(self, input: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        name = type(self).__name__
+        if not isinstance(input, torch.Tensor):
+            raise ShapeError(f"{name}: input must be a torch.Tensor or PackedSequence, got "
+                             f"{type(input).__name__}; convert with torch.as_tensor(x, dtype=torch.float32)")
+        layout = "(N, L, H_in)" if self.batch_first else "(L, N, H_in)"
+        if input.dim() not in (2, 3):
+            raise ShapeError(f"{name}: input must be 3-D {layout} or unbatched 2-D (L, H_in), got "
+                             f"{input.dim()}-D shape {tuple(input.shape)}; add or remove a batch dimension")
+        if input.shape[-1] != self.input_size:
+            raise ShapeError(f"{name}: input has {input.shape[-1]} features in its last dimension, but "
+                             f"the layer was built with input_size={self.input_size}; fix the data or "
+                             f"build the layer with input_size={input.shape[-1]}")
+        time_dim = 1 if (input.dim() == 3 and self.batch_first) else 0
+        if input.shape[time_dim] == 0 or (input.dim() == 3 and input.shape[1 - time_dim] == 0):
+            raise ShapeError(f"{name}: input shape {tuple(input.shape)} has an empty time or batch "
+                             "dimension; pass at least one step of one sequence")
+        if not input.is_floating_point():
+            raise ShapeError(f"{name}: input must be floating point, got {input.dtype}; "
+                             "convert with input.float()")
+        return input, input.dim() == 3
+
+    def _check_lengths(self, lengths, T: int, N: int) -> torch.Tensor | None:
+        if lengths is None:
+            return None
+        name = type(self).__name__
+        lengths = torch.as_tensor(lengths)
+        if lengths.dim() != 1 or lengths.shape[0] != N or lengths.is_floating_point():
+            raise ShapeError(f"{name}: lengths must be a 1-D integer tensor with one entry per sequence "
+                             f"({N}), got dtype {lengths.dtype} and shape {tuple(lengths.shape)}")
+        lengths = lengths.to(device="cpu", dtype=torch.int64)
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > T:
+            raise DataError(f"{name}: lengths must lie in [1, {T}] (the padded sequence length), got "
+                            f"values from {low} to {high}; drop empty sequences and clip lengths to "
+                            "the padded length")
+        if low == T:
+            return None  # nothing is padded: take the unmasked path
+        return lengths
+
+    def _initial_state(self, hx: State | None, N: int, x: torch.Tensor, batched: bool) -> State:
+        name = type(self).__name__
+        rows = self.num_layers * self.num_directions
+        h_shape = (rows, N, self.output_size)
+        c_shape = (rows, N, self.hidden_size)
+        is_lstm = self.layout.has_cell_state
+        if hx is None:
+            h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
+            return (h0, torch.zeros(c_shape, dtype=x.dtype, device=x.device)) if is_lstm else h0
+        if is_lstm and not (isinstance(hx, tuple) and len(hx) == 2):
+            raise ShapeError(f"{name}: hx must be a tuple (h_0, c_0) for an LSTM")
+        if not is_lstm and not isinstance(hx, torch.Tensor):
+            raise ShapeError(f"{name}: hx must be a tensor of shape {h_shape}, got {type(hx).__name__}")
+        parts = hx if is_lstm else (hx,)
+        expected = (h_shape, c_shape) if is_lstm else (h_shape,)
+        checked = []
+        for label, part, shape in zip(("h_0", "c_0"), parts, expected):
+            want = shape if batched else (shape[0], shape[2])
+            if tuple(part.shape) != want:
+                raise ShapeError(f"{name}: {label} must have shape {want} (num_layers * num_directions, "
+                                 f"{'batch, ' if batched else ''}features), got {tuple(part.shape)}; "
+                                 "pass None for zeros or reshape the state")
+            checked.append(part if batched else part.unsqueeze(1))
+        return tuple(checked) if is_lstm else checked[0]
+
+
+def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidden_size: int) -> torch.Tensor:
+    """gx for all steps: the input projection (one GEMM) in full gate order plus outer biases."""
+    projected = x @ params["weight_ih"].t()
+    outer_bias = params["bias_ih"] if params["bias_ih"] is not None else params["bias"]
+    bias_name = "bias_ih" if params["bias_ih"] is not None else "bias"
+    if layout.input_gates == layout.gates:
+        gx = projected
+    else:  # some gates have no input weights (MGU1-3): their input side is zero
+        blocks = dict(zip(layout.input_gates, projected.split(hidden_size, dim=-1)))
+        zeros = torch.zeros(projected.shape[:-1] + (hidden_size,), dtype=x.dtype, device=x.device)
+        gx = torch.cat([blocks.get(gate, zeros) for gate in layout.gates], dim=-1)
+    if outer_bias is not None:
+        gates = layout.bias_gates(bias_name)
+        if gates != layout.gates:
+            blocks = dict(zip(gates, outer_bias.split(hidden_size)))
+            zeros = outer_bias.new_zeros(hidden_size)
+            outer_bias = torch.cat([blocks.get(gate, zeros) for gate in layout.gates])
+        gx = gx + outer_bias
+    return gx
+
+
+def _check_positive_int(label: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{label} expected a positive int, got {value!r}")
+
+
+def _map_state(state: State, fn) -> State:
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def _repack(output: torch.Tensor, lengths: torch.Tensor | None, batch_sizes: torch.Tensor,
+            sorted_indices: torch.Tensor | None, unsorted_indices: torch.Tensor | None) -> PackedSequence:
+    """Pack a padded (T, N, F) output exactly like the input PackedSequence was packed."""
+    if lengths is None:
+        lengths = torch.full((output.shape[1],), output.shape[0], dtype=torch.int64)
+    if sorted_indices is not None:
+        output = output.index_select(1, sorted_indices.to(output.device))
+        lengths = lengths.index_select(0, sorted_indices.cpu())
+    data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
+    return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+
+
+class GRU(RecurrentLayer):
+    """Gated recurrent unit, a drop-in for torch.nn.GRU.
+
+    ``reset_after=True`` (default) is PyTorch/cuDNN/Keras: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``.
+    ``reset_after=False`` is Cho et al. (2014): ``n = tanh(W_in x + W_hn (r * h) + b_n)`` with one merged
+    bias ``bias_l{k}`` of shape (3H,). Then ``h' = (1 - z) * n + z * h``; weight rows are r, z, n.
+
+    Example::
+
+        gru = GRU(input_size=10, hidden_size=64, batch_first=True)
+        output, h_n = gru(torch.randn(32, 50, 10))   # (32, 50, 64), (1, 32, 64)
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 reset_after: bool = True, kernel: str = "auto", check_finite: bool = False,
+                 device=None, dtype=None) -> None:
+        self.reset_after = reset_after
+        super().__init__("GRU" if reset_after else "GRU_RESET_BEFORE", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, 0, kernel, check_finite,
+                         device=device, dtype=dtype)
+
+
+class LSTM(RecurrentLayer):
+    """Long short-term memory, a drop-in for torch.nn.LSTM (gate rows i, f, g, o; optional proj_size)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, kernel: str = "auto", check_finite: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, kernel, check_finite, device=device, dtype=dtype)
+
+
+class RNN(RecurrentLayer):
+    """Simple (Elman) RNN, a drop-in for torch.nn.RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, kernel: str = "auto", check_finite: bool = False,
+                 device=None, dtype=None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ConfigError(f"RNN(nonlinearity={nonlinearity!r}): expected 'tanh' or 'relu'")
+        self.nonlinearity = nonlinearity
+        super().__init__(f"RNN_{nonlinearity.upper()}", input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, 0, kernel, check_finite,
+                         device=device, dtype=dtype)
+
+
+MGU_VARIANTS = ("mgu", "mgu1", "mgu2", "mgu3")
+
+
+class MGU(RecurrentLayer):
+    """Minimal gated unit (Zhou et al. 2016) and the Heck & Salem (2017) variants.
+
+    ``f = sigmoid(W_f x + U_f h + b_f)``, ``n = tanh(W_n x + U_n (f * h) + b_n)``,
+    ``h' = (1 - f) * h + f * n``. variant="mgu1": f = sigmoid(U_f h + b_f); "mgu2": f = sigmoid(U_f h);
+    "mgu3": f = sigmoid(b_f). Rows: f, n (only n in weight_ih for mgu1-3, only n in weight_hh for mgu3).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 variant: str = "mgu", kernel: str = "auto", check_finite: bool = False,
+                 device=None, dtype=None) -> None:
+        if variant not in MGU_VARIANTS:
+            raise ConfigError(f"MGU(variant={variant!r}): expected one of {MGU_VARIANTS}")
+        self.variant = variant
+        super().__init__(variant.upper(), input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, kernel, check_finite, device=device, dtype=dtype)
+
+
+class MinGRU(RecurrentLayer):
+    """minGRU (Feng et al. 2024): ``z = sigmoid(Linear_z(x))``, ``h~ = Linear_h(x)``,
+    ``h' = (1 - z) * h + z * h~``. No recurrent weights, so the whole sequence is one parallel
+    scan (log space) in training; ``step()`` runs it one step at a time for streaming.
+    ``candidate="g"`` applies the paper's positive map g to h~ (its log-space variant).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 candidate: str = "identity", kernel: str = "auto", check_finite: bool = False,
+                 device=None, dtype=None) -> None:
+        if candidate not in ("identity", "g"):
+            raise ConfigError(f"MinGRU(candidate={candidate!r}): expected 'identity' or 'g'")
+        super().__init__("MINGRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, kernel, check_finite, candidate, device=device, dtype=dtype)
+
+
+def iter_layers(module: nn.Module) -> Iterator[RecurrentLayer]:
+    """All grukit recurrent layers inside a module."""
+    return (m for m in module.modules() if isinstance(m, RecurrentLayer))
+
+
+__all__ = ["RecurrentLayer", "GRU", "LSTM", "RNN", "MGU", "MinGRU", "MGU_VARIANTS",
+           "input_preactivations", "iter_layers"]
