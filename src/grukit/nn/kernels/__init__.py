@@ -1,0 +1,9 @@
+"""Fused CPU kernels (Numba) for one layer and direction of every grukit cell.
+
+* :mod:`.api` — numpy entry points (torch-free): ``forward``, ``backward``,
+  ``weight_grads``, ``step``, ``pack_weight``.
+* :mod:`.function` — torch wrapper: ``fused_run_direction`` (autograd), ``fused_step``,
+  ``supports``, ``CALLS`` (imports torch; import it explicitly).
+* one module per cell family: :mod:`.gru`, :mod:`.lstm`, :mod:`.rnn`, :mod:`.mgu`,
+  :mod:`.mingru`; shared helpers in :mod:`.common`.
+"""

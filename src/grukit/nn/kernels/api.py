@@ -1,0 +1,154 @@
+"""Numpy entry points of the fused kernels: one layer and direction, any cell mode.
+
+Torch-free: a runtime without torch can call these with numpy arrays. The torch autograd
+wrapper is :mod:`grukit.nn.kernels.function`. Arguments mirror
+:func:`grukit.nn.reference.run_direction`: gx (T, B, G*H) C-contiguous input-side
+pre-activations, h0 (B, H) (and c0 for LSTM), the recurrent weight as stored (rows per
+:data:`grukit.nn.cells.LAYOUTS`) together with its packed transpose from
+:func:`pack_weight`, bias_hh or None, lengths int64 (B,) with 0 <= lengths <= T.
+
+Shapes are checked here because the compiled loops do not check bounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import gru, lstm, mgu, mingru, rnn
+from .common import full_lengths, pack_transposed
+
+GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1,
+         "MGU": 2, "MGU1": 2, "MGU2": 2, "MGU3": 2, "MINGRU": 2}
+RECURRENT_ROWS = {**GATES, "MGU3": 1, "MINGRU": 0}   # rows of weight_hh, in units of H
+HAS_BIAS_HH = ("GRU", "LSTM", "RNN_TANH", "RNN_RELU")
+CANDIDATES = ("identity", "g")
+MODES = tuple(GATES)
+
+
+def pack_weight(w: np.ndarray | None) -> np.ndarray | None:
+    """The recurrent weight in the layout the forward loop reads: W^T, C-contiguous."""
+    return None if w is None else pack_transposed(w)
+
+
+def _check(mode, gx, h0, c0, w_t, lengths, candidate):
+    if mode not in GATES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if candidate not in CANDIDATES:
+        raise ValueError(f"candidate: expected one of {CANDIDATES}, got {candidate!r}")
+    if gx.ndim != 3 or not gx.flags.c_contiguous:
+        raise ValueError(f"gx: expected a C-contiguous (T, B, G*H) array, got shape {gx.shape}")
+    T, B, GH = gx.shape
+    dt = gx.dtype
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"gx: expected float32 or float64, got {dt}")
+    H = GH // GATES[mode]
+    if GH != GATES[mode] * H or h0.shape != (B, H) or h0.dtype != dt:
+        raise ValueError(f"h0: expected ({B}, {H}) {dt} for gx of shape {gx.shape}, "
+                         f"got {h0.shape} {h0.dtype}")
+    if mode == "LSTM" and (c0 is None or c0.shape != (B, H) or c0.dtype != dt):
+        raise ValueError(f"c0: expected ({B}, {H}) {dt}")
+    rows = RECURRENT_ROWS[mode] * H
+    if rows and (w_t is None or w_t.shape != (H, rows) or w_t.dtype != dt
+                 or not w_t.flags.c_contiguous):
+        got = None if w_t is None else (w_t.shape, w_t.dtype)
+        raise ValueError(f"packed weight_hh: expected a C-contiguous ({H}, {rows}) {dt} array "
+                         f"(pack_weight of the ({rows}, {H}) weight), got {got}")
+    if lengths is None:
+        return full_lengths(T, B)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if lengths.shape != (B,) or (B and (lengths.min() < 0 or lengths.max() > T)):
+        raise ValueError(f"lengths: expected ({B},) values in [0, {T}], got {lengths}")
+    return lengths
+
+
+def _bias(mode, bias_hh, gh, dt):
+    if mode in HAS_BIAS_HH and bias_hh is not None:
+        if bias_hh.shape != (gh,) or bias_hh.dtype != dt:
+            raise ValueError(f"bias_hh: expected ({gh},) {dt}, got {bias_hh.shape} {bias_hh.dtype}")
+        return np.ascontiguousarray(bias_hh)
+    return np.zeros(gh, dt)
+
+
+def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
+            reverse=False, training=False, candidate="identity"):
+    """Run one layer and direction; ``w_t`` is :func:`pack_weight` of weight_hh.
+
+    Returns (out, h_n, c_n or None, workspace or None).
+    """
+    lengths = _check(mode, gx, h0, c0, w_t, lengths, candidate)
+    reverse, training = bool(reverse), bool(training)
+    bias = _bias(mode, bias_hh, gx.shape[2], gx.dtype)
+    c_n = None
+    if mode in ("GRU", "GRU_RESET_BEFORE"):
+        out, h_n, ws = gru.forward(gx, h0, w_t, bias, lengths, reverse, mode == "GRU", training)
+    elif mode == "LSTM":
+        out, h_n, c_n, ws = lstm.forward(gx, h0, np.ascontiguousarray(c0), w_t, bias, lengths,
+                                         reverse, training)
+    elif mode in ("RNN_TANH", "RNN_RELU"):
+        out, h_n, ws = rnn.forward(gx, h0, w_t, bias, lengths, reverse, mode == "RNN_RELU", training)
+    elif mode == "MINGRU":
+        out, h_n, ws = mingru.forward(gx, h0, lengths, reverse, candidate == "g", training)
+    else:
+        out, h_n, ws = mgu.forward(gx, h0, w_t, lengths, reverse, mode != "MGU3", training)
+    return out, h_n, c_n, ws
+
+
+def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, reverse=False,
+             candidate="identity"):
+    """Gradients through one forward call (its workspace ``ws``).
+
+    Returns (grad_gx, grad_h0, grad_c0 or None, terms, bias_source): see :func:`weight_grads`.
+    """
+    T, B, _ = gx.shape
+    lengths = full_lengths(T, B) if lengths is None else np.ascontiguousarray(lengths, np.int64)
+    grad_out = np.ascontiguousarray(grad_out, dtype=gx.dtype)
+    grad_h_n = np.ascontiguousarray(grad_h_n, dtype=gx.dtype)
+    if grad_out.shape != (T, B, grad_h_n.shape[1]):
+        raise ValueError(f"grad_out: expected {(T, B, grad_h_n.shape[1])}, got {grad_out.shape}")
+    reverse = bool(reverse)
+    w = None if w is None else np.ascontiguousarray(w)
+    dc0 = None
+    if mode in ("GRU", "GRU_RESET_BEFORE"):
+        dgx, dh0, terms, bias_src = gru.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
+                                                 mode == "GRU")
+    elif mode == "LSTM":
+        grad_c_n = np.ascontiguousarray(grad_c_n, dtype=gx.dtype)
+        dgx, dh0, dc0, terms, bias_src = lstm.backward(ws, w, grad_out, grad_h_n, grad_c_n,
+                                                       lengths, reverse)
+    elif mode in ("RNN_TANH", "RNN_RELU"):
+        dgx, dh0, terms, bias_src = rnn.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
+                                                 mode == "RNN_RELU")
+    elif mode == "MINGRU":
+        dgx, dh0, terms, bias_src = mingru.backward(ws, gx, grad_out, grad_h_n, lengths, reverse,
+                                                    candidate == "g")
+    else:
+        dgx, dh0, terms, bias_src = mgu.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
+                                                 mode != "MGU3")
+    return dgx, dh0, dc0, terms, bias_src
+
+
+def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
+    """grad weight_hh and grad bias_hh from the backward terms, as single large GEMMs.
+
+    Each term ``(row0, row1, G, X)`` with G (T, B, row1 - row0) and X (T, B, H) gives
+    grad W[row0:row1] = G^T X summed over (T, B); grad bias_hh = bias_source summed over
+    (T, B). ``matmul`` lets the torch wrapper run the GEMMs with torch (and its threads).
+    """
+    if not terms:
+        return None, None
+    H = w_shape[1]
+    grad_w = np.empty(w_shape, terms[0][2].dtype)
+    for row0, row1, g, x in terms:
+        grad_w[row0:row1] = matmul(g.reshape(-1, row1 - row0).T, x.reshape(-1, H))
+    grad_b = None if bias_source is None else bias_source.reshape(-1, bias_source.shape[-1]).sum(0)
+    return grad_w, grad_b
+
+
+def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity"):
+    """One time step for inference: gx_t (B, G*H), h (B, H) -> (h', c' or None).
+
+    ``w_t`` is the packed weight (:func:`pack_weight`): pack once, step many times.
+    """
+    gx = np.ascontiguousarray(gx_t).reshape((1,) + gx_t.shape)
+    _, h_n, c_n, _ = forward(mode, gx, h, c, w_t, bias_hh, None, False, False, candidate)
+    return h_n, c_n

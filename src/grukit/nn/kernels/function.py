@@ -1,0 +1,174 @@
+"""Torch entry points of the fused CPU kernels.
+
+``fused_run_direction`` has the signature and results of
+:func:`grukit.nn.reference.run_direction` and is differentiable (a
+``torch.autograd.Function``: gradients for gx, the initial state(s), weight_hh and
+bias_hh). ``fused_step`` mirrors :func:`grukit.nn.reference.step` for inference.
+``supports`` says whether a configuration is covered (None) or why not (a short reason).
+
+Tensors reach the kernels as numpy views (no copy when already contiguous on the CPU).
+The kernels use min(torch.get_num_threads(), numba's pool) threads.
+
+``CALLS`` counts kernel invocations ("run" per fused_run_direction forward, "step" per
+fused_step, "backward" per backward) so tests can prove the fused path ran.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+
+from ..reference import DirectionWeights
+from . import api
+from .common import set_threads
+
+CALLS: Counter = Counter()
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def supports(mode: str, dtype: torch.dtype, device: torch.device | str,
+             weights: DirectionWeights | None = None) -> str | None:
+    """None when the fused kernels cover this configuration, else a short reason."""
+    if mode not in api.MODES:
+        return f"unknown cell mode {mode!r}"
+    if torch.device(device).type != "cpu":
+        return f"fused kernels run on the CPU only, not on {torch.device(device).type}"
+    if dtype not in _DTYPES:
+        return f"fused kernels support float32 and float64, not {dtype}"
+    if weights is not None:
+        if mode == "LSTM" and weights.weight_hr is not None:
+            return "LSTM with projection (proj_size > 0) has no fused kernel"
+        if api.RECURRENT_ROWS[mode] and weights.weight_hh is None:
+            return f"{mode} needs weight_hh"
+        for name in ("weight_hh", "bias_hh"):
+            t = getattr(weights, name)
+            if t is not None and (t.device.type != "cpu" or t.dtype != dtype):
+                return f"{name} is {t.dtype} on {t.device}, expected {dtype} on cpu"
+    return None
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+_PACKED: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
+_PACKED_MAX = 16
+
+
+def _packed(weight: torch.Tensor | None) -> np.ndarray | None:
+    """W^T packed, cached per weight tensor until it is modified in place (its _version).
+
+    The cache holds the tensor itself, so its id cannot be reused while the entry lives.
+    """
+    if weight is None:
+        return None
+    hit = _PACKED.get(id(weight))
+    if hit is not None and hit[0] is weight and hit[1] == weight._version:
+        return hit[2]
+    w_t = api.pack_weight(_np(weight))
+    if len(_PACKED) >= _PACKED_MAX:
+        _PACKED.pop(next(iter(_PACKED)))
+    _PACKED[id(weight)] = (weight, weight._version, w_t)
+    return w_t
+
+
+def _check_supported(mode: str, gx: torch.Tensor, weights: DirectionWeights) -> None:
+    reason = supports(mode, gx.dtype, gx.device, weights)
+    if reason is not None:
+        from ...errors import UnsupportedKernelConfig
+        raise UnsupportedKernelConfig(reason)
+
+
+def _lengths_np(lengths: torch.Tensor | None, T: int, B: int) -> np.ndarray | None:
+    if lengths is None:
+        return None
+    out = lengths.detach().to("cpu", torch.int64).contiguous().numpy()
+    if out.shape != (B,) or (B and (out.min() < 0 or out.max() > T)):
+        from ...errors import DataError
+        raise DataError(f"lengths: expected {B} values in [0, {T}], got {lengths.tolist()}")
+    return out
+
+
+class _FusedDirection(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mode, reverse, candidate, lengths, gx, h0, c0, weight_hh, bias_hh):
+        set_threads(torch.get_num_threads())
+        gx_np = _np(gx)
+        training = torch.is_grad_enabled() or any(
+            t is not None and t.requires_grad for t in (gx, h0, c0, weight_hh, bias_hh))
+        out, h_n, c_n, ws = api.forward(mode, gx_np, _np(h0), _np(c0), _packed(weight_hh),
+                                        _np(bias_hh), lengths, reverse, training, candidate)
+        CALLS["run"] += 1
+        ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
+        ctx.ws = ws
+        ctx.has_bias = bias_hh is not None
+        ctx.save_for_backward(gx, weight_hh)
+        results = (torch.from_numpy(out), torch.from_numpy(h_n))
+        if c_n is not None:
+            results += (torch.from_numpy(c_n),)
+        return results
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_h_n, grad_c_n=None):
+        gx, weight_hh = ctx.saved_tensors
+        set_threads(torch.get_num_threads())
+        w = _np(weight_hh)
+        dgx, dh0, dc0, terms, bias_src = api.backward(
+            ctx.mode, ctx.ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
+            ctx.lengths, ctx.reverse, ctx.candidate)
+        CALLS["backward"] += 1
+        ctx.ws = None
+        grad_w = grad_b = None
+        if terms and (ctx.needs_input_grad[7] or ctx.needs_input_grad[8]):
+            grad_w, grad_b = api.weight_grads(terms, bias_src if ctx.has_bias else None,
+                                              w.shape, matmul=_torch_matmul)
+            grad_w = torch.from_numpy(grad_w)
+            grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
+        return (None, None, None, None, torch.from_numpy(dgx), torch.from_numpy(dh0),
+                None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b)
+
+
+def _torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(a).matmul(torch.from_numpy(b)).numpy()
+
+
+def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionWeights,
+                        lengths: torch.Tensor | None = None, reverse: bool = False,
+                        candidate: str = "identity"):
+    """Same arguments and results as :func:`grukit.nn.reference.run_direction`."""
+    _check_supported(mode, gx, weights)
+    T, B = gx.shape[0], gx.shape[1]
+    h0, c0 = state0 if mode == "LSTM" else (state0, None)
+    bias_hh = weights.bias_hh if mode in api.HAS_BIAS_HH else None
+    weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
+    results = _FusedDirection.apply(mode, bool(reverse), candidate, _lengths_np(lengths, T, B),
+                                    gx, h0, c0, weight_hh, bias_hh)
+    if mode == "LSTM":
+        out, h_n, c_n = results
+        return out, (h_n, c_n)
+    out, h_n = results
+    return out, h_n
+
+
+@torch.no_grad()
+def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
+               candidate: str = "identity"):
+    """One inference step, as :func:`grukit.nn.reference.step` (no autograd)."""
+    _check_supported(mode, gx_t, weights)
+    set_threads(torch.get_num_threads())
+    h, c = state if mode == "LSTM" else (state, None)
+    bias_hh = weights.bias_hh if mode in api.HAS_BIAS_HH else None
+    weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
+    h_n, c_n = api.step(mode, _np(gx_t), _np(h), _np(c), _packed(weight_hh), _np(bias_hh),
+                        candidate)
+    CALLS["step"] += 1
+    if mode == "LSTM":
+        return torch.from_numpy(h_n), torch.from_numpy(c_n)
+    return torch.from_numpy(h_n)
+
+
+__all__ = ["fused_run_direction", "fused_step", "supports", "CALLS"]

@@ -1,0 +1,155 @@
+"""LSTM kernels without projection (gates i, f, g, o; see :mod:`grukit.nn.cells`).
+
+Shapes: gx (T, B, 4H), h0 and c0 (B, H), w (4H, H), w_t = w.T packed (H, 4H),
+bias_hh (4H,) (zeros when absent). The workspace keeps the four activations and
+tanh(c') per step, plus the previous h and c.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .common import FASTMATH, ONE, axpy_matvec, chunk_bounds, sigmoid, tanh
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
+              out, h_n, c_n, ws_g, ws_h, ws_c):
+    T = gx.shape[0]
+    H = h0.shape[1]
+    h = np.empty(H, dtype=h0.dtype)
+    c = np.empty(H, dtype=h0.dtype)
+    gh = np.empty(4 * H, dtype=h0.dtype)
+    for b in range(b0, b1):
+        L = lengths[b]
+        h[:] = h0[b]
+        c[:] = c0[b]
+        for s in range(L):
+            t = L - 1 - s if reverse else s
+            g = gx[t, b]
+            o = out[t, b]
+            if training:
+                ws_h[t, b, :] = h
+                ws_c[t, b, :] = c
+            gh[:] = 0
+            axpy_matvec(h, w_t, 0, 0, 4 * H, gh)
+            for j in range(H):
+                ig = sigmoid((g[j] + gh[j]) + bhh[j])
+                fg = sigmoid((g[H + j] + gh[H + j]) + bhh[H + j])
+                gg = tanh((g[2 * H + j] + gh[2 * H + j]) + bhh[2 * H + j])
+                og = sigmoid((g[3 * H + j] + gh[3 * H + j]) + bhh[3 * H + j])
+                cj = fg * c[j] + ig * gg
+                tc = tanh(cj)
+                hj = og * tc
+                c[j] = cj
+                h[j] = hj
+                o[j] = hj
+                if training:
+                    ws_g[t, b, j] = ig
+                    ws_g[t, b, H + j] = fg
+                    ws_g[t, b, 2 * H + j] = gg
+                    ws_g[t, b, 3 * H + j] = og
+                    ws_g[t, b, 4 * H + j] = tc
+        for t in range(L, T):
+            out[t, b, :] = 0
+            if training:
+                ws_g[t, b, :] = 0
+                ws_h[t, b, :] = 0
+                ws_c[t, b, :] = 0
+        h_n[b] = h
+        c_n[b] = c
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _fwd_par(bounds, gx, h0, c0, w_t, bhh, lengths, reverse, training,
+             out, h_n, c_n, ws_g, ws_h, ws_c):
+    for k in prange(bounds.shape[0] - 1):
+        _fwd_rows(bounds[k], bounds[k + 1], gx, h0, c0, w_t, bhh, lengths, reverse, training,
+                  out, h_n, c_n, ws_g, ws_h, ws_c)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
+              dgx, dh0, dc0):
+    T = grad_out.shape[0]
+    H = grad_out.shape[2]
+    dh = np.empty(H, dtype=dgx.dtype)
+    dc = np.empty(H, dtype=dgx.dtype)
+    for b in range(b0, b1):
+        L = lengths[b]
+        dh[:] = grad_h_n[b]
+        dc[:] = grad_c_n[b]
+        for t in range(L, T):
+            dgx[t, b, :] = 0
+        for s in range(L - 1, -1, -1):
+            t = L - 1 - s if reverse else s
+            go = grad_out[t, b]
+            gs = ws_g[t, b]
+            cp = ws_c[t, b]
+            dg = dgx[t, b]
+            for j in range(H):
+                d = dh[j] + go[j]
+                ig = gs[j]
+                fg = gs[H + j]
+                gg = gs[2 * H + j]
+                og = gs[3 * H + j]
+                tc = gs[4 * H + j]
+                dct = dc[j] + d * og * (ONE - tc * tc)
+                dg[j] = dct * gg * ig * (ONE - ig)
+                dg[H + j] = dct * cp[j] * fg * (ONE - fg)
+                dg[2 * H + j] = dct * ig * (ONE - gg * gg)
+                dg[3 * H + j] = d * tc * og * (ONE - og)
+                dc[j] = dct * fg
+            dh[:] = 0
+            axpy_matvec(dg, w, 0, 0, H, dh)
+        dh0[b] = dh
+        dc0[b] = dc
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _bwd_par(bounds, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
+             dgx, dh0, dc0):
+    for k in prange(bounds.shape[0] - 1):
+        _bwd_rows(bounds[k], bounds[k + 1], w, lengths, reverse, grad_out, grad_h_n, grad_c_n,
+                  ws_g, ws_c, dgx, dh0, dc0)
+
+
+def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training):
+    """Returns out (T, B, H), h_n, c_n (B, H) and the workspace (None when not training)."""
+    T, B, G = gx.shape
+    H = h0.shape[1]
+    dt = gx.dtype
+    out = np.empty((T, B, H), dt)
+    h_n = np.empty((B, H), dt)
+    c_n = np.empty((B, H), dt)
+    if training:
+        ws_g = np.empty((T, B, 5 * H), dt)
+        ws_h = np.empty((T, B, H), dt)
+        ws_c = np.empty((T, B, H), dt)
+    else:
+        ws_g = ws_h = ws_c = np.empty((1, 1, 1), dt)
+    args = (gx, h0, c0, w_t, bhh, lengths, reverse, training, out, h_n, c_n, ws_g, ws_h, ws_c)
+    bounds = chunk_bounds(B, T * B * G * H)
+    if bounds is None:
+        _fwd_rows(0, B, *args)
+    else:
+        _fwd_par(bounds, *args)
+    return out, h_n, c_n, ((ws_g, ws_h, ws_c) if training else None)
+
+
+def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
+    """Returns grad_gx (T, B, 4H), grad_h0, grad_c0, the weight terms and the bias source."""
+    ws_g, ws_h, ws_c = ws
+    T, B, H = grad_out.shape
+    dt = grad_out.dtype
+    dgx = np.empty((T, B, 4 * H), dt)
+    dh0 = np.empty((B, H), dt)
+    dc0 = np.empty((B, H), dt)
+    args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0)
+    bounds = chunk_bounds(B, T * B * 4 * H * H)
+    if bounds is None:
+        _bwd_rows(0, B, *args)
+    else:
+        _bwd_par(bounds, *args)
+    return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], dgx

@@ -1,0 +1,156 @@
+"""MGU kernels, all four variants (gates f, n; see :mod:`grukit.nn.cells`).
+
+MGU, MGU1 and MGU2 differ only in what the caller put into gx, so one kernel serves them:
+w (2H, H) rows U_f, U_n. MGU3 has no U_f (f = sigmoid(gx_f)): w (H, H) is U_n alone.
+``has_uf`` tells which. The workspace keeps f, n, the previous h and f * h (what the U_n
+rows of the weight gradient multiply). No bias_hh: every MGU bias is already in gx.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .common import FASTMATH, ONE, axpy_matvec, chunk_bounds, sigmoid, tanh
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
+              out, h_n, ws_g, ws_h, ws_x):
+    T = gx.shape[0]
+    H = h0.shape[1]
+    cn = H if has_uf else 0
+    h = np.empty(H, dtype=h0.dtype)
+    gf = np.empty(H, dtype=h0.dtype)
+    gn = np.empty(H, dtype=h0.dtype)
+    fh = np.empty(H, dtype=h0.dtype)
+    for b in range(b0, b1):
+        L = lengths[b]
+        h[:] = h0[b]
+        for s in range(L):
+            t = L - 1 - s if reverse else s
+            g = gx[t, b]
+            o = out[t, b]
+            if training:
+                ws_h[t, b, :] = h
+            if has_uf:
+                gf[:] = 0
+                axpy_matvec(h, w_t, 0, 0, H, gf)
+                for j in range(H):
+                    f = sigmoid(g[j] + gf[j])
+                    gf[j] = f
+                    fh[j] = f * h[j]
+            else:
+                for j in range(H):
+                    f = sigmoid(g[j])
+                    gf[j] = f
+                    fh[j] = f * h[j]
+            gn[:] = 0
+            axpy_matvec(fh, w_t, 0, cn, H, gn)
+            for j in range(H):
+                f = gf[j]
+                n = tanh(g[H + j] + gn[j])
+                hj = (ONE - f) * h[j] + f * n
+                h[j] = hj
+                o[j] = hj
+                if training:
+                    ws_g[t, b, j] = f
+                    ws_g[t, b, H + j] = n
+                    ws_x[t, b, j] = fh[j]
+        for t in range(L, T):
+            out[t, b, :] = 0
+            if training:
+                ws_g[t, b, :] = 0
+                ws_h[t, b, :] = 0
+                ws_x[t, b, :] = 0
+        h_n[b] = h
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _fwd_par(bounds, gx, h0, w_t, lengths, reverse, has_uf, training, out, h_n, ws_g, ws_h, ws_x):
+    for k in prange(bounds.shape[0] - 1):
+        _fwd_rows(bounds[k], bounds[k + 1], gx, h0, w_t, lengths, reverse, has_uf, training,
+                  out, h_n, ws_g, ws_h, ws_x)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0):
+    T = grad_out.shape[0]
+    H = grad_out.shape[2]
+    rn = H if has_uf else 0
+    dh = np.empty(H, dtype=dgx.dtype)
+    d_fh = np.empty(H, dtype=dgx.dtype)
+    for b in range(b0, b1):
+        L = lengths[b]
+        dh[:] = grad_h_n[b]
+        for t in range(L, T):
+            dgx[t, b, :] = 0
+        for s in range(L - 1, -1, -1):
+            t = L - 1 - s if reverse else s
+            go = grad_out[t, b]
+            gs = ws_g[t, b]
+            hp = ws_h[t, b]
+            dg = dgx[t, b]
+            for j in range(H):
+                d = dh[j] + go[j]
+                f = gs[j]
+                n = gs[H + j]
+                dg[H + j] = d * f * (ONE - n * n)
+                dg[j] = d * (n - hp[j])          # df, completed below
+                dh[j] = d * (ONE - f)
+            d_fh[:] = 0
+            axpy_matvec(dg[H:], w, rn, 0, H, d_fh)
+            for j in range(H):
+                f = gs[j]
+                dg[j] = (dg[j] + d_fh[j] * hp[j]) * f * (ONE - f)
+                dh[j] += d_fh[j] * f
+            if has_uf:
+                axpy_matvec(dg[:H], w, 0, 0, H, dh)
+        dh0[b] = dh
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _bwd_par(bounds, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0):
+    for k in prange(bounds.shape[0] - 1):
+        _bwd_rows(bounds[k], bounds[k + 1], w, lengths, reverse, has_uf, grad_out, grad_h_n,
+                  ws_g, ws_h, dgx, dh0)
+
+
+def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
+    T, B, G = gx.shape
+    H = h0.shape[1]
+    dt = gx.dtype
+    out = np.empty((T, B, H), dt)
+    h_n = np.empty((B, H), dt)
+    if training:
+        ws_g = np.empty((T, B, 2 * H), dt)
+        ws_h = np.empty((T, B, H), dt)
+        ws_x = np.empty((T, B, H), dt)
+    else:
+        ws_g = ws_h = ws_x = np.empty((1, 1, 1), dt)
+    args = (gx, h0, w_t, lengths, reverse, has_uf, training, out, h_n, ws_g, ws_h, ws_x)
+    bounds = chunk_bounds(B, T * B * w_t.shape[1] * H)
+    if bounds is None:
+        _fwd_rows(0, B, *args)
+    else:
+        _fwd_par(bounds, *args)
+    return out, h_n, ((ws_g, ws_h, ws_x) if training else None)
+
+
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf):
+    ws_g, ws_h, ws_x = ws
+    T, B, H = grad_out.shape
+    dt = grad_out.dtype
+    dgx = np.empty((T, B, 2 * H), dt)
+    dh0 = np.empty((B, H), dt)
+    args = (w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0)
+    bounds = chunk_bounds(B, T * B * w.shape[0] * H)
+    if bounds is None:
+        _bwd_rows(0, B, *args)
+    else:
+        _bwd_par(bounds, *args)
+    if has_uf:
+        terms = [(0, H, dgx[..., :H], ws_h), (H, 2 * H, dgx[..., H:], ws_x)]
+    else:
+        terms = [(0, H, dgx[..., H:], ws_x)]
+    return dgx, dh0, terms, None

@@ -1,0 +1,128 @@
+"""minGRU kernels: a sequential scan h_t = (1 - z_t) h_{t-1} + z_t h~_t (no recurrent weights).
+
+gx (T, B, 2H) holds Linear_z(x) and Linear_h(x); z = sigmoid(gx_z), h~ = cand(gx_h) with
+cand the identity or the paper's g (x + 1/2 for x >= 0, sigmoid(x) below). Backward is the
+reverse-time adjoint; it recomputes z and h~ from gx (which the caller keeps anyway) and
+reads the previous states from the workspace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .common import FASTMATH, HALF, ONE, chunk_bounds, sigmoid
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _candidate(x, use_g):
+    if not use_g:
+        return x
+    return x + HALF if x >= 0 else sigmoid(x)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fwd_rows(b0, b1, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h):
+    T = gx.shape[0]
+    H = h0.shape[1]
+    h = np.empty(H, dtype=h0.dtype)
+    for b in range(b0, b1):
+        L = lengths[b]
+        h[:] = h0[b]
+        for s in range(L):
+            t = L - 1 - s if reverse else s
+            g = gx[t, b]
+            o = out[t, b]
+            if training:
+                ws_h[t, b, :] = h
+            for j in range(H):
+                z = sigmoid(g[j])
+                hj = (ONE - z) * h[j] + z * _candidate(g[H + j], use_g)
+                h[j] = hj
+                o[j] = hj
+        for t in range(L, T):
+            out[t, b, :] = 0
+            if training:
+                ws_h[t, b, :] = 0
+        h_n[b] = h
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _fwd_par(bounds, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h):
+    for k in prange(bounds.shape[0] - 1):
+        _fwd_rows(bounds[k], bounds[k + 1], gx, h0, lengths, reverse, use_g, training,
+                  out, h_n, ws_h)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0):
+    T = grad_out.shape[0]
+    H = grad_out.shape[2]
+    dh = np.empty(H, dtype=dgx.dtype)
+    for b in range(b0, b1):
+        L = lengths[b]
+        dh[:] = grad_h_n[b]
+        for t in range(L, T):
+            dgx[t, b, :] = 0
+        for s in range(L - 1, -1, -1):
+            t = L - 1 - s if reverse else s
+            go = grad_out[t, b]
+            g = gx[t, b]
+            hp = ws_h[t, b]
+            dg = dgx[t, b]
+            for j in range(H):
+                d = dh[j] + go[j]
+                z = sigmoid(g[j])
+                x = g[H + j]
+                if use_g and x < 0:
+                    sx = sigmoid(x)
+                    dg[H + j] = d * z * (sx * (ONE - sx))
+                    ht = sx
+                else:
+                    dg[H + j] = d * z
+                    ht = x + HALF if use_g else x
+                dg[j] = d * (ht - hp[j]) * z * (ONE - z)
+                dh[j] = d * (ONE - z)
+        dh0[b] = dh
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _bwd_par(bounds, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0):
+    for k in prange(bounds.shape[0] - 1):
+        _bwd_rows(bounds[k], bounds[k + 1], gx, lengths, reverse, use_g, grad_out, grad_h_n,
+                  ws_h, dgx, dh0)
+
+
+# The scan costs ~20 flops per element instead of ~2H per element of a matrix cell.
+_WORK_PER_ELEMENT = 40
+
+
+def forward(gx, h0, lengths, reverse, use_g, training):
+    T, B, G = gx.shape
+    H = h0.shape[1]
+    dt = gx.dtype
+    out = np.empty((T, B, H), dt)
+    h_n = np.empty((B, H), dt)
+    ws_h = np.empty((T, B, H) if training else (1, 1, 1), dt)
+    args = (gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h)
+    bounds = chunk_bounds(B, T * B * H * _WORK_PER_ELEMENT)
+    if bounds is None:
+        _fwd_rows(0, B, *args)
+    else:
+        _fwd_par(bounds, *args)
+    return out, h_n, ((ws_h,) if training else None)
+
+
+def backward(ws, gx, grad_out, grad_h_n, lengths, reverse, use_g):
+    (ws_h,) = ws
+    T, B, H = grad_out.shape
+    dt = grad_out.dtype
+    dgx = np.empty((T, B, 2 * H), dt)
+    dh0 = np.empty((B, H), dt)
+    args = (gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0)
+    bounds = chunk_bounds(B, T * B * H * _WORK_PER_ELEMENT)
+    if bounds is None:
+        _bwd_rows(0, B, *args)
+    else:
+        _bwd_par(bounds, *args)
+    return dgx, dh0, [], None

@@ -1,0 +1,122 @@
+"""SimpleRNN kernels: h' = act(gx + W_hh h + b_hh) with act tanh or relu.
+
+Shapes: gx (T, B, H), h0 (B, H), w (H, H), w_t = w.T packed, bias_hh (H,) (zeros when
+absent). The workspace keeps h' (the activation output) and the previous h.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .common import FASTMATH, ONE, ZERO, axpy_matvec, chunk_bounds, tanh
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
+              out, h_n, ws_g, ws_h):
+    T = gx.shape[0]
+    H = h0.shape[1]
+    h = np.empty(H, dtype=h0.dtype)
+    gh = np.empty(H, dtype=h0.dtype)
+    for b in range(b0, b1):
+        L = lengths[b]
+        h[:] = h0[b]
+        for s in range(L):
+            t = L - 1 - s if reverse else s
+            g = gx[t, b]
+            o = out[t, b]
+            if training:
+                ws_h[t, b, :] = h
+            gh[:] = 0
+            axpy_matvec(h, w_t, 0, 0, H, gh)
+            for j in range(H):
+                pre = (g[j] + gh[j]) + bhh[j]
+                if relu:
+                    hj = pre if (pre > 0 or pre != pre) else ZERO  # NaN passes, like torch.relu
+                else:
+                    hj = tanh(pre)
+                h[j] = hj
+                o[j] = hj
+            if training:
+                ws_g[t, b, :] = h
+        for t in range(L, T):
+            out[t, b, :] = 0
+            if training:
+                ws_g[t, b, :] = 0
+                ws_h[t, b, :] = 0
+        h_n[b] = h
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _fwd_par(bounds, gx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n, ws_g, ws_h):
+    for k in prange(bounds.shape[0] - 1):
+        _fwd_rows(bounds[k], bounds[k + 1], gx, h0, w_t, bhh, lengths, reverse, relu, training,
+                  out, h_n, ws_g, ws_h)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0):
+    T = grad_out.shape[0]
+    H = grad_out.shape[2]
+    dh = np.empty(H, dtype=dgx.dtype)
+    for b in range(b0, b1):
+        L = lengths[b]
+        dh[:] = grad_h_n[b]
+        for t in range(L, T):
+            dgx[t, b, :] = 0
+        for s in range(L - 1, -1, -1):
+            t = L - 1 - s if reverse else s
+            go = grad_out[t, b]
+            hs = ws_g[t, b]
+            dg = dgx[t, b]
+            for j in range(H):
+                d = dh[j] + go[j]
+                if relu:
+                    dg[j] = d if hs[j] > 0 else ZERO
+                else:
+                    dg[j] = d * (ONE - hs[j] * hs[j])
+            dh[:] = 0
+            axpy_matvec(dg, w, 0, 0, H, dh)
+        dh0[b] = dh
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _bwd_par(bounds, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0):
+    for k in prange(bounds.shape[0] - 1):
+        _bwd_rows(bounds[k], bounds[k + 1], w, lengths, reverse, relu, grad_out, grad_h_n,
+                  ws_g, dgx, dh0)
+
+
+def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training):
+    T, B, H = gx.shape
+    dt = gx.dtype
+    out = np.empty((T, B, H), dt)
+    h_n = np.empty((B, H), dt)
+    if training:
+        ws_g = np.empty((T, B, H), dt)
+        ws_h = np.empty((T, B, H), dt)
+    else:
+        ws_g = ws_h = np.empty((1, 1, 1), dt)
+    args = (gx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n, ws_g, ws_h)
+    bounds = chunk_bounds(B, T * B * H * H)
+    if bounds is None:
+        _fwd_rows(0, B, *args)
+    else:
+        _fwd_par(bounds, *args)
+    return out, h_n, ((ws_g, ws_h) if training else None)
+
+
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu):
+    ws_g, ws_h = ws
+    T, B, H = grad_out.shape
+    dt = grad_out.dtype
+    dgx = np.empty((T, B, H), dt)
+    dh0 = np.empty((B, H), dt)
+    args = (w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0)
+    bounds = chunk_bounds(B, T * B * H * H)
+    if bounds is None:
+        _bwd_rows(0, B, *args)
+    else:
+        _bwd_par(bounds, *args)
+    return dgx, dh0, [(0, H, dgx, ws_h)], dgx
