@@ -106,13 +106,15 @@ def mingru_parallel_scan(gx: torch.Tensor, h0: torch.Tensor, lengths: torch.Tens
         log_a = torch.where(valid, log_a, torch.zeros_like(log_a))   # a = 1: state carried
         b_tilde = torch.where(valid, b_tilde, torch.zeros_like(b_tilde))
     log_a_cum = torch.cumsum(log_a, dim=0)
-    # log|b_k| - log A_k, with -inf where b_k has the other sign (or is zero).
+    # log|b_k| - log A_k, with log(0) where b_k has the other sign (or is zero).
     # log of a safe |b|: zeros (padding, exact zeros) would give inf * 0 = NaN in backward.
     nonzero = b_tilde != 0
     log_abs_b = log_z + torch.log(torch.where(nonzero, b_tilde.abs(), torch.ones_like(b_tilde)))
-    neg_inf = torch.full_like(log_abs_b, float("-inf"))
-    scaled_pos = torch.where(b_tilde > 0, log_abs_b, neg_inf) - log_a_cum
-    scaled_neg = torch.where(b_tilde < 0, log_abs_b, neg_inf) - log_a_cum
+    # A huge finite negative stands for log(0): true -inf would make logcumsumexp's backward
+    # compute exp(-inf - -inf) = NaN before the first entry of a sign; exp(-1e30) is exactly 0.
+    log_zero = torch.full_like(log_abs_b, -1e30)
+    scaled_pos = torch.where(b_tilde > 0, log_abs_b, log_zero) - log_a_cum
+    scaled_neg = torch.where(b_tilde < 0, log_abs_b, log_zero) - log_a_cum
     pos = torch.exp(torch.logcumsumexp(scaled_pos, dim=0) + log_a_cum)
     neg = torch.exp(torch.logcumsumexp(scaled_neg, dim=0) + log_a_cum)
     h = pos - neg + torch.exp(log_a_cum) * h0.unsqueeze(0)

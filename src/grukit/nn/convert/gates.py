@@ -35,4 +35,26 @@ def _take(array, index: slice, axis: int):
     return array[tuple(selector)]
 
 
-__all__ = ["reorder_gates"]
+
+def flip_update_gate(layer) -> None:
+    """Switch a GRU between the two update-gate conventions, in place.
+
+    grukit (like PyTorch, Keras, ONNX) writes ``h' = (1 - z) * n + z * h``: z is how much of the old
+    state to keep. Many tutorials write ``h' = (1 - u) * h + u * n``: u is how much new information
+    to write. The models are the same with u = 1 - z = sigmoid(-a) where z = sigmoid(a), so negating
+    every weight and bias row of the update gate converts one into the other (applying it twice
+    restores the layer). grukit calls 1 - z the *write strength* wherever it shows gates.
+    """
+    import torch
+
+    if not layer.mode.startswith("GRU"):
+        raise ShapeError(f"flip_update_gate applies to GRU layers, got {type(layer).__name__} ({layer.mode})")
+    H = layer.hidden_size
+    rows = slice(H, 2 * H)  # the z block in grukit's r, z, n order
+    with torch.no_grad():
+        for name, param in layer.named_parameters():
+            if not name.startswith("weight_hr"):
+                param[rows] = -param[rows]
+
+
+__all__ = ["reorder_gates", "flip_update_gate"]
