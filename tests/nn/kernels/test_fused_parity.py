@@ -1,0 +1,73 @@
+"""Fused kernels against the pure-torch oracle: outputs, final states and every gradient."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grukit.nn.kernels import common
+from grukit.nn.kernels.function import fused_run_direction
+from grukit.nn.reference import run_direction
+from kernel_cases import MODES, BIASED, assert_close_lists, make_case, outputs_and_grads
+
+# (T, B, H): a general shape and the degenerate ones.
+SHAPES = [(5, 3, 4), (4, 1, 3), (1, 3, 4), (4, 3, 1)]
+VARIANTS = [(m, "identity") for m in MODES] + [("MINGRU", "g")]
+
+
+def check(mode, case, reverse, candidate, atol):
+    want_vals, want_grads = outputs_and_grads(run_direction, mode, case, reverse, candidate)
+    got_vals, got_grads = outputs_and_grads(fused_run_direction, mode, case, reverse, candidate)
+    assert_close_lists(got_vals, want_vals, atol, "outputs/states")
+    assert_close_lists(got_grads, want_grads, atol, "grads (gx, states, weight_hh, bias_hh)")
+
+
+@pytest.mark.parametrize("mode,candidate", VARIANTS)
+def test_float64_parity_sweep(mode, candidate):
+    for (T, B, H), reverse, ragged in itertools.product(SHAPES, (False, True), (False, True)):
+        case = make_case(mode, T, B, H, ragged=ragged, seed=T * 100 + B * 10 + H)
+        check(mode, case, reverse, candidate, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", BIASED)
+def test_without_bias_hh(mode):
+    for reverse in (False, True):
+        check(mode, make_case(mode, 4, 2, 3, bias=False, ragged=True), reverse, "identity", 1e-9)
+
+
+@pytest.mark.parametrize("mode,candidate", VARIANTS)
+def test_float32_parity(mode, candidate):
+    for reverse, ragged in itertools.product((False, True), (False, True)):
+        case = make_case(mode, 6, 3, 8, dtype=torch.float32, ragged=ragged, seed=7)
+        check(mode, case, reverse, candidate, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,candidate", VARIANTS)
+def test_parallel_batch_split(mode, candidate, monkeypatch):
+    """Force the multi-threaded path (one block of rows per thread) on a small batch."""
+    monkeypatch.setattr(common, "MIN_PARALLEL_WORK", 0)
+    for reverse in (False, True):
+        check(mode, make_case(mode, 5, 5, 4, ragged=True, seed=3), reverse, candidate, 1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.sampled_from(VARIANTS), T=st.integers(1, 6), B=st.integers(1, 4),
+       H=st.integers(1, 6), reverse=st.booleans(), ragged=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_property_random_shapes(mode, T, B, H, reverse, ragged, seed):
+    mode, candidate = mode
+    check(mode, make_case(mode, T, B, H, ragged=ragged, seed=seed), reverse, candidate, 1e-9)
+
+
+def test_gradients_only_for_leaves_that_need_them():
+    gx, h0, weights, lengths, _ = make_case("GRU", 4, 2, 3)
+    w = weights.weight_hh.detach()
+    out, h_n = fused_run_direction("GRU", gx, h0.detach(), type(weights)(w, None))
+    (grad_gx,) = torch.autograd.grad(out.sum() + h_n.sum(), [gx])
+    ref_out, ref_h = run_direction("GRU", gx, h0.detach(), type(weights)(w, None))
+    (want,) = torch.autograd.grad(ref_out.sum() + ref_h.sum(), [gx])
+    torch.testing.assert_close(grad_gx, want, atol=1e-9, rtol=0)

@@ -1,0 +1,134 @@
+"""fused_step, the minGRU scan, supports(), the call counter and the numpy entry points."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from grukit.errors import DataError, UnsupportedKernelConfig
+from grukit.nn import kernels
+from grukit.nn.kernels import api, function
+from grukit.nn.kernels.function import fused_run_direction, fused_step, supports
+from grukit.nn.reference import DirectionWeights, mingru_parallel_scan, run_direction, step
+from kernel_cases import MODES, make_case
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_step_matches_reference_step(mode, dtype, atol):
+    for candidate in (("identity", "g") if mode == "MINGRU" else ("identity",)):
+        gx, state0, weights, _, _ = make_case(mode, 1, 3, 5, dtype=dtype, seed=11)
+        with torch.no_grad():
+            want = step(mode, gx[0], state0, weights, candidate)
+            got = state0
+            for _ in range(2):  # the second call reuses the packed weight
+                got = fused_step(mode, gx[0], state0, weights, candidate)
+        want, got = (list(x) if isinstance(x, tuple) else [x] for x in (want, got))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+def test_packed_weight_follows_in_place_updates():
+    gx, h0, weights, _, _ = make_case("GRU", 1, 2, 4, seed=5)
+    with torch.no_grad():
+        fused_step("GRU", gx[0], h0, weights)
+        weights.weight_hh.mul_(-2.0)
+        torch.testing.assert_close(fused_step("GRU", gx[0], h0, weights),
+                                   step("GRU", gx[0], h0, weights), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("candidate", ["identity", "g"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_mingru_against_parallel_scan(candidate, reverse, ragged):
+    gx, h0, weights, lengths, leaves = make_case("MINGRU", 7, 4, 5, ragged=ragged, seed=2)
+    out, h_n = fused_run_direction("MINGRU", gx, h0, weights, lengths, reverse, candidate)
+    want_out, want_h = mingru_parallel_scan(gx, h0, lengths, reverse, candidate)
+    torch.testing.assert_close(out, want_out, atol=1e-9, rtol=0)
+    torch.testing.assert_close(h_n, want_h, atol=1e-9, rtol=0)
+    cot = torch.randn_like(out)
+    got = torch.autograd.grad((out * cot).sum() + h_n.sum(), leaves)
+    want = torch.autograd.grad((want_out * cot).sum() + want_h.sum(), leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=0)
+
+
+def test_supports_reasons():
+    w = torch.zeros(12, 4)
+    assert supports("GRU", torch.float32, "cpu", DirectionWeights(w)) is None
+    assert supports("MINGRU", torch.float64, "cpu", DirectionWeights(None)) is None
+    assert "float16" in supports("GRU", torch.float16, "cpu", DirectionWeights(w))
+    assert "cpu" in supports("GRU", torch.float32, "meta", DirectionWeights(w)).lower()
+    lstm = DirectionWeights(torch.zeros(16, 2), None, torch.zeros(2, 4))
+    assert "projection" in supports("LSTM", torch.float32, "cpu", lstm)
+    assert "weight_hh" in supports("GRU", torch.float32, "cpu", DirectionWeights(None))
+    assert supports("GRU", torch.float64, "cpu", DirectionWeights(w)) is not None  # dtype mismatch
+    assert "unknown" in supports("NOPE", torch.float32, "cpu")
+
+
+def test_unsupported_configuration_raises():
+    gx = torch.zeros(2, 1, 16)
+    lstm = DirectionWeights(torch.zeros(16, 2), None, torch.zeros(2, 4))
+    with pytest.raises(UnsupportedKernelConfig, match="projection"):
+        fused_run_direction("LSTM", gx, (torch.zeros(1, 2), torch.zeros(1, 4)), lstm)
+
+
+def test_lengths_out_of_range_raise():
+    gx, h0, weights, _, _ = make_case("GRU", 3, 2, 2)
+    with pytest.raises(DataError, match="lengths"):
+        fused_run_direction("GRU", gx, h0, weights, torch.tensor([3, 4]))
+
+
+def test_call_counter_proves_the_kernel_ran():
+    gx, h0, weights, _, _ = make_case("RNN_TANH", 3, 2, 2)
+    before = dict(function.CALLS)
+    out, h_n = fused_run_direction("RNN_TANH", gx, h0, weights)
+    (out.sum() + h_n.sum()).backward()
+    with torch.no_grad():
+        fused_step("RNN_TANH", gx[0], h0, weights)
+    assert function.CALLS["run"] == before.get("run", 0) + 1
+    assert function.CALLS["backward"] == before.get("backward", 0) + 1
+    assert function.CALLS["step"] == before.get("step", 0) + 1
+
+
+def test_threads_follow_torch():
+    import numba
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        gx, h0, weights, _, _ = make_case("GRU", 2, 2, 2)
+        fused_run_direction("GRU", gx, h0, weights)
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_numpy_api_without_torch_tensors():
+    """The numpy entry points alone (what a torch-free runtime calls) reproduce the oracle."""
+    gx, h0, weights, lengths, _ = make_case("GRU", 5, 3, 4, ragged=True)
+    want_out, want_h = run_direction("GRU", gx, h0, weights, lengths, reverse=True)
+    w = weights.weight_hh.detach().numpy()
+    out, h_n, _, _ = api.forward("GRU", gx.detach().numpy(), h0.detach().numpy(),
+                                 w_t=api.pack_weight(w), bias_hh=weights.bias_hh.detach().numpy(),
+                                 lengths=lengths.numpy(), reverse=True)
+    np.testing.assert_allclose(out, want_out.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(h_n, want_h.detach().numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="packed weight_hh"):
+        api.forward("GRU", gx.detach().numpy(), h0.detach().numpy(), w_t=w[:4])
+
+
+def test_kernel_modules_import_numpy_and_numba_only():
+    folder = Path(kernels.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        if path.name == "function.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     else [])
+            for name in names:
+                assert name.split(".")[0] in {"numpy", "numba", "math", "__future__"}, (path.name, name)
