@@ -69,7 +69,7 @@ from ..recurrent import GRU, LSTM, RNN, RecurrentLayer
 from .gates import reorder_gates
 
 #: Column gate order of each Keras layer, in grukit's gate letters.
-KERAS_GATE_ORDERS: dict[str, str] = {"GRU": "rzn", "LSTM": "ifgo", "SimpleRNN": "h"}
+KERAS_GATE_ORDERS: dict[str, str] = {"GRU": "zrn", "LSTM": "ifgo", "SimpleRNN": "h"}
 _GATE_COUNTS = {len(order): kind for kind, order in KERAS_GATE_ORDERS.items()}
 _SUPPORTED = "keras.layers.GRU, LSTM, SimpleRNN or a Bidirectional wrapper of one"
 _DETERMINED_BY_WEIGHTS = ("input_size", "hidden_size", "num_layers", "bidirectional", "bias",
