@@ -26,6 +26,8 @@ from grukit.nn.convert.keras import (  # noqa: E402
     from_keras, from_keras_file, keras_weights, read_keras_weights, to_keras,
 )
 
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 ATOL = 1e-5
 N, T, I, H = 3, 6, 4, 5
 
@@ -271,6 +273,28 @@ def test_unsupported_keras_options_raise(make, match):
     with pytest.raises(ConfigError, match=match) as error:
         from_keras(layer)
     assert "'" in str(error.value)  # names the layer
+
+
+@pytest.mark.parametrize("cell", ["GRUCell", "LSTMCell", "SimpleRNNCell"])
+def test_generic_rnn_of_a_builtin_cell(tmp_path, cell):
+    layer = randomize(keras.layers.RNN(getattr(keras.layers, cell)(H), return_sequences=True, name="encoder"))
+    x = inputs()
+    close(run_grukit(from_keras(layer), x)[0], numpy(layer(x)))
+    model = keras.Sequential([keras.Input((T, I)), layer])
+    model.save(tmp_path / "rnn.keras")
+    close(run_grukit(from_keras_file(tmp_path / "rnn.keras"), x)[0], numpy(model(x)))
+
+
+def test_a_file_with_an_unsupported_layer_still_reads(tmp_path):
+    inp = keras.Input((T, I))
+    relu_gru = keras.layers.GRU(H, activation="relu", return_sequences=True, name="relu_gru")(inp)
+    model = keras.Model(inp, keras.layers.LSTM(H, name="plain")(relu_gru))
+    model.save(tmp_path / "mixed.keras")
+    by_name = {layer.name: layer for layer in read_keras_weights(tmp_path / "mixed.keras")}
+    assert by_name["relu_gru"].activation == "relu" and by_name["plain"].unsupported is None
+    assert isinstance(from_keras_file(tmp_path / "mixed.keras", layer_name="plain"), LSTM)
+    with pytest.raises(ConfigError, match="activation='relu'"):
+        from_keras_file(tmp_path / "mixed.keras", layer_name="relu_gru")
 
 
 def test_unbuilt_layer_and_contradicting_kwargs_raise():

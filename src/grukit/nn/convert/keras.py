@@ -71,7 +71,8 @@ from .gates import reorder_gates
 #: Column gate order of each Keras layer, in grukit's gate letters.
 KERAS_GATE_ORDERS: dict[str, str] = {"GRU": "zrn", "LSTM": "ifgo", "SimpleRNN": "h"}
 _GATE_COUNTS = {len(order): kind for kind, order in KERAS_GATE_ORDERS.items()}
-_SUPPORTED = "keras.layers.GRU, LSTM, SimpleRNN or a Bidirectional wrapper of one"
+_SUPPORTED = ("keras.layers.GRU, LSTM, SimpleRNN (or keras.layers.RNN of a GRUCell, LSTMCell or "
+              "SimpleRNNCell) or a Bidirectional wrapper of one")
 _DETERMINED_BY_WEIGHTS = ("input_size", "hidden_size", "num_layers", "bidirectional", "bias",
                           "reset_after", "nonlinearity", "proj_size")
 
@@ -81,6 +82,8 @@ class KerasRecurrentWeights:
     """One Keras recurrent layer as found in a live layer or a saved file.
 
     ``arrays`` holds one ``[kernel, recurrent_kernel(, bias)]`` list per direction, in Keras layout.
+    Reading never fails for options grukit cannot compute (activations, merge modes):
+    ``unsupported``/``check_supported()`` say why, and ``to_layer`` raises ConfigError.
     Fields that the source does not record are None: a bare ``.weights.h5`` has no config, so
     ``activation`` is unknown (``to_layer`` assumes tanh; pass ``nonlinearity="relu"`` for a relu
     SimpleRNN) and ``reset_after`` of a GRU without bias is unknown (assumed True, Keras's default).
@@ -93,6 +96,7 @@ class KerasRecurrentWeights:
     use_bias: bool
     reset_after: bool | None       # GRU only; None when it cannot be known
     activation: str | None         # None when not recorded
+    recurrent_activation: str | None
     go_backwards: bool
     bidirectional: bool
     merge_mode: str | None
@@ -100,6 +104,13 @@ class KerasRecurrentWeights:
     config: dict | None = None     # the Keras layer config (the Bidirectional one if wrapped)
     source: str = ""               # where it came from, for messages
     path: str = ""                 # the h5 group of the layer, for files
+    unsupported: str | None = None  # why grukit cannot compute this layer, if it cannot
+
+    def check_supported(self) -> None:
+        """Raise ConfigError if grukit's layer would not compute what this Keras layer computes."""
+        if self.unsupported:
+            raise ConfigError(self.unsupported)
+        _check_activations(self.kind, self.name, self.activation, self.recurrent_activation)
 
     @property
     def num_parameters(self) -> int:
@@ -305,40 +316,43 @@ def _describe(kind: str | None, arrays: list, info: dict, where: str, error: typ
     if len(arrays) > (3 if use_bias else 2):
         raise error(f"{where}: {kind} layer '{name}' has {len(arrays)} weights, expected "
                     f"{3 if use_bias else 2}; {fix}")
-    _check_activations(kind, name, info.get("activation"), info.get("recurrent_activation"))
     return {"kind": kind, "units": units, "input_size": kernel.shape[0], "use_bias": use_bias,
             "reset_after": reset_after, "activation": info.get("activation"),
+            "recurrent_activation": info.get("recurrent_activation"),
             "go_backwards": bool(info.get("go_backwards"))}
 
 
 def _combine(name: str, directions: list[dict], arrays: list[list[np.ndarray]], merge_mode: str | None,
              config: dict | None, source: str, path: str = "") -> KerasRecurrentWeights:
     first = directions[0]
+    unsupported = None
     if len(directions) == 2:
-        if merge_mode != "concat":
-            raise ConfigError(f"Bidirectional layer '{name}' has merge_mode={merge_mode!r}, but grukit's "
-                              "bidirectional layers concatenate the two directions (merge_mode='concat'); "
-                              "use merge_mode='concat' in Keras, or combine the halves of grukit's output "
-                              "yourself (output[..., :H] and output[..., H:])")
-        keys = ("kind", "units", "input_size", "use_bias", "reset_after", "activation")
+        keys = ("kind", "units", "input_size", "use_bias", "reset_after", "activation", "recurrent_activation")
         different = [k for k in keys if directions[0][k] != directions[1][k]]
-        if different:
-            raise ConfigError(f"Bidirectional layer '{name}': the forward and backward layers differ in "
-                              f"{', '.join(different)}; grukit's bidirectional layer uses one configuration "
-                              "for both directions")
-        if first["go_backwards"] or not directions[1]["go_backwards"]:
-            raise ConfigError(f"Bidirectional layer '{name}' wraps a layer with go_backwards=True, so its "
-                              "'forward' half runs backwards; grukit cannot express that. Wrap a layer "
-                              "with go_backwards=False")
+        if merge_mode != "concat":
+            unsupported = (f"Bidirectional layer '{name}' has merge_mode={merge_mode!r}, but grukit's "
+                           "bidirectional layers concatenate the two directions (merge_mode='concat'); "
+                           "use merge_mode='concat' in Keras, or combine the halves of grukit's output "
+                           "yourself (output[..., :H] and output[..., H:])")
+        elif different:
+            unsupported = (f"Bidirectional layer '{name}': the forward and backward layers differ in "
+                           f"{', '.join(different)}; grukit's bidirectional layer uses one configuration "
+                           "for both directions")
+        elif first["go_backwards"] or not directions[1]["go_backwards"]:
+            unsupported = (f"Bidirectional layer '{name}' wraps a layer with go_backwards=True, so its "
+                           "'forward' half runs backwards; grukit cannot express that. Wrap a layer "
+                           "with go_backwards=False")
     return KerasRecurrentWeights(
         name=name, kind=first["kind"], units=first["units"], input_size=first["input_size"],
         use_bias=first["use_bias"], reset_after=first["reset_after"], activation=first["activation"],
+        recurrent_activation=first["recurrent_activation"], unsupported=unsupported,
         go_backwards=first["go_backwards"] and len(directions) == 1, bidirectional=len(directions) == 2,
         merge_mode=merge_mode if len(directions) == 2 else None, arrays=arrays, config=config,
         source=source, path=path)
 
 
 def _build_layer(spec: KerasRecurrentWeights, layer_kwargs: dict) -> RecurrentLayer:
+    spec.check_supported()
     known: dict[str, Any] = {"input_size": spec.input_size, "hidden_size": spec.units, "num_layers": 1,
                              "bidirectional": spec.bidirectional, "bias": spec.use_bias}
     if spec.kind == "GRU":
@@ -384,17 +398,19 @@ def _class_names(obj) -> list[str]:
 
 
 def _live_kind(keras_layer) -> str | None:
-    names = _class_names(keras_layer)
-    return next((kind for kind in ("GRU", "LSTM", "SimpleRNN") if kind in names), None)
+    """GRU / LSTM / SimpleRNN for those layers and for keras.layers.RNN wrapping their cells."""
+    names = _class_names(getattr(keras_layer, "cell", None))
+    return next((kind for kind in KERAS_GATE_ORDERS if kind + "Cell" in names), None)
 
 
 def _live_info(keras_layer) -> dict:
+    cell = keras_layer.cell  # the options live on the cell; go_backwards on the layer
     return {"name": getattr(keras_layer, "name", type(keras_layer).__name__),
-            "units": getattr(keras_layer, "units", None),
-            "use_bias": getattr(keras_layer, "use_bias", None),
-            "reset_after": getattr(keras_layer, "reset_after", None),
-            "activation": _activation_name(getattr(keras_layer, "activation", None)),
-            "recurrent_activation": _activation_name(getattr(keras_layer, "recurrent_activation", None)),
+            "units": getattr(cell, "units", None),
+            "use_bias": getattr(cell, "use_bias", None),
+            "reset_after": getattr(cell, "reset_after", None),
+            "activation": _activation_name(getattr(cell, "activation", None)),
+            "recurrent_activation": _activation_name(getattr(cell, "recurrent_activation", None)),
             "go_backwards": getattr(keras_layer, "go_backwards", False)}
 
 
@@ -522,21 +538,22 @@ def _read_vars(file_label: str, group, layer_name: str) -> list[np.ndarray]:
 
 
 def _file_info(name: str, config: dict | None) -> dict:
-    inner = (config or {}).get("config", {})
-    return {"name": name, "units": inner.get("units"), "use_bias": inner.get("use_bias"),
-            "reset_after": inner.get("reset_after"), "activation": _activation_name(inner.get("activation")),
-            "recurrent_activation": _activation_name(inner.get("recurrent_activation")),
-            "go_backwards": inner.get("go_backwards", False)}
+    outer = (config or {}).get("config", {})
+    cell = outer.get("cell", {}).get("config", outer) if isinstance(outer.get("cell"), dict) else outer
+    return {"name": name, "units": cell.get("units"), "use_bias": cell.get("use_bias"),
+            "reset_after": cell.get("reset_after"), "activation": _activation_name(cell.get("activation")),
+            "recurrent_activation": _activation_name(cell.get("recurrent_activation")),
+            "go_backwards": outer.get("go_backwards", False)}
 
 
 def _config_kind(config: dict | None) -> str | None:
-    if config is None:
+    """The kind a layer config describes (keras.layers.RNN counts by its cell), "" if not one of ours."""
+    if config is None or "class_name" not in config:
         return None
-    kind = config.get("class_name")
-    if kind not in KERAS_GATE_ORDERS:
-        raise ConfigError(f"Keras layer '{config.get('config', {}).get('name')}' is a {kind}; grukit reads "
-                          f"{_SUPPORTED}")
-    return kind
+    kind = config["class_name"]
+    if kind == "RNN":
+        kind = str((config.get("config", {}).get("cell") or {}).get("class_name", "")).removesuffix("Cell")
+    return kind if kind in KERAS_GATE_ORDERS else ""
 
 
 def _find_layers(file_label: str, group, configs: dict[str, dict], found: list) -> None:
@@ -563,19 +580,22 @@ def _find_layers(file_label: str, group, configs: dict[str, dict], found: list) 
             continue
         if not all(isinstance(part.get("cell"), h5py.Group) for part, _ in parts):
             continue  # e.g. a Bidirectional of a custom layer
+        kinds = [_config_kind(part_config) for _, part_config in parts]
+        if "" in kinds:
+            continue  # a layer with a cell grukit does not map (ConvLSTM, custom cells)
         directions, arrays = [], []
-        for part, part_config in parts:
+        for (part, part_config), kind in zip(parts, kinds):
             part_name = _group_name(part) if len(parts) == 2 else name
             part_arrays = _read_vars(file_label, part, part_name)
             info = _file_info(part_name, part_config)
-            kind = _config_kind(part_config if part_config and "class_name" in part_config else None)
             directions.append(_describe(kind, part_arrays, info, f"{file_label}, '{part.name}'", DataError, _FILE_FIX))
             arrays.append(part_arrays)
         found.append(_combine(name, directions, arrays, merge_mode, config, file_label, child.name))
 
 
 def read_keras_weights(path: str | Path) -> list[KerasRecurrentWeights]:
-    """The Keras GRU, LSTM, SimpleRNN and Bidirectional layers saved in a file, in file order.
+    """The Keras GRU, LSTM, SimpleRNN and Bidirectional layers saved in a file, in the file's
+    (alphabetical, by class) group order.
 
     Reads a ``.keras`` archive (a zip of ``config.json`` and ``model.weights.h5``) or a bare
     ``.weights.h5`` with h5py only; Keras is not needed. Keras 3 stores a layer's weights at
@@ -591,8 +611,11 @@ def read_keras_weights(path: str | Path) -> list[KerasRecurrentWeights]:
     GRU without bias (True is assumed), whether a 3-gate layer is really a Keras GRU rather than a
     custom 3-gate cell, and whether a bias was deleted from the file (the layer reads as use_bias=False).
 
-    Raises DataError naming the file, the weight and the fix for missing, mis-shaped or unreadable
-    weights, and ConfigError for layers grukit cannot compute (activations, merge modes).
+    Layers of other kinds (Dense, ConvLSTM, custom cells named in the config) are skipped. Layers
+    grukit cannot compute (activations, merge modes) are returned with ``unsupported`` set, and
+    ``to_layer`` / :func:`from_keras_file` raise ConfigError for them, so one such layer does not
+    stop you reading the others. Raises DataError naming the file, the weight and the fix for
+    missing, mis-shaped or unreadable weights.
     """
     path = Path(path)
     handle, config = _open_weights(path)
