@@ -332,8 +332,9 @@ def _combine(name: str, directions: list[dict], arrays: list[list[np.ndarray]], 
         if merge_mode != "concat":
             unsupported = (f"Bidirectional layer '{name}' has merge_mode={merge_mode!r}, but grukit's "
                            "bidirectional layers concatenate the two directions (merge_mode='concat'); "
-                           "use merge_mode='concat' in Keras, or combine the halves of grukit's output "
-                           "yourself (output[..., :H] and output[..., H:])")
+                           "re-wrap the same layer with merge_mode='concat' in Keras (the weights do not "
+                           "change), convert that, and merge grukit's halves output[..., :H] and "
+                           "output[..., H:] yourself")
         elif different:
             unsupported = (f"Bidirectional layer '{name}': the forward and backward layers differ in "
                            f"{', '.join(different)}; grukit's bidirectional layer uses one configuration "
