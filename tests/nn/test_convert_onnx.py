@@ -42,7 +42,8 @@ def run_onnx_runtime(layer, x, lengths, h0):
                         helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [N]),
                         helper.make_tensor_value_info("initial_h", TensorProto.FLOAT, [D, N, H])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * (4 if name == "Y" else 3)) for name in outputs], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    # an explicit IR version: newer onnx releases write one that ONNX Runtime may not read yet
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=10)
     onnx.checker.check_model(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     result = session.run(None, {"X": x, "sequence_lens": lengths.astype(np.int32), "initial_h": h0})
