@@ -102,3 +102,25 @@ def test_state_dict_keys_per_cell():
     layer = gnn.MGU(I, H, variant="mgu1", bias=False)
     assert list(layer.state_dict()) == ["weight_ih_l0", "weight_hh_l0"]
     assert layer.weight_ih_l0.shape == (H, I) and layer.weight_hh_l0.shape == (2 * H, H)
+
+
+@pytest.mark.parametrize("cls,extra", [(gnn.LSTM, {}), (gnn.RNN, {"nonlinearity": "relu"})])
+def test_single_bias_equals_the_summed_pair(cls, extra):
+    """single_bias=True (Keras's layout) is the torch layer with bias = bias_ih + bias_hh."""
+    pair = cls(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **extra)
+    single = cls(I, H, num_layers=2, bidirectional=True, single_bias=True, dtype=torch.float64, **extra)
+    state = {}
+    for key, value in pair.state_dict().items():
+        if key.startswith("bias_ih"):
+            state[key.replace("bias_ih", "bias")] = value + pair.state_dict()[key.replace("bias_ih", "bias_hh")]
+        elif not key.startswith("bias_hh"):
+            state[key] = value
+    single.load_state_dict(state)
+    x = torch.randn(T, 2, I, dtype=torch.float64)
+    torch.testing.assert_close(single(x)[0], pair(x)[0], atol=1e-12, rtol=0)
+    assert sum(p.numel() for p in single.parameters()) == sum(p.numel() for p in pair.parameters()) - 4 * (
+        4 if cls is gnn.LSTM else 1) * H
+
+
+def test_keras_parameter_count_of_lstm_with_single_bias():
+    assert sum(p.numel() for p in gnn.LSTM(128, 128, single_bias=True).parameters()) == 131_584

@@ -15,11 +15,13 @@ of :data:`grukit.nn.cells.LAYOUTS`:
   redundant (this is Keras's layout, so parameter counts match Keras);
   ``bias_ih_l{k}`` only for MinGRU, which has no recurrent weights.
 * ``weight_hr_l{k}``: (proj_size, H) for LSTM with proj_size > 0.
+* LSTM and RNN with ``single_bias=True``: one ``bias_l{k}`` instead of the pair (Keras's count).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Iterator
 
 import torch
@@ -38,7 +40,7 @@ class RecurrentLayer(nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, kernel: str = "auto",
-                 check_finite: bool = False, candidate: str = "identity",
+                 check_finite: bool = False, candidate: str = "identity", single_bias: bool = False,
                  device=None, dtype=None) -> None:
         super().__init__()
         name = type(self).__name__
@@ -52,6 +54,13 @@ class RecurrentLayer(nn.Module):
                               f"in [1, hidden_size={hidden_size})")
         self.mode = mode
         self.layout: CellLayout = LAYOUTS[mode]
+        self.single_bias = single_bias
+        if single_bias:
+            if self.layout.bias_gates("bias_hh") and mode == "GRU":
+                raise ConfigError("GRU(reset_after=True) needs its recurrent bias inside r * (W_hn h + b_hn); "
+                                  "single_bias=True applies to LSTM and RNN (reset_after=False GRU has one already)")
+            # Keras's layout: the input and recurrent biases of LSTM/RNN are only ever summed
+            self.layout = replace(self.layout, biases=(("bias", self.layout.gates),))
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -367,14 +376,18 @@ class GRU(RecurrentLayer):
 
 
 class LSTM(RecurrentLayer):
-    """Long short-term memory, a drop-in for torch.nn.LSTM (gate rows i, f, g, o; optional proj_size)."""
+    """Long short-term memory, a drop-in for torch.nn.LSTM (gate rows i, f, g, o; optional proj_size).
+
+    ``single_bias=True`` keeps one bias ``bias_l{k}`` (4H,) instead of torch's redundant pair, as Keras does.
+    """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, kernel: str = "auto", check_finite: bool = False,
-                 device=None, dtype=None) -> None:
+                 single_bias: bool = False, device=None, dtype=None) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, kernel, check_finite, device=device, dtype=dtype)
+                         bidirectional, proj_size, kernel, check_finite, single_bias=single_bias,
+                         device=device, dtype=dtype)
 
 
 class RNN(RecurrentLayer):
@@ -383,13 +396,13 @@ class RNN(RecurrentLayer):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, kernel: str = "auto", check_finite: bool = False,
-                 device=None, dtype=None) -> None:
+                 single_bias: bool = False, device=None, dtype=None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ConfigError(f"RNN(nonlinearity={nonlinearity!r}): expected 'tanh' or 'relu'")
         self.nonlinearity = nonlinearity
         super().__init__(f"RNN_{nonlinearity.upper()}", input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, kernel, check_finite,
-                         device=device, dtype=dtype)
+                         single_bias=single_bias, device=device, dtype=dtype)
 
 
 MGU_VARIANTS = ("mgu", "mgu1", "mgu2", "mgu3")
