@@ -22,4 +22,8 @@ class UnsupportedKernelConfig(GrukitError, NotImplementedError):
     """kernel="fused" was requested for a configuration the fused kernels do not cover."""
 
 
-__all__ = ["GrukitError", "ShapeError", "ConfigError", "DataError", "UnsupportedKernelConfig"]
+class TrainingError(GrukitError, RuntimeError):
+    """Training cannot go on: the loss became NaN or infinite. The weights are those of the last good step."""
+
+
+__all__ = ["GrukitError", "ShapeError", "ConfigError", "DataError", "UnsupportedKernelConfig", "TrainingError"]
