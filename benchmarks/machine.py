@@ -1,0 +1,97 @@
+"""The machine and thread settings, and its float32 matmul peak (torch.matmul, same threads)."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+
+THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def pin_threads(threads: int) -> dict:
+    """Limit every library in this process (and subprocesses that inherit the environment) to
+    ``threads`` threads on the first ``threads`` CPUs this process may use. Call before
+    importing torch, numba, onnxruntime or JAX. XLA (JAX) has no thread-count setting, so
+    the CPU affinity is what holds it to the same cores."""
+    for name in THREADS_ENV:
+        os.environ[name] = str(threads)
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    return {"threads": threads, "cpus": cpus, "environment": {n: os.environ[n] for n in THREADS_ENV}}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
+    except OSError:
+        pass
+    return []
+
+
+def versions() -> dict:
+    names = ("grukit", "torch", "numpy", "numba", "llvmlite", "onnx", "onnxruntime", "keras",
+             "jax", "jaxlib")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def machine_info() -> dict:
+    return {"cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def library_threads() -> dict:
+    """What each library reports after pin_threads (imports torch and numba)."""
+    import numba
+    import torch
+    info = {"torch.get_num_threads": torch.get_num_threads(),
+            "torch.get_num_interop_threads": torch.get_num_interop_threads(),
+            "numba.get_num_threads": numba.get_num_threads(),
+            "numba.threading_layer": None}
+    try:
+        info["numba.threading_layer"] = numba.threading_layer()
+    except ValueError:  # only known after the first parallel call
+        info["numba.threading_layer"] = "not yet chosen"
+    return info
+
+
+def matmul_peak(settings, sizes=(1024, 2048, 3072)) -> dict:
+    """Best median GFLOP/s of torch.matmul on square float32 matrices of the given sizes."""
+    import torch
+
+    from .timing import measure_group
+    runs = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        record = measure_group({"matmul": lambda: torch.matmul(a, b, out=out)}, settings)["matmul"]
+        record["gflops"] = 2 * n ** 3 / (record["median"] * 1e-3) / 1e9
+        runs[str(n)] = record
+    best = max(runs.values(), key=lambda r: r["gflops"])
+    return {"gflops": best["gflops"], "by_size": runs,
+            "method": "torch.matmul of two n x n float32 matrices, 2 n^3 FLOPs, median per size, "
+                      "best size"}

@@ -1,0 +1,155 @@
+"""Comparisons against the issue's targets, the markdown report, and atomic file writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .scenarios import CELLS, PEAK_SHARE_TARGET, SCENARIOS, STEP_TARGET_US, target_for
+
+PEER_LABELS = {"torch": "torch.nn", "onnxruntime": "ONNX Runtime", "keras-jax": "Keras 3 / JAX",
+               "torch-cell": "torch.nn *Cell", "matmul-peak": "matmul peak"}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _find(measurements, **keys):
+    for m in measurements:
+        if all(m.get(k) == v for k, v in keys.items()):
+            return m
+    return None
+
+
+def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float | None) -> list[dict]:
+    """Every grukit measurement against every peer measured for the same cell, scenario and mode.
+
+    ratio = peer / grukit for times (a speed-up: > 1 means grukit is faster) and for memory
+    (> 1 means grukit needs less); for S4 GFLOP/s it is grukit's share of the matmul peak.
+    """
+    rows = []
+    for ours in (m for m in measurements if m["impl"] == "grukit"):
+        cell, scenario, mode = ours["cell"], ours["scenario"], ours["mode"]
+        for peer in (m for m in measurements if m["impl"] != "grukit" and m["cell"] == cell
+                     and m["scenario"] == scenario and m["mode"] == mode):
+            ratio = peer["median"] / ours["median"]
+            row = {"cell": cell, "scenario": scenario, "mode": mode, "peer": peer["impl"],
+                   "grukit": ours["median"], "peer_value": peer["median"], "unit": ours["unit"],
+                   "ratio": ratio, "path": ours.get("path", {}).get("path")}
+            if mode == "step":
+                row["target"] = f"grukit < {STEP_TARGET_US:g} us" if cell == "gru" else None
+                row["met"] = ours["median"] < STEP_TARGET_US if cell == "gru" else None
+            else:
+                target = target_for(cell, scenario, mode, peer["impl"])
+                row["target"] = target.text() if target else None
+                row["met"] = target.met(ratio) if target else None
+            rows.append(row)
+        if mode == "training" and scenario == "S4" and peak_gflops:
+            share = ours["gflops"] / peak_gflops
+            rows.append({"cell": cell, "scenario": scenario, "mode": "GFLOP/s", "peer": "matmul-peak",
+                         "grukit": ours["gflops"], "peer_value": peak_gflops, "unit": "GFLOP/s",
+                         "ratio": share, "path": ours.get("path", {}).get("path"),
+                         "target": f">={PEAK_SHARE_TARGET:.0%} of peak" if cell == "gru" else None,
+                         "met": share >= PEAK_SHARE_TARGET if cell == "gru" else None})
+    for cell in CELLS:
+        ours = _find(memory, cell=cell, impl="grukit")
+        theirs = _find(memory, cell=cell, impl="torch")
+        if ours and theirs and "peak_mb" in ours and "peak_mb" in theirs:
+            ratio = theirs["peak_mb"] / ours["peak_mb"] if ours["peak_mb"] > 0 else float("inf")
+            rows.append({"cell": cell, "scenario": "S2", "mode": "peak memory", "peer": "torch",
+                         "grukit": ours["peak_mb"], "peer_value": theirs["peak_mb"], "unit": "MB",
+                         "ratio": ratio, "path": None, "target": "<= torch",
+                         "met": ours["peak_mb"] <= theirs["peak_mb"]})
+    return rows
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "GFLOP/s":
+        return f"{value:.1f} GFLOP/s"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    digits = 3 if value < 10 else (2 if value < 100 else 1)
+    return f"{value:.{digits}f} {unit}"
+
+
+def _scenario_text(name: str) -> str:
+    s = SCENARIOS[name]
+    return f"{name} (B={s.B}, T={s.T}, I={s.I}, H={s.H})"
+
+
+def _yes_no(met) -> str:
+    return "—" if met is None else ("yes" if met else "**no**")
+
+
+def markdown(result: dict) -> str:
+    machine = result["machine"]
+    lines = ["# grukit benchmarks", "",
+             f"{machine['date']} on {machine['cpu_model']} ({machine['usable_cpus']} usable of "
+             f"{machine['logical_cpus']} logical CPUs). Versions: "
+             + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v) + ".", "",
+             "Threads: " + "; ".join(f"{k} = {v}" for k, v in result["threads"].items()) + ".", "",
+             f"Each time is the median of the repetitions after {result['settings']['warmup']} "
+             "warm-up call(s) (the first call, which includes Numba compilation or cache loading, "
+             "is reported separately below); implementations in one row were timed round-robin "
+             "in the same run. **Speed-up = peer time / grukit time** (> 1: grukit is faster). "
+             "grukit runs `kernel=\"auto\"`; the path in brackets is what ran, read from the "
+             "kernels' spy counter. A training step = zero grads, forward, MSE loss on the last "
+             "step's output, backward, SGD update (the same step for Keras/JAX, jitted).", ""]
+    if result.get("matmul_peak"):
+        lines += [f"Float32 matmul peak (torch.matmul, same threads): "
+                  f"{result['matmul_peak']['gflops']:.1f} GFLOP/s. {result['flop_formula']}.", ""]
+    rows = result["comparisons"]
+    for cell in CELLS:
+        cell_rows = [r for r in rows if r["cell"] == cell]
+        if not cell_rows:
+            continue
+        lines += [f"## {CELLS[cell]['grukit']}", "",
+                  "| scenario | measure | grukit | peer | peer value | speed-up | target | met |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in cell_rows:
+            ours = _fmt(r["grukit"], r["unit"]) + (f" ({r['path']})" if r["path"] else "")
+            ratio = f"{r['ratio']:.0%} of peak" if r["peer"] == "matmul-peak" else f"{r['ratio']:.2f}x"
+            lines.append(f"| {_scenario_text(r['scenario'])} | {r['mode']} | {ours} | "
+                         f"{PEER_LABELS.get(r['peer'], r['peer'])} | {_fmt(r['peer_value'], r['unit'])} | "
+                         f"{ratio} | {r['target'] or '—'} | {_yes_no(r['met'])} |")
+        lines.append("")
+    alone = [m for m in result["measurements"] if m["impl"] == "grukit" and CELLS[m["cell"]]["torch"] is None]
+    if alone:
+        lines += ["## Cells without a peer (grukit only)", "",
+                  "| cell | scenario | measure | grukit | path | GFLOP/s |", "|---|---|---|---|---|---|"]
+        for m in alone:
+            gflops = f"{m['gflops']:.1f}" if m.get("gflops") else "—"
+            lines.append(f"| {CELLS[m['cell']]['grukit']} | {_scenario_text(m['scenario'])} | {m['mode']} | "
+                         f"{_fmt(m['median'], m['unit'])} | {m.get('path', {}).get('path', '—')} | {gflops} |")
+        lines.append("")
+    lines += ["## First calls (not in the medians)", "",
+              "| cell | scenario | measure | implementation | first call | median after warm-up |",
+              "|---|---|---|---|---|---|"]
+    for m in result["measurements"]:
+        if m.get("first_call") is not None:
+            lines.append(f"| {CELLS[m['cell']]['grukit']} | {m['scenario']} | {m['mode']} | {m['impl']} | "
+                         f"{_fmt(m['first_call'], m['unit'])} | {_fmt(m['median'], m['unit'])} |")
+    lines.append("")
+    if result.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, result: dict) -> tuple[Path, Path]:
+    json_path, md_path = out_dir / "latest.json", out_dir / "latest.md"
+    write_atomic(json_path, json.dumps(result, indent=1) + "\n")
+    write_atomic(md_path, markdown(result))
+    return json_path, md_path
