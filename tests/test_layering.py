@@ -1,17 +1,19 @@
-"""Packages import only from packages to their left (see ARCHITECTURE.md), and the compiled
-kernels never import torch, so a torch-free runtime can use them."""
+"""Packages import only from packages to their left, and the compiled kernels never import torch,
+so a torch-free runtime can use them.
+
+The order differs from ARCHITECTURE.md's sketch in one place: the training engine (train) sits
+before the Keras-style layers and models, because Sequential.fit delegates to it and the engine
+works on any torch module (a plain PyTorch model trains with it too)."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "grukit"
-ORDER = ["errors", "data", "nn", "layers", "models", "train", "tasks", "analysis", "export", "cli"]
+ORDER = ["errors", "data", "nn", "train", "layers", "models", "tasks", "analysis", "export", "cli"]
 
 
 def rank(module: str) -> int:
     top = module.split(".")[0]
-    if top in ("layers", "models"):
-        return ORDER.index("layers")
     return ORDER.index(top) if top in ORDER else -1
 
 

@@ -1,0 +1,547 @@
+"""Keras-style layers: the vocabulary of GRU tutorials, built over grukit.nn.
+
+Each layer is a torch module that builds itself when it first learns its input shape, as in
+Keras, and passes a mask along: ``forward(x, mask) -> (y, mask)``. The recurrent layers are thin
+builders over :mod:`grukit.nn` (the fused kernels run underneath); nothing here re-implements a
+cell. Parameter counts equal Keras's: GRU with both ``reset_after`` values, and LSTM and SimpleRNN
+with one bias per gate.
+
+Masking: a mask from ``Embedding(mask_zero=True)`` or ``Masking`` marks valid steps. Recurrent
+layers skip masked steps (the state is carried over them), so pre-padding, post-padding and holes
+all work; outputs at masked steps are zero (Keras's Bidirectional behaviour; a plain Keras layer
+repeats the last output there), and ``return_sequences=False`` returns each sequence's last valid
+output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import nn as gnn
+from .errors import ConfigError, DataError, ShapeError
+
+Shape = tuple  # (None, ...) with None for the batch dimension
+
+_ACTIVATIONS = {
+    None: lambda x: x, "linear": lambda x: x, "relu": torch.relu, "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh, "softmax": lambda x: torch.softmax(x, dim=-1), "gelu": nn.functional.gelu,
+    "elu": nn.functional.elu, "selu": nn.functional.selu, "softplus": nn.functional.softplus,
+    "swish": nn.functional.silu, "silu": nn.functional.silu,
+}
+
+
+def activation_function(name: str | None):
+    if name not in _ACTIVATIONS:
+        raise ConfigError(f"activation={name!r} is not known; use one of "
+                          f"{sorted(k for k in _ACTIVATIONS if k)} or None")
+    return _ACTIVATIONS[name]
+
+
+class Layer(nn.Module):
+    """Base class: lazy build from the input shape, a Keras name, a config and a mask."""
+
+    _counters: dict[str, int] = {}
+
+    def __init__(self, name: str | None = None, trainable: bool = True) -> None:
+        super().__init__()
+        self.name = name
+        self.trainable = trainable
+        self.built = False
+        self.input_shape: Shape | None = None
+        self.output_shape: Shape | None = None
+
+    # subclasses implement these three
+    def build(self, input_shape: Shape) -> None:
+        pass
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+    def call(self, x: torch.Tensor, mask: torch.Tensor | None):
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "trainable": self.trainable}
+
+    # machinery
+    def ensure_built(self, input_shape: Shape) -> Shape:
+        if not self.built:
+            self.input_shape = tuple(input_shape)
+            self.build(self.input_shape)
+            self.built = True
+            if not self.trainable:
+                for parameter in self.parameters():
+                    parameter.requires_grad_(False)
+            self.output_shape = self.compute_output_shape(self.input_shape)
+        return self.output_shape
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        self.ensure_built((None, *x.shape[1:]))
+        return self.call(x, mask)
+
+    def count_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def class_name(self) -> str:
+        return type(self).__name__
+
+
+# ---- initializers (Keras's defaults, on grukit's PyTorch-style (rows, cols) = (out, in) shapes) ----
+
+def glorot_uniform_(weight: torch.Tensor) -> None:
+    fan_out, fan_in = weight.shape
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    nn.init.uniform_(weight, -limit, limit)
+
+
+def initialize(weight: torch.Tensor, name: str) -> None:
+    with torch.no_grad():
+        if name == "glorot_uniform":
+            glorot_uniform_(weight)
+        elif name == "orthogonal":
+            nn.init.orthogonal_(weight)
+        elif name == "zeros":
+            weight.zero_()
+        elif name == "ones":
+            weight.fill_(1.0)
+        elif name == "uniform":  # Keras's Embedding default: U(-0.05, 0.05)
+            nn.init.uniform_(weight, -0.05, 0.05)
+        elif name == "he_normal":
+            nn.init.kaiming_normal_(weight)
+        elif name == "torch":
+            pass  # keep torch.nn's default
+        else:
+            raise ConfigError(f"initializer {name!r} is not known; use glorot_uniform, orthogonal, zeros, "
+                              "ones, uniform, he_normal or torch")
+
+
+class Input:
+    """The input shape of a model without the batch dimension, e.g. ``Input(shape=(200,))`` for
+    token ids or ``Input(shape=(50, 10))`` for (time_steps, features)."""
+
+    def __init__(self, shape: tuple, dtype: str = "float32", name: str | None = None) -> None:
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.name = name
+
+    def get_config(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "name": self.name}
+
+
+class Embedding(Layer):
+    """Token ids (N, T) -> vectors (N, T, output_dim). ``mask_zero=True`` makes id 0 padding;
+    ``weights`` loads a pretrained (input_dim, output_dim) matrix, ``trainable=False`` freezes it."""
+
+    def __init__(self, input_dim: int, output_dim: int, mask_zero: bool = False, weights=None,
+                 embeddings_initializer: str = "uniform", trainable: bool = True, name: str | None = None):
+        super().__init__(name, trainable)
+        self.input_dim, self.output_dim, self.mask_zero = input_dim, output_dim, mask_zero
+        self.embeddings_initializer = embeddings_initializer
+        self.pretrained = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        if self.pretrained is not None and tuple(self.pretrained.shape) != (input_dim, output_dim):
+            raise ShapeError(f"Embedding(weights=...) has shape {tuple(self.pretrained.shape)}, expected "
+                             f"(input_dim, output_dim) = ({input_dim}, {output_dim})")
+
+    def build(self, input_shape):
+        self.embedding = nn.Embedding(self.input_dim, self.output_dim)
+        if self.pretrained is not None:
+            with torch.no_grad():
+                self.embedding.weight.copy_(self.pretrained)
+        else:
+            initialize(self.embedding.weight, self.embeddings_initializer)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.output_dim)
+
+    def call(self, x, mask):
+        if x.is_floating_point():
+            if not torch.equal(x, x.round()):
+                raise DataError("Embedding: inputs must be integer token ids, got non-integer floats")
+            x = x.long()
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.input_dim):
+            raise DataError(f"Embedding: token ids must lie in [0, {self.input_dim - 1}], got ids from "
+                            f"{int(x.min())} to {int(x.max())}; build the vocabulary with at most "
+                            f"{self.input_dim} entries or raise input_dim")
+        out_mask = (x != 0) if self.mask_zero else mask
+        return self.embedding(x), out_mask
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim,
+                "mask_zero": self.mask_zero, "embeddings_initializer": self.embeddings_initializer}
+
+
+class Masking(Layer):
+    """Marks time steps whose features all equal ``mask_value`` as padding."""
+
+    def __init__(self, mask_value: float = 0.0, name: str | None = None):
+        super().__init__(name)
+        self.mask_value = mask_value
+
+    def call(self, x, mask):
+        step_mask = (x != self.mask_value).any(dim=-1)
+        return x * step_mask.unsqueeze(-1).to(x.dtype), step_mask
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
+
+
+class Dense(Layer):
+    """``activation(x @ W + b)`` on the last dimension (so it also applies per time step)."""
+
+    def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
+                 name: str | None = None):
+        super().__init__(name)
+        activation_function(activation)
+        self.units, self.activation, self.use_bias = units, activation, use_bias
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+
+    def build(self, input_shape):
+        self.linear = nn.Linear(input_shape[-1], self.units, bias=self.use_bias)
+        initialize(self.linear.weight, self.kernel_initializer)
+        if self.use_bias:
+            initialize(self.linear.bias, self.bias_initializer)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def call(self, x, mask):
+        return activation_function(self.activation)(self.linear(x)), mask
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation,
+                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer,
+                "bias_initializer": self.bias_initializer}
+
+
+class Dropout(Layer):
+    def __init__(self, rate: float, name: str | None = None):
+        super().__init__(name)
+        if not 0 <= rate < 1:
+            raise ConfigError(f"Dropout(rate={rate!r}): expected a probability in [0, 1)")
+        self.rate = rate
+
+    def call(self, x, mask):
+        return nn.functional.dropout(x, self.rate, self.training), mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+class TimeDistributed(Layer):
+    """Applies ``layer`` to every time step of (N, T, ...) independently."""
+
+    def __init__(self, layer: Layer, name: str | None = None):
+        super().__init__(name)
+        self.layer = layer
+
+    def build(self, input_shape):
+        self.layer.ensure_built((None, *input_shape[2:]))
+
+    def compute_output_shape(self, input_shape):
+        inner = self.layer.compute_output_shape((None, *input_shape[2:]))
+        return (input_shape[0], input_shape[1], *inner[1:])
+
+    def call(self, x, mask):
+        N, T = x.shape[:2]
+        y, _ = self.layer(x.reshape(N * T, *x.shape[2:]), None)
+        return y.reshape(N, T, *y.shape[1:]), mask
+
+    def get_config(self):
+        return {**super().get_config(), "layer": serialize(self.layer)}
+
+
+# ---- recurrent layers -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _CellChoice:
+    module: type
+    default_activation: str
+    allowed_activations: tuple[str, ...]
+
+
+class Recurrent(Layer):
+    """Shared machinery of GRU, LSTM, SimpleRNN, MGU and MinGRU (Keras arguments)."""
+
+    cell: _CellChoice
+
+    def __init__(self, units: int, activation: str | None = None, recurrent_activation: str = "sigmoid",
+                 use_bias: bool = True, return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, stateful: bool = False, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, kernel_initializer: str = "glorot_uniform",
+                 recurrent_initializer: str = "orthogonal", bias_initializer: str = "zeros",
+                 kernel: str = "auto", name: str | None = None, **cell_options):
+        super().__init__(name)
+        activation = activation or self.cell.default_activation
+        label = type(self).__name__
+        if activation not in self.cell.allowed_activations:
+            raise ConfigError(f"{label}(activation={activation!r}): grukit's cells compute "
+                              f"{' or '.join(self.cell.allowed_activations)} here; other activations would "
+                              "change the equations the fused kernels implement")
+        if recurrent_activation != "sigmoid":
+            raise ConfigError(f"{label}(recurrent_activation={recurrent_activation!r}): the gates use "
+                              "'sigmoid' (Keras 3's default); Keras 2's hard_sigmoid is not implemented")
+        if recurrent_dropout:
+            raise ConfigError(f"{label}(recurrent_dropout={recurrent_dropout}): not implemented yet; use "
+                              "dropout= (on the inputs) or a Dropout layer after the recurrent layer")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"{label}(dropout={dropout!r}): expected a probability in [0, 1)")
+        self.units, self.activation, self.recurrent_activation = units, activation, recurrent_activation
+        self.use_bias, self.return_sequences, self.return_state = use_bias, return_sequences, return_state
+        self.go_backwards, self.stateful, self.dropout = go_backwards, stateful, dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
+        self.bias_initializer, self.kernel = bias_initializer, kernel
+        self.cell_options = cell_options
+        self.bidirectional = False
+        self.states = None
+
+    def nn_options(self) -> dict[str, Any]:
+        """Constructor arguments of the grukit.nn layer beyond sizes and direction."""
+        return dict(self.cell_options)
+
+    def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ShapeError(f"{type(self).__name__} expects input of shape (batch, time_steps, features), "
+                             f"got {input_shape}; reshape a 2-D series to (samples, time_steps, 1)")
+        self.recurrent = self.cell.module(input_shape[-1], self.units, bias=self.use_bias, batch_first=True,
+                                          bidirectional=self.bidirectional, kernel=self.kernel,
+                                          **self.nn_options())
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for name, parameter in self.recurrent.named_parameters():
+            if name.startswith("weight_ih"):
+                initialize(parameter, self.kernel_initializer)
+            elif name.startswith("weight_hh"):
+                initialize(parameter, self.recurrent_initializer)
+            else:
+                initialize(parameter, self.bias_initializer)
+
+    def compute_output_shape(self, input_shape):
+        features = self.units * (2 if self.bidirectional else 1)
+        return (input_shape[0], input_shape[1], features) if self.return_sequences else (input_shape[0], features)
+
+    def reset_states(self) -> None:
+        self.states = None
+
+    def call(self, x, mask):
+        N, T = x.shape[:2]
+        if self.dropout and self.training:  # Keras: one dropout mask per sequence, shared by all steps
+            keep = torch.empty(N, 1, x.shape[-1], device=x.device).bernoulli_(1 - self.dropout)
+            x = x * keep / (1 - self.dropout)
+        order, lengths = _valid_first_order(mask, N, T, x.device, self.go_backwards)
+        if order is not None:
+            x = x.gather(1, order.unsqueeze(-1).expand_as(x))
+        hx = self.states if (self.stateful and self.states is not None) else None
+        output, state = self.recurrent(x, hx, lengths=lengths.clamp(min=1) if lengths is not None else None)
+        if lengths is not None and (lengths == 0).any():  # fully masked rows: nothing to process
+            empty = lengths == 0
+            output = output.masked_fill(empty.view(N, 1, 1), 0.0)
+            state = _map(state, lambda s: s.masked_fill(empty.view(1, N, 1), 0.0))
+        if self.stateful:
+            self.states = _map(state, lambda s: s.detach())
+        h_n = state[0] if isinstance(state, tuple) else state
+        if self.return_sequences:
+            if self.go_backwards:  # Keras returns the sequence in processing order, valid steps first here
+                out_mask = None if lengths is None else steps_below(lengths, T, x.device)
+                result = output
+            elif order is not None:  # back to the original positions; masked steps stay zero
+                restored = torch.zeros_like(output)
+                restored.scatter_(1, order.unsqueeze(-1).expand_as(output), output)
+                result, out_mask = restored * mask.unsqueeze(-1).to(output.dtype), mask
+            else:
+                result, out_mask = output, mask
+        else:
+            result = torch.cat([h_n[-2], h_n[-1]], dim=-1) if self.bidirectional else h_n[-1]
+            out_mask = None
+        if self.return_state:
+            return (result, *_as_list(state)), out_mask
+        return result, out_mask
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation,
+                "use_bias": self.use_bias, "return_sequences": self.return_sequences,
+                "return_state": self.return_state, "go_backwards": self.go_backwards,
+                "stateful": self.stateful, "dropout": self.dropout,
+                "kernel_initializer": self.kernel_initializer,
+                "recurrent_initializer": self.recurrent_initializer,
+                "bias_initializer": self.bias_initializer, "kernel": self.kernel, **self.cell_options}
+
+
+def _valid_first_order(mask, N, T, device, backwards: bool):
+    """Time indices that put each sequence's valid steps first (reversed if ``backwards``).
+
+    Returns (order (N, T) or None, lengths (N,) or None). None/None means "run as is".
+    """
+    if mask is None:
+        if not backwards:
+            return None, None
+        return torch.arange(T - 1, -1, -1, device=device).expand(N, T), None
+    mask = mask.to(torch.bool)
+    lengths = mask.sum(dim=1).cpu()
+    steps = torch.arange(T, device=device)
+    is_prefix = bool((mask == steps_below(lengths, T, device)).all())
+    if is_prefix and not backwards:
+        return None, lengths
+    # stable sort puts valid steps first in their original order
+    key = (~mask).to(torch.int64) * T + steps.unsqueeze(0)
+    order = key.argsort(dim=1)
+    if backwards:  # reverse within the valid part
+        idx = steps.unsqueeze(0)
+        length = lengths.to(device).unsqueeze(1)
+        within = torch.where(idx < length, length - 1 - idx, idx)
+        order = order.gather(1, within)
+    return order, lengths
+
+
+def steps_below(lengths: torch.Tensor, T: int, device) -> torch.Tensor:
+    """The (N, T) prefix mask of the first lengths[i] steps."""
+    return torch.arange(T, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
+
+
+def _map(state, fn):
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def _as_list(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+class GRU(Recurrent):
+    """Keras's GRU: ``GRU(64)``, ``reset_after=True`` by default (set False for Cho et al.'s form)."""
+
+    cell = _CellChoice(gnn.GRU, "tanh", ("tanh",))
+
+    def __init__(self, units: int, reset_after: bool = True, **kwargs):
+        super().__init__(units, reset_after=reset_after, **kwargs)
+
+
+class LSTM(Recurrent):
+    """Keras's LSTM (one bias per gate, ``unit_forget_bias=True`` sets the forget bias to 1)."""
+
+    cell = _CellChoice(gnn.LSTM, "tanh", ("tanh",))
+
+    def __init__(self, units: int, unit_forget_bias: bool = True, **kwargs):
+        self.unit_forget_bias = unit_forget_bias
+        super().__init__(units, **kwargs)
+
+    def nn_options(self):
+        return {**super().nn_options(), "single_bias": True}
+
+    def initialize_weights(self):
+        super().initialize_weights()
+        if self.unit_forget_bias and self.use_bias:
+            with torch.no_grad():
+                for name, parameter in self.recurrent.named_parameters():
+                    if name.startswith("bias"):
+                        parameter[self.units:2 * self.units] = 1.0
+
+    def get_config(self):
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
+
+
+class SimpleRNN(Recurrent):
+    """Keras's SimpleRNN (tanh or relu, one bias)."""
+
+    cell = _CellChoice(gnn.RNN, "tanh", ("tanh", "relu"))
+
+    def nn_options(self):
+        return {**super().nn_options(), "nonlinearity": self.activation, "single_bias": True}
+
+
+class MGU(Recurrent):
+    """Minimal gated unit, ``variant`` "mgu", "mgu1", "mgu2" or "mgu3"."""
+
+    cell = _CellChoice(gnn.MGU, "tanh", ("tanh",))
+
+    def __init__(self, units: int, variant: str = "mgu", **kwargs):
+        super().__init__(units, variant=variant, **kwargs)
+
+
+class MinGRU(Recurrent):
+    """minGRU (Feng et al. 2024); no recurrent weights."""
+
+    cell = _CellChoice(gnn.MinGRU, "tanh", ("tanh",))
+
+    def __init__(self, units: int, candidate: str = "identity", **kwargs):
+        super().__init__(units, candidate=candidate, **kwargs)
+
+
+_MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+
+class Bidirectional(Layer):
+    """Runs ``layer`` forwards and backwards; merge_mode concat (default), sum, mul or ave."""
+
+    def __init__(self, layer: Recurrent, merge_mode: str = "concat", name: str | None = None):
+        super().__init__(name)
+        if not isinstance(layer, Recurrent):
+            raise ConfigError(f"Bidirectional wraps a recurrent layer, got {type(layer).__name__}")
+        if merge_mode not in _MERGE_MODES:
+            raise ConfigError(f"Bidirectional(merge_mode={merge_mode!r}): expected one of {_MERGE_MODES}")
+        if layer.go_backwards or layer.stateful:
+            raise ConfigError("Bidirectional: the wrapped layer must not set go_backwards or stateful")
+        self.layer = layer
+        self.merge_mode = merge_mode
+        layer.bidirectional = True
+
+    def build(self, input_shape):
+        self.layer.ensure_built(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        shape = self.layer.compute_output_shape(input_shape)
+        if self.merge_mode == "concat":
+            return shape
+        return (*shape[:-1], shape[-1] // 2)
+
+    def call(self, x, mask):
+        result, out_mask = self.layer(x, mask)
+        if self.merge_mode == "concat":
+            return result, out_mask
+        sequence = result[0] if isinstance(result, tuple) else result
+        forward, backward = sequence.chunk(2, dim=-1)
+        merged = {"sum": forward + backward, "mul": forward * backward,
+                  "ave": (forward + backward) / 2}[self.merge_mode]
+        if isinstance(result, tuple):
+            return (merged, *result[1:]), out_mask
+        return merged, out_mask
+
+    def get_config(self):
+        return {**super().get_config(), "layer": serialize(self.layer), "merge_mode": self.merge_mode}
+
+
+# ---- serialization ---------------------------------------------------------------------------
+
+LAYER_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
+    Embedding, Masking, Dense, Dropout, TimeDistributed, GRU, LSTM, SimpleRNN, MGU, MinGRU, Bidirectional)}
+
+
+def serialize(layer: Layer) -> dict[str, Any]:
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def deserialize(spec: dict[str, Any]) -> Layer:
+    try:
+        cls = LAYER_CLASSES[spec["class_name"]]
+    except KeyError as error:
+        raise ConfigError(f"unknown layer class {spec.get('class_name')!r} in a saved config; known: "
+                          f"{sorted(LAYER_CLASSES)}") from error
+    config = dict(spec["config"])
+    for key in ("layer",):
+        if key in config:
+            config[key] = deserialize(config[key])
+    trainable = config.pop("trainable", True)
+    layer = cls(**config)
+    layer.trainable = trainable
+    return layer
+
+
+__all__ = ["Layer", "Input", "Embedding", "Masking", "Dense", "Dropout", "TimeDistributed", "Recurrent",
+           "GRU", "LSTM", "SimpleRNN", "MGU", "MinGRU", "Bidirectional", "serialize", "deserialize",
+           "LAYER_CLASSES", "activation_function"]

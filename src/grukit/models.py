@@ -1,0 +1,271 @@
+"""Keras-style models: ``Sequential`` with compile / fit / evaluate / predict / summary / save.
+
+A tutorial's model is written as it is written there::
+
+    model = Sequential([Input(shape=(200,)), Embedding(10_000, 128), GRU(128), Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    history = model.fit(x_train, y_train, epochs=3, batch_size=32, validation_split=0.2)
+
+The model is a torch module (``model(x)`` returns the predictions, masks flow between layers
+inside), so it also trains in a plain PyTorch loop; fit and friends delegate to grukit.train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, DataError, ShapeError
+from .layers import Input, Layer, Recurrent, deserialize, serialize
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def _snake(name: str) -> str:
+    """Keras's default layer names: SimpleRNN -> simple_rnn, GRU -> gru, TimeDistributed -> time_distributed."""
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class Sequential(nn.Module):
+    """A linear stack of grukit.layers; ``Input(shape=...)`` first (or call ``build``)."""
+
+    def __init__(self, layers: Iterable[Layer | Input] | None = None, name: str = "sequential") -> None:
+        super().__init__()
+        self.name = name
+        self.input_spec: Input | None = None
+        self.stack = nn.ModuleList()
+        self.compiled: dict[str, Any] | None = None
+        self.stop_training = False
+        for layer in layers or ():
+            self.add(layer)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self.stack)
+
+    def add(self, layer: Layer | Input) -> None:
+        if isinstance(layer, Input):
+            if len(self.stack) or self.input_spec is not None:
+                raise ConfigError("Input(...) must come first in a Sequential model, and only once")
+            self.input_spec = layer
+            return
+        if not isinstance(layer, Layer):
+            raise ConfigError(f"Sequential takes grukit.layers layers, got {type(layer).__name__}; wrap torch "
+                              "modules in your own torch.nn.Module instead")
+        if layer.name is None:
+            base = _snake(type(layer).__name__)
+            taken = {existing.name for existing in self.stack}
+            layer.name = base if base not in taken else next(
+                f"{base}_{i}" for i in range(1, len(taken) + 2) if f"{base}_{i}" not in taken)
+        self.stack.append(layer)
+        if self.input_spec is not None:  # as in Keras: with a known input shape, build as layers arrive
+            self.build()
+
+    # -- building ------------------------------------------------------------------------
+    @property
+    def built(self) -> bool:
+        return bool(self.stack) and all(layer.built for layer in self.stack)
+
+    def build(self, input_shape: tuple | None = None) -> None:
+        """Create every layer's weights for inputs of ``input_shape`` (batch dimension first, may be None)."""
+        if input_shape is None:
+            if self.input_spec is None:
+                raise ConfigError("the model does not know its input shape yet; start it with "
+                                  "Input(shape=...) or call model.build((None, time_steps, features))")
+            input_shape = (None, *self.input_spec.shape)
+        if not self.stack:
+            raise ConfigError("the Sequential model has no layers; add some first")
+        shape = tuple(input_shape)
+        for index, layer in enumerate(self.stack):
+            if isinstance(layer, Recurrent) and layer.return_state and index < len(self.stack) - 1:
+                raise ConfigError(f"layer {layer.name!r} has return_state=True inside a Sequential model; "
+                                  "only the last layer may return its states")
+            try:
+                shape = layer.ensure_built(shape)
+            except ShapeError as error:
+                raise ShapeError(f"layer {layer.name!r} ({type(layer).__name__}): {error}") from error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.built:
+            self.build((None, *x.shape[1:]))
+        expected = self.stack[0].input_shape
+        if tuple(x.shape[1:]) != tuple(expected[1:]) and not isinstance(self.stack[0], Recurrent):
+            raise ShapeError(f"model {self.name!r} was built for inputs of shape {expected}, got "
+                             f"{tuple(x.shape)}; pad or reshape the data to the same shape")
+        mask = None
+        for layer in self.stack:
+            x, mask = layer(x, mask)
+        return x
+
+    def count_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self, print_fn=print) -> str:
+        """Print (and return) layers, output shapes and parameter counts, like Keras's summary()."""
+        if not self.built:
+            self.build()
+        rows = [(f"{layer.name} ({type(layer).__name__})", str(layer.output_shape), f"{layer.count_params():,}")
+                for layer in self.stack]
+        widths = [max(len(header), *(len(row[i]) for row in rows)) + 2
+                  for i, header in enumerate(("Layer (type)", "Output Shape", "Param #"))]
+        rule = "─" * sum(widths)
+        lines = [f'Model: "{self.name}"', rule,
+                 "Layer (type)".ljust(widths[0]) + "Output Shape".ljust(widths[1]) + "Param #".rjust(widths[2]),
+                 rule]
+        lines += [a.ljust(widths[0]) + b.ljust(widths[1]) + c.rjust(widths[2]) for a, b, c in rows]
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = self.count_params()
+        lines += [rule, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {total - trainable:,}"]
+        text = "\n".join(lines)
+        print_fn(text)
+        return text
+
+    # -- training (delegated to grukit.train) ----------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics: Iterable[str] | None = None) -> None:
+        """Choose the optimizer (name or spec), loss (name or callable) and metrics (names)."""
+        from .train import losses, optimizers  # noqa: F401  (train sits left of models)
+        if loss is None:
+            raise ConfigError("compile(loss=...) is required, e.g. 'binary_crossentropy' or 'mse'")
+        self.compiled = {"optimizer": optimizers.get_optimizer(optimizer), "loss": loss,
+                         "metrics": list(metrics or [])}
+        self._optimizer = None
+
+    def _require_compiled(self, what: str) -> dict[str, Any]:
+        if self.compiled is None:
+            raise ConfigError(f"call model.compile(optimizer=..., loss=...) before {what}()")
+        return self.compiled
+
+    def _torch_optimizer(self):
+        if getattr(self, "_optimizer", None) is None:
+            self._optimizer = self.compiled["optimizer"].create(
+                [p for p in self.parameters() if p.requires_grad])
+        return self._optimizer
+
+    def _prepare(self, x) -> None:
+        if not self.built:
+            first = x[0] if isinstance(x, (tuple, list)) else x
+            self.build((None, *np.shape(first)[1:]))
+
+    def fit(self, x, y, epochs: int = 1, batch_size: int = 32, **options):
+        """Train; options as grukit.train.fit (validation_split, validation_data, shuffle, class_weight,
+        callbacks, verbose, seed, initial_epoch, bucket_by_length, ...). Returns a History."""
+        from .train import loop
+        compiled = self._require_compiled("fit")
+        self._prepare(x)
+        return loop.fit(self, x, y, loss=compiled["loss"], optimizer=self._torch_optimizer(),
+                        metrics=compiled["metrics"], epochs=epochs, batch_size=batch_size, **options)
+
+    def evaluate(self, x, y, batch_size: int = 32, **options) -> dict[str, float]:
+        from .train import loop
+        compiled = self._require_compiled("evaluate")
+        self._prepare(x)
+        return loop.evaluate(self, x, y, loss=compiled["loss"], metrics=compiled["metrics"],
+                             batch_size=batch_size, **options)
+
+    def predict(self, x, batch_size: int = 32, **options):
+        from .train import loop
+        self._prepare(x)
+        return loop.predict(self, x, batch_size=batch_size, **options)
+
+    # -- saving ----------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        if not self.built:
+            self.build()
+        return {"format_version": FORMAT_VERSION, "class_name": "Sequential", "name": self.name,
+                "input_shape": list(self.stack[0].input_shape[1:]),
+                "input": self.input_spec.get_config() if self.input_spec else None,
+                "layers": [serialize(layer) for layer in self.stack]}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``, each atomically; the config
+        records the weights' sha256 so a truncated or tampered weights file is detected on load."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        weights_path = directory / WEIGHTS_FILE
+        _atomic_write(weights_path, lambda tmp: save_file(state, str(tmp)))
+        config = {**self.get_config(), "weights_sha256": _sha256(weights_path)}
+        _atomic_write(directory / CONFIG_FILE,
+                      lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2), encoding="utf-8"))
+        return directory
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Sequential":
+        layers: list[Any] = []
+        if config.get("input"):
+            spec = config["input"]
+            layers.append(Input(tuple(spec["shape"]), spec.get("dtype", "float32"), spec.get("name")))
+        layers += [deserialize(spec) for spec in config["layers"]]
+        model = cls(layers, name=config.get("name", "sequential"))
+        model.build((None, *config["input_shape"]))
+        return model
+
+
+def load(directory: str | os.PathLike) -> Sequential:
+    """Restore a model written by ``Sequential.save``; it predicts identically."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise DataError(f"{path} is missing; {directory} is not a complete grukit model directory "
+                            "(save one with model.save(directory))")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{config_path} is not valid JSON ({error}); the file is corrupt, restore it from a "
+                        "backup or save the model again") from error
+    expected = config.get("weights_sha256")
+    if expected and _sha256(weights_path) != expected:
+        raise DataError(f"{weights_path} does not match the checksum recorded in {config_path}: the weights "
+                        "file was truncated or changed after saving; restore it or save the model again")
+    model = Sequential.from_config(config)
+    try:
+        state = load_file(str(weights_path))
+    except Exception as error:  # safetensors raises its own error types for corrupt headers
+        raise DataError(f"{weights_path} could not be read as safetensors ({error})") from error
+    missing = set(model.state_dict()) - set(state)
+    if missing:
+        raise DataError(f"{weights_path} lacks weights {sorted(missing)[:5]}; it belongs to another model")
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over the target."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+__all__ = ["Sequential", "load"]

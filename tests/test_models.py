@@ -1,0 +1,210 @@
+"""Keras-style layers and Sequential against Keras 3 itself: shapes, parameter counts, and the
+numbers of whole models with the same weights (masking included); save and load."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from grukit import layers as L
+from grukit.errors import ConfigError, DataError, ShapeError
+from grukit.models import Sequential, load
+from grukit.nn.convert import from_keras
+
+keras = pytest.importorskip("keras")
+
+
+def tutorial_models():
+    """(name, grukit model, Keras model) for the tutorials' architectures and a few more."""
+    K = keras.layers
+    return [
+        ("sentiment", [L.Input((200,)), L.Embedding(10_000, 128), L.GRU(128), L.Dense(1, activation="sigmoid")],
+         [K.Input((200,)), K.Embedding(10_000, 128), K.GRU(128), K.Dense(1, activation="sigmoid")]),
+        ("small sentiment", [L.Input((100,)), L.Embedding(5000, 64), L.GRU(64), L.Dense(1, activation="sigmoid")],
+         [K.Input((100,)), K.Embedding(5000, 64), K.GRU(64), K.Dense(1, activation="sigmoid")]),
+        ("forecasting", [L.Input((50, 10)), L.GRU(64), L.Dense(1)], [K.Input((50, 10)), K.GRU(64), K.Dense(1)]),
+        ("comparison", [L.Input((30, 4)), L.SimpleRNN(32, return_sequences=True), L.LSTM(32, return_sequences=True),
+                        L.GRU(32, reset_after=False), L.Dense(3, activation="softmax")],
+         [K.Input((30, 4)), K.SimpleRNN(32, return_sequences=True), K.LSTM(32, return_sequences=True),
+          K.GRU(32, reset_after=False), K.Dense(3, activation="softmax")]),
+        ("bidirectional", [L.Input((40,)), L.Embedding(1000, 16, mask_zero=True),
+                           L.Bidirectional(L.GRU(8, return_sequences=True)),
+                           L.Bidirectional(L.LSTM(8), merge_mode="sum"), L.Dropout(0.5), L.Dense(1)],
+         [K.Input((40,)), K.Embedding(1000, 16, mask_zero=True), K.Bidirectional(K.GRU(8, return_sequences=True)),
+          K.Bidirectional(K.LSTM(8), merge_mode="sum"), K.Dropout(0.5), K.Dense(1)]),
+        ("time distributed", [L.Input((12, 3)), L.GRU(16, return_sequences=True), L.TimeDistributed(L.Dense(2))],
+         [K.Input((12, 3)), K.GRU(16, return_sequences=True), K.TimeDistributed(K.Dense(2))]),
+    ]
+
+
+@pytest.mark.parametrize("name,ours,theirs", tutorial_models(), ids=[m[0] for m in tutorial_models()])
+def test_summary_shapes_and_parameter_counts_equal_keras(name, ours, theirs):
+    model = Sequential(ours)
+    reference = keras.Sequential(theirs)
+    text = model.summary(print_fn=lambda _: None)
+    keras_layers = [layer for layer in reference.layers]
+    assert len(model.layers) == len(keras_layers)
+    for mine, other in zip(model.layers, keras_layers):
+        assert mine.count_params() == other.count_params(), mine.name
+        assert tuple(mine.output_shape) == tuple(other.output.shape), mine.name
+        assert f"{mine.count_params():,}" in text
+    assert model.count_params() == reference.count_params()
+    assert f"Total params: {reference.count_params():,}" in text
+
+
+def test_tutorial_sentiment_model_has_keras_parameter_count():
+    model = Sequential([L.Input((200,)), L.Embedding(10_000, 128), L.GRU(128), L.Dense(1, activation="sigmoid")])
+    assert model.count_params() == 1_280_000 + 99_072 + 129
+
+
+def copy_keras_weights(model, reference):
+    """Put a Keras model's weights into the grukit model of the same architecture."""
+    for mine, other in zip(model.layers, reference.layers):
+        target = mine.layer if isinstance(mine, (L.Bidirectional, L.TimeDistributed)) else mine
+        if isinstance(target, L.Embedding):
+            target.embedding.weight.data.copy_(torch.from_numpy(np.asarray(other.get_weights()[0])))
+        elif isinstance(target, L.Dense):
+            inner = other.layer if hasattr(other, "layer") and not hasattr(other, "forward_layer") else other
+            kernel, bias = inner.get_weights()
+            target.linear.weight.data.copy_(torch.from_numpy(kernel.T.copy()))
+            target.linear.bias.data.copy_(torch.from_numpy(bias))
+        elif isinstance(target, L.Recurrent):
+            if hasattr(other, "forward_layer"):  # any merge mode: convert the two directions separately
+                converted = dict(from_keras(other.forward_layer).state_dict())
+                converted.update({f"{k}_reverse": v for k, v in from_keras(other.backward_layer).state_dict().items()})
+            else:
+                converted = from_keras(other).state_dict()
+            merged = {}
+            for key, value in converted.items():  # LSTM/SimpleRNN: Keras's one bias is bias_ih (bias_hh = 0)
+                if key.startswith("bias_ih") and "bias_hh" + key[7:] in converted and target.recurrent.single_bias:
+                    merged["bias" + key[7:]] = value + converted["bias_hh" + key[7:]]
+                elif not (key.startswith("bias_hh") and target.recurrent.single_bias):
+                    merged[key] = value
+            target.recurrent.load_state_dict(merged)
+
+
+@pytest.mark.parametrize("padding", ["pre", "post"])
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "SimpleRNN"])
+def test_masked_text_model_matches_keras(cell, padding):
+    """Embedding(mask_zero) -> recurrent -> Dense on zero-padded token ids, Keras's default pre-padding
+    included: the same weights give the same predictions."""
+    K = keras.layers
+    reference = keras.Sequential([K.Input((12,)), K.Embedding(50, 6, mask_zero=True), getattr(K, cell)(5),
+                                  K.Dense(1, activation="sigmoid")])
+    model = Sequential([L.Input((12,)), L.Embedding(50, 6, mask_zero=True), getattr(L, cell)(5),
+                        L.Dense(1, activation="sigmoid")])
+    model.build()
+    copy_keras_weights(model, reference)
+    rng = np.random.default_rng(0)
+    lengths = [12, 7, 1, 4]
+    ids = np.zeros((4, 12), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        tokens = rng.integers(1, 50, size=length)
+        ids[row, 12 - length:] = tokens if padding == "pre" else 0
+        if padding == "post":
+            ids[row, :length] = tokens
+    expected = np.asarray(reference.predict(ids, verbose=0))
+    model.eval()
+    with torch.no_grad():
+        got = model(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_bidirectional_stack_matches_keras():
+    name, ours, theirs = tutorial_models()[4]
+    model, reference = Sequential(ours), keras.Sequential(theirs)
+    model.build()
+    copy_keras_weights(model, reference)
+    ids = np.random.default_rng(1).integers(1, 1000, size=(3, 40))
+    ids[1, 25:] = 0
+    ids[2, :30] = 0
+    model.eval()
+    with torch.no_grad():
+        got = model(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(got, np.asarray(reference.predict(ids, verbose=0)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_return_sequences_and_go_backwards_match_keras(cell):
+    K = keras.layers
+    reference = keras.Sequential([K.Input((9, 3)), getattr(K, cell)(4, return_sequences=True, go_backwards=True),
+                                  getattr(K, cell)(4, go_backwards=True)])
+    model = Sequential([L.Input((9, 3)), getattr(L, cell)(4, return_sequences=True, go_backwards=True),
+                        getattr(L, cell)(4, go_backwards=True)])
+    model.build()
+    with pytest.warns(UserWarning):
+        copy_keras_weights(model, reference)
+    x = np.random.default_rng(2).normal(size=(2, 9, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, np.asarray(reference.predict(x, verbose=0)), atol=1e-5, rtol=0)
+
+
+def test_save_and_load_predict_identically(tmp_path):
+    model = Sequential([L.Input((20,)), L.Embedding(300, 8, mask_zero=True), L.Bidirectional(L.GRU(6)),
+                        L.Dense(2, activation="softmax")])
+    x = torch.randint(0, 300, (5, 20))
+    model.eval()
+    expected = model(x)
+    model.save(tmp_path / "m")
+    restored = load(tmp_path / "m")
+    torch.testing.assert_close(restored(x), expected, atol=0, rtol=0)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert [layer["class_name"] for layer in config["layers"]] == ["Embedding", "Bidirectional", "Dense"]
+
+
+def test_tampered_or_truncated_weights_are_detected_and_previous_save_survives(tmp_path):
+    model = Sequential([L.Input((5, 2)), L.GRU(3), L.Dense(1)])
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match="truncated or changed"):
+        load(tmp_path / "m")
+    weights.write_bytes(good)
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load(tmp_path / "m")
+    with pytest.raises(DataError, match="missing"):
+        load(tmp_path / "nothing-here")
+
+
+def test_save_does_not_leave_temporary_files(tmp_path):
+    model = Sequential([L.Input((5, 2)), L.GRU(3)])
+    model.save(tmp_path)
+    model.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_bad_model_definitions():
+    with pytest.raises(ConfigError, match="Input"):
+        Sequential([L.GRU(3)]).summary(print_fn=lambda _: None)
+    with pytest.raises(ConfigError, match="recurrent_dropout"):
+        L.GRU(3, recurrent_dropout=0.2)
+    with pytest.raises(ConfigError, match="activation"):
+        L.GRU(3, activation="relu")
+    with pytest.raises(ShapeError, match="time_steps"):
+        Sequential([L.Input((5,)), L.GRU(3)]).build()
+    model = Sequential([L.Input((10,)), L.Embedding(20, 4), L.GRU(3)])
+    with pytest.raises(DataError, match=r"token ids must lie in \[0, 19\]"):
+        model(torch.tensor([[1, 2, 25, 0, 0, 0, 0, 0, 0, 0]]))
+
+
+def test_layer_names_follow_keras():
+    model = Sequential([L.Input((5, 2)), L.GRU(3, return_sequences=True), L.GRU(3), L.Dense(1)])
+    assert [layer.name for layer in model.layers] == ["gru", "gru_1", "dense"]
+    assert L.SimpleRNN(2).class_name() == "SimpleRNN"
+    model = Sequential([L.Input((5, 2)), L.SimpleRNN(3, return_sequences=True), L.TimeDistributed(L.Dense(1))])
+    assert [layer.name for layer in model.layers] == ["simple_rnn", "time_distributed"]
+
+
+def test_frozen_pretrained_embedding():
+    matrix = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    model = Sequential([L.Input((6,)), L.Embedding(30, 4, weights=matrix, trainable=False), L.GRU(2)])
+    model.build()
+    embedding = model.layers[0].embedding.weight
+    assert not embedding.requires_grad
+    np.testing.assert_array_equal(embedding.detach().numpy(), matrix)
+    summary = model.summary(print_fn=lambda _: None)
+    assert "Non-trainable params: 120" in summary
