@@ -2,9 +2,9 @@
 gradients, SGD update) of ``keras.layers.GRU/LSTM/SimpleRNN(H)`` fed (B, T, I) input.
 
 Runs in its own process (``python -m benchmarks.keras_jax JSON``) because the backend must be
-chosen before Keras is imported and grukit's tests use the torch backend. Reads a JSON request
-{"cells": {...}, "scenarios": [...], "settings": {...}, "threads": n} as its one argument and
-prints one JSON object on stdout; progress goes to stderr.
+chosen before Keras is imported and grukit's tests use the torch backend. Its one argument is a
+JSON request {"jobs": [{"cell", "layer", "scenario", "B", "T", "I", "H"}, ...], "settings": {...},
+"threads": n, "learning_rate": lr}; it prints one JSON object on stdout, progress on stderr.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import time
 
 THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -95,3 +96,38 @@ def matmul_peak(settings, sizes=(1024, 2048, 3072)) -> dict:
     return {"gflops": best["gflops"], "by_size": runs,
             "method": "torch.matmul of two n x n float32 matrices, 2 n^3 FLOPs, median per size, "
                       "best size"}
+
+
+class OtherLoad:
+    """How much of the pinned CPUs other processes used between start() and share().
+
+    Busy time of those CPUs (from /proc/stat, steal included) minus this process's own CPU time
+    and its finished children's, over wall time x CPUs. A shared machine makes every number
+    noisy; this says how noisy a run was.
+    """
+
+    def __init__(self, cpus: list[int]):
+        self.cpus = cpus
+        self.start()
+
+    def _sample(self) -> tuple[float, float, float]:
+        busy = 0.0
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    name, *values = line.split()
+                    if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in self.cpus:
+                        user, nice, system, idle, iowait, irq, softirq, steal = map(int, values[:8])
+                        busy += user + nice + system + irq + softirq + steal
+        except OSError:
+            return 0.0, 0.0, time.perf_counter()
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        return busy / os.sysconf("SC_CLK_TCK"), own, time.perf_counter()
+
+    def start(self) -> None:
+        self._begin = self._sample()
+
+    def share(self) -> float:
+        busy, own, wall = (b - a for a, b in zip(self._begin, self._sample()))
+        return max(0.0, (busy - own) / (wall * len(self.cpus))) if wall > 0 else 0.0

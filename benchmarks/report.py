@@ -57,7 +57,7 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
                 row["target"] = target.text() if target else None
                 row["met"] = target.met(ratio) if target else None
             rows.append(row)
-        if mode == "training" and scenario == "S4" and peak_gflops:
+        if mode == "training" and scenario == "S4" and peak_gflops and CELLS[cell]["torch"]:
             share = ours["gflops"] / peak_gflops
             rows.append({"cell": cell, "scenario": scenario, "mode": "GFLOP/s", "peer": "matmul-peak",
                          "grukit": ours["gflops"], "peer_value": peak_gflops, "unit": "GFLOP/s",
@@ -94,13 +94,30 @@ def _yes_no(met) -> str:
     return "—" if met is None else ("yes" if met else "**no**")
 
 
+def _threads_text(threads: dict) -> str:
+    pinned = threads["pinned"]
+    parts = [f"{pinned['threads']} threads on CPUs {pinned['cpus']} "
+             f"({', '.join(f'{k}={v}' for k, v in pinned['environment'].items())})",
+             f"torch.set_num_threads({threads['torch.get_num_threads']}), "
+             f"interop {threads['torch.get_num_interop_threads']}",
+             f"Numba {threads['numba.get_num_threads']} threads, {threads['numba.threading_layer']} layer "
+             "(grukit's kernels use min(torch.get_num_threads(), Numba's pool))"]
+    if "onnxruntime" in threads:
+        ort = threads["onnxruntime"]
+        parts.append(f"ONNX Runtime intra_op_num_threads={ort['intra_op_num_threads']}, "
+                     f"inter_op_num_threads={ort['inter_op_num_threads']}, spinning off")
+    if "keras-jax" in threads:
+        parts.append(f"JAX: {threads['keras-jax']}")
+    return "; ".join(parts) + "."
+
+
 def markdown(result: dict) -> str:
     machine = result["machine"]
     lines = ["# grukit benchmarks", "",
              f"{machine['date']} on {machine['cpu_model']} ({machine['usable_cpus']} usable of "
              f"{machine['logical_cpus']} logical CPUs). Versions: "
              + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v) + ".", "",
-             "Threads: " + "; ".join(f"{k} = {v}" for k, v in result["threads"].items()) + ".", "",
+             "Threads: " + _threads_text(result["threads"]), "",
              f"Each time is the median of the repetitions after {result['settings']['warmup']} "
              "warm-up call(s) (the first call, which includes Numba compilation or cache loading, "
              "is reported separately below); implementations in one row were timed round-robin "
@@ -108,6 +125,9 @@ def markdown(result: dict) -> str:
              "grukit runs `kernel=\"auto\"`; the path in brackets is what ran, read from the "
              "kernels' spy counter. A training step = zero grads, forward, MSE loss on the last "
              "step's output, backward, SGD update (the same step for Keras/JAX, jitted).", ""]
+    if result.get("other_load"):
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in result["other_load"].items())
+        lines += [f"Share of the benchmark's CPUs used by other processes (noise): {shares}.", ""]
     if result.get("matmul_peak"):
         lines += [f"Float32 matmul peak (torch.matmul, same threads): "
                   f"{result['matmul_peak']['gflops']:.1f} GFLOP/s. {result['flop_formula']}.", ""]
@@ -126,16 +146,29 @@ def markdown(result: dict) -> str:
                          f"{PEER_LABELS.get(r['peer'], r['peer'])} | {_fmt(r['peer_value'], r['unit'])} | "
                          f"{ratio} | {r['target'] or '—'} | {_yes_no(r['met'])} |")
         lines.append("")
+        s4 = [m for m in result["measurements"] if m["cell"] == cell and m.get("peak_share") is not None]
+        if s4:
+            lines += ["S4 training throughput: " + ", ".join(
+                f"{m['impl']} {m['gflops']:.1f} GFLOP/s ({m['peak_share']:.0%} of the matmul peak)"
+                for m in s4) + ".", ""]
     alone = [m for m in result["measurements"] if m["impl"] == "grukit" and CELLS[m["cell"]]["torch"] is None]
     if alone:
         lines += ["## Cells without a peer (grukit only)", "",
-                  "| cell | scenario | measure | grukit | path | GFLOP/s |", "|---|---|---|---|---|---|"]
+                  "| cell | scenario | measure | grukit | path | GFLOP/s | share of matmul peak |",
+                  "|---|---|---|---|---|---|---|"]
         for m in alone:
             gflops = f"{m['gflops']:.1f}" if m.get("gflops") else "—"
+            share = f"{m['peak_share']:.0%}" if m.get("peak_share") is not None else "—"
             lines.append(f"| {CELLS[m['cell']]['grukit']} | {_scenario_text(m['scenario'])} | {m['mode']} | "
-                         f"{_fmt(m['median'], m['unit'])} | {m.get('path', {}).get('path', '—')} | {gflops} |")
+                         f"{_fmt(m['median'], m['unit'])} | {m.get('path', {}).get('path', '—')} | "
+                         f"{gflops} | {share} |")
         lines.append("")
+    cache = result.get("numba_cache_index_files_at_start")
     lines += ["## First calls (not in the medians)", "",
+              "The first call of a process includes importing the kernels and either compiling them "
+              "(no Numba cache) or loading their machine code from the cache; this run started with "
+              f"{cache} Numba cache index files in grukit's kernels (0 means every kernel compiled "
+              "here). torch's first call includes its own one-time set-up.", "",
               "| cell | scenario | measure | implementation | first call | median after warm-up |",
               "|---|---|---|---|---|---|"]
     for m in result["measurements"]:
@@ -143,6 +176,15 @@ def markdown(result: dict) -> str:
             lines.append(f"| {CELLS[m['cell']]['grukit']} | {m['scenario']} | {m['mode']} | {m['impl']} | "
                          f"{_fmt(m['first_call'], m['unit'])} | {_fmt(m['median'], m['unit'])} |")
     lines.append("")
+    if result.get("cold_start"):
+        lines += ["## Compile times: first calls with an empty Numba cache (fresh process per cell)", "",
+                  "| cell | import grukit | first S1 inference (second) | first S3 training step (second) "
+                  "| first step() (second) |", "|---|---|---|---|---|"]
+        for c in result["cold_start"]:
+            cells = [f"{c[k]['first_s']:.2f} s ({c[k]['second_s'] * 1e3:.2f} ms, {c[k]['path']})"
+                     for k in ("inference", "training", "step")]
+            lines.append(f"| {CELLS[c['cell']]['grukit']} | {c['import_s']:.2f} s | " + " | ".join(cells) + " |")
+        lines.append("")
     if result.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
     return "\n".join(lines)

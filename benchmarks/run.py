@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .machine import machine_info, pin_threads
+from .machine import OtherLoad, machine_info, pin_threads
 from .scenarios import CELLS, DEFAULT_CELLS, FLOP_FORMULA, SCENARIOS, training_flops
 from .timing import Settings
 
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras 3 / JAX peer")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime peer")
     parser.add_argument("--no-memory", action="store_true", help="skip the S2 peak-memory subprocesses")
+    parser.add_argument("--no-cold-start", action="store_true",
+                        help="skip timing first calls with an empty Numba cache (fresh subprocess per "
+                             "cell; skipped by --quick too)")
     parser.add_argument("--repeats", type=int, metavar="N",
                         help="exactly N timed repetitions per measurement (default: up to 11, "
                              "stopping after about 8 s of timed calls once 3 are done)")
@@ -77,6 +81,16 @@ def settings_from(args) -> Settings:
     return Settings()
 
 
+def numba_cache_files() -> int:
+    """Numba cache index files of grukit's kernels present before the run: with them the first
+    call loads machine code from disk, without them it compiles."""
+    import importlib.util
+    spec = importlib.util.find_spec("grukit")
+    if spec is None or spec.origin is None:
+        return 0
+    return len(list((Path(spec.origin).parent / "nn" / "kernels" / "__pycache__").glob("*.nbi")))
+
+
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -97,6 +111,7 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
     for name in args.only:
         scenario = SCENARIOS[name]
         progress(f"{name} {scenario.label} (B={scenario.B}, T={scenario.T}, I={scenario.I}, H={scenario.H})")
+        load = OtherLoad(result["threads"]["pinned"]["cpus"])
         for cell in args.cells:
             ours, theirs = torch_peer.build_pair(cell, scenario)
             x, target = torch_peer.inputs(scenario)
@@ -146,6 +161,15 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                     progress(f"    {impl:12s} {record['median']:10.2f} us per step")
             del ours, theirs
         torch.set_num_threads(args.threads)   # in case a peer changed it
+        record_load(result, name, load)
+
+
+def record_load(result: dict, label: str, load: OtherLoad) -> None:
+    share = load.share()
+    result["other_load"][label] = share
+    if share > 0.05:
+        progress(f"  warning: other processes used {share:.0%} of the benchmark's CPUs during {label}; "
+                 "its times are inflated, rerun on a quiet machine")
 
 
 def run_keras(args, settings: Settings, result: dict) -> None:
@@ -155,9 +179,11 @@ def run_keras(args, settings: Settings, result: dict) -> None:
     if not jobs:
         return
     progress("Keras 3 / JAX training (subprocess, KERAS_BACKEND=jax)")
+    load = OtherLoad(result["threads"]["pinned"]["cpus"])
     request = {"jobs": jobs, "settings": settings.to_dict(), "threads": args.threads,
                "learning_rate": 1e-3}
     answer = _subprocess("benchmarks.keras_jax", request, result["notes"], "Keras/JAX peer")
+    record_load(result, "keras-jax", load)
     if answer is None:
         return
     result["threads"]["keras-jax"] = answer["thread_note"]
@@ -185,6 +211,20 @@ def run_memory(args, memory: list[dict], notes: list[str]) -> None:
                 progress(f"    {impl:12s} {answer['peak_mb']:10.1f} MB")
 
 
+def run_cold_start(args, result: dict) -> None:
+    import tempfile
+    for cell in args.cells:
+        progress(f"first calls with an empty Numba cache: {cell} (fresh subprocess)")
+        with tempfile.TemporaryDirectory(prefix="grukit-numba-cache-") as cache_dir:
+            request = {"cell": cell, "threads": args.threads, "cache_dir": cache_dir}
+            answer = _subprocess("benchmarks.cold_start", request, result["notes"], f"cold start {cell}")
+        if answer is not None:
+            result["cold_start"].append(answer)
+            progress(f"    import {answer['import_s']:.1f} s, first inference {answer['inference']['first_s']:.1f} s, "
+                     f"first training step {answer['training']['first_s']:.1f} s, "
+                     f"first step() {answer['step']['first_s']:.2f} s")
+
+
 def _subprocess(module: str, request: dict, notes: list[str], label: str) -> dict | None:
     completed = subprocess.run([sys.executable, "-m", module, json.dumps(request)], cwd=ROOT,
                                stdout=subprocess.PIPE, text=True)
@@ -198,6 +238,9 @@ def _subprocess(module: str, request: dict, notes: list[str], label: str) -> dic
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     threads = pin_threads(args.threads)       # before torch, numba and onnxruntime are imported
+    whole_run = OtherLoad(threads["cpus"])
+    cache_files = numba_cache_files()
+    loadavg_start = os.getloadavg()
     memory: list[dict] = []
     notes: list[str] = []
     if not args.no_memory and "S2" in args.only:
@@ -213,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"schema": 1, "machine": machine_info(), "settings": settings.to_dict(),
               "options": {"only": args.only, "cells": args.cells, "quick": args.quick,
                           "keras": not args.no_keras, "onnx": not args.no_onnx,
-                          "memory": not args.no_memory},
+                          "memory": not args.no_memory, "cold_start": not (args.no_cold_start or args.quick)},
               "threads": {"pinned": threads, **library_threads()},
-              "flop_formula": FLOP_FORMULA, "measurements": [], "memory": memory, "notes": notes}
+              "flop_formula": FLOP_FORMULA, "measurements": [], "memory": memory, "notes": notes,
+              "other_load": {}, "numba_cache_index_files_at_start": cache_files,
+              "cold_start": []}
     if "S4" in args.only:
         progress("float32 matmul peak (torch.matmul)")
         sizes = (1024, 2048) if args.quick else (1024, 2048, 3072)
@@ -225,9 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     result["threads"].update(library_threads())   # the threading layer is known by now
     if not args.no_keras:
         run_keras(args, settings, result)
+    if not (args.no_cold_start or args.quick):
+        run_cold_start(args, result)
     result["comparisons"] = comparisons(result["measurements"], result["memory"],
                                         result.get("matmul_peak", {}).get("gflops"))
     result["elapsed_s"] = time.perf_counter() - started
+    result["other_load"]["whole run"] = whole_run.share()
+    result["machine"]["loadavg_start"] = loadavg_start
+    result["machine"]["loadavg_end"] = os.getloadavg()
     json_path, md_path = write_results(args.out, result)
     progress(f"done in {result['elapsed_s']:.0f} s: {json_path} and {md_path}")
     return 0
