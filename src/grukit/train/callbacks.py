@@ -106,9 +106,10 @@ class _Monitor(Callback):
         return self.direction
 
     def improved(self, current: float, reference: float | None) -> bool:
+        direction = self._resolve_direction()
         if reference is None:
             return True
-        if self._resolve_direction() == "down":
+        if direction == "down":
             return current + self.min_delta < reference  # Keras: (current - (-min_delta)) < reference
         return current - self.min_delta > reference
 

@@ -230,7 +230,7 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
                     value = reduce_weighted(per_sample, weight)
                     if not _finite(value):
                         raise TrainingError(
-                            f"the loss became {float(value)} at epoch {epoch + 1}, batch {batch_number + 1} of "
+                            f"the loss became {value.item()} at epoch {epoch + 1}, batch {batch_number + 1} of "
                             f"{steps}; training stopped and that step was not applied (the weights are those "
                             "after the last good step). Lower the learning rate, clip gradients "
                             "(global_clipnorm=1.0), scale the inputs, or check the data for extreme values")
@@ -239,7 +239,7 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
                         torch_optimizer.zero_grad(set_to_none=True)
                         raise TrainingError(
                             f"the gradients became NaN or infinite at epoch {epoch + 1}, batch {batch_number + 1} "
-                            f"of {steps} (loss {float(value):.6g}); training stopped and that step was not applied. "
+                            f"of {steps} (loss {value.item():.6g}); training stopped and that step was not applied. "
                             "Lower the learning rate, clip gradients (global_clipnorm=1.0) or scale the inputs")
                     torch_optimizer.step()
                     n = len(index)
