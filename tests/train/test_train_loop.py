@@ -408,3 +408,27 @@ def test_verbose_prints_one_line_per_epoch_when_not_a_terminal(capsys):
     assert len(lines) == 2 and lines[0].startswith("Epoch 1/2") and "mae:" in lines[1]
     fit(make_model(), x, y, loss="mse", optimizer="sgd", epochs=2, verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_progress_bar_on_a_terminal_then_a_summary_line():
+    import io
+
+    from grukit.train import ProgressLogger
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    x, y = make_data()
+    fit(make_model(), x, y, loss="mse", optimizer="sgd", epochs=2, verbose=0, callbacks=[ProgressLogger(1, stream)])
+    text = stream.getvalue()
+    assert "━" in text and "3/3" in text  # rich's bar, 96 samples / 32 per batch
+    assert text.count("Epoch 2/2 - 3 steps - loss: ") == 1
+
+
+def test_positional_arguments_follow_keras_order():
+    assert Adam(1e-2, 0.8) == Adam(learning_rate=1e-2, beta_1=0.8)
+    assert SGD(0.1, 0.9) == SGD(learning_rate=0.1, momentum=0.9)
+    assert AdamW(1e-3, 0.01).weight_decay == 0.01
+    assert RMSprop(1e-3, 0.8).rho == 0.8

@@ -127,12 +127,22 @@ class Huber(Loss):
         return {"name": self.name, "delta": self.delta}
 
 
-class BinaryCrossentropy(Loss):
-    name = "binary_crossentropy"
-    kind = "binary"
+class _Crossentropy(Loss):
+    """Probabilities by default (Keras's from_logits=False); logits with from_logits=True."""
 
     def __init__(self, from_logits: bool = False) -> None:
         self.from_logits = bool(from_logits)
+
+    def probabilities(self, y_pred):
+        return torch.softmax(y_pred, dim=-1) if self.from_logits else y_pred
+
+    def get_config(self):
+        return {"name": self.name, "from_logits": self.from_logits}
+
+
+class BinaryCrossentropy(_Crossentropy):
+    name = "binary_crossentropy"
+    kind = "binary"
 
     def align(self, y_true, y_pred):
         y_true = super().align(y_true, y_pred)
@@ -154,9 +164,6 @@ class BinaryCrossentropy(Loss):
     def probabilities(self, y_pred):
         return torch.sigmoid(y_pred) if self.from_logits else y_pred
 
-    def get_config(self):
-        return {"name": self.name, "from_logits": self.from_logits}
-
 
 def _log_probabilities(y_pred: torch.Tensor, from_logits: bool) -> torch.Tensor:
     if from_logits:
@@ -165,12 +172,9 @@ def _log_probabilities(y_pred: torch.Tensor, from_logits: bool) -> torch.Tensor:
     return torch.log(torch.clamp(p, EPSILON, 1.0 - EPSILON))
 
 
-class CategoricalCrossentropy(Loss):
+class CategoricalCrossentropy(_Crossentropy):
     name = "categorical_crossentropy"
     kind = "categorical"
-
-    def __init__(self, from_logits: bool = False) -> None:
-        self.from_logits = bool(from_logits)
 
     def align(self, y_true, y_pred):
         if y_true.shape != y_pred.shape:
@@ -183,19 +187,10 @@ class CategoricalCrossentropy(Loss):
     def elementwise(self, y_true, y_pred):
         return -torch.sum(y_true * _log_probabilities(y_pred, self.from_logits), dim=-1)
 
-    def probabilities(self, y_pred):
-        return torch.softmax(y_pred, dim=-1) if self.from_logits else y_pred
 
-    def get_config(self):
-        return {"name": self.name, "from_logits": self.from_logits}
-
-
-class SparseCategoricalCrossentropy(Loss):
+class SparseCategoricalCrossentropy(_Crossentropy):
     name = "sparse_categorical_crossentropy"
     kind = "sparse"
-
-    def __init__(self, from_logits: bool = False) -> None:
-        self.from_logits = bool(from_logits)
 
     def align(self, y_true, y_pred):
         if y_true.shape == (*y_pred.shape[:-1], 1) and y_pred.dim() > 1:
@@ -223,12 +218,6 @@ class SparseCategoricalCrossentropy(Loss):
     def elementwise(self, y_true, y_pred):
         log_p = _log_probabilities(y_pred, self.from_logits)
         return -torch.gather(log_p, -1, y_true.unsqueeze(-1)).squeeze(-1)
-
-    def probabilities(self, y_pred):
-        return torch.softmax(y_pred, dim=-1) if self.from_logits else y_pred
-
-    def get_config(self):
-        return {"name": self.name, "from_logits": self.from_logits}
 
 
 class CustomLoss(Loss):

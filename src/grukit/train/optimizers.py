@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
 import torch
@@ -35,8 +35,9 @@ from ..errors import ConfigError
 @dataclass
 class OptimizerSpec:
     learning_rate: float = 1e-3
-    clipnorm: float | None = None
-    global_clipnorm: float | None = None
+    # keyword-only, so that positional arguments follow Keras's order (Adam(1e-3, 0.9) sets beta_1)
+    clipnorm: float | None = field(default=None, kw_only=True)
+    global_clipnorm: float | None = field(default=None, kw_only=True)
 
     torch_class: ClassVar[type] = torch.optim.Optimizer
 
