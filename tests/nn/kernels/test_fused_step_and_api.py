@@ -96,15 +96,18 @@ def test_call_counter_proves_the_kernel_ran():
 
 
 def test_threads_follow_torch():
-    import numba
+    from grukit.nn.kernels import common
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         gx, h0, weights, _, _ = make_case("GRU", 2, 2, 2)
         fused_run_direction("GRU", gx, h0, weights)
-        assert numba.get_num_threads() == 1
+        assert common.get_threads() == 1
+        assert common.chunk_bounds(64, 10 ** 9) is None
     finally:
         torch.set_num_threads(old)
+    fused_run_direction("GRU", gx, h0, weights)
+    assert common.get_threads() == min(old, common._MAX_THREADS)
 
 
 def test_numpy_api_without_torch_tensors():
@@ -131,4 +134,4 @@ def test_kernel_modules_import_numpy_and_numba_only():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
                      else [])
             for name in names:
-                assert name.split(".")[0] in {"numpy", "numba", "math", "__future__"}, (path.name, name)
+                assert name.split(".")[0] in {"numpy", "numba", "llvmlite", "math", "os", "threading", "concurrent", "__future__"}, (path.name, name)

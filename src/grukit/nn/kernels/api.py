@@ -54,7 +54,7 @@ def _check(mode, gx, h0, c0, w_t, lengths, candidate):
         raise ValueError(f"packed weight_hh: expected a C-contiguous ({H}, {rows}) {dt} array "
                          f"(pack_weight of the ({rows}, {H}) weight), got {got}")
     if lengths is None:
-        return full_lengths(T, B)
+        return None
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     if lengths.shape != (B,) or (B and (lengths.min() < 0 or lengths.max() > T)):
         raise ValueError(f"lengths: expected ({B},) values in [0, {T}], got {lengths}")
@@ -76,6 +76,8 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     Returns (out, h_n, c_n or None, workspace or None).
     """
     lengths = _check(mode, gx, h0, c0, w_t, lengths, candidate)
+    if lengths is None:
+        lengths = full_lengths(gx.shape[0], gx.shape[1])
     reverse, training = bool(reverse), bool(training)
     bias = _bias(mode, bias_hh, gx.shape[2], gx.dtype)
     c_n = None
@@ -149,6 +151,20 @@ def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity"):
 
     ``w_t`` is the packed weight (:func:`pack_weight`): pack once, step many times.
     """
-    gx = np.ascontiguousarray(gx_t).reshape((1,) + gx_t.shape)
-    _, h_n, c_n, _ = forward(mode, gx, h, c, w_t, bias_hh, None, False, False, candidate)
-    return h_n, c_n
+    gx_t = np.ascontiguousarray(gx_t)
+    if gx_t.ndim != 2:
+        raise ValueError(f"gx_t: expected (B, G*H), got shape {gx_t.shape}")
+    _check(mode, gx_t.reshape((1,) + gx_t.shape), h, c, w_t, None, candidate)
+    h = np.ascontiguousarray(h)
+    if mode in ("GRU", "GRU_RESET_BEFORE"):
+        bias = _bias(mode, bias_hh, gx_t.shape[1], gx_t.dtype)
+        return gru.step(gx_t, h, w_t, bias, mode == "GRU"), None
+    if mode == "LSTM":
+        bias = _bias(mode, bias_hh, gx_t.shape[1], gx_t.dtype)
+        return lstm.step(gx_t, h, np.ascontiguousarray(c), w_t, bias)
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        bias = _bias(mode, bias_hh, gx_t.shape[1], gx_t.dtype)
+        return rnn.step(gx_t, h, w_t, bias, mode == "RNN_RELU"), None
+    if mode == "MINGRU":
+        return mingru.step(gx_t, h, candidate == "g"), None
+    return mgu.step(gx_t, h, w_t, mode != "MGU3"), None

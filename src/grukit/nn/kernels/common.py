@@ -13,12 +13,21 @@ reference to round-off (tested at 1e-9 in float64, 1e-5 in float32).
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
 
 FASTMATH = {"contract"}
+# error_model="numpy": x / 0 gives inf/NaN as in IEEE (and torch) instead of raising;
+# the Python error model's zero checks would also keep every gate loop scalar.
+# nogil: the batch blocks of one call run on plain Python threads (see run_rows).
+JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 
 # 1 as float32: float32 op float32 stays float32, and it promotes exactly for float64.
 # (A plain 1.0 literal would silently run every float32 kernel in float64.)
@@ -26,55 +35,195 @@ ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
 HALF = np.float32(0.5)
 
-# Parallel split over the batch: each thread runs the whole time loop for its block of
-# rows (sequences are independent), so there is one parallel region per call, never
-# one per step. A call goes parallel only when every thread gets at least
-# MIN_ROWS_PER_THREAD rows and the call has at least MIN_PARALLEL_WORK multiply-adds.
-MIN_ROWS_PER_THREAD = 1
-MIN_PARALLEL_WORK = 2_000_000
+# --- exp, sigmoid, tanh that the loop vectorizer can turn into SIMD code -------------
+#
+# libm's exp/tanh are opaque calls that keep every gate loop scalar; these are plain
+# arithmetic (Cody-Waite range reduction, Cephes polynomial / Pade approximant, 2^n by
+# building the float's exponent bits) and so vectorize. Accuracy (tested in
+# tests/nn/kernels/test_fused_activations.py): exp within 2 ulp of libm where it does not
+# overflow or underflow; sigmoid and tanh within 4 eps absolute. Arguments are clamped to
+# [-87, 88] (float32) / [-708, 709] (float64): exp saturates there instead of reaching
+# 0 or inf, which changes sigmoid and tanh by less than 1e-37 / 1e-307. NaN stays NaN.
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@intrinsic
+def _pow2(typingctx, n):
+    """2.0 ** n for a float n holding a small integer, built from the exponent bits."""
+    if not isinstance(n, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        if n.bitwidth == 32:
+            ity, bias, shift, fty = ir.IntType(32), 127, 23, ir.FloatType()
+        else:
+            ity, bias, shift, fty = ir.IntType(64), 1023, 52, ir.DoubleType()
+        i = builder.fptosi(args[0], ity)
+        i = builder.shl(builder.add(i, ir.Constant(ity, bias)), ir.Constant(ity, shift))
+        return builder.bitcast(i, fty)
+
+    return n(n), codegen
+
+
+_F32 = np.float32
+# float32: Cephes expf (polynomial on |r| <= ln2 / 2).
+E32_LO, E32_HI = _F32(-87.0), _F32(88.0)
+E32_LOG2E, E32_MAGIC = _F32(1.44269504088896341), _F32(12582912.0)   # 1.5 * 2**23 rounds
+E32_C1, E32_C2 = _F32(0.693359375), _F32(-2.12194440e-4)
+E32_P0, E32_P1, E32_P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
+E32_P3, E32_P4, E32_P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
+
+
+@njit(**JIT)
+def _exp32(x):
+    xc = x if x > E32_LO else E32_LO
+    xc = xc if xc < E32_HI else E32_HI
+    n = (xc * E32_LOG2E + E32_MAGIC) - E32_MAGIC
+    r = (xc - n * E32_C1) - n * E32_C2
+    y = ((((E32_P0 * r + E32_P1) * r + E32_P2) * r + E32_P3) * r + E32_P4) * r + E32_P5
+    y = (y * (r * r) + r) + ONE
+    y = y * _pow2(n)
+    return y if x == x else x
+
+
+# float64: Cephes exp (Pade approximant on |r| <= ln2 / 2).
+E64_LO, E64_HI = -708.0, 709.0
+E64_LOG2E, E64_MAGIC = 1.4426950408889634, 6755399441055744.0         # 1.5 * 2**52 rounds
+E64_C1, E64_C2 = 6.93145751953125e-1, 1.42860682030941723212e-6
+E64_P0, E64_P1, E64_P2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
+E64_Q0, E64_Q1 = 3.00198505138664455042e-6, 2.52448340349684104192e-3
+E64_Q2, E64_Q3 = 2.27265548208155028766e-1, 2.00000000000000000009e0
+
+
+@njit(**JIT)
+def _exp64(x):
+    xc = x if x > E64_LO else E64_LO
+    xc = xc if xc < E64_HI else E64_HI
+    n = (xc * E64_LOG2E + E64_MAGIC) - E64_MAGIC
+    r = (xc - n * E64_C1) - n * E64_C2
+    rr = r * r
+    px = r * ((E64_P0 * rr + E64_P1) * rr + E64_P2)
+    qx = ((E64_Q0 * rr + E64_Q1) * rr + E64_Q2) * rr + E64_Q3
+    y = 1.0 + 2.0 * (px / (qx - px))
+    y = y * _pow2(n)
+    return y if x == x else x
+
+
+def vexp(x):
+    """exp for float32/float64 scalars inside compiled loops (vectorizable)."""
+    return math.exp(x)
+
+
+@overload(vexp, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _vexp_overload(x):
+    if x == types.float32:
+        return lambda x: _exp32(x)
+    if x == types.float64:
+        return lambda x: _exp64(x)
+    return None
+
+
+@njit(**JIT)
 def sigmoid(x):
-    return ONE / (ONE + math.exp(-x))
+    return ONE / (ONE + vexp(-x))
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(**JIT)
 def tanh(x):
-    return math.tanh(x)
+    return ONE - (ONE + ONE) / (vexp(x + x) + ONE)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def axpy_matvec(x, m, r0, c0, n, out):
-    """out[k] += sum_i x[i] * m[r0 + i, c0 + k] for k < n.
+    """out[k] += sum_i x[i] * m[r0 + i, c0 + k] for k < n, summed in i order.
 
-    The inner loop runs over a contiguous row of ``m`` and over ``out``, so it vectorizes
-    without reassociating any sum (each out[k] accumulates in i order).
+    The inner loop runs over contiguous rows of ``m`` and over ``out``, so it vectorizes
+    without reassociating any sum. Four rows per pass (the sum is still in i order, so the
+    result is the same as one row at a time) cut the loads and stores of ``out``.
     """
-    for i in range(x.shape[0]):
-        xi = x[i]
-        row = m[r0 + i]
+    K = x.shape[0]
+    i = 0
+    while i + 4 <= K:
+        x0 = x[i]
+        x1 = x[i + 1]
+        x2 = x[i + 2]
+        x3 = x[i + 3]
+        a0 = m[r0 + i, c0:c0 + n]
+        a1 = m[r0 + i + 1, c0:c0 + n]
+        a2 = m[r0 + i + 2, c0:c0 + n]
+        a3 = m[r0 + i + 3, c0:c0 + n]
         for k in range(n):
-            out[k] += xi * row[c0 + k]
+            out[k] = (((out[k] + x0 * a0[k]) + x1 * a1[k]) + x2 * a2[k]) + x3 * a3[k]
+        i += 4
+    while i < K:
+        xi = x[i]
+        a = m[r0 + i, c0:c0 + n]
+        for k in range(n):
+            out[k] += xi * a[k]
+        i += 1
+
+
+# --- threads ----------------------------------------------------------------------
+#
+# Sequences of a batch are independent, so each thread runs the whole time loop for its
+# block of rows: one fork/join per call, never one per step. The threads are a small
+# Python pool calling the compiled (nogil) loops, not a numba parallel region: no second
+# OpenMP runtime next to torch's, nothing compiled twice, and the count is ours to set.
+# A call goes parallel only with at least two rows and MIN_PARALLEL_WORK multiply-adds
+# (~0.2 ms of work against ~30 us of pool overhead); a batch of one never does.
+MIN_PARALLEL_WORK = 2_000_000
+_MAX_THREADS = max(1, min(numba.config.NUMBA_NUM_THREADS, os.cpu_count() or 1))
+_threads = _MAX_THREADS
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def set_threads(n: int) -> int:
+    """Use at most n threads (clamped to NUMBA_NUM_THREADS and the cores); returns the count.
+
+    The torch wrapper calls this with torch.get_num_threads() before every kernel call.
+    """
+    global _threads
+    _threads = max(1, min(int(n), _MAX_THREADS))
+    return _threads
+
+
+def get_threads() -> int:
+    return _threads
 
 
 def chunk_bounds(batch: int, work: int) -> np.ndarray | None:
     """Row bounds of the per-thread blocks, or None for a serial call."""
-    threads = numba.get_num_threads()
-    if threads < 2 or work < MIN_PARALLEL_WORK:
-        return None
-    chunks = min(threads, batch // max(MIN_ROWS_PER_THREAD, 1))
-    if chunks < 2:
+    chunks = min(_threads, batch)
+    if chunks < 2 or work < MIN_PARALLEL_WORK:
         return None
     return np.linspace(0, batch, chunks + 1).round().astype(np.int64)
 
 
-def set_threads(n: int) -> int:
-    """Use at most n numba threads (clamped to numba's pool); returns the count set."""
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != n:
-        numba.set_num_threads(n)
-    return n
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grukit-kernel")
+        return _pool
+
+
+def run_rows(rows_fn, batch: int, work: int, args: tuple) -> None:
+    """Call ``rows_fn(b0, b1, *args)`` over the batch in per-thread row blocks.
+
+    The calling thread runs the first block itself; the pool runs the others.
+    """
+    bounds = chunk_bounds(batch, work)
+    if bounds is None:
+        rows_fn(0, batch, *args)
+        return
+    pool = _get_pool(len(bounds) - 2)
+    futures = [pool.submit(rows_fn, bounds[i], bounds[i + 1], *args)
+               for i in range(1, len(bounds) - 1)]
+    rows_fn(bounds[0], bounds[1], *args)
+    for f in futures:
+        f.result()
 
 
 def full_lengths(T: int, B: int) -> np.ndarray:

@@ -7,7 +7,7 @@ bias_hh). ``fused_step`` mirrors :func:`grukit.nn.reference.step` for inference.
 ``supports`` says whether a configuration is covered (None) or why not (a short reason).
 
 Tensors reach the kernels as numpy views (no copy when already contiguous on the CPU).
-The kernels use min(torch.get_num_threads(), numba's pool) threads.
+The kernels use at most torch.get_num_threads() threads (see common.run_rows).
 
 ``CALLS`` counts kernel invocations ("run" per fused_run_direction forward, "step" per
 fused_step, "backward" per backward) so tests can prove the fused path ran.
@@ -51,7 +51,14 @@ def supports(mode: str, dtype: torch.dtype, device: torch.device | str,
 
 
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().contiguous().numpy()
+    """A numpy view of a CPU tensor (a copy only when it is not contiguous)."""
+    if t is None:
+        return None
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.numpy()
 
 
 _PACKED: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
@@ -94,12 +101,9 @@ def _lengths_np(lengths: torch.Tensor | None, T: int, B: int) -> np.ndarray | No
 
 class _FusedDirection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mode, reverse, candidate, lengths, gx, h0, c0, weight_hh, bias_hh):
+    def forward(ctx, mode, reverse, candidate, lengths, training, gx, h0, c0, weight_hh, bias_hh):
         set_threads(torch.get_num_threads())
-        gx_np = _np(gx)
-        training = torch.is_grad_enabled() or any(
-            t is not None and t.requires_grad for t in (gx, h0, c0, weight_hh, bias_hh))
-        out, h_n, c_n, ws = api.forward(mode, gx_np, _np(h0), _np(c0), _packed(weight_hh),
+        out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
                                         _np(bias_hh), lengths, reverse, training, candidate)
         CALLS["run"] += 1
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
@@ -123,12 +127,12 @@ class _FusedDirection(torch.autograd.Function):
         CALLS["backward"] += 1
         ctx.ws = None
         grad_w = grad_b = None
-        if terms and (ctx.needs_input_grad[7] or ctx.needs_input_grad[8]):
+        if terms and (ctx.needs_input_grad[8] or ctx.needs_input_grad[9]):
             grad_w, grad_b = api.weight_grads(terms, bias_src if ctx.has_bias else None,
                                               w.shape, matmul=_torch_matmul)
             grad_w = torch.from_numpy(grad_w)
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
-        return (None, None, None, None, torch.from_numpy(dgx), torch.from_numpy(dh0),
+        return (None, None, None, None, None, torch.from_numpy(dgx), torch.from_numpy(dh0),
                 None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b)
 
 
@@ -145,8 +149,11 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
     h0, c0 = state0 if mode == "LSTM" else (state0, None)
     bias_hh = weights.bias_hh if mode in api.HAS_BIAS_HH else None
     weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
+    leaves = (gx, h0, c0, weight_hh, bias_hh)
+    # Keep a workspace for backward only when autograd will call it.
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
     results = _FusedDirection.apply(mode, bool(reverse), candidate, _lengths_np(lengths, T, B),
-                                    gx, h0, c0, weight_hh, bias_hh)
+                                    training, *leaves)
     if mode == "LSTM":
         out, h_n, c_n = results
         return out, (h_n, c_n)
@@ -154,12 +161,13 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
     return out, h_n
 
 
-@torch.no_grad()
 def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
                candidate: str = "identity"):
-    """One inference step, as :func:`grukit.nn.reference.step` (no autograd)."""
-    _check_supported(mode, gx_t, weights)
-    set_threads(torch.get_num_threads())
+    """One inference step, as :func:`grukit.nn.reference.step` (no autograd: the
+    result never requires grad). Serial: a step is too small to split over threads."""
+    if gx_t.device.type != "cpu" or gx_t.dtype not in _DTYPES or (
+            mode == "LSTM" and weights.weight_hr is not None):
+        _check_supported(mode, gx_t, weights)
     h, c = state if mode == "LSTM" else (state, None)
     bias_hh = weights.bias_hh if mode in api.HAS_BIAS_HH else None
     weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None

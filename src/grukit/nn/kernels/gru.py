@@ -12,12 +12,12 @@ w_t = w.T packed (H, 3H), bias_hh (3H,) (zeros when absent), lengths int64 (B,).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .common import FASTMATH, ONE, axpy_matvec, chunk_bounds, sigmoid, tanh
+from .common import JIT, ONE, axpy_matvec, run_rows, sigmoid, tanh
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
               out, h_n, ws_g, ws_h, ws_x):
     T = gx.shape[0]
@@ -82,15 +82,7 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
         h_n[b] = h
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _fwd_par(bounds, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
-             out, h_n, ws_g, ws_h, ws_x):
-    for c in prange(bounds.shape[0] - 1):
-        _fwd_rows(bounds[c], bounds[c + 1], gx, h0, w_t, bhh, lengths, reverse, reset_after,
-                  training, out, h_n, ws_g, ws_h, ws_x)
-
-
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h,
               dgx, dgh, dh0):
     T = grad_out.shape[0]
@@ -148,12 +140,17 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
         dh0[b] = dh
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _bwd_par(bounds, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h,
-             dgx, dgh, dh0):
-    for c in prange(bounds.shape[0] - 1):
-        _bwd_rows(bounds[c], bounds[c + 1], w, lengths, reverse, reset_after, grad_out,
-                  grad_h_n, ws_g, ws_h, dgx, dgh, dh0)
+
+def step(gx_t, h, w_t, bhh, reset_after):
+    """One inference step (no workspace, no threads): gx_t (B, 3H), h (B, H) -> h' (B, H)."""
+    B, G = gx_t.shape
+    H = h.shape[1]
+    out = np.empty((1, B, H), h.dtype)
+    h_n = np.empty((B, H), h.dtype)
+    dummy = np.empty((1, 1, 1), h.dtype)
+    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, w_t, bhh, np.ones(B, np.int64), False,
+              reset_after, False, out, h_n, dummy, dummy, dummy)
+    return h_n
 
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
@@ -170,11 +167,7 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
     else:
         ws_g = ws_h = ws_x = np.empty((1, 1, 1), dt)
     args = (gx, h0, w_t, bhh, lengths, reverse, reset_after, training, out, h_n, ws_g, ws_h, ws_x)
-    bounds = chunk_bounds(B, T * B * G * H)
-    if bounds is None:
-        _fwd_rows(0, B, *args)
-    else:
-        _fwd_par(bounds, *args)
+    run_rows(_fwd_rows, B, T * B * G * H, args)
     return out, h_n, ((ws_g, ws_h, ws_x) if training else None)
 
 
@@ -188,11 +181,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
     dgh = np.empty((T, B, 3 * H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh, dh0)
-    bounds = chunk_bounds(B, 2 * T * B * 3 * H * H)
-    if bounds is None:
-        _bwd_rows(0, B, *args)
-    else:
-        _bwd_par(bounds, *args)
+    run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)
     if reset_after:
         return dgx, dh0, [(0, 3 * H, dgh, ws_h)], dgh
     return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgx[..., 2 * H:], ws_x)], None

@@ -8,12 +8,12 @@ tanh(c') per step, plus the previous h and c.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .common import FASTMATH, ONE, axpy_matvec, chunk_bounds, sigmoid, tanh
+from .common import JIT, ONE, axpy_matvec, run_rows, sigmoid, tanh
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
               out, h_n, c_n, ws_g, ws_h, ws_c):
     T = gx.shape[0]
@@ -61,15 +61,7 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
         c_n[b] = c
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _fwd_par(bounds, gx, h0, c0, w_t, bhh, lengths, reverse, training,
-             out, h_n, c_n, ws_g, ws_h, ws_c):
-    for k in prange(bounds.shape[0] - 1):
-        _fwd_rows(bounds[k], bounds[k + 1], gx, h0, c0, w_t, bhh, lengths, reverse, training,
-                  out, h_n, c_n, ws_g, ws_h, ws_c)
-
-
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
               dgx, dh0, dc0):
     T = grad_out.shape[0]
@@ -107,12 +99,18 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
         dc0[b] = dc
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _bwd_par(bounds, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
-             dgx, dh0, dc0):
-    for k in prange(bounds.shape[0] - 1):
-        _bwd_rows(bounds[k], bounds[k + 1], w, lengths, reverse, grad_out, grad_h_n, grad_c_n,
-                  ws_g, ws_c, dgx, dh0, dc0)
+
+def step(gx_t, h, c, w_t, bhh):
+    """One inference step (no workspace, no threads): gx_t (B, 4H), h and c (B, H) -> (h', c')."""
+    B, G = gx_t.shape
+    H = h.shape[1]
+    out = np.empty((1, B, H), h.dtype)
+    h_n = np.empty((B, H), h.dtype)
+    c_n = np.empty((B, H), h.dtype)
+    dummy = np.empty((1, 1, 1), h.dtype)
+    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, c, w_t, bhh, np.ones(B, np.int64), False, False,
+              out, h_n, c_n, dummy, dummy, dummy)
+    return h_n, c_n
 
 
 def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training):
@@ -130,11 +128,7 @@ def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training):
     else:
         ws_g = ws_h = ws_c = np.empty((1, 1, 1), dt)
     args = (gx, h0, c0, w_t, bhh, lengths, reverse, training, out, h_n, c_n, ws_g, ws_h, ws_c)
-    bounds = chunk_bounds(B, T * B * G * H)
-    if bounds is None:
-        _fwd_rows(0, B, *args)
-    else:
-        _fwd_par(bounds, *args)
+    run_rows(_fwd_rows, B, T * B * G * H, args)
     return out, h_n, c_n, ((ws_g, ws_h, ws_c) if training else None)
 
 
@@ -147,9 +141,5 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0)
-    bounds = chunk_bounds(B, T * B * 4 * H * H)
-    if bounds is None:
-        _bwd_rows(0, B, *args)
-    else:
-        _bwd_par(bounds, *args)
+    run_rows(_bwd_rows, B, T * B * 4 * H * H, args)
     return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], dgx

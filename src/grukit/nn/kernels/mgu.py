@@ -9,12 +9,12 @@ rows of the weight gradient multiply). No bias_hh: every MGU bias is already in 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .common import FASTMATH, ONE, axpy_matvec, chunk_bounds, sigmoid, tanh
+from .common import JIT, ONE, axpy_matvec, run_rows, sigmoid, tanh
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
               out, h_n, ws_g, ws_h, ws_x):
     T = gx.shape[0]
@@ -66,14 +66,7 @@ def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
         h_n[b] = h
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _fwd_par(bounds, gx, h0, w_t, lengths, reverse, has_uf, training, out, h_n, ws_g, ws_h, ws_x):
-    for k in prange(bounds.shape[0] - 1):
-        _fwd_rows(bounds[k], bounds[k + 1], gx, h0, w_t, lengths, reverse, has_uf, training,
-                  out, h_n, ws_g, ws_h, ws_x)
-
-
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0):
     T = grad_out.shape[0]
     H = grad_out.shape[2]
@@ -109,11 +102,17 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
         dh0[b] = dh
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _bwd_par(bounds, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0):
-    for k in prange(bounds.shape[0] - 1):
-        _bwd_rows(bounds[k], bounds[k + 1], w, lengths, reverse, has_uf, grad_out, grad_h_n,
-                  ws_g, ws_h, dgx, dh0)
+
+def step(gx_t, h, w_t, has_uf):
+    """One inference step (no workspace, no threads): gx_t (B, 2H), h (B, H) -> h'."""
+    B, G = gx_t.shape
+    H = h.shape[1]
+    out = np.empty((1, B, H), h.dtype)
+    h_n = np.empty((B, H), h.dtype)
+    dummy = np.empty((1, 1, 1), h.dtype)
+    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, w_t, np.ones(B, np.int64), False, has_uf,
+              False, out, h_n, dummy, dummy, dummy)
+    return h_n
 
 
 def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
@@ -129,11 +128,7 @@ def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
     else:
         ws_g = ws_h = ws_x = np.empty((1, 1, 1), dt)
     args = (gx, h0, w_t, lengths, reverse, has_uf, training, out, h_n, ws_g, ws_h, ws_x)
-    bounds = chunk_bounds(B, T * B * w_t.shape[1] * H)
-    if bounds is None:
-        _fwd_rows(0, B, *args)
-    else:
-        _fwd_par(bounds, *args)
+    run_rows(_fwd_rows, B, T * B * w_t.shape[1] * H, args)
     return out, h_n, ((ws_g, ws_h, ws_x) if training else None)
 
 
@@ -144,11 +139,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf):
     dgx = np.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0)
-    bounds = chunk_bounds(B, T * B * w.shape[0] * H)
-    if bounds is None:
-        _bwd_rows(0, B, *args)
-    else:
-        _bwd_par(bounds, *args)
+    run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args)
     if has_uf:
         terms = [(0, H, dgx[..., :H], ws_h), (H, 2 * H, dgx[..., H:], ws_x)]
     else:

@@ -9,19 +9,19 @@ reads the previous states from the workspace.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .common import FASTMATH, HALF, ONE, chunk_bounds, sigmoid
+from .common import JIT, HALF, ONE, run_rows, sigmoid
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(**JIT)
 def _candidate(x, use_g):
     if not use_g:
         return x
     return x + HALF if x >= 0 else sigmoid(x)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h):
     T = gx.shape[0]
     H = h0.shape[1]
@@ -47,14 +47,7 @@ def _fwd_rows(b0, b1, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h)
         h_n[b] = h
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _fwd_par(bounds, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h):
-    for k in prange(bounds.shape[0] - 1):
-        _fwd_rows(bounds[k], bounds[k + 1], gx, h0, lengths, reverse, use_g, training,
-                  out, h_n, ws_h)
-
-
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0):
     T = grad_out.shape[0]
     H = grad_out.shape[2]
@@ -86,15 +79,21 @@ def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx
         dh0[b] = dh
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _bwd_par(bounds, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0):
-    for k in prange(bounds.shape[0] - 1):
-        _bwd_rows(bounds[k], bounds[k + 1], gx, lengths, reverse, use_g, grad_out, grad_h_n,
-                  ws_h, dgx, dh0)
-
-
 # The scan costs ~20 flops per element instead of ~2H per element of a matrix cell.
 _WORK_PER_ELEMENT = 40
+
+
+
+def step(gx_t, h, use_g):
+    """One inference step (no workspace, no threads): gx_t (B, 2H), h (B, H) -> h'."""
+    B, G = gx_t.shape
+    H = h.shape[1]
+    out = np.empty((1, B, H), h.dtype)
+    h_n = np.empty((B, H), h.dtype)
+    dummy = np.empty((1, 1, 1), h.dtype)
+    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, np.ones(B, np.int64), False, use_g, False,
+              out, h_n, dummy)
+    return h_n
 
 
 def forward(gx, h0, lengths, reverse, use_g, training):
@@ -105,11 +104,7 @@ def forward(gx, h0, lengths, reverse, use_g, training):
     h_n = np.empty((B, H), dt)
     ws_h = np.empty((T, B, H) if training else (1, 1, 1), dt)
     args = (gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h)
-    bounds = chunk_bounds(B, T * B * H * _WORK_PER_ELEMENT)
-    if bounds is None:
-        _fwd_rows(0, B, *args)
-    else:
-        _fwd_par(bounds, *args)
+    run_rows(_fwd_rows, B, T * B * H * _WORK_PER_ELEMENT, args)
     return out, h_n, ((ws_h,) if training else None)
 
 
@@ -120,9 +115,5 @@ def backward(ws, gx, grad_out, grad_h_n, lengths, reverse, use_g):
     dgx = np.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
     args = (gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0)
-    bounds = chunk_bounds(B, T * B * H * _WORK_PER_ELEMENT)
-    if bounds is None:
-        _bwd_rows(0, B, *args)
-    else:
-        _bwd_par(bounds, *args)
+    run_rows(_bwd_rows, B, T * B * H * _WORK_PER_ELEMENT, args)
     return dgx, dh0, [], None

@@ -7,12 +7,12 @@ absent). The workspace keeps h' (the activation output) and the previous h.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .common import FASTMATH, ONE, ZERO, axpy_matvec, chunk_bounds, tanh
+from .common import JIT, ONE, ZERO, axpy_matvec, run_rows, tanh
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
               out, h_n, ws_g, ws_h):
     T = gx.shape[0]
@@ -48,14 +48,7 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
         h_n[b] = h
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _fwd_par(bounds, gx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n, ws_g, ws_h):
-    for k in prange(bounds.shape[0] - 1):
-        _fwd_rows(bounds[k], bounds[k + 1], gx, h0, w_t, bhh, lengths, reverse, relu, training,
-                  out, h_n, ws_g, ws_h)
-
-
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0):
     T = grad_out.shape[0]
     H = grad_out.shape[2]
@@ -81,11 +74,17 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
         dh0[b] = dh
 
 
-@njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _bwd_par(bounds, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0):
-    for k in prange(bounds.shape[0] - 1):
-        _bwd_rows(bounds[k], bounds[k + 1], w, lengths, reverse, relu, grad_out, grad_h_n,
-                  ws_g, dgx, dh0)
+
+def step(gx_t, h, w_t, bhh, relu):
+    """One inference step (no workspace, no threads): gx_t (B, H), h (B, H) -> h'."""
+    B, G = gx_t.shape
+    H = h.shape[1]
+    out = np.empty((1, B, H), h.dtype)
+    h_n = np.empty((B, H), h.dtype)
+    dummy = np.empty((1, 1, 1), h.dtype)
+    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, w_t, bhh, np.ones(B, np.int64), False, relu,
+              False, out, h_n, dummy, dummy)
+    return h_n
 
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training):
@@ -99,11 +98,7 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training):
     else:
         ws_g = ws_h = np.empty((1, 1, 1), dt)
     args = (gx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n, ws_g, ws_h)
-    bounds = chunk_bounds(B, T * B * H * H)
-    if bounds is None:
-        _fwd_rows(0, B, *args)
-    else:
-        _fwd_par(bounds, *args)
+    run_rows(_fwd_rows, B, T * B * H * H, args)
     return out, h_n, ((ws_g, ws_h) if training else None)
 
 
@@ -114,9 +109,5 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu):
     dgx = np.empty((T, B, H), dt)
     dh0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0)
-    bounds = chunk_bounds(B, T * B * H * H)
-    if bounds is None:
-        _bwd_rows(0, B, *args)
-    else:
-        _bwd_par(bounds, *args)
+    run_rows(_bwd_rows, B, T * B * H * H, args)
     return dgx, dh0, [(0, H, dgx, ws_h)], dgx
