@@ -179,6 +179,8 @@ class ModelCheckpoint(_Monitor):
     safetensors file. Both are atomic, so a crash never leaves a half-written checkpoint.
     """
 
+    main_process_only = True  # in distributed training only rank 0 writes files
+
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", verbose: int = 0,
                  save_best_only: bool = False, save_weights_only: bool = False, mode: str = "auto",
                  initial_value_threshold: float | None = None) -> None:
@@ -294,6 +296,8 @@ def _append_line(path: Path, line: str) -> None:
 class CSVLogger(Callback):
     """One CSV row per epoch: ``epoch`` then the log keys in sorted order (Keras's layout)."""
 
+    main_process_only = True  # in distributed training only rank 0 writes files
+
     def __init__(self, filename: str | os.PathLike, separator: str = ",", append: bool = False) -> None:
         super().__init__()
         self.path, self.separator, self.append = Path(filename), separator, append
@@ -323,6 +327,8 @@ class CSVLogger(Callback):
 class JSONLLogger(Callback):
     """Append one JSON object per epoch (``{"epoch": e, **logs}``; NaN and infinities become null)."""
 
+    main_process_only = True  # in distributed training only rank 0 writes files
+
     def __init__(self, filename: str | os.PathLike, append: bool = True) -> None:
         super().__init__()
         self.path, self.append = Path(filename), append
@@ -344,6 +350,8 @@ class TrainingStateCheckpoint(Callback):
     """After every epoch write the whole training state (weights, optimizer, epoch count, History) to
     ``path`` atomically; resume with :func:`grukit.train.load_training_state` and
     ``fit(..., initial_epoch=state.epoch, history=state.history)``."""
+
+    main_process_only = True  # in distributed training only rank 0 writes files
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, TrainingError
+from . import distributed as distributed_module
 from .batches import ArrayData, batch_indices, check_batch_size, epoch_seed, prepare, sequence_lengths
 from .callbacks import Callback, CallbackList, History, ProgressLogger
 from .losses import Loss, get_loss, reduce_weighted
@@ -112,6 +113,12 @@ class _Collector:
             self.preds.append(loss.probabilities(y_pred.detach()).float().cpu().numpy())
             self.targets.append(y_true.detach().cpu().numpy())
 
+    def gather(self) -> None:
+        """Every process's predictions, in rank order (distributed training)."""
+        if self.enabled:
+            self.preds = distributed_module.gather_arrays(self.preds)
+            self.targets = distributed_module.gather_arrays(self.targets)
+
     def compute(self, metrics: Sequence[Metric], prefix: str = "") -> dict[str, float]:
         if not self.enabled or not self.preds:
             return {}
@@ -163,14 +170,17 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
         batch_size: int = 32, validation_split: float = 0.0, validation_data=None, shuffle: bool = True,
         class_weight: dict | None = None, sample_weight=None, callbacks: Iterable[Callback] = (), verbose: int = 1,
         seed: int | None = None, initial_epoch: int = 0, bucket_by_length: bool = False,
-        forward: Forward | None = None, history: History | dict | None = None) -> History:
+        forward: Forward | None = None, history: History | dict | None = None,
+        distributed: bool = False) -> History:
     """Train ``model`` on ``(x, y)`` from epoch ``initial_epoch`` up to (not including) ``epochs``.
 
     ``loss``: a name or callable (:func:`grukit.train.losses.get_loss`); ``optimizer``: a name, a spec
     (created over the model's trainable parameters, after building a lazy model on one batch) or a
     ready ``torch.optim.Optimizer`` (kept across calls: pass the same one to continue training);
     ``metrics``: names or callables. ``history``: a History (or its ``.history`` dict) to extend
-    when resuming. Returns the History; ``history.optimizer`` is the torch optimizer used.
+    when resuming. ``distributed=True``: data-parallel training across the processes of a torchrun
+    launch (see :mod:`grukit.train.distributed`). Returns the History; ``history.optimizer`` is the
+    torch optimizer used.
     """
     _check_fit_arguments(epochs, initial_epoch, validation_split, verbose)
     batch_size = check_batch_size(batch_size)
@@ -189,7 +199,14 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
 
     if seed is None:
         seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+    rank, world_size = distributed_module.ensure_process_group() if distributed else (0, 1)
+    if distributed:
+        seed = distributed_module.broadcast_seed(seed)
+        if rank != 0:
+            verbose = 0
+            callbacks = [c for c in callbacks if not getattr(c, "main_process_only", False)]
     torch_optimizer = _resolve_optimizer(optimizer, model, data.take(slice(0, min(len(data), 2))), forward)
+    train_module = distributed_module.wrap(model) if distributed else model
     trainable = [p for group in torch_optimizer.param_groups for p in group["params"]]
     device, dtype = _model_device_dtype(model)
 
@@ -220,21 +237,29 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
                 total, count = 0.0, 0
                 for batch_number, index in enumerate(batch_indices(len(data), batch_size, shuffle=shuffle,
                                                                    generator=generator, lengths=lengths)):
-                    batch = data.take(index)
+                    local = distributed_module.local_slice(index, rank, world_size) if distributed else index
+                    # a process whose share is empty still joins DDP's gradient exchange, with zero weight
+                    share = len(local) / len(index)
+                    batch = data.take(local if len(local) else index[:1])
                     xs = tuple(_to_model(t, device, dtype) for t in batch.inputs)
                     y_true = _to_model(batch.y, device, None)
                     torch_optimizer.zero_grad(set_to_none=True)
-                    y_pred = forward(model, xs)
+                    y_pred = forward(train_module, xs)
                     per_sample = loss_fn(y_true, y_pred)
                     weight = None if batch.sample_weight is None else batch.sample_weight.to(device)
                     value = reduce_weighted(per_sample, weight)
+                    if distributed:  # DDP averages over processes: scale to the global batch's mean
+                        objective = value * (share * world_size)
+                        value = torch.tensor(distributed_module.sum_across(value.item() * share), dtype=torch.float64)
+                    else:
+                        objective = value
                     if not _finite(value):
                         raise TrainingError(
                             f"the loss became {value.item()} at epoch {epoch + 1}, batch {batch_number + 1} of "
                             f"{steps}; training stopped and that step was not applied (the weights are those "
                             "after the last good step). Lower the learning rate, clip gradients "
                             "(global_clipnorm=1.0), scale the inputs, or check the data for extreme values")
-                    value.backward()
+                    objective.backward()
                     if not _grads_finite(trainable):
                         torch_optimizer.zero_grad(set_to_none=True)
                         raise TrainingError(
@@ -244,10 +269,13 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
                     torch_optimizer.step()
                     n = len(index)
                     total, count = total + value.item() * n, count + n
-                    collector.add(loss_fn, y_pred, y_true)
+                    if len(local):
+                        collector.add(loss_fn, y_pred, y_true)
                     callback_list.call("on_batch_end", batch_number, {"loss": total / count, "size": n})
                     if getattr(model, "stop_training", False):
                         break
+                if distributed:
+                    collector.gather()
                 logs: dict[str, Any] = {"loss": total / count, **collector.compute(metric_list)}
                 if validation is not None:
                     logs.update(_run_eval(model, validation, loss_fn, metric_list, batch_size, forward, "val_"))
