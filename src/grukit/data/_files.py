@@ -1,0 +1,82 @@
+"""File helpers shared by the readers: gzip-transparent reading, strict decoding with a useful
+error, atomic writes, and the checks every labelled dataset goes through."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import os
+import tempfile
+from pathlib import Path
+
+from grukit.errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's content, decompressed if it is gzip (recognised by its magic bytes, not its name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path (the current directory is {Path.cwd()})")
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if head == GZIP_MAGIC:
+        try:
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        except (OSError, EOFError) as error:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({error}); download or copy it again") from error
+    return path.read_bytes()
+
+
+def decode(raw: bytes, source: str, encoding: str = "utf-8") -> str:
+    """Decode strictly; a bad byte raises DataError with its line and byte offset and suggests encoding=."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        bad = raw[error.start:error.end].hex(" ")
+        hint = ' (for example encoding="cp1252" or encoding="latin-1")' if encoding.lower().replace("_", "-") in {
+            "utf-8", "utf8", "utf-8-sig"} else ""
+        raise DataError(
+            f"{source}: not valid {encoding} at byte offset {error.start} (line {line}): byte(s) {bad}; "
+            f"pass the file's real encoding as encoding=...{hint}") from error
+    except LookupError as error:
+        raise DataError(f"{source}: unknown encoding={encoding!r}; use a Python codec name such as 'utf-8' or 'cp1252'") from error
+    return text.removeprefix("\ufeff")
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    return decode(read_bytes(path), str(path), encoding)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename over the target: a crash leaves
+    either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def check_labelled(source: str, texts: list, labels: list, require_classes: int | None) -> None:
+    """Raise DataError for an empty dataset or one with fewer classes than the task needs."""
+    if not texts:
+        raise DataError(f"{source}: no examples found; check the path and split, or that the files are not empty")
+    if require_classes is not None:
+        counts = collections.Counter(labels)
+        if len(counts) < require_classes:
+            found = ", ".join(f"{label!r}: {count}" for label, count in sorted(counts.items(), key=str))
+            raise DataError(
+                f"{source}: {require_classes} classes are needed but the data has {len(counts)} "
+                f"({found}); a file or folder of the other class is missing or empty, or pass require_classes=None "
+                f"to accept it")

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+
+from grukit.data import OOV_ID, PAD_ID, WordTokenizer
+from grukit.errors import ConfigError, DataError
+
+
+def test_what_tokens_look_like():
+    tokenizer = WordTokenizer()
+    text = "I DON'T like it!!!<br /><br/>Well-made, 3.5/10... students' rock'n'roll café’s 21st"
+    assert tokenizer.tokenize(text) == [
+        "i", "don't", "like", "it", "!", "!", "!", "well", "-", "made", ",", "3", ".", "5", "/", "10",
+        ".", ".", ".", "students", "'", "rock'n'roll", "café's", "21st"]
+
+
+def test_case_and_html_options():
+    assert WordTokenizer(lower=False).tokenize("Don't<br />GO") == ["Don't", "GO"]
+    assert WordTokenizer(strip_html=False).tokenize("a<br />b") == ["a", "<", "br", "/", ">", "b"]
+
+
+def test_ids_by_frequency_with_deterministic_ties():
+    texts = ["b a c", "a b", "d c", "z y", "a"]
+    tokenizer = WordTokenizer().fit(texts)
+    # a: 3, then b and c (2 each, by code point), then d, y, z (1 each)
+    assert tokenizer.words == ["<pad>", "<oov>", "a", "b", "c", "d", "y", "z"]
+    assert tokenizer.word_index["a"] == 2 and len(tokenizer) == 8
+    assert WordTokenizer().fit(list(reversed(texts))).words == tokenizer.words
+    assert tokenizer.texts_to_sequences(["a z q", ""]) == [[2, 7, OOV_ID], []]
+    assert PAD_ID == 0 and OOV_ID == 1
+
+
+def test_num_words_caps_the_id_space_like_keras():
+    texts = ["the cat sat on the mat", "the dog sat", "a cat"]
+    tokenizer = WordTokenizer(num_words=5).fit(texts)
+    assert len(tokenizer) == 5
+    assert tokenizer.words == ["<pad>", "<oov>", "the", "cat", "sat"]
+    sequences = tokenizer.texts_to_sequences(texts)
+    assert sequences[0] == [2, 3, 4, 1, 2, 1]
+    assert max(max(s) for s in sequences) < 5
+
+
+def test_min_count():
+    tokenizer = WordTokenizer(min_count=2).fit(["a a b", "c a b"])
+    assert tokenizer.words == ["<pad>", "<oov>", "a", "b"]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    texts = ["Great movie, I loved it!", "Terrible. Didn't like it<br />at all.", "café crème"]
+    tokenizer = WordTokenizer(num_words=30, lower=True).fit(texts)
+    path = tokenizer.save(tmp_path / "run" / "tokenizer.json")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["format"] == "grukit.WordTokenizer" and data["words"][:2] == ["<pad>", "<oov>"]
+    assert [p.name for p in path.parent.iterdir()] == ["tokenizer.json"]  # no temporary file left
+    loaded = WordTokenizer.load(path)
+    assert loaded.words == tokenizer.words and loaded.num_words == 30
+    probe = texts + ["unseen words here", "CAFÉ"]
+    assert loaded.texts_to_sequences(probe) == tokenizer.texts_to_sequences(probe)
+    assert loaded.sequences_to_texts(loaded.texts_to_sequences(["i loved it zzz"])) == ["i loved it <oov>"]
+
+
+def test_sequences_to_texts_drops_padding_and_checks_ids():
+    tokenizer = WordTokenizer().fit(["a b"])
+    assert tokenizer.sequences_to_texts([[0, 0, 2, 1, 3]]) == ["a <oov> b"]
+    with pytest.raises(DataError, match="id 9"):
+        tokenizer.sequences_to_texts([[9]])
+
+
+def test_load_rejects_damaged_files(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "grukit.WordTokenizer", "words": [', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken.json: not valid JSON at line 1"):
+        WordTokenizer.load(broken)
+    other = tmp_path / "other.json"
+    other.write_text('{"model": {}}', encoding="utf-8")
+    with pytest.raises(DataError, match="not a grukit WordTokenizer file"):
+        WordTokenizer.load(other)
+    bad_words = tmp_path / "words.json"
+    bad_words.write_text(json.dumps({"format": "grukit.WordTokenizer", "version": 1, "words": ["a", "b"]}))
+    with pytest.raises(DataError, match="damaged"):
+        WordTokenizer.load(bad_words)
+    with pytest.raises(DataError, match="no such file"):
+        WordTokenizer.load(tmp_path / "missing.json")
+
+
+def test_bad_use():
+    with pytest.raises(ConfigError, match="fit"):
+        WordTokenizer().texts_to_sequences(["a"])
+    with pytest.raises(ConfigError, match="one string"):
+        WordTokenizer().fit("a whole text")
+    with pytest.raises(DataError, match=r"texts\[1\] is int"):
+        WordTokenizer().fit(["a", 3])
+    with pytest.raises(DataError, match="no word"):
+        WordTokenizer().fit(["", "   ", ""])
+    with pytest.raises(ConfigError, match="num_words"):
+        WordTokenizer(num_words=2)
+    with pytest.raises(ConfigError, match="min_count"):
+        WordTokenizer(min_count=0)
