@@ -226,6 +226,37 @@ def run_rows(rows_fn, batch: int, work: int, args: tuple) -> None:
         f.result()
 
 
+def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training, ws_widths, work):
+    """Allocate the results, run a family's forward loop over the batch, return them.
+
+    Every family's ``_fwd_rows`` takes ``(b0, b1, gx, *states0, *params, lengths, reverse,
+    *flags, training, out, *states, *workspace)``; the workspace is one (T, B, width)
+    array per entry of ``ws_widths`` (1-element stand-ins when not training).
+    Returns (out, states, workspace or None).
+    """
+    T, B, _ = gx.shape
+    H = states0[0].shape[1]
+    dt = gx.dtype
+    out = np.empty((T, B, H), dt)
+    states = tuple(np.empty((B, H), dt) for _ in states0)
+    if training:
+        ws = tuple(np.empty((T, B, w), dt) for w in ws_widths)
+    else:
+        ws = (np.empty((1, 1, 1), dt),) * len(ws_widths)
+    args = (gx, *states0, *params, lengths, bool(reverse), *flags, bool(training), out, *states, *ws)
+    run_rows(rows_fn, B, work, args)
+    return out, states, (ws if training else None)
+
+
+def run_step(rows_fn, gx_t, states, params, flags, n_ws):
+    """One inference step through a family's forward loop (T = 1, no workspace, serial)."""
+    B, G = gx_t.shape
+    lengths = np.ones(B, np.int64)
+    _, new, _ = run_forward(rows_fn, gx_t.reshape((1, B, G)), states, params, lengths, False,
+                            flags, False, (0,) * n_ws, 0)
+    return new
+
+
 def full_lengths(T: int, B: int) -> np.ndarray:
     return np.full(B, T, dtype=np.int64)
 

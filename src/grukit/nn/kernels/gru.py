@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, axpy_matvec, run_rows, sigmoid, tanh
+from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh
 
 
 @njit(**JIT)
@@ -142,33 +142,18 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
 
 
 def step(gx_t, h, w_t, bhh, reset_after):
-    """One inference step (no workspace, no threads): gx_t (B, 3H), h (B, H) -> h' (B, H)."""
-    B, G = gx_t.shape
-    H = h.shape[1]
-    out = np.empty((1, B, H), h.dtype)
-    h_n = np.empty((B, H), h.dtype)
-    dummy = np.empty((1, 1, 1), h.dtype)
-    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, w_t, bhh, np.ones(B, np.int64), False,
-              reset_after, False, out, h_n, dummy, dummy, dummy)
-    return h_n
+    """One inference step: gx_t (B, 3H), h (B, H) -> h'."""
+    return run_step(_fwd_rows, gx_t, (h,), (w_t, bhh), (reset_after,), 3)[0]
 
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
-    """Returns out (T, B, H), h_n (B, H) and the workspace tuple (None when not training)."""
+    """Returns out (T, B, H), h_n (B, H) and the workspace (None when not training)."""
     T, B, G = gx.shape
     H = h0.shape[1]
-    dt = gx.dtype
-    out = np.empty((T, B, H), dt)
-    h_n = np.empty((B, H), dt)
-    if training:
-        ws_g = np.empty((T, B, 4 * H if reset_after else 3 * H), dt)
-        ws_h = np.empty((T, B, H), dt)
-        ws_x = np.empty((T, B, H) if not reset_after else (1, 1, 1), dt)
-    else:
-        ws_g = ws_h = ws_x = np.empty((1, 1, 1), dt)
-    args = (gx, h0, w_t, bhh, lengths, reverse, reset_after, training, out, h_n, ws_g, ws_h, ws_x)
-    run_rows(_fwd_rows, B, T * B * G * H, args)
-    return out, h_n, ((ws_g, ws_h, ws_x) if training else None)
+    widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
+    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (w_t, bhh), lengths, reverse,
+                                  (reset_after,), training, widths, T * B * G * H)
+    return out, h_n, ws
 
 
 def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, axpy_matvec, run_rows, sigmoid, tanh
+from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh
 
 
 @njit(**JIT)
@@ -101,35 +101,17 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
 
 
 def step(gx_t, h, c, w_t, bhh):
-    """One inference step (no workspace, no threads): gx_t (B, 4H), h and c (B, H) -> (h', c')."""
-    B, G = gx_t.shape
-    H = h.shape[1]
-    out = np.empty((1, B, H), h.dtype)
-    h_n = np.empty((B, H), h.dtype)
-    c_n = np.empty((B, H), h.dtype)
-    dummy = np.empty((1, 1, 1), h.dtype)
-    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, c, w_t, bhh, np.ones(B, np.int64), False, False,
-              out, h_n, c_n, dummy, dummy, dummy)
-    return h_n, c_n
+    """One inference step: gx_t (B, 4H), h and c (B, H) -> (h', c')."""
+    return run_step(_fwd_rows, gx_t, (h, c), (w_t, bhh), (), 3)
 
 
 def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training):
     """Returns out (T, B, H), h_n, c_n (B, H) and the workspace (None when not training)."""
     T, B, G = gx.shape
     H = h0.shape[1]
-    dt = gx.dtype
-    out = np.empty((T, B, H), dt)
-    h_n = np.empty((B, H), dt)
-    c_n = np.empty((B, H), dt)
-    if training:
-        ws_g = np.empty((T, B, 5 * H), dt)
-        ws_h = np.empty((T, B, H), dt)
-        ws_c = np.empty((T, B, H), dt)
-    else:
-        ws_g = ws_h = ws_c = np.empty((1, 1, 1), dt)
-    args = (gx, h0, c0, w_t, bhh, lengths, reverse, training, out, h_n, c_n, ws_g, ws_h, ws_c)
-    run_rows(_fwd_rows, B, T * B * G * H, args)
-    return out, h_n, c_n, ((ws_g, ws_h, ws_c) if training else None)
+    out, (h_n, c_n), ws = run_forward(_fwd_rows, gx, (h0, c0), (w_t, bhh), lengths, reverse, (),
+                                      training, (5 * H, H, H), T * B * G * H)
+    return out, h_n, c_n, ws
 
 
 def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, axpy_matvec, run_rows, sigmoid, tanh
+from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh
 
 
 @njit(**JIT)
@@ -104,32 +104,16 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
 
 
 def step(gx_t, h, w_t, has_uf):
-    """One inference step (no workspace, no threads): gx_t (B, 2H), h (B, H) -> h'."""
-    B, G = gx_t.shape
-    H = h.shape[1]
-    out = np.empty((1, B, H), h.dtype)
-    h_n = np.empty((B, H), h.dtype)
-    dummy = np.empty((1, 1, 1), h.dtype)
-    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, w_t, np.ones(B, np.int64), False, has_uf,
-              False, out, h_n, dummy, dummy, dummy)
-    return h_n
+    """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
+    return run_step(_fwd_rows, gx_t, (h,), (w_t,), (has_uf,), 3)[0]
 
 
 def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
     T, B, G = gx.shape
     H = h0.shape[1]
-    dt = gx.dtype
-    out = np.empty((T, B, H), dt)
-    h_n = np.empty((B, H), dt)
-    if training:
-        ws_g = np.empty((T, B, 2 * H), dt)
-        ws_h = np.empty((T, B, H), dt)
-        ws_x = np.empty((T, B, H), dt)
-    else:
-        ws_g = ws_h = ws_x = np.empty((1, 1, 1), dt)
-    args = (gx, h0, w_t, lengths, reverse, has_uf, training, out, h_n, ws_g, ws_h, ws_x)
-    run_rows(_fwd_rows, B, T * B * w_t.shape[1] * H, args)
-    return out, h_n, ((ws_g, ws_h, ws_x) if training else None)
+    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (w_t,), lengths, reverse, (has_uf,),
+                                  training, (2 * H, H, H), T * B * w_t.shape[1] * H)
+    return out, h_n, ws
 
 
 def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf):

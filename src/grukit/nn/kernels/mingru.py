@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, HALF, ONE, run_rows, sigmoid
+from .common import JIT, HALF, ONE, run_forward, run_rows, run_step, sigmoid
 
 
 @njit(**JIT)
@@ -85,27 +85,16 @@ _WORK_PER_ELEMENT = 40
 
 
 def step(gx_t, h, use_g):
-    """One inference step (no workspace, no threads): gx_t (B, 2H), h (B, H) -> h'."""
-    B, G = gx_t.shape
-    H = h.shape[1]
-    out = np.empty((1, B, H), h.dtype)
-    h_n = np.empty((B, H), h.dtype)
-    dummy = np.empty((1, 1, 1), h.dtype)
-    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, np.ones(B, np.int64), False, use_g, False,
-              out, h_n, dummy)
-    return h_n
+    """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
+    return run_step(_fwd_rows, gx_t, (h,), (), (use_g,), 1)[0]
 
 
 def forward(gx, h0, lengths, reverse, use_g, training):
     T, B, G = gx.shape
     H = h0.shape[1]
-    dt = gx.dtype
-    out = np.empty((T, B, H), dt)
-    h_n = np.empty((B, H), dt)
-    ws_h = np.empty((T, B, H) if training else (1, 1, 1), dt)
-    args = (gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h)
-    run_rows(_fwd_rows, B, T * B * H * _WORK_PER_ELEMENT, args)
-    return out, h_n, ((ws_h,) if training else None)
+    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (), lengths, reverse, (use_g,), training,
+                                  (H,), T * B * H * _WORK_PER_ELEMENT)
+    return out, h_n, ws
 
 
 def backward(ws, gx, grad_out, grad_h_n, lengths, reverse, use_g):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, ZERO, axpy_matvec, run_rows, tanh
+from .common import JIT, ONE, ZERO, axpy_matvec, run_forward, run_rows, run_step, tanh
 
 
 @njit(**JIT)
@@ -76,30 +76,15 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
 
 
 def step(gx_t, h, w_t, bhh, relu):
-    """One inference step (no workspace, no threads): gx_t (B, H), h (B, H) -> h'."""
-    B, G = gx_t.shape
-    H = h.shape[1]
-    out = np.empty((1, B, H), h.dtype)
-    h_n = np.empty((B, H), h.dtype)
-    dummy = np.empty((1, 1, 1), h.dtype)
-    _fwd_rows(0, B, gx_t.reshape((1, B, G)), h, w_t, bhh, np.ones(B, np.int64), False, relu,
-              False, out, h_n, dummy, dummy)
-    return h_n
+    """One inference step: gx_t (B, H), h (B, H) -> h'."""
+    return run_step(_fwd_rows, gx_t, (h,), (w_t, bhh), (relu,), 2)[0]
 
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training):
     T, B, H = gx.shape
-    dt = gx.dtype
-    out = np.empty((T, B, H), dt)
-    h_n = np.empty((B, H), dt)
-    if training:
-        ws_g = np.empty((T, B, H), dt)
-        ws_h = np.empty((T, B, H), dt)
-    else:
-        ws_g = ws_h = np.empty((1, 1, 1), dt)
-    args = (gx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n, ws_g, ws_h)
-    run_rows(_fwd_rows, B, T * B * H * H, args)
-    return out, h_n, ((ws_g, ws_h) if training else None)
+    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (w_t, bhh), lengths, reverse, (relu,),
+                                  training, (H, H), T * B * H * H)
+    return out, h_n, ws
 
 
 def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu):
