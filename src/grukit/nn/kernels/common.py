@@ -162,6 +162,13 @@ def axpy_matvec(x, m, r0, c0, n, out):
         i += 1
 
 
+@njit(**JIT)
+def zero_tail(a, b, L):
+    """a[t, b, :] = 0 for the padded steps t >= L of sequence b."""
+    for t in range(L, a.shape[0]):
+        a[t, b, :] = 0
+
+
 # --- threads ----------------------------------------------------------------------
 #
 # Sequences of a batch are independent, so each thread runs the whole time loop for its

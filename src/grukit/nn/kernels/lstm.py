@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh
+from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh, zero_tail
 
 
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
               out, h_n, c_n, ws_g, ws_h, ws_c):
-    T = gx.shape[0]
     H = h0.shape[1]
     h = np.empty(H, dtype=h0.dtype)
     c = np.empty(H, dtype=h0.dtype)
@@ -51,12 +50,11 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
                     ws_g[t, b, 2 * H + j] = gg
                     ws_g[t, b, 3 * H + j] = og
                     ws_g[t, b, 4 * H + j] = tc
-        for t in range(L, T):
-            out[t, b, :] = 0
-            if training:
-                ws_g[t, b, :] = 0
-                ws_h[t, b, :] = 0
-                ws_c[t, b, :] = 0
+        zero_tail(out, b, L)
+        if training:
+            zero_tail(ws_g, b, L)
+            zero_tail(ws_h, b, L)
+            zero_tail(ws_c, b, L)
         h_n[b] = h
         c_n[b] = c
 
@@ -64,7 +62,6 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
               dgx, dh0, dc0):
-    T = grad_out.shape[0]
     H = grad_out.shape[2]
     dh = np.empty(H, dtype=dgx.dtype)
     dc = np.empty(H, dtype=dgx.dtype)
@@ -72,8 +69,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
         L = lengths[b]
         dh[:] = grad_h_n[b]
         dc[:] = grad_c_n[b]
-        for t in range(L, T):
-            dgx[t, b, :] = 0
+        zero_tail(dgx, b, L)
         for s in range(L - 1, -1, -1):
             t = L - 1 - s if reverse else s
             go = grad_out[t, b]

@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh
+from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh, zero_tail
 
 
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
               out, h_n, ws_g, ws_h, ws_x):
-    T = gx.shape[0]
     H = h0.shape[1]
     cn = H if has_uf else 0
     h = np.empty(H, dtype=h0.dtype)
@@ -57,18 +56,16 @@ def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
                     ws_g[t, b, j] = f
                     ws_g[t, b, H + j] = n
                     ws_x[t, b, j] = fh[j]
-        for t in range(L, T):
-            out[t, b, :] = 0
-            if training:
-                ws_g[t, b, :] = 0
-                ws_h[t, b, :] = 0
-                ws_x[t, b, :] = 0
+        zero_tail(out, b, L)
+        if training:
+            zero_tail(ws_g, b, L)
+            zero_tail(ws_h, b, L)
+            zero_tail(ws_x, b, L)
         h_n[b] = h
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0):
-    T = grad_out.shape[0]
     H = grad_out.shape[2]
     rn = H if has_uf else 0
     dh = np.empty(H, dtype=dgx.dtype)
@@ -76,8 +73,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
     for b in range(b0, b1):
         L = lengths[b]
         dh[:] = grad_h_n[b]
-        for t in range(L, T):
-            dgx[t, b, :] = 0
+        zero_tail(dgx, b, L)
         for s in range(L - 1, -1, -1):
             t = L - 1 - s if reverse else s
             go = grad_out[t, b]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, HALF, ONE, run_forward, run_rows, run_step, sigmoid
+from .common import HALF, JIT, ONE, run_forward, run_rows, run_step, sigmoid, zero_tail
 
 
 @njit(**JIT)
@@ -23,7 +23,6 @@ def _candidate(x, use_g):
 
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h):
-    T = gx.shape[0]
     H = h0.shape[1]
     h = np.empty(H, dtype=h0.dtype)
     for b in range(b0, b1):
@@ -40,23 +39,20 @@ def _fwd_rows(b0, b1, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h)
                 hj = (ONE - z) * h[j] + z * _candidate(g[H + j], use_g)
                 h[j] = hj
                 o[j] = hj
-        for t in range(L, T):
-            out[t, b, :] = 0
-            if training:
-                ws_h[t, b, :] = 0
+        zero_tail(out, b, L)
+        if training:
+            zero_tail(ws_h, b, L)
         h_n[b] = h
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0):
-    T = grad_out.shape[0]
     H = grad_out.shape[2]
     dh = np.empty(H, dtype=dgx.dtype)
     for b in range(b0, b1):
         L = lengths[b]
         dh[:] = grad_h_n[b]
-        for t in range(L, T):
-            dgx[t, b, :] = 0
+        zero_tail(dgx, b, L)
         for s in range(L - 1, -1, -1):
             t = L - 1 - s if reverse else s
             go = grad_out[t, b]

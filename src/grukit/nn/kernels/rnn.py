@@ -9,13 +9,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, ZERO, axpy_matvec, run_forward, run_rows, run_step, tanh
+from .common import JIT, ONE, ZERO, axpy_matvec, run_forward, run_rows, run_step, tanh, zero_tail
 
 
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
               out, h_n, ws_g, ws_h):
-    T = gx.shape[0]
     H = h0.shape[1]
     h = np.empty(H, dtype=h0.dtype)
     gh = np.empty(H, dtype=h0.dtype)
@@ -40,24 +39,21 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
                 o[j] = hj
             if training:
                 ws_g[t, b, :] = h
-        for t in range(L, T):
-            out[t, b, :] = 0
-            if training:
-                ws_g[t, b, :] = 0
-                ws_h[t, b, :] = 0
+        zero_tail(out, b, L)
+        if training:
+            zero_tail(ws_g, b, L)
+            zero_tail(ws_h, b, L)
         h_n[b] = h
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0):
-    T = grad_out.shape[0]
     H = grad_out.shape[2]
     dh = np.empty(H, dtype=dgx.dtype)
     for b in range(b0, b1):
         L = lengths[b]
         dh[:] = grad_h_n[b]
-        for t in range(L, T):
-            dgx[t, b, :] = 0
+        zero_tail(dgx, b, L)
         for s in range(L - 1, -1, -1):
             t = L - 1 - s if reverse else s
             go = grad_out[t, b]
