@@ -68,14 +68,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def check_labelled(source: str, texts: list, labels: list, require_classes: int | None) -> None:
+def check_labelled(source: str, texts: list, labels: list, require_classes: int | None,
+                   names: dict | None = None) -> None:
     """Raise DataError for an empty dataset or one with fewer classes than the task needs."""
     if not texts:
         raise DataError(f"{source}: no examples found; check the path and split, or that the files are not empty")
     if require_classes is not None:
         counts = collections.Counter(labels)
         if len(counts) < require_classes:
-            found = ", ".join(f"{label!r}: {count}" for label, count in sorted(counts.items(), key=str))
+            names = names or {}
+            found = ", ".join(f"{names.get(label, label)!r}: {count}" for label, count in sorted(counts.items()))
             raise DataError(
                 f"{source}: {require_classes} classes are needed but the data has {len(counts)} "
                 f"({found}); a file or folder of the other class is missing or empty, or pass require_classes=None "

@@ -185,7 +185,7 @@ def read_table(path: str | os.PathLike, text_column: str = "text", label_column:
     path = Path(path)
     rows = _read_rows(path, text_column, label_column, format, encoding)
     texts, ids, mapping = _labelled(path, rows, labels, str(path))
-    check_labelled(str(path), texts, ids, require_classes)
+    check_labelled(str(path), texts, ids, require_classes, {index: value for value, index in mapping.items()})
     return texts, ids, mapping
 
 
