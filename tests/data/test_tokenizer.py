@@ -96,3 +96,14 @@ def test_bad_use():
         WordTokenizer(num_words=2)
     with pytest.raises(ConfigError, match="min_count"):
         WordTokenizer(min_count=0)
+
+
+def test_batches_join_in_order(monkeypatch):
+    import grukit.data.tokenizer as module
+
+    texts = ["a b", "b c d", "", "d a", "c"]
+    tokenizer = WordTokenizer().fit(texts)
+    whole = tokenizer.texts_to_sequences(texts)
+    monkeypatch.setattr(module, "ENCODE_BATCH", 2)
+    assert tokenizer.texts_to_sequences(texts) == whole
+    assert whole == [tokenizer.texts_to_sequences([t])[0] for t in texts]

@@ -2,9 +2,10 @@
 
 What a token is (the whole pipeline, in order):
 
-1. Normalize: Unicode NFKC; every HTML line break ``<br />``, ``<br/>``, ``<br>`` becomes a space
-   (aclImdb reviews are full of them); the typographic apostrophe ``’`` becomes ``'``; lower-case
-   (``lower=False`` keeps case).
+1. Normalize: every HTML line break ``<br />``, ``<br/>``, ``<br>`` becomes a space (aclImdb
+   reviews are full of them; ``strip_html=False`` keeps them); the typographic apostrophe ``’``
+   becomes ``'``; lower-case (``lower=False`` keeps case). No Unicode normalization beyond that
+   (NFKC would add markedly to the encoding time for no gain on these corpora).
 2. Split on whitespace, then split each piece into *words* and *punctuation*:
 
    - a word is a run of letters, digits or underscores (Unicode-aware: ``café``, ``ça``, ``21st``),
@@ -22,6 +23,10 @@ given to ``fit``; words of equal frequency are ordered by their Unicode code poi
 texts always give the same ids whatever their order. ``num_words`` caps the *id space*, padding and
 OOV included, exactly like Keras: ``num_words=10_000`` keeps the 9,998 most frequent words, every
 id is below 10,000, and ``Embedding(10_000, dim)`` fits it.
+
+``fit`` and ``texts_to_sequences`` run in the library's Rust code on all cores. A process that
+forks after using them (a DataLoader with workers) gets a warning from ``tokenizers`` and runs
+single-threaded in the children; set ``TOKENIZERS_PARALLELISM=false`` to silence it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ PAD_ID = 0
 OOV_ID = 1
 FORMAT = "grukit.WordTokenizer"
 FORMAT_VERSION = 1
+ENCODE_BATCH = 2048
 
 # A word: letters/digits/underscore, with inner apostrophes; anything else non-space: one character.
 WORD_PATTERN = r"\w+(?:'\w+)*|[^\w\s]"
@@ -162,7 +168,13 @@ class WordTokenizer:
         self._require_fitted("texts_to_sequences")
         texts = _check_texts(texts, "texts")
         encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
-        return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+        # Batches of a few thousand: each Encoding also holds its token strings and offsets, and
+        # keeping 25,000 of them alive at once doubles the time (measured on aclImdb).
+        sequences = []
+        for start in range(0, len(texts), ENCODE_BATCH):
+            sequences += [encoding.ids for encoding in encode(texts[start:start + ENCODE_BATCH],
+                                                              add_special_tokens=False)]
+        return sequences
 
     def sequences_to_texts(self, sequences: Iterable[Sequence[int]]) -> list[str]:
         """Tokens joined by spaces; padding (0) is dropped and OOV shows as ``<oov>``."""
