@@ -49,8 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="skip timing first calls with an empty Numba cache (fresh subprocess per "
                              "cell; skipped by --quick too)")
     parser.add_argument("--repeats", type=int, metavar="N",
-                        help="exactly N timed repetitions per measurement (default: up to 11, "
-                             "stopping after about 8 s of timed calls once 3 are done)")
+                        help=f"exactly N timed repetitions per measurement (default: up to "
+                             f"{Settings.repeats}, stopping after about {Settings.budget_s:g} s of timed "
+                             f"calls once {Settings.min_repeats} are done)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every library (default: 2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="directory for latest.json and latest.md (default: benchmarks/results)")

@@ -17,7 +17,7 @@ class Settings:
     """How often to repeat. With ``exact`` every measurement runs ``repeats`` times; otherwise it
     stops early once ``budget_s`` seconds went into timed calls and ``min_repeats`` are done."""
 
-    repeats: int = 11
+    repeats: int = 30
     min_repeats: int = 3
     budget_s: float = 8.0
     warmup: int = 1
