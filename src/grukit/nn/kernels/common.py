@@ -163,6 +163,70 @@ def axpy_matvec(x, m, r0, c0, n, out):
 
 
 @njit(**JIT)
+def matmul_acc(x, m, r0, c0, n, out):
+    """out[b, k] += sum_i x[b, i] * m[r0 + i, c0 + k] for every row b and k < n.
+
+    Rows go four at a time so each row of ``m`` read from cache serves four states;
+    every sum still runs in i order, so each row's result equals :func:`axpy_matvec`'s.
+    """
+    R, K = x.shape
+    b = 0
+    while b + 4 <= R:
+        o0 = out[b, :n]
+        o1 = out[b + 1, :n]
+        o2 = out[b + 2, :n]
+        o3 = out[b + 3, :n]
+        i = 0
+        while i + 2 <= K:
+            a0 = m[r0 + i, c0:c0 + n]
+            a1 = m[r0 + i + 1, c0:c0 + n]
+            x00, x01 = x[b, i], x[b, i + 1]
+            x10, x11 = x[b + 1, i], x[b + 1, i + 1]
+            x20, x21 = x[b + 2, i], x[b + 2, i + 1]
+            x30, x31 = x[b + 3, i], x[b + 3, i + 1]
+            for k in range(n):
+                w0 = a0[k]
+                w1 = a1[k]
+                o0[k] = (o0[k] + x00 * w0) + x01 * w1
+                o1[k] = (o1[k] + x10 * w0) + x11 * w1
+                o2[k] = (o2[k] + x20 * w0) + x21 * w1
+                o3[k] = (o3[k] + x30 * w0) + x31 * w1
+            i += 2
+        if i < K:
+            a0 = m[r0 + i, c0:c0 + n]
+            x00, x10, x20, x30 = x[b, i], x[b + 1, i], x[b + 2, i], x[b + 3, i]
+            for k in range(n):
+                w0 = a0[k]
+                o0[k] += x00 * w0
+                o1[k] += x10 * w0
+                o2[k] += x20 * w0
+                o3[k] += x30 * w0
+        b += 4
+    while b < R:
+        axpy_matvec(x[b], m, r0, c0, n, out[b])
+        b += 1
+
+
+@njit(**JIT)
+def max_length(lengths, b0, b1):
+    L = 0
+    for b in range(b0, b1):
+        L = max(L, lengths[b])
+    return L
+
+
+@njit(**JIT)
+def time_index(s, L, reverse):
+    """The time index of processing step s of a sequence of length L, or -1 past its end.
+
+    Forward runs t = s; reverse runs t = L - 1 - s, so each sequence starts at its own
+    last valid step (PackedSequence semantics, as reference.run_direction)."""
+    if s >= L:
+        return -1
+    return L - 1 - s if reverse else s
+
+
+@njit(**JIT)
 def zero_tail(a, b, L):
     """a[t, b, :] = 0 for the padded steps t >= L of sequence b."""
     for t in range(L, a.shape[0]):

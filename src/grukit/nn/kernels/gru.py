@@ -14,32 +14,57 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh, zero_tail
+from .common import (JIT, ONE, matmul_acc, max_length, run_forward, run_rows, run_step, sigmoid,
+                     tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
               out, h_n, ws_g, ws_h, ws_x):
     H = h0.shape[1]
-    h = np.empty(H, dtype=h0.dtype)
-    gh = np.empty(3 * H, dtype=h0.dtype)
-    rh = np.empty(H, dtype=h0.dtype)
+    R = b1 - b0
+    hb = h0[b0:b1].copy()
+    gh = np.zeros((R, 3 * H), h0.dtype)
+    rh = np.zeros((R, H), h0.dtype)
     for b in range(b0, b1):
-        L = lengths[b]
-        h[:] = h0[b]
-        for s in range(L):
-            t = L - 1 - s if reverse else s
+        zero_tail(out, b, lengths[b])
+        if training:
+            zero_tail(ws_g, b, lengths[b])
+            zero_tail(ws_h, b, lengths[b])
+            if not reset_after:
+                zero_tail(ws_x, b, lengths[b])
+    for s in range(max_length(lengths, b0, b1)):
+        gh[:] = 0
+        if reset_after:
+            matmul_acc(hb, w_t, 0, 0, 3 * H, gh)
+        else:
+            matmul_acc(hb, w_t, 0, 0, 2 * H, gh)
+            for i in range(R):
+                t = time_index(s, lengths[b0 + i], reverse)
+                if t < 0:
+                    continue
+                g = gx[t, b0 + i]
+                for j in range(H):
+                    r = sigmoid(g[j] + gh[i, j])
+                    gh[i, j] = r
+                    rh[i, j] = r * hb[i, j]
+            matmul_acc(rh, w_t, 0, 2 * H, H, gh[:, 2 * H:])
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:
+                continue
             g = gx[t, b]
             o = out[t, b]
+            h = hb[i]
+            gr = gh[i]
             if training:
                 ws_h[t, b, :] = h
             if reset_after:
-                gh[:] = 0
-                axpy_matvec(h, w_t, 0, 0, 3 * H, gh)
                 for j in range(H):
-                    r = sigmoid(g[j] + (gh[j] + bhh[j]))
-                    z = sigmoid(g[H + j] + (gh[H + j] + bhh[H + j]))
-                    ghn = gh[2 * H + j] + bhh[2 * H + j]
+                    r = sigmoid(g[j] + (gr[j] + bhh[j]))
+                    z = sigmoid(g[H + j] + (gr[H + j] + bhh[H + j]))
+                    ghn = gr[2 * H + j] + bhh[2 * H + j]
                     n = tanh(g[2 * H + j] + r * ghn)
                     hj = (ONE - z) * n + z * h[j]
                     h[j] = hj
@@ -50,59 +75,50 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
                         ws_g[t, b, 2 * H + j] = n
                         ws_g[t, b, 3 * H + j] = ghn
             else:
-                gh[:] = 0
-                axpy_matvec(h, w_t, 0, 0, 2 * H, gh)
                 for j in range(H):
-                    r = sigmoid(g[j] + gh[j])
-                    gh[j] = r
-                    rh[j] = r * h[j]
-                gn = gh[2 * H:]
-                gn[:] = 0
-                axpy_matvec(rh, w_t, 0, 2 * H, H, gn)
-                for j in range(H):
-                    r = gh[j]
-                    z = sigmoid(g[H + j] + gh[H + j])
-                    n = tanh(g[2 * H + j] + gn[j])
+                    z = sigmoid(g[H + j] + gr[H + j])
+                    n = tanh(g[2 * H + j] + gr[2 * H + j])
                     hj = (ONE - z) * n + z * h[j]
                     h[j] = hj
                     o[j] = hj
                     if training:
-                        ws_g[t, b, j] = r
+                        ws_g[t, b, j] = gr[j]
                         ws_g[t, b, H + j] = z
                         ws_g[t, b, 2 * H + j] = n
-                        ws_x[t, b, j] = rh[j]
-        zero_tail(out, b, L)
-        if training:
-            zero_tail(ws_g, b, L)
-            zero_tail(ws_h, b, L)
-            if not reset_after:
-                zero_tail(ws_x, b, L)
-        h_n[b] = h
+                        ws_x[t, b, j] = rh[i, j]
+    h_n[b0:b1] = hb
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h,
               dgx, dgh, dh0):
     H = grad_out.shape[2]
-    dh = np.empty(H, dtype=dgx.dtype)
-    dhp = np.empty(H, dtype=dgx.dtype)
-    d_rh = np.empty(H, dtype=dgx.dtype)
+    R = b1 - b0
+    dh = grad_h_n[b0:b1].copy()
+    dhp = np.empty((R, H), dgx.dtype)
+    dgb = np.zeros((R, 3 * H), dgx.dtype)   # this step's recurrent-side grads, all rows
+    d_rh = np.empty((R, H), dgx.dtype)
     for b in range(b0, b1):
-        L = lengths[b]
-        dh[:] = grad_h_n[b]
-        zero_tail(dgx, b, L)
+        zero_tail(dgx, b, lengths[b])
         if reset_after:
-            zero_tail(dgh, b, L)
-        for s in range(L - 1, -1, -1):
-            t = L - 1 - s if reverse else s
+            zero_tail(dgh, b, lengths[b])
+    for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:            # past this sequence's end: state carried, nothing flows
+                dgb[i, :] = 0
+                dhp[i, :] = dh[i]
+                continue
             go = grad_out[t, b]
             gs = ws_g[t, b]
             hp = ws_h[t, b]
             dg = dgx[t, b]
+            gb = dgb[i]
             if reset_after:
                 dr_ = dgh[t, b]
                 for j in range(H):
-                    d = dh[j] + go[j]
+                    d = dh[i, j] + go[j]
                     r = gs[j]
                     z = gs[H + j]
                     n = gs[2 * H + j]
@@ -112,29 +128,38 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                     dg[j] = dr
                     dg[H + j] = dz
                     dg[2 * H + j] = dn
-                    dr_[j] = dr
-                    dr_[H + j] = dz
-                    dr_[2 * H + j] = dn * r
-                    dhp[j] = d * z
-                axpy_matvec(dr_, w, 0, 0, H, dhp)
+                    gb[j] = dr_[j] = dr
+                    gb[H + j] = dr_[H + j] = dz
+                    gb[2 * H + j] = dr_[2 * H + j] = dn * r
+                    dhp[i, j] = d * z
             else:
                 for j in range(H):
-                    d = dh[j] + go[j]
+                    d = dh[i, j] + go[j]
                     z = gs[H + j]
                     n = gs[2 * H + j]
-                    dg[2 * H + j] = d * (ONE - z) * (ONE - n * n)
-                    dg[H + j] = d * (hp[j] - n) * z * (ONE - z)
-                    dhp[j] = d * z
-                d_rh[:] = 0
-                axpy_matvec(dg[2 * H:], w, 2 * H, 0, H, d_rh)
+                    dg[2 * H + j] = gb[2 * H + j] = d * (ONE - z) * (ONE - n * n)
+                    dg[H + j] = gb[H + j] = d * (hp[j] - n) * z * (ONE - z)
+                    dhp[i, j] = d * z
+        if reset_after:
+            matmul_acc(dgb, w, 0, 0, H, dhp)
+        else:
+            d_rh[:] = 0
+            matmul_acc(dgb[:, 2 * H:], w, 2 * H, 0, H, d_rh)
+            for i in range(R):
+                b = b0 + i
+                t = time_index(s, lengths[b], reverse)
+                if t < 0:
+                    continue
+                gs = ws_g[t, b]
+                hp = ws_h[t, b]
+                dg = dgx[t, b]
                 for j in range(H):
                     r = gs[j]
-                    dg[j] = d_rh[j] * hp[j] * r * (ONE - r)
-                    dhp[j] += d_rh[j] * r
-                axpy_matvec(dg[:2 * H], w, 0, 0, H, dhp)
-            dh[:] = dhp
-        dh0[b] = dh
-
+                    dg[j] = dgb[i, j] = d_rh[i, j] * hp[j] * r * (ONE - r)
+                    dhp[i, j] += d_rh[i, j] * r
+            matmul_acc(dgb[:, :2 * H], w, 0, 0, H, dhp)
+        dh[:] = dhp
+    dh0[b0:b1] = dh
 
 
 def step(gx_t, h, w_t, bhh, reset_after):

@@ -10,34 +10,45 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh, zero_tail
+from .common import (JIT, ONE, matmul_acc, max_length, run_forward, run_rows, run_step, sigmoid,
+                     tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
               out, h_n, c_n, ws_g, ws_h, ws_c):
     H = h0.shape[1]
-    h = np.empty(H, dtype=h0.dtype)
-    c = np.empty(H, dtype=h0.dtype)
-    gh = np.empty(4 * H, dtype=h0.dtype)
+    R = b1 - b0
+    hb = h0[b0:b1].copy()
+    cb = c0[b0:b1].copy()
+    gh = np.empty((R, 4 * H), h0.dtype)
     for b in range(b0, b1):
-        L = lengths[b]
-        h[:] = h0[b]
-        c[:] = c0[b]
-        for s in range(L):
-            t = L - 1 - s if reverse else s
+        zero_tail(out, b, lengths[b])
+        if training:
+            zero_tail(ws_g, b, lengths[b])
+            zero_tail(ws_h, b, lengths[b])
+            zero_tail(ws_c, b, lengths[b])
+    for s in range(max_length(lengths, b0, b1)):
+        gh[:] = 0
+        matmul_acc(hb, w_t, 0, 0, 4 * H, gh)
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:
+                continue
             g = gx[t, b]
             o = out[t, b]
+            h = hb[i]
+            c = cb[i]
+            gr = gh[i]
             if training:
                 ws_h[t, b, :] = h
                 ws_c[t, b, :] = c
-            gh[:] = 0
-            axpy_matvec(h, w_t, 0, 0, 4 * H, gh)
             for j in range(H):
-                ig = sigmoid((g[j] + gh[j]) + bhh[j])
-                fg = sigmoid((g[H + j] + gh[H + j]) + bhh[H + j])
-                gg = tanh((g[2 * H + j] + gh[2 * H + j]) + bhh[2 * H + j])
-                og = sigmoid((g[3 * H + j] + gh[3 * H + j]) + bhh[3 * H + j])
+                ig = sigmoid((g[j] + gr[j]) + bhh[j])
+                fg = sigmoid((g[H + j] + gr[H + j]) + bhh[H + j])
+                gg = tanh((g[2 * H + j] + gr[2 * H + j]) + bhh[2 * H + j])
+                og = sigmoid((g[3 * H + j] + gr[3 * H + j]) + bhh[3 * H + j])
                 cj = fg * c[j] + ig * gg
                 tc = tanh(cj)
                 hj = og * tc
@@ -50,50 +61,49 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
                     ws_g[t, b, 2 * H + j] = gg
                     ws_g[t, b, 3 * H + j] = og
                     ws_g[t, b, 4 * H + j] = tc
-        zero_tail(out, b, L)
-        if training:
-            zero_tail(ws_g, b, L)
-            zero_tail(ws_h, b, L)
-            zero_tail(ws_c, b, L)
-        h_n[b] = h
-        c_n[b] = c
+    h_n[b0:b1] = hb
+    c_n[b0:b1] = cb
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
               dgx, dh0, dc0):
     H = grad_out.shape[2]
-    dh = np.empty(H, dtype=dgx.dtype)
-    dc = np.empty(H, dtype=dgx.dtype)
+    R = b1 - b0
+    dh = grad_h_n[b0:b1].copy()
+    dc = grad_c_n[b0:b1].copy()
+    dgb = np.empty((R, 4 * H), dgx.dtype)
     for b in range(b0, b1):
-        L = lengths[b]
-        dh[:] = grad_h_n[b]
-        dc[:] = grad_c_n[b]
-        zero_tail(dgx, b, L)
-        for s in range(L - 1, -1, -1):
-            t = L - 1 - s if reverse else s
+        zero_tail(dgx, b, lengths[b])
+    for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:            # past this sequence's end: h and c carried
+                dgb[i, :] = 0
+                continue
             go = grad_out[t, b]
             gs = ws_g[t, b]
             cp = ws_c[t, b]
             dg = dgx[t, b]
+            gb = dgb[i]
             for j in range(H):
-                d = dh[j] + go[j]
+                d = dh[i, j] + go[j]
                 ig = gs[j]
                 fg = gs[H + j]
                 gg = gs[2 * H + j]
                 og = gs[3 * H + j]
                 tc = gs[4 * H + j]
-                dct = dc[j] + d * og * (ONE - tc * tc)
-                dg[j] = dct * gg * ig * (ONE - ig)
-                dg[H + j] = dct * cp[j] * fg * (ONE - fg)
-                dg[2 * H + j] = dct * ig * (ONE - gg * gg)
-                dg[3 * H + j] = d * tc * og * (ONE - og)
-                dc[j] = dct * fg
-            dh[:] = 0
-            axpy_matvec(dg, w, 0, 0, H, dh)
-        dh0[b] = dh
-        dc0[b] = dc
-
+                dct = dc[i, j] + d * og * (ONE - tc * tc)
+                dg[j] = gb[j] = dct * gg * ig * (ONE - ig)
+                dg[H + j] = gb[H + j] = dct * cp[j] * fg * (ONE - fg)
+                dg[2 * H + j] = gb[2 * H + j] = dct * ig * (ONE - gg * gg)
+                dg[3 * H + j] = gb[3 * H + j] = d * tc * og * (ONE - og)
+                dc[i, j] = dct * fg
+            dh[i, :] = 0
+        matmul_acc(dgb, w, 0, 0, H, dh)
+    dh0[b0:b1] = dh
+    dc0[b0:b1] = dc
 
 
 def step(gx_t, h, c, w_t, bhh):

@@ -11,92 +11,110 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, axpy_matvec, run_forward, run_rows, run_step, sigmoid, tanh, zero_tail
+from .common import (JIT, ONE, matmul_acc, max_length, run_forward, run_rows, run_step, sigmoid,
+                     tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
               out, h_n, ws_g, ws_h, ws_x):
     H = h0.shape[1]
+    R = b1 - b0
     cn = H if has_uf else 0
-    h = np.empty(H, dtype=h0.dtype)
-    gf = np.empty(H, dtype=h0.dtype)
-    gn = np.empty(H, dtype=h0.dtype)
-    fh = np.empty(H, dtype=h0.dtype)
+    hb = h0[b0:b1].copy()
+    gf = np.zeros((R, H), h0.dtype)
+    gn = np.zeros((R, H), h0.dtype)
+    fh = np.zeros((R, H), h0.dtype)
     for b in range(b0, b1):
-        L = lengths[b]
-        h[:] = h0[b]
-        for s in range(L):
-            t = L - 1 - s if reverse else s
+        zero_tail(out, b, lengths[b])
+        if training:
+            zero_tail(ws_g, b, lengths[b])
+            zero_tail(ws_h, b, lengths[b])
+            zero_tail(ws_x, b, lengths[b])
+    for s in range(max_length(lengths, b0, b1)):
+        if has_uf:
+            gf[:] = 0
+            matmul_acc(hb, w_t, 0, 0, H, gf)
+        for i in range(R):
+            t = time_index(s, lengths[b0 + i], reverse)
+            if t < 0:
+                continue
+            g = gx[t, b0 + i]
+            for j in range(H):
+                f = sigmoid(g[j] + gf[i, j]) if has_uf else sigmoid(g[j])
+                gf[i, j] = f
+                fh[i, j] = f * hb[i, j]
+        gn[:] = 0
+        matmul_acc(fh, w_t, 0, cn, H, gn)
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:
+                continue
             g = gx[t, b]
             o = out[t, b]
+            h = hb[i]
             if training:
                 ws_h[t, b, :] = h
-            if has_uf:
-                gf[:] = 0
-                axpy_matvec(h, w_t, 0, 0, H, gf)
-                for j in range(H):
-                    f = sigmoid(g[j] + gf[j])
-                    gf[j] = f
-                    fh[j] = f * h[j]
-            else:
-                for j in range(H):
-                    f = sigmoid(g[j])
-                    gf[j] = f
-                    fh[j] = f * h[j]
-            gn[:] = 0
-            axpy_matvec(fh, w_t, 0, cn, H, gn)
             for j in range(H):
-                f = gf[j]
-                n = tanh(g[H + j] + gn[j])
+                f = gf[i, j]
+                n = tanh(g[H + j] + gn[i, j])
                 hj = (ONE - f) * h[j] + f * n
                 h[j] = hj
                 o[j] = hj
                 if training:
                     ws_g[t, b, j] = f
                     ws_g[t, b, H + j] = n
-                    ws_x[t, b, j] = fh[j]
-        zero_tail(out, b, L)
-        if training:
-            zero_tail(ws_g, b, L)
-            zero_tail(ws_h, b, L)
-            zero_tail(ws_x, b, L)
-        h_n[b] = h
+                    ws_x[t, b, j] = fh[i, j]
+    h_n[b0:b1] = hb
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0):
     H = grad_out.shape[2]
+    R = b1 - b0
     rn = H if has_uf else 0
-    dh = np.empty(H, dtype=dgx.dtype)
-    d_fh = np.empty(H, dtype=dgx.dtype)
+    dh = grad_h_n[b0:b1].copy()
+    dgb = np.zeros((R, 2 * H), dgx.dtype)   # this step's (df, dn) pre-activation grads
+    d_fh = np.empty((R, H), dgx.dtype)
     for b in range(b0, b1):
-        L = lengths[b]
-        dh[:] = grad_h_n[b]
-        zero_tail(dgx, b, L)
-        for s in range(L - 1, -1, -1):
-            t = L - 1 - s if reverse else s
+        zero_tail(dgx, b, lengths[b])
+    for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:            # past this sequence's end: state carried
+                dgb[i, :] = 0
+                continue
             go = grad_out[t, b]
+            gs = ws_g[t, b]
+            hp = ws_h[t, b]
+            for j in range(H):
+                d = dh[i, j] + go[j]
+                f = gs[j]
+                n = gs[H + j]
+                dgb[i, H + j] = d * f * (ONE - n * n)
+                dgb[i, j] = d * (n - hp[j])          # df, completed below
+                dh[i, j] = d * (ONE - f)
+        d_fh[:] = 0
+        matmul_acc(dgb[:, H:], w, rn, 0, H, d_fh)
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:
+                continue
             gs = ws_g[t, b]
             hp = ws_h[t, b]
             dg = dgx[t, b]
             for j in range(H):
-                d = dh[j] + go[j]
                 f = gs[j]
-                n = gs[H + j]
-                dg[H + j] = d * f * (ONE - n * n)
-                dg[j] = d * (n - hp[j])          # df, completed below
-                dh[j] = d * (ONE - f)
-            d_fh[:] = 0
-            axpy_matvec(dg[H:], w, rn, 0, H, d_fh)
-            for j in range(H):
-                f = gs[j]
-                dg[j] = (dg[j] + d_fh[j] * hp[j]) * f * (ONE - f)
-                dh[j] += d_fh[j] * f
-            if has_uf:
-                axpy_matvec(dg[:H], w, 0, 0, H, dh)
-        dh0[b] = dh
-
+                dgb[i, j] = (dgb[i, j] + d_fh[i, j] * hp[j]) * f * (ONE - f)
+                dh[i, j] += d_fh[i, j] * f
+                dg[j] = dgb[i, j]
+                dg[H + j] = dgb[i, H + j]
+        if has_uf:
+            matmul_acc(dgb[:, :H], w, 0, 0, H, dh)
+    dh0[b0:b1] = dh
 
 
 def step(gx_t, h, w_t, has_uf):

@@ -9,28 +9,37 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, ONE, ZERO, axpy_matvec, run_forward, run_rows, run_step, tanh, zero_tail
+from .common import (JIT, ONE, ZERO, matmul_acc, max_length, run_forward, run_rows, run_step, tanh,
+                     time_index, zero_tail)
 
 
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
               out, h_n, ws_g, ws_h):
     H = h0.shape[1]
-    h = np.empty(H, dtype=h0.dtype)
-    gh = np.empty(H, dtype=h0.dtype)
+    R = b1 - b0
+    hb = h0[b0:b1].copy()
+    gh = np.empty((R, H), h0.dtype)
     for b in range(b0, b1):
-        L = lengths[b]
-        h[:] = h0[b]
-        for s in range(L):
-            t = L - 1 - s if reverse else s
+        zero_tail(out, b, lengths[b])
+        if training:
+            zero_tail(ws_g, b, lengths[b])
+            zero_tail(ws_h, b, lengths[b])
+    for s in range(max_length(lengths, b0, b1)):
+        gh[:] = 0
+        matmul_acc(hb, w_t, 0, 0, H, gh)
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:
+                continue
             g = gx[t, b]
             o = out[t, b]
+            h = hb[i]
             if training:
                 ws_h[t, b, :] = h
-            gh[:] = 0
-            axpy_matvec(h, w_t, 0, 0, H, gh)
             for j in range(H):
-                pre = (g[j] + gh[j]) + bhh[j]
+                pre = (g[j] + gh[i, j]) + bhh[j]
                 if relu:
                     hj = pre if (pre > 0 or pre != pre) else ZERO  # NaN passes, like torch.relu
                 else:
@@ -39,36 +48,37 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
                 o[j] = hj
             if training:
                 ws_g[t, b, :] = h
-        zero_tail(out, b, L)
-        if training:
-            zero_tail(ws_g, b, L)
-            zero_tail(ws_h, b, L)
-        h_n[b] = h
+    h_n[b0:b1] = hb
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0):
     H = grad_out.shape[2]
-    dh = np.empty(H, dtype=dgx.dtype)
+    R = b1 - b0
+    dh = grad_h_n[b0:b1].copy()
+    dgb = np.empty((R, H), dgx.dtype)
     for b in range(b0, b1):
-        L = lengths[b]
-        dh[:] = grad_h_n[b]
-        zero_tail(dgx, b, L)
-        for s in range(L - 1, -1, -1):
-            t = L - 1 - s if reverse else s
+        zero_tail(dgx, b, lengths[b])
+    for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
+        for i in range(R):
+            b = b0 + i
+            t = time_index(s, lengths[b], reverse)
+            if t < 0:            # past this sequence's end: state carried
+                dgb[i, :] = 0
+                continue
             go = grad_out[t, b]
             hs = ws_g[t, b]
             dg = dgx[t, b]
             for j in range(H):
-                d = dh[j] + go[j]
+                d = dh[i, j] + go[j]
                 if relu:
                     dg[j] = d if hs[j] > 0 else ZERO
                 else:
                     dg[j] = d * (ONE - hs[j] * hs[j])
-            dh[:] = 0
-            axpy_matvec(dg, w, 0, 0, H, dh)
-        dh0[b] = dh
-
+                dgb[i, j] = dg[j]
+            dh[i, :] = 0
+        matmul_acc(dgb, w, 0, 0, H, dh)
+    dh0[b0:b1] = dh
 
 
 def step(gx_t, h, w_t, bhh, relu):
