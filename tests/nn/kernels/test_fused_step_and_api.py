@@ -83,6 +83,16 @@ def test_lengths_out_of_range_raise():
         fused_run_direction("GRU", gx, h0, weights, torch.tensor([3, 4]))
 
 
+def test_backward_twice_with_retain_graph():
+    gx, h0, weights, lengths, leaves = make_case("LSTM", 4, 2, 3, ragged=True)
+    out, (h_n, c_n) = fused_run_direction("LSTM", gx, h0, weights, lengths)
+    loss = out.sum() + h_n.sum() + c_n.sum()
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 def test_call_counter_proves_the_kernel_ran():
     gx, h0, weights, _, _ = make_case("RNN_TANH", 3, 2, 2)
     before = dict(function.CALLS)

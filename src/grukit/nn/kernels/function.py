@@ -125,7 +125,6 @@ class _FusedDirection(torch.autograd.Function):
             ctx.mode, ctx.ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
             ctx.lengths, ctx.reverse, ctx.candidate)
         CALLS["backward"] += 1
-        ctx.ws = None
         grad_w = grad_b = None
         if terms and (ctx.needs_input_grad[8] or ctx.needs_input_grad[9]):
             grad_w, grad_b = api.weight_grads(terms, bias_src if ctx.has_bias else None,
