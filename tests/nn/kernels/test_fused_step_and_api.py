@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import grukit.nn as gnn
 from grukit.errors import DataError, UnsupportedKernelConfig
 from grukit.nn import kernels
 from grukit.nn.kernels import api, function
@@ -144,4 +145,27 @@ def test_kernel_modules_import_numpy_and_numba_only():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
                      else [])
             for name in names:
-                assert name.split(".")[0] in {"numpy", "numba", "llvmlite", "math", "os", "threading", "concurrent", "__future__"}, (path.name, name)
+                assert name.split(".")[0] in {"numpy", "numba", "llvmlite", "math", "os", "platform", "threading", "concurrent", "__future__"}, (path.name, name)
+
+
+def test_backward_flushes_subnormals_without_changing_results():
+    """Loss on the last step: gradients shrink towards t = 0 and would be subnormal in float32.
+    The kernels flush them (FTZ/DAZ) and restore the caller's floating-point mode afterwards."""
+    import numpy as np
+    from grukit.nn.kernels import common
+    torch.manual_seed(0)
+    layer = gnn.GRU(4, 8, kernel="fused")
+    with torch.no_grad():
+        layer.weight_hh_l0.mul_(0.01)  # tiny recurrent weights: gradients vanish fast through time
+        layer.weight_ih_l0.mul_(0.01)
+    x = torch.randn(300, 2, 4, requires_grad=True)
+    out, _ = layer(x)
+    out[-1].sum().backward()
+    grad = x.grad.numpy()
+    tiny = np.finfo(np.float32).tiny
+    assert not np.any((grad != 0) & (np.abs(grad) < tiny)), "subnormal gradients escaped the kernel"
+    assert grad[-1].any() and not grad[0].any()  # the early steps' gradients flushed to exactly zero
+    if common._X86:
+        before = common._enter_flush_to_zero()
+        common._restore_fp_mode(before)
+        assert not before & common._FTZ_DAZ, "the caller's floating-point mode was not restored"

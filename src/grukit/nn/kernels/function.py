@@ -22,7 +22,7 @@ import torch
 
 from ..reference import DirectionWeights
 from . import api
-from .common import set_threads
+from .common import TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
 
 CALLS: Counter = Counter()
 
@@ -125,6 +125,9 @@ class _FusedDirection(torch.autograd.Function):
             ctx.mode, ctx.ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
             ctx.lengths, ctx.reverse, ctx.candidate)
         CALLS["backward"] += 1
+        if dgx.dtype == np.float32:  # torch's GEMMs below must not meet tiny values (see common.py)
+            for gradient in (dgx, *(term[2] for term in terms or ())):
+                flush_tiny(gradient, TINY_GRADIENT_FLOAT32)
         grad_w = grad_b = None
         if terms and (ctx.needs_input_grad[8] or ctx.needs_input_grad[9]):
             grad_w, grad_b = api.weight_grads(terms, bias_src if ctx.has_bias else None,
