@@ -3,6 +3,8 @@ reset-before GRU, streaming step(), and minGRU's parallel scan."""
 
 import itertools
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -124,3 +126,33 @@ def test_single_bias_equals_the_summed_pair(cls, extra):
 
 def test_keras_parameter_count_of_lstm_with_single_bias():
     assert sum(p.numel() for p in gnn.LSTM(128, 128, single_bias=True).parameters()) == 131_584
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_streamer_equals_full_sequence(kind):
+    layer = build(kind, num_layers=2)
+    x = torch.randn(T, 3, I, dtype=torch.float64)
+    with torch.no_grad():
+        out, _ = layer(x)
+    streamer = layer.streamer(batch_size=3)
+    for t in range(T):
+        y = streamer.step(x[t].numpy())
+        np.testing.assert_allclose(y, out[t].numpy(), atol=1e-12, rtol=0)
+    streamer.reset()
+    single = layer.streamer()
+    with torch.no_grad():
+        out1, _ = layer(x[:, 0])
+    for t in range(T):
+        y = single.step(x[t, 0].numpy())
+    np.testing.assert_allclose(y, out1[-1].numpy(), atol=1e-12, rtol=0)
+
+
+def test_step_runs_the_fused_kernel_without_gradients():
+    from grukit.nn.kernels.function import CALLS
+    layer = build("gru")
+    before = CALLS["step"]
+    with torch.no_grad():
+        layer.step(torch.randn(2, I, dtype=torch.float64))
+    assert CALLS["step"] == before + 1
+    y, _ = layer.step(torch.randn(2, I, dtype=torch.float64))  # gradients recorded: reference path
+    assert y.requires_grad and CALLS["step"] == before + 1

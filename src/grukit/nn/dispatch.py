@@ -47,4 +47,4 @@ def choose_path(kernel: str, mode: str, dtype: torch.dtype, device: torch.device
     return "reference"
 
 
-__all__ = ["KERNEL_CHOICES", "validate_kernel_choice", "choose_path", "fused_unsupported_reason"]
+__all__ = ["UnsupportedKernelConfig", "KERNEL_CHOICES", "validate_kernel_choice", "choose_path", "fused_unsupported_reason"]

@@ -231,7 +231,12 @@ class RecurrentLayer(nn.Module):
         for layer in range(self.num_layers):
             params, weights = self._direction_weights(layer, 0)
             gx = input_preactivations(self.layout, layer_input, params, self.hidden_size)
-            layer_state = step(self.mode, gx, _map_state(state, lambda s: s[layer]), weights, self.candidate)
+            layer_state0 = _map_state(state, lambda s: s[layer])
+            if self._step_path(gx, weights) == "fused":
+                from .kernels.function import fused_step
+                layer_state = fused_step(self.mode, gx, layer_state0, weights, self.candidate)
+            else:
+                layer_state = step(self.mode, gx, layer_state0, weights, self.candidate)
             new_states.append(layer_state)
             layer_input = layer_state[0] if isinstance(layer_state, tuple) else layer_state
         if isinstance(new_states[0], tuple):
@@ -242,6 +247,24 @@ class RecurrentLayer(nn.Module):
             layer_input = layer_input.squeeze(0)
             final = _map_state(final, lambda s: s.squeeze(1))
         return layer_input, final
+
+    def _step_path(self, gx: torch.Tensor, weights: DirectionWeights) -> str:
+        """The fused step has no autograd: it runs only when no gradient is being recorded."""
+        recording = torch.is_grad_enabled() and (gx.requires_grad or any(
+            p.requires_grad for p in (weights.weight_hh, weights.bias_hh) if p is not None))
+        if recording:
+            if self.kernel == "fused":
+                raise dispatch.UnsupportedKernelConfig(
+                    f"{type(self).__name__}.step() with kernel='fused' has no backward; run it under "
+                    "torch.no_grad() (streaming inference) or use kernel='auto' to record gradients")
+            return "reference"
+        return dispatch.choose_path(self.kernel, self.mode, gx.dtype, gx.device, weights)
+
+    def streamer(self, batch_size: int = 1) -> "Streamer":
+        """A lean object for per-frame inference: ``y_t = streamer.step(x_t)`` keeps the state
+        inside and skips the per-call checks of step(). See :class:`grukit.nn.streaming.Streamer`."""
+        from .streaming import Streamer
+        return Streamer(self, batch_size)
 
     # -- validation ------------------------------------------------------------------
     def _check_input(self, input: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -1,0 +1,107 @@
+"""Streaming inference, one frame at a time, with the state kept inside.
+
+``layer.streamer()`` snapshots a unidirectional layer's weights as numpy arrays in the layout
+the compiled kernels read (input weights transposed and expanded to every gate, biases merged,
+recurrent weights packed), so each frame costs one small input product and one compiled step
+per layer: no torch dispatch, no autograd, no per-call validation. The numbers equal
+``layer(x)`` over the whole sequence (tested). Weights changed after creating the streamer are
+not seen; create a new one.
+
+Example::
+
+    streamer = gnn.GRU(13, 64).streamer()
+    for frame in mfcc_frames:                  # (13,) each, as they arrive
+        y = streamer.step(frame)               # (64,) numpy
+    streamer.reset()                           # start a new utterance
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ShapeError
+from .kernels import api, gru, lstm, mgu, mingru, rnn
+from .recurrent import RecurrentLayer
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().cpu().numpy()
+
+
+class Streamer:
+    """Per-frame inference for a unidirectional grukit layer (see the module docstring)."""
+
+    def __init__(self, layer: RecurrentLayer, batch_size: int = 1) -> None:
+        if layer.bidirectional:
+            raise ConfigError("a bidirectional layer needs the whole sequence; stream a unidirectional layer")
+        if layer.proj_size:
+            raise ConfigError("streaming does not cover LSTM projections yet; use layer.step()")
+        self.layer_type = type(layer).__name__
+        self.mode = layer.mode
+        self.candidate = layer.candidate
+        self.input_size = layer.input_size
+        self.batch_size = batch_size
+        self.dtype = next(layer.parameters()).detach().numpy().dtype
+        self.layers = []
+        H = layer.hidden_size
+        for index in range(layer.num_layers):
+            params = {k: _numpy(v) for k, v in layer._layer_parameters(index, 0).items()}
+            input_weight, input_bias = self._expanded_input_side(layer, params, H)
+            bias_hh = params["bias_hh"] if params["bias_hh"] is not None else np.zeros(
+                len(layer.layout.gates) * H, self.dtype)
+            w_t = api.pack_weight(params["weight_hh"])
+            self.layers.append((np.ascontiguousarray(input_weight.T), input_bias, w_t, bias_hh))
+        self.hidden_size = H
+        self.reset()
+
+    def _expanded_input_side(self, layer, params, H):
+        """W_ih and the outer bias over all gates (zero blocks where a gate has no input weight)."""
+        layout = layer.layout
+        blocks = dict(zip(layout.input_gates, np.split(params["weight_ih"], len(layout.input_gates))))
+        zero_w = np.zeros((H, params["weight_ih"].shape[1]), self.dtype)
+        weight = np.concatenate([blocks.get(g, zero_w) for g in layout.gates])
+        name = "bias_ih" if params["bias_ih"] is not None else "bias"
+        bias = np.zeros(len(layout.gates) * H, self.dtype)
+        if params[name] is not None:
+            bias_blocks = dict(zip(layout.bias_gates(name), np.split(params[name], len(layout.bias_gates(name)))))
+            bias = np.concatenate([bias_blocks.get(g, np.zeros(H, self.dtype)) for g in layout.gates])
+        return weight, bias
+
+    def reset(self) -> None:
+        """Zero the state: the next frame starts a new sequence."""
+        shape = (self.batch_size, self.hidden_size)
+        self.h = [np.zeros(shape, self.dtype) for _ in self.layers]
+        self.c = [np.zeros(shape, self.dtype) for _ in self.layers] if self.mode == "LSTM" else None
+
+    def step(self, frame) -> np.ndarray:
+        """One frame (H_in,) or (batch_size, H_in) in, the last layer's output out (same rank)."""
+        x = np.asarray(frame, dtype=self.dtype)
+        single = x.ndim == 1
+        x = x.reshape(1, -1) if single else x
+        if x.shape != (self.batch_size, self.input_size):
+            raise ShapeError(f"{self.layer_type} streamer: a frame must be ({self.input_size},) or "
+                             f"({self.batch_size}, {self.input_size}), got {np.shape(frame)}")
+        for index, (input_t, input_bias, w_t, bias_hh) in enumerate(self.layers):
+            gx = x @ input_t
+            gx += input_bias
+            x = self._cell_step(index, gx, w_t, bias_hh)
+        return x[0] if single else x
+
+    def _cell_step(self, index, gx, w_t, bias_hh):
+        mode, h = self.mode, self.h[index]
+        if mode in ("GRU", "GRU_RESET_BEFORE"):
+            h = gru.step(gx, h, w_t, bias_hh, mode == "GRU")
+        elif mode == "LSTM":
+            h, self.c[index] = lstm.step(gx, h, self.c[index], w_t, bias_hh)
+        elif mode in ("RNN_TANH", "RNN_RELU"):
+            h = rnn.step(gx, h, w_t, bias_hh, mode == "RNN_RELU")
+        elif mode == "MINGRU":
+            h = mingru.step(gx, h, self.candidate == "g")
+        else:
+            h = mgu.step(gx, h, w_t, mode != "MGU3")
+        self.h[index] = h
+        return h
+
+
+__all__ = ["Streamer"]
