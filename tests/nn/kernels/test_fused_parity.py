@@ -54,6 +54,18 @@ def test_parallel_batch_split(mode, candidate, monkeypatch):
         check(mode, make_case(mode, 5, 5, 4, ragged=True, seed=3), reverse, candidate, 1e-9)
 
 
+@pytest.mark.parametrize("mode,candidate", VARIANTS)
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_gemm_path_larger_blocks(mode, candidate, dtype, atol, monkeypatch):
+    """Blocks of many rows (the per-step BLAS GEMMs), ragged: rows past their end ride
+    along in the GEMMs and must keep their state; both the serial and the split batch."""
+    for min_work in (common.MIN_PARALLEL_WORK, 0):
+        monkeypatch.setattr(common, "MIN_PARALLEL_WORK", min_work)
+        for reverse in (False, True):
+            case = make_case(mode, 7, 13, 24, dtype=dtype, ragged=True, seed=11)
+            check(mode, case, reverse, candidate, atol)
+
+
 @settings(max_examples=40, deadline=None)
 @given(mode=st.sampled_from(VARIANTS), T=st.integers(1, 6), B=st.integers(1, 4),
        H=st.integers(1, 6), reverse=st.booleans(), ragged=st.booleans(),

@@ -1,4 +1,4 @@
-"""Shared pieces of the fused CPU kernels: activations, the recurrent mat-vec, threading.
+"""Shared pieces of the fused CPU kernels: activations, the recurrent products, threading.
 
 Everything here imports numpy and numba only (no torch), so a torch-free runtime can
 use the kernels. All compiled functions are ``cache=True``: the first call of a process
@@ -211,6 +211,27 @@ def matmul_acc(x, m, r0, c0, n, out):
     while b < R:
         axpy_matvec(x[b], m, r0, c0, n, out[b])
         b += 1
+
+
+# A block of at least GEMM_MIN_ROWS rows runs its per-step recurrent product as one BLAS
+# GEMM (np.dot inside the compiled loop calls scipy's OpenBLAS, ~3x the loops above for
+# a few rows already); a single row stays on the mat-vec loop, where a BLAS call costs
+# more than it saves. The callers (function.py) hold BLAS at one thread per call: the
+# batch is already split over our threads, and OpenBLAS's own threads would neither
+# share the cores nor run with subnormals flushed.
+GEMM_MIN_ROWS = 2
+
+
+@njit(**JIT)
+def gemm(x, m, out):
+    """out = x @ m for C-contiguous x (R, K), m (K, N), out (R, N); row i of out depends
+    on row i of x only (so inactive rows of a block can ride along)."""
+    R = x.shape[0]
+    if R >= GEMM_MIN_ROWS:
+        np.dot(x, m, out)
+    elif R == 1:
+        out[:] = 0
+        matmul_acc(x, m, 0, 0, m.shape[1], out)
 
 
 @njit(**JIT)

@@ -7,7 +7,9 @@ bias_hh). ``fused_step`` mirrors :func:`grukit.nn.reference.step` for inference.
 ``supports`` says whether a configuration is covered (None) or why not (a short reason).
 
 Tensors reach the kernels as numpy views (no copy when already contiguous on the CPU).
-The kernels use at most torch.get_num_threads() threads (see common.run_rows).
+The kernels use at most torch.get_num_threads() threads (see common.run_rows), and each
+of them calls BLAS (the per-step GEMMs, scipy's OpenBLAS) single-threaded: see
+:func:`_one_blas_thread`.
 
 ``CALLS`` counts kernel invocations ("run" per fused_run_direction forward, "step" per
 fused_step, "backward" per backward) so tests can prove the fused path ran.
@@ -15,14 +17,16 @@ fused_step, "backward" per backward) so tests can prove the fused path ran.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 from ..reference import DirectionWeights
 from . import api
-from .common import TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
+from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
 
 CALLS: Counter = Counter()
 
@@ -82,6 +86,27 @@ def _packed(weight: torch.Tensor | None) -> np.ndarray | None:
     return w_t
 
 
+_BLAS: ThreadpoolController | None = None
+
+
+def _one_blas_thread(batch: int):
+    """Context holding BLAS at one thread while a kernel runs (~25 us), for batches that
+    reach the per-step GEMMs (common.GEMM_MIN_ROWS rows).
+
+    The batch is already split over our threads; OpenBLAS threads on top would compete
+    for the same cores, and they would run without the kernels' subnormal flush
+    (MXCSR is per thread). Measured on 2 cores: two blocks of rows with one BLAS thread
+    each beat one block with two BLAS threads (see common.GEMM_MIN_ROWS).
+    """
+    global _BLAS
+    if batch < GEMM_MIN_ROWS:
+        return contextlib.nullcontext()
+    if _BLAS is None:
+        import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba's np.dot calls: load it first
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 def _check_supported(mode: str, gx: torch.Tensor, weights: DirectionWeights) -> None:
     reason = supports(mode, gx.dtype, gx.device, weights)
     if reason is not None:
@@ -103,8 +128,9 @@ class _FusedDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mode, reverse, candidate, lengths, training, gx, h0, c0, weight_hh, bias_hh):
         set_threads(torch.get_num_threads())
-        out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
-                                        _np(bias_hh), lengths, reverse, training, candidate)
+        with _one_blas_thread(gx.shape[1]):
+            out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
+                                            _np(bias_hh), lengths, reverse, training, candidate)
         CALLS["run"] += 1
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
         ctx.ws = ws
@@ -121,9 +147,10 @@ class _FusedDirection(torch.autograd.Function):
         gx, weight_hh = ctx.saved_tensors
         set_threads(torch.get_num_threads())
         w = _np(weight_hh)
-        dgx, dh0, dc0, terms, bias_src = api.backward(
-            ctx.mode, ctx.ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
-            ctx.lengths, ctx.reverse, ctx.candidate)
+        with _one_blas_thread(gx.shape[1]):
+            dgx, dh0, dc0, terms, bias_src = api.backward(
+                ctx.mode, ctx.ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
+                ctx.lengths, ctx.reverse, ctx.candidate)
         CALLS["backward"] += 1
         if dgx.dtype == np.float32:  # torch's GEMMs below must not meet tiny values (see common.py)
             for gradient in (dgx, *(term[2] for term in terms or ())):
@@ -173,8 +200,9 @@ def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
     h, c = state if mode == "LSTM" else (state, None)
     bias_hh = weights.bias_hh if mode in api.HAS_BIAS_HH else None
     weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
-    h_n, c_n = api.step(mode, _np(gx_t), _np(h), _np(c), _packed(weight_hh), _np(bias_hh),
-                        candidate)
+    with _one_blas_thread(gx_t.shape[0]):
+        h_n, c_n = api.step(mode, _np(gx_t), _np(h), _np(c), _packed(weight_hh), _np(bias_hh),
+                            candidate)
     CALLS["step"] += 1
     if mode == "LSTM":
         return torch.from_numpy(h_n), torch.from_numpy(c_n)

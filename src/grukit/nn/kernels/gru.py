@@ -7,6 +7,10 @@ candidate rows of grad W_hh multiply.
 
 Shapes: gx (T, B, 3H) C-contiguous, h0 (B, H), w (3H, H) rows r, z, n as stored,
 w_t = w.T packed (H, 3H), bias_hh (3H,) (zeros when absent), lengths int64 (B,).
+
+The per-step recurrent products are BLAS GEMMs over the block's rows (common.gemm):
+forward h @ W^T into a (rows, 3H) buffer then the fused gate pass; backward the gate
+pass then dgates @ W.
 """
 
 from __future__ import annotations
@@ -14,18 +18,24 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, matmul_acc, max_length, run_forward, run_rows, run_step, sigmoid,
+from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step, sigmoid,
                      tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
+def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, training,
               out, h_n, ws_g, ws_h, ws_x):
+    """reset_after: w_t is W^T (H, 3H) and one GEMM per step gives all three recurrent
+    terms. Reset before: w_t is W_rz^T (H, 2H), w_nt is W_n^T (H, H) and the step takes
+    two GEMMs, h @ W_rz^T then (r * h) @ W_n^T. Every row of the block goes through the
+    GEMMs; rows past their sequence's end skip the gate pass, so their state is carried."""
     H = h0.shape[1]
     R = b1 - b0
+    dt = h0.dtype
     hb = h0[b0:b1].copy()
-    gh = np.zeros((R, 3 * H), h0.dtype)
-    rh = np.zeros((R, H), h0.dtype)
+    gh = np.zeros((R, w_t.shape[1]), dt)   # h @ w_t: 3H (reset after) or 2H columns
+    gn = np.zeros((R, H), dt)              # reset before: (r * h) @ W_n^T
+    rh = np.zeros((R, H), dt)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
@@ -34,21 +44,21 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
             if not reset_after:
                 zero_tail(ws_x, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
-        gh[:] = 0
-        if reset_after:
-            matmul_acc(hb, w_t, 0, 0, 3 * H, gh)
-        else:
-            matmul_acc(hb, w_t, 0, 0, 2 * H, gh)
+        gemm(hb, w_t, gh)
+        if not reset_after:
             for i in range(R):
                 t = time_index(s, lengths[b0 + i], reverse)
                 if t < 0:
                     continue
                 g = gx[t, b0 + i]
+                gr = gh[i]
+                h = hb[i]
+                x = rh[i]
                 for j in range(H):
-                    r = sigmoid(g[j] + gh[i, j])
-                    gh[i, j] = r
-                    rh[i, j] = r * hb[i, j]
-            matmul_acc(rh, w_t, 0, 2 * H, H, gh[:, 2 * H:])
+                    r = sigmoid(g[j] + gr[j])
+                    gr[j] = r
+                    x[j] = r * h[j]
+            gemm(rh, w_nt, gn)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -75,9 +85,10 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
                         ws_g[t, b, 2 * H + j] = n
                         ws_g[t, b, 3 * H + j] = ghn
             else:
+                gnr = gn[i]
                 for j in range(H):
                     z = sigmoid(g[H + j] + gr[H + j])
-                    n = tanh(g[2 * H + j] + gr[2 * H + j])
+                    n = tanh(g[2 * H + j] + gnr[j])
                     hj = (ONE - z) * n + z * h[j]
                     h[j] = hj
                     o[j] = hj
@@ -85,19 +96,26 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, reset_after, training,
                         ws_g[t, b, j] = gr[j]
                         ws_g[t, b, H + j] = z
                         ws_g[t, b, 2 * H + j] = n
-                        ws_x[t, b, j] = rh[i, j]
+                if training:
+                    ws_x[t, b, :] = rh[i]
     h_n[b0:b1] = hb
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h,
               dgx, dgh, dh0):
+    """Per step: the pointwise pass over the block's rows, then dh_{t-1} += dgates @ W as
+    one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows)."""
     H = grad_out.shape[2]
     R = b1 - b0
+    dt = dgx.dtype
     dh = grad_h_n[b0:b1].copy()
-    dhp = np.empty((R, H), dgx.dtype)
-    dgb = np.zeros((R, 3 * H), dgx.dtype)   # this step's recurrent-side grads, all rows
-    d_rh = np.empty((R, H), dgx.dtype)
+    dgb = np.zeros((R, 3 * H if reset_after else 2 * H), dt)   # recurrent-side grads (r, z[, n])
+    dgn = np.zeros((R, H), dt)                                  # reset before: dn
+    d_rh = np.empty((R, H), dt)
+    acc = np.empty((R, H), dt)
+    w_rz = w[:2 * H]
+    w_n = w[2 * H:]
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
         if reset_after:
@@ -108,17 +126,18 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
             t = time_index(s, lengths[b], reverse)
             if t < 0:            # past this sequence's end: state carried, nothing flows
                 dgb[i, :] = 0
-                dhp[i, :] = dh[i]
+                dgn[i, :] = 0
                 continue
             go = grad_out[t, b]
             gs = ws_g[t, b]
             hp = ws_h[t, b]
             dg = dgx[t, b]
             gb = dgb[i]
+            dhi = dh[i]
             if reset_after:
                 dr_ = dgh[t, b]
                 for j in range(H):
-                    d = dh[i, j] + go[j]
+                    d = dhi[j] + go[j]
                     r = gs[j]
                     z = gs[H + j]
                     n = gs[2 * H + j]
@@ -131,20 +150,18 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                     gb[j] = dr_[j] = dr
                     gb[H + j] = dr_[H + j] = dz
                     gb[2 * H + j] = dr_[2 * H + j] = dn * r
-                    dhp[i, j] = d * z
+                    dhi[j] = d * z
             else:
+                gn = dgn[i]
                 for j in range(H):
-                    d = dh[i, j] + go[j]
+                    d = dhi[j] + go[j]
                     z = gs[H + j]
                     n = gs[2 * H + j]
-                    dg[2 * H + j] = gb[2 * H + j] = d * (ONE - z) * (ONE - n * n)
+                    dg[2 * H + j] = gn[j] = d * (ONE - z) * (ONE - n * n)
                     dg[H + j] = gb[H + j] = d * (hp[j] - n) * z * (ONE - z)
-                    dhp[i, j] = d * z
-        if reset_after:
-            matmul_acc(dgb, w, 0, 0, H, dhp)
-        else:
-            d_rh[:] = 0
-            matmul_acc(dgb[:, 2 * H:], w, 2 * H, 0, H, d_rh)
+                    dhi[j] = d * z
+        if not reset_after:
+            gemm(dgn, w_n, d_rh)
             for i in range(R):
                 b = b0 + i
                 t = time_index(s, lengths[b], reverse)
@@ -153,18 +170,36 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                 gs = ws_g[t, b]
                 hp = ws_h[t, b]
                 dg = dgx[t, b]
+                gb = dgb[i]
+                dhi = dh[i]
+                drh = d_rh[i]
                 for j in range(H):
                     r = gs[j]
-                    dg[j] = dgb[i, j] = d_rh[i, j] * hp[j] * r * (ONE - r)
-                    dhp[i, j] += d_rh[i, j] * r
-            matmul_acc(dgb[:, :2 * H], w, 0, 0, H, dhp)
-        dh[:] = dhp
+                    dg[j] = gb[j] = drh[j] * hp[j] * r * (ONE - r)
+                    dhi[j] += drh[j] * r
+            gemm(dgb, w_rz, acc)
+        else:
+            gemm(dgb, w, acc)
+        for i in range(R):
+            dhi = dh[i]
+            ai = acc[i]
+            for j in range(H):
+                dhi[j] += ai[j]
     dh0[b0:b1] = dh
+
+
+def _split(w_t, reset_after):
+    """The forward loop's weights: (W^T, W^T) reset after (the second unused), else
+    (W_rz^T, W_n^T) as two C-contiguous copies (one O(H^2) copy per call)."""
+    if reset_after:
+        return w_t, w_t
+    H = w_t.shape[0]
+    return np.ascontiguousarray(w_t[:, :2 * H]), np.ascontiguousarray(w_t[:, 2 * H:])
 
 
 def step(gx_t, h, w_t, bhh, reset_after):
     """One inference step: gx_t (B, 3H), h (B, H) -> h'."""
-    return run_step(_fwd_rows, gx_t, (h,), (w_t, bhh), (reset_after,), 3)[0]
+    return run_step(_fwd_rows, gx_t, (h,), (*_split(w_t, reset_after), bhh), (reset_after,), 3)[0]
 
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
@@ -172,7 +207,8 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
     T, B, G = gx.shape
     H = h0.shape[1]
     widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
-    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (w_t, bhh), lengths, reverse,
+    params = (*_split(w_t, reset_after), bhh)
+    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
                                   (reset_after,), training, widths, T * B * G * H)
     return out, h_n, ws
 

@@ -2,7 +2,8 @@
 
 Shapes: gx (T, B, 4H), h0 and c0 (B, H), w (4H, H), w_t = w.T packed (H, 4H),
 bias_hh (4H,) (zeros when absent). The workspace keeps the four activations and
-tanh(c') per step, plus the previous h and c.
+tanh(c') per step, plus the previous h and c. The per-step recurrent products are BLAS
+GEMMs over the block's rows (common.gemm): h @ W^T forward, dgates @ W backward.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, matmul_acc, max_length, run_forward, run_rows, run_step, sigmoid,
+from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step, sigmoid,
                      tanh, time_index, zero_tail)
 
 
@@ -29,8 +30,7 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
             zero_tail(ws_h, b, lengths[b])
             zero_tail(ws_c, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
-        gh[:] = 0
-        matmul_acc(hb, w_t, 0, 0, 4 * H, gh)
+        gemm(hb, w_t, gh)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -72,7 +72,8 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
     R = b1 - b0
     dh = grad_h_n[b0:b1].copy()
     dc = grad_c_n[b0:b1].copy()
-    dgb = np.empty((R, 4 * H), dgx.dtype)
+    dgb = np.zeros((R, 4 * H), dgx.dtype)
+    acc = np.empty((R, H), dgx.dtype)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -101,7 +102,12 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
                 dg[3 * H + j] = gb[3 * H + j] = d * tc * og * (ONE - og)
                 dc[i, j] = dct * fg
             dh[i, :] = 0
-        matmul_acc(dgb, w, 0, 0, H, dh)
+        gemm(dgb, w, acc)          # rows past their end: dgb = 0, dh carried
+        for i in range(R):
+            dhi = dh[i]
+            ai = acc[i]
+            for j in range(H):
+                dhi[j] += ai[j]
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
 

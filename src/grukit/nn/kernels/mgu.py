@@ -4,6 +4,7 @@ MGU, MGU1 and MGU2 differ only in what the caller put into gx, so one kernel ser
 w (2H, H) rows U_f, U_n. MGU3 has no U_f (f = sigmoid(gx_f)): w (H, H) is U_n alone.
 ``has_uf`` tells which. The workspace keeps f, n, the previous h and f * h (what the U_n
 rows of the weight gradient multiply). No bias_hh: every MGU bias is already in gx.
+The per-step recurrent products are BLAS GEMMs over the block's rows (common.gemm).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, matmul_acc, max_length, run_forward, run_rows, run_step, sigmoid,
+from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step, sigmoid,
                      tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
+def _fwd_rows(b0, b1, gx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
               out, h_n, ws_g, ws_h, ws_x):
+    """w_ft = U_f^T (H, H) (unused without U_f), w_nt = U_n^T (H, H), both C-contiguous:
+    per step two GEMMs over the block's rows, h @ U_f^T then (f * h) @ U_n^T."""
     H = h0.shape[1]
     R = b1 - b0
-    cn = H if has_uf else 0
     hb = h0[b0:b1].copy()
     gf = np.zeros((R, H), h0.dtype)
     gn = np.zeros((R, H), h0.dtype)
@@ -33,19 +35,20 @@ def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
             zero_tail(ws_x, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
         if has_uf:
-            gf[:] = 0
-            matmul_acc(hb, w_t, 0, 0, H, gf)
+            gemm(hb, w_ft, gf)
         for i in range(R):
             t = time_index(s, lengths[b0 + i], reverse)
             if t < 0:
                 continue
             g = gx[t, b0 + i]
+            f_ = gf[i]
+            h = hb[i]
+            x = fh[i]
             for j in range(H):
-                f = sigmoid(g[j] + gf[i, j]) if has_uf else sigmoid(g[j])
-                gf[i, j] = f
-                fh[i, j] = f * hb[i, j]
-        gn[:] = 0
-        matmul_acc(fh, w_t, 0, cn, H, gn)
+                f = sigmoid(g[j] + f_[j]) if has_uf else sigmoid(g[j])
+                f_[j] = f
+                x[j] = f * h[j]
+        gemm(fh, w_nt, gn)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -54,29 +57,39 @@ def _fwd_rows(b0, b1, gx, h0, w_t, lengths, reverse, has_uf, training,
             g = gx[t, b]
             o = out[t, b]
             h = hb[i]
+            f_ = gf[i]
+            n_ = gn[i]
             if training:
                 ws_h[t, b, :] = h
             for j in range(H):
-                f = gf[i, j]
-                n = tanh(g[H + j] + gn[i, j])
+                f = f_[j]
+                n = tanh(g[H + j] + n_[j])
                 hj = (ONE - f) * h[j] + f * n
                 h[j] = hj
                 o[j] = hj
                 if training:
                     ws_g[t, b, j] = f
                     ws_g[t, b, H + j] = n
-                    ws_x[t, b, j] = fh[i, j]
+            if training:
+                ws_x[t, b, :] = fh[i]
     h_n[b0:b1] = hb
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0):
+    """Per step: the pointwise pass, d(f * h) = dn @ U_n (one GEMM), the f pass, then
+    dh_{t-1} += df @ U_f (one GEMM, with U_f)."""
     H = grad_out.shape[2]
     R = b1 - b0
     rn = H if has_uf else 0
+    dt = dgx.dtype
     dh = grad_h_n[b0:b1].copy()
-    dgb = np.zeros((R, 2 * H), dgx.dtype)   # this step's (df, dn) pre-activation grads
-    d_fh = np.empty((R, H), dgx.dtype)
+    dgf = np.zeros((R, H), dt)   # this step's df pre-activation grads
+    dgn = np.zeros((R, H), dt)   # and dn
+    d_fh = np.empty((R, H), dt)
+    acc = np.empty((R, H), dt)
+    u_f = w[:H]
+    u_n = w[rn:rn + H]
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -84,20 +97,23 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
             if t < 0:            # past this sequence's end: state carried
-                dgb[i, :] = 0
+                dgf[i, :] = 0
+                dgn[i, :] = 0
                 continue
             go = grad_out[t, b]
             gs = ws_g[t, b]
             hp = ws_h[t, b]
+            df_ = dgf[i]
+            dn_ = dgn[i]
+            dhi = dh[i]
             for j in range(H):
-                d = dh[i, j] + go[j]
+                d = dhi[j] + go[j]
                 f = gs[j]
                 n = gs[H + j]
-                dgb[i, H + j] = d * f * (ONE - n * n)
-                dgb[i, j] = d * (n - hp[j])          # df, completed below
-                dh[i, j] = d * (ONE - f)
-        d_fh[:] = 0
-        matmul_acc(dgb[:, H:], w, rn, 0, H, d_fh)
+                dn_[j] = d * f * (ONE - n * n)
+                df_[j] = d * (n - hp[j])          # df, completed below
+                dhi[j] = d * (ONE - f)
+        gemm(dgn, u_n, d_fh)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -106,27 +122,45 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
             gs = ws_g[t, b]
             hp = ws_h[t, b]
             dg = dgx[t, b]
+            df_ = dgf[i]
+            dn_ = dgn[i]
+            dfh = d_fh[i]
+            dhi = dh[i]
             for j in range(H):
                 f = gs[j]
-                dgb[i, j] = (dgb[i, j] + d_fh[i, j] * hp[j]) * f * (ONE - f)
-                dh[i, j] += d_fh[i, j] * f
-                dg[j] = dgb[i, j]
-                dg[H + j] = dgb[i, H + j]
+                df_[j] = (df_[j] + dfh[j] * hp[j]) * f * (ONE - f)
+                dhi[j] += dfh[j] * f
+                dg[j] = df_[j]
+                dg[H + j] = dn_[j]
         if has_uf:
-            matmul_acc(dgb[:, :H], w, 0, 0, H, dh)
+            gemm(dgf, u_f, acc)   # rows past their end: dgf = 0, dh carried
+            for i in range(R):
+                dhi = dh[i]
+                ai = acc[i]
+                for j in range(H):
+                    dhi[j] += ai[j]
     dh0[b0:b1] = dh
+
+
+def _split(w_t, has_uf):
+    """(U_f^T, U_n^T) as C-contiguous copies of the packed weight's column blocks (one
+    O(H^2) copy per call); without U_f, (U_n^T, U_n^T) and the first goes unused."""
+    if not has_uf:
+        return w_t, w_t
+    H = w_t.shape[0]
+    return np.ascontiguousarray(w_t[:, :H]), np.ascontiguousarray(w_t[:, H:])
 
 
 def step(gx_t, h, w_t, has_uf):
     """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
-    return run_step(_fwd_rows, gx_t, (h,), (w_t,), (has_uf,), 3)[0]
+    return run_step(_fwd_rows, gx_t, (h,), _split(w_t, has_uf), (has_uf,), 3)[0]
 
 
 def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
     T, B, G = gx.shape
     H = h0.shape[1]
-    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (w_t,), lengths, reverse, (has_uf,),
-                                  training, (2 * H, H, H), T * B * w_t.shape[1] * H)
+    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), _split(w_t, has_uf), lengths, reverse,
+                                  (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H)
     return out, h_n, ws
 
 

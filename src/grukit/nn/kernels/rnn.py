@@ -1,7 +1,8 @@
 """SimpleRNN kernels: h' = act(gx + W_hh h + b_hh) with act tanh or relu.
 
 Shapes: gx (T, B, H), h0 (B, H), w (H, H), w_t = w.T packed, bias_hh (H,) (zeros when
-absent). The workspace keeps h' (the activation output) and the previous h.
+absent). The workspace keeps h' (the activation output) and the previous h. The per-step
+recurrent products are BLAS GEMMs over the block's rows (common.gemm).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, ZERO, matmul_acc, max_length, run_forward, run_rows, run_step, tanh,
+from .common import (JIT, ONE, ZERO, gemm, max_length, run_forward, run_rows, run_step, tanh,
                      time_index, zero_tail)
 
 
@@ -26,8 +27,7 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
             zero_tail(ws_g, b, lengths[b])
             zero_tail(ws_h, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
-        gh[:] = 0
-        matmul_acc(hb, w_t, 0, 0, H, gh)
+        gemm(hb, w_t, gh)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -56,7 +56,8 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
     H = grad_out.shape[2]
     R = b1 - b0
     dh = grad_h_n[b0:b1].copy()
-    dgb = np.empty((R, H), dgx.dtype)
+    dgb = np.zeros((R, H), dgx.dtype)
+    acc = np.empty((R, H), dgx.dtype)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -77,7 +78,12 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
                     dg[j] = d * (ONE - hs[j] * hs[j])
                 dgb[i, j] = dg[j]
             dh[i, :] = 0
-        matmul_acc(dgb, w, 0, 0, H, dh)
+        gemm(dgb, w, acc)          # rows past their end: dgb = 0, dh carried
+        for i in range(R):
+            dhi = dh[i]
+            ai = acc[i]
+            for j in range(H):
+                dhi[j] += ai[j]
     dh0[b0:b1] = dh
 
 
