@@ -213,25 +213,40 @@ def matmul_acc(x, m, r0, c0, n, out):
         b += 1
 
 
-# A block of at least GEMM_MIN_ROWS rows runs its per-step recurrent product as one BLAS
-# GEMM (np.dot inside the compiled loop calls scipy's OpenBLAS, ~3x the loops above for
-# a few rows already); a single row stays on the mat-vec loop, where a BLAS call costs
-# more than it saves. The callers (function.py) hold BLAS at one thread per call: the
-# batch is already split over our threads, and OpenBLAS's own threads would neither
-# share the cores nor run with subnormals flushed.
+# The per-step recurrent products are BLAS GEMMs (np.dot inside the compiled loop calls
+# scipy's OpenBLAS): 2-4x the loops above. A single row stays on the mat-vec loop, where
+# a BLAS call costs more than it saves. float32 GEMMs of at most GEMM_SMALL_MNK
+# multiply-adds take OpenBLAS's small-matrix kernel (no packing; ~40 GMAC/s a core here
+# for H = 64..128, against ~20 for the packed path at the same size), so a block's rows
+# go in chunks under that size, unless a chunk would have fewer than GEMM_MIN_CHUNK rows
+# (large H: the packed path wins). float64 gains nothing from chunking (measured).
+# The callers (function.py) hold BLAS at one thread per call: the batch is already split
+# over our threads, and OpenBLAS's own threads would neither share the cores nor run
+# with subnormals flushed.
 GEMM_MIN_ROWS = 2
+GEMM_SMALL_MNK = 1_000_000
+GEMM_MIN_CHUNK = 4
 
 
 @njit(**JIT)
 def gemm(x, m, out):
     """out = x @ m for C-contiguous x (R, K), m (K, N), out (R, N); row i of out depends
     on row i of x only (so inactive rows of a block can ride along)."""
-    R = x.shape[0]
-    if R >= GEMM_MIN_ROWS:
-        np.dot(x, m, out)
-    elif R == 1:
+    R, K = x.shape
+    N = m.shape[1]
+    if R < GEMM_MIN_ROWS:
         out[:] = 0
-        matmul_acc(x, m, 0, 0, m.shape[1], out)
+        matmul_acc(x, m, 0, 0, N, out)
+        return
+    per = GEMM_SMALL_MNK // max(1, K * N) if x.itemsize == 4 else R
+    if R <= per or per < GEMM_MIN_CHUNK:
+        np.dot(x, m, out)
+        return
+    chunks = (R + per - 1) // per
+    for c in range(chunks):
+        r0 = R * c // chunks
+        r1 = R * (c + 1) // chunks
+        np.dot(x[r0:r1], m, out[r0:r1])
 
 
 @njit(**JIT)
@@ -295,6 +310,18 @@ def chunk_bounds(batch: int, work: int) -> np.ndarray | None:
     if chunks < 2 or work < MIN_PARALLEL_WORK:
         return None
     return np.linspace(0, batch, chunks + 1).round().astype(np.int64)
+
+
+def split_work(work: int, K: int, N: int) -> int:
+    """``work`` for :func:`chunk_bounds`, or 0 (one block, serial) when the largest per-step
+    GEMM (rows x K @ K x N) takes OpenBLAS's packed path even in chunks (see gemm).
+
+    That path re-packs the whole weight on every call, which is memory-bound: two blocks
+    doing it at once ran slower than one block of all the rows (GRU, B=128, H=512, float32:
+    one thread 279 + 369 ms forward + backward, two threads 480 + 639, one block with two
+    BLAS threads 336 + 405).
+    """
+    return 0 if K * N * GEMM_MIN_CHUNK > GEMM_SMALL_MNK else work
 
 
 def _get_pool(workers: int) -> ThreadPoolExecutor:

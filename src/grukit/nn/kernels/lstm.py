@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step, sigmoid,
-                     tanh, time_index, zero_tail)
+from .common import (JIT, ONE, gemm, max_length, split_work, run_forward, run_rows, run_step,
+                     sigmoid, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -122,7 +122,8 @@ def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training):
     T, B, G = gx.shape
     H = h0.shape[1]
     out, (h_n, c_n), ws = run_forward(_fwd_rows, gx, (h0, c0), (w_t, bhh), lengths, reverse, (),
-                                      training, (5 * H, H, H), T * B * G * H)
+                                      training, (5 * H, H, H),
+                                      split_work(T * B * G * H, H, G))
     return out, h_n, c_n, ws
 
 
@@ -135,5 +136,5 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0)
-    run_rows(_bwd_rows, B, T * B * 4 * H * H, args)
+    run_rows(_bwd_rows, B, split_work(T * B * 4 * H * H, H, 4 * H), args)
     return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], dgx
