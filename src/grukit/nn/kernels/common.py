@@ -222,7 +222,10 @@ def matmul_acc(x, m, r0, c0, n, out):
 # (large H: the packed path wins). float64 gains nothing from chunking (measured).
 # The callers (function.py) hold BLAS at one thread per call: the batch is already split
 # over our threads, and OpenBLAS's own threads would neither share the cores nor run
-# with subnormals flushed.
+# with subnormals flushed. Measured in the GRU layer's training step on 2 cores, two
+# blocks with one BLAS thread each beat one block with two BLAS threads (B=32, H=128:
+# 58-76 ms vs 80-105; B=128, H=512: 1.37-1.57 s vs 1.44-1.69) and, at H=512, one serial
+# block (1.7-1.9 s), although the serial block wins when the kernel is timed alone.
 GEMM_MIN_ROWS = 2
 GEMM_SMALL_MNK = 1_000_000
 GEMM_MIN_CHUNK = 4
@@ -310,18 +313,6 @@ def chunk_bounds(batch: int, work: int) -> np.ndarray | None:
     if chunks < 2 or work < MIN_PARALLEL_WORK:
         return None
     return np.linspace(0, batch, chunks + 1).round().astype(np.int64)
-
-
-def split_work(work: int, K: int, N: int) -> int:
-    """``work`` for :func:`chunk_bounds`, or 0 (one block, serial) when the largest per-step
-    GEMM (rows x K @ K x N) takes OpenBLAS's packed path even in chunks (see gemm).
-
-    That path re-packs the whole weight on every call, which is memory-bound: two blocks
-    doing it at once ran slower than one block of all the rows (GRU, B=128, H=512, float32:
-    one thread 279 + 369 ms forward + backward, two threads 480 + 639, one block with two
-    BLAS threads 336 + 405).
-    """
-    return 0 if K * N * GEMM_MIN_CHUNK > GEMM_SMALL_MNK else work
 
 
 def _get_pool(workers: int) -> ThreadPoolExecutor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, max_length, split_work, run_forward, run_rows, run_step,
+from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step,
                      sigmoid, tanh, time_index, zero_tail)
 
 
@@ -209,8 +209,7 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
     widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
     params = (*_split(w_t, reset_after), bhh)
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
-                                  (reset_after,), training, widths,
-                                  split_work(T * B * G * H, H, (3 if reset_after else 2) * H))
+                                  (reset_after,), training, widths, T * B * G * H)
     return out, h_n, ws
 
 
@@ -224,7 +223,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
     dgh = np.empty((T, B, 3 * H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh, dh0)
-    run_rows(_bwd_rows, B, split_work(2 * T * B * 3 * H * H, H, 3 * H), args)
+    run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)
     if reset_after:
         return dgx, dh0, [(0, 3 * H, dgh, ws_h)], dgh
     return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgx[..., 2 * H:], ws_x)], None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, max_length, split_work, run_forward, run_rows, run_step,
+from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step,
                      sigmoid, tanh, time_index, zero_tail)
 
 
@@ -122,8 +122,7 @@ def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training):
     T, B, G = gx.shape
     H = h0.shape[1]
     out, (h_n, c_n), ws = run_forward(_fwd_rows, gx, (h0, c0), (w_t, bhh), lengths, reverse, (),
-                                      training, (5 * H, H, H),
-                                      split_work(T * B * G * H, H, G))
+                                      training, (5 * H, H, H), T * B * G * H)
     return out, h_n, c_n, ws
 
 
@@ -136,5 +135,5 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0)
-    run_rows(_bwd_rows, B, split_work(T * B * 4 * H * H, H, 4 * H), args)
+    run_rows(_bwd_rows, B, T * B * 4 * H * H, args)
     return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], dgx

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, max_length, split_work, run_forward, run_rows, run_step,
+from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step,
                      sigmoid, tanh, time_index, zero_tail)
 
 
@@ -160,8 +160,7 @@ def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
     T, B, G = gx.shape
     H = h0.shape[1]
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), _split(w_t, has_uf), lengths, reverse,
-                                  (has_uf,), training, (2 * H, H, H),
-                                  split_work(T * B * w_t.shape[1] * H, H, H))
+                                  (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H)
     return out, h_n, ws
 
 
@@ -172,7 +171,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf):
     dgx = np.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0)
-    run_rows(_bwd_rows, B, split_work(T * B * w.shape[0] * H, H, H), args)
+    run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args)
     if has_uf:
         terms = [(0, H, dgx[..., :H], ws_h), (H, 2 * H, dgx[..., H:], ws_x)]
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, ZERO, gemm, max_length, split_work, run_forward, run_rows, run_step,
+from .common import (JIT, ONE, ZERO, gemm, max_length, run_forward, run_rows, run_step,
                      tanh, time_index, zero_tail)
 
 
@@ -95,7 +95,7 @@ def step(gx_t, h, w_t, bhh, relu):
 def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training):
     T, B, H = gx.shape
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (w_t, bhh), lengths, reverse, (relu,),
-                                  training, (H, H), split_work(T * B * H * H, H, H))
+                                  training, (H, H), T * B * H * H)
     return out, h_n, ws
 
 
@@ -106,5 +106,5 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu):
     dgx = np.empty((T, B, H), dt)
     dh0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0)
-    run_rows(_bwd_rows, B, split_work(T * B * H * H, H, H), args)
+    run_rows(_bwd_rows, B, T * B * H * H, args)
     return dgx, dh0, [(0, H, dgx, ws_h)], dgx
