@@ -253,6 +253,17 @@ def gemm(x, m, out):
 
 
 @njit(**JIT)
+def gemm_add(x, m, scratch, out):
+    """out += x @ m (C-contiguous; ``scratch`` has out's shape and receives x @ m)."""
+    gemm(x, m, scratch)
+    for i in range(out.shape[0]):
+        o = out[i]
+        a = scratch[i]
+        for j in range(o.shape[0]):
+            o[j] += a[j]
+
+
+@njit(**JIT)
 def max_length(lengths, b0, b1):
     L = 0
     for b in range(b0, b1):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step,
+from .common import (JIT, ONE, gemm, gemm_add, max_length, run_forward, run_rows, run_step,
                      sigmoid, tanh, time_index, zero_tail)
 
 
@@ -177,14 +177,9 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                     r = gs[j]
                     dg[j] = gb[j] = drh[j] * hp[j] * r * (ONE - r)
                     dhi[j] += drh[j] * r
-            gemm(dgb, w_rz, acc)
+            gemm_add(dgb, w_rz, acc, dh)
         else:
-            gemm(dgb, w, acc)
-        for i in range(R):
-            dhi = dh[i]
-            ai = acc[i]
-            for j in range(H):
-                dhi[j] += ai[j]
+            gemm_add(dgb, w, acc, dh)
     dh0[b0:b1] = dh
 
 

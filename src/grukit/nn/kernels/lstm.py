@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step,
+from .common import (JIT, ONE, gemm, gemm_add, max_length, run_forward, run_rows, run_step,
                      sigmoid, tanh, time_index, zero_tail)
 
 
@@ -102,12 +102,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
                 dg[3 * H + j] = gb[3 * H + j] = d * tc * og * (ONE - og)
                 dc[i, j] = dct * fg
             dh[i, :] = 0
-        gemm(dgb, w, acc)          # rows past their end: dgb = 0, dh carried
-        for i in range(R):
-            dhi = dh[i]
-            ai = acc[i]
-            for j in range(H):
-                dhi[j] += ai[j]
+        gemm_add(dgb, w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
 

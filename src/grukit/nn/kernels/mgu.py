@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, max_length, run_forward, run_rows, run_step,
+from .common import (JIT, ONE, gemm, gemm_add, max_length, run_forward, run_rows, run_step,
                      sigmoid, tanh, time_index, zero_tail)
 
 
@@ -133,12 +133,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
                 dg[j] = df_[j]
                 dg[H + j] = dn_[j]
         if has_uf:
-            gemm(dgf, u_f, acc)   # rows past their end: dgf = 0, dh carried
-            for i in range(R):
-                dhi = dh[i]
-                ai = acc[i]
-                for j in range(H):
-                    dhi[j] += ai[j]
+            gemm_add(dgf, u_f, acc, dh)   # rows past their end: dgf = 0, dh carried
     dh0[b0:b1] = dh
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, ZERO, gemm, max_length, run_forward, run_rows, run_step,
-                     tanh, time_index, zero_tail)
+from .common import (JIT, ONE, ZERO, gemm, gemm_add, max_length, run_forward, run_rows,
+                     run_step, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -78,12 +78,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
                     dg[j] = d * (ONE - hs[j] * hs[j])
                 dgb[i, j] = dg[j]
             dh[i, :] = 0
-        gemm(dgb, w, acc)          # rows past their end: dgb = 0, dh carried
-        for i in range(R):
-            dhi = dh[i]
-            ai = acc[i]
-            for j in range(H):
-                dhi[j] += ai[j]
+        gemm_add(dgb, w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
 
 
