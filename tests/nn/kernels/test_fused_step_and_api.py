@@ -169,3 +169,23 @@ def test_backward_flushes_subnormals_without_changing_results():
         before = common._enter_flush_to_zero()
         common._restore_fp_mode(before)
         assert not before & common._FTZ_DAZ, "the caller's floating-point mode was not restored"
+
+
+@pytest.mark.parametrize("update", ["data", "fused_adam"])
+def test_weights_updated_without_a_version_bump_are_seen(update):
+    """torch's fused Adam and writes through .data change parameters without bumping their
+    _version; the fused path must still run with the current weights (a stale packed copy
+    once made the IMDB tutorial diverge)."""
+    torch.manual_seed(0)
+    fused = gnn.GRU(3, 5, kernel="fused")
+    reference = gnn.GRU(3, 5, kernel="reference")
+    x = torch.randn(4, 2, 3)
+    fused(x)  # packs the weights once
+    if update == "data":
+        fused.weight_hh_l0.data.mul_(-2.0)
+    else:
+        for p in fused.parameters():
+            p.grad = torch.ones_like(p)
+        torch.optim.Adam(fused.parameters(), lr=0.5, fused=True).step()
+    reference.load_state_dict(fused.state_dict())
+    torch.testing.assert_close(fused(x)[0], reference(x)[0], atol=1e-5, rtol=0)

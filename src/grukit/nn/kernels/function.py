@@ -65,25 +65,14 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return t.numpy()
 
 
-_PACKED: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
-_PACKED_MAX = 16
-
-
 def _packed(weight: torch.Tensor | None) -> np.ndarray | None:
-    """W^T packed, cached per weight tensor until it is modified in place (its _version).
+    """W^T packed for the forward loop, made anew on every call.
 
-    The cache holds the tensor itself, so its id cannot be reused while the entry lives.
+    No cache: a tensor's _version does not witness every in-place update (torch's fused Adam
+    changes parameters without bumping it), and a stale packed weight silently trains the
+    wrong model. Packing costs one transpose copy of W_hh (~20 us at H=128).
     """
-    if weight is None:
-        return None
-    hit = _PACKED.get(id(weight))
-    if hit is not None and hit[0] is weight and hit[1] == weight._version:
-        return hit[2]
-    w_t = api.pack_weight(_np(weight))
-    if len(_PACKED) >= _PACKED_MAX:
-        _PACKED.pop(next(iter(_PACKED)))
-    _PACKED[id(weight)] = (weight, weight._version, w_t)
-    return w_t
+    return None if weight is None else api.pack_weight(_np(weight))
 
 
 _BLAS: ThreadpoolController | None = None
