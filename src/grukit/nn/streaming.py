@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from .kernels import api, gru, lstm, mgu, mingru, rnn
-from .recurrent import RecurrentLayer
+from .recurrent import RecurrentLayer, input_preactivations
 
 
 def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
@@ -47,26 +47,26 @@ class Streamer:
         H = layer.hidden_size
         for index in range(layer.num_layers):
             params = {k: _numpy(v) for k, v in layer._layer_parameters(index, 0).items()}
-            input_weight, input_bias = self._expanded_input_side(layer, params, H)
+            input_t, input_bias = self._expanded_input_side(layer, index)
             bias_hh = params["bias_hh"] if params["bias_hh"] is not None else np.zeros(
                 len(layer.layout.gates) * H, self.dtype)
             w_t = api.pack_weight(params["weight_hh"])
-            self.layers.append((np.ascontiguousarray(input_weight.T), input_bias, w_t, bias_hh))
+            self.layers.append((input_t, input_bias, w_t, bias_hh))
         self.hidden_size = H
         self.reset()
 
-    def _expanded_input_side(self, layer, params, H):
-        """W_ih and the outer bias over all gates (zero blocks where a gate has no input weight)."""
-        layout = layer.layout
-        blocks = dict(zip(layout.input_gates, np.split(params["weight_ih"], len(layout.input_gates))))
-        zero_w = np.zeros((H, params["weight_ih"].shape[1]), self.dtype)
-        weight = np.concatenate([blocks.get(g, zero_w) for g in layout.gates])
-        name = "bias_ih" if params["bias_ih"] is not None else "bias"
-        bias = np.zeros(len(layout.gates) * H, self.dtype)
-        if params[name] is not None:
-            bias_blocks = dict(zip(layout.bias_gates(name), np.split(params[name], len(layout.bias_gates(name)))))
-            bias = np.concatenate([bias_blocks.get(g, np.zeros(H, self.dtype)) for g in layout.gates])
-        return weight, bias
+    @staticmethod
+    def _expanded_input_side(layer: RecurrentLayer, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """W_ih^T over all gates (I, G*H) and the outer bias (G*H,), through the layers' own
+        input_preactivations: the identity gives the weights, a zero input the bias."""
+        params = layer._layer_parameters(index, 0)
+        no_bias = {**params, "bias_ih": None, "bias": None}
+        weight = params["weight_ih"]
+        eye = torch.eye(weight.shape[1], dtype=weight.dtype)
+        with torch.no_grad():
+            weight_t = input_preactivations(layer.layout, eye, no_bias, layer.hidden_size)
+            bias = input_preactivations(layer.layout, eye[:1] * 0, params, layer.hidden_size)[0]
+        return np.ascontiguousarray(weight_t.numpy()), bias.numpy().copy()
 
     def reset(self) -> None:
         """Zero the state: the next frame starts a new sequence."""
