@@ -43,13 +43,14 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
     rows = []
     for ours in (m for m in measurements if m["impl"] == "grukit"):
         cell, scenario, mode = ours["cell"], ours["scenario"], ours["mode"]
+        peer_mode = "step" if mode == "stream" else mode   # the streamer against torch's *Cell step
         for peer in (m for m in measurements if m["impl"] != "grukit" and m["cell"] == cell
-                     and m["scenario"] == scenario and m["mode"] == mode):
+                     and m["scenario"] == scenario and m["mode"] == peer_mode):
             ratio = peer["median"] / ours["median"]
             row = {"cell": cell, "scenario": scenario, "mode": mode, "peer": peer["impl"],
                    "grukit": ours["median"], "peer_value": peer["median"], "unit": ours["unit"],
                    "ratio": ratio, "path": ours.get("path", {}).get("path")}
-            if mode == "step":
+            if mode in ("step", "stream"):
                 row["target"] = f"grukit < {STEP_TARGET_US:g} us" if cell == "gru" else None
                 row["met"] = ours["median"] < STEP_TARGET_US if cell == "gru" else None
             else:

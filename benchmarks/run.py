@@ -153,8 +153,9 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                 for impl, step in torch_peer.step_fns(cell, ours, theirs, scenario, settings.step_count).items():
                     before = torch_peer.snapshot_calls()
                     record = measure_steps(step, settings.step_count)
-                    record.update(cell=cell, scenario=name, mode="step", unit="us",
-                                  impl=impl if impl == "grukit" else "torch-cell", shape=scenario.shape())
+                    ours_impl = impl.startswith("grukit")
+                    record.update(cell=cell, scenario=name, mode="stream" if impl == "grukit-streamer" else "step",
+                                  unit="us", impl="grukit" if ours_impl else "torch-cell", shape=scenario.shape())
                     if impl == "grukit":
                         record["path"] = torch_peer.observed_path(before, 100 + settings.step_count,
                                                                   ("step",), dispatcher)

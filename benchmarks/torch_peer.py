@@ -97,7 +97,8 @@ def observed_path(before: Counter, calls: int, counters: tuple[str, ...], dispat
 
 
 def step_fns(cell: str, ours, theirs, scenario: Scenario, count: int, seed: int = 2):
-    """Per-step callables step(i) for grukit's layer.step and torch's matching *Cell."""
+    """Per-step callables step(i): grukit's layer.step (torch tensors in and out), grukit's
+    layer.streamer().step (numpy frames), and torch's matching *Cell."""
     xs = torch.randn(count + 200, 1, scenario.I, generator=torch.Generator().manual_seed(seed))
     state = {"ours": None, "theirs": None}
 
@@ -105,7 +106,13 @@ def step_fns(cell: str, ours, theirs, scenario: Scenario, count: int, seed: int 
     def ours_step(i):
         _, state["ours"] = ours.step(xs[i], state["ours"])
 
-    functions = {"grukit": ours_step}
+    streamer = ours.streamer()
+    frames = xs[:, 0].numpy()
+
+    def ours_stream(i):
+        streamer.step(frames[i])
+
+    functions = {"grukit": ours_step, "grukit-streamer": ours_stream}
     if theirs is not None:
         cell_module = getattr(torch.nn, CELLS[cell]["torch"] + "Cell")(scenario.I, scenario.H)
         with torch.no_grad():

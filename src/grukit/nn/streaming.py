@@ -43,16 +43,14 @@ class Streamer:
         self.input_size = layer.input_size
         self.batch_size = batch_size
         self.dtype = next(layer.parameters()).detach().numpy().dtype
-        self.layers = []
-        H = layer.hidden_size
+        self.hidden_size = H = layer.hidden_size
+        self._weights = []
         for index in range(layer.num_layers):
             params = {k: _numpy(v) for k, v in layer._layer_parameters(index, 0).items()}
             input_t, input_bias = self._expanded_input_side(layer, index)
             bias_hh = params["bias_hh"] if params["bias_hh"] is not None else np.zeros(
                 len(layer.layout.gates) * H, self.dtype)
-            w_t = api.pack_weight(params["weight_hh"])
-            self.layers.append((input_t, input_bias, w_t, bias_hh))
-        self.hidden_size = H
+            self._weights.append((input_t, input_bias, api.pack_weight(params["weight_hh"]), bias_hh))
         self.reset()
 
     @staticmethod
@@ -71,37 +69,52 @@ class Streamer:
     def reset(self) -> None:
         """Zero the state: the next frame starts a new sequence."""
         shape = (self.batch_size, self.hidden_size)
-        self.h = [np.zeros(shape, self.dtype) for _ in self.layers]
-        self.c = [np.zeros(shape, self.dtype) for _ in self.layers] if self.mode == "LSTM" else None
+        self.h = [np.zeros(shape, self.dtype) for _ in self._weights]
+        self.c = [np.zeros(shape, self.dtype) for _ in self._weights] if self.mode == "LSTM" else None
+        self._frames = [self._frame_function(index) for index in range(len(self._weights))]
+
+    def _frame_function(self, index: int):
+        """``run(x) -> h``: one compiled call for the layer's whole frame (input product, gates,
+        state update in place), with its weights and scratch buffers bound."""
+        input_t, input_bias, w_t, bias_hh = self._weights[index]
+        B, H, mode, h = self.batch_size, self.hidden_size, self.mode, self.h[index]
+        gx = np.empty((1, B, input_t.shape[1]), self.dtype)
+        out = np.empty((1, B, H), self.dtype)
+        ones = np.ones(B, np.int64)
+        if mode in ("GRU", "GRU_RESET_BEFORE"):
+            w_a, w_b = gru.split_weight(w_t, mode == "GRU")
+            reset_after = mode == "GRU"
+            return lambda x: gru.frame(x, input_t, input_bias, w_a, w_b, bias_hh, reset_after, h, gx, out, ones)
+        if mode == "LSTM":
+            c = self.c[index]
+            return lambda x: lstm.frame(x, input_t, input_bias, w_t, bias_hh, h, c, gx, out, ones)
+        if mode in ("RNN_TANH", "RNN_RELU"):
+            relu = mode == "RNN_RELU"
+            return lambda x: rnn.frame(x, input_t, input_bias, w_t, bias_hh, relu, h, gx, out, ones)
+        if mode == "MINGRU":
+            use_g = self.candidate == "g"
+            return lambda x: mingru.frame(x, input_t, input_bias, use_g, h, gx, out, ones)
+        has_uf = mode != "MGU3"
+        w_f, w_n = mgu.split_weight(w_t, has_uf)
+        return lambda x: mgu.frame(x, input_t, input_bias, w_f, w_n, has_uf, h, gx, out, ones)
 
     def step(self, frame) -> np.ndarray:
-        """One frame (H_in,) or (batch_size, H_in) in, the last layer's output out (same rank)."""
+        """One frame (H_in,) or (batch_size, H_in) in, the last layer's output out (same rank).
+
+        The result is a copy: the streamer's own state is updated in place by the next frame.
+        """
         x = np.asarray(frame, dtype=self.dtype)
         single = x.ndim == 1
         x = x.reshape(1, -1) if single else x
         if x.shape != (self.batch_size, self.input_size):
             raise ShapeError(f"{self.layer_type} streamer: a frame must be ({self.input_size},) or "
                              f"({self.batch_size}, {self.input_size}), got {np.shape(frame)}")
-        for index, (input_t, input_bias, w_t, bias_hh) in enumerate(self.layers):
-            gx = x @ input_t
-            gx += input_bias
-            x = self._cell_step(index, gx, w_t, bias_hh)
-        return x[0] if single else x
-
-    def _cell_step(self, index, gx, w_t, bias_hh):
-        mode, h = self.mode, self.h[index]
-        if mode in ("GRU", "GRU_RESET_BEFORE"):
-            h = gru.step(gx, h, w_t, bias_hh, mode == "GRU")
-        elif mode == "LSTM":
-            h, self.c[index] = lstm.step(gx, h, self.c[index], w_t, bias_hh)
-        elif mode in ("RNN_TANH", "RNN_RELU"):
-            h = rnn.step(gx, h, w_t, bias_hh, mode == "RNN_RELU")
-        elif mode == "MINGRU":
-            h = mingru.step(gx, h, self.candidate == "g")
-        else:
-            h = mgu.step(gx, h, w_t, mode != "MGU3")
-        self.h[index] = h
-        return h
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        for run, h in zip(self._frames, self.h):
+            run(x)
+            x = h
+        return x[0].copy() if single else x.copy()
 
 
 __all__ = ["Streamer"]

@@ -99,12 +99,15 @@ def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, r
              candidate="identity"):
     """Gradients through one forward call (its workspace ``ws``).
 
+    ``gx`` is read by minGRU only (which recomputes its gates from it); other modes take None,
+    so the caller need not keep the (T, B, G*H) pre-activations alive between the passes.
     Returns (grad_gx, grad_h0, grad_c0 or None, terms, bias_source): see :func:`weight_grads`.
     """
-    T, B, _ = gx.shape
+    T, B = grad_out.shape[:2]
+    dtype = ws[0].dtype
     lengths = full_lengths(T, B) if lengths is None else np.ascontiguousarray(lengths, np.int64)
-    grad_out = np.ascontiguousarray(grad_out, dtype=gx.dtype)
-    grad_h_n = np.ascontiguousarray(grad_h_n, dtype=gx.dtype)
+    grad_out = np.ascontiguousarray(grad_out, dtype=dtype)
+    grad_h_n = np.ascontiguousarray(grad_h_n, dtype=dtype)
     if grad_out.shape != (T, B, grad_h_n.shape[1]):
         raise ValueError(f"grad_out: expected {(T, B, grad_h_n.shape[1])}, got {grad_out.shape}")
     reverse = bool(reverse)
@@ -114,7 +117,7 @@ def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, r
         dgx, dh0, terms, bias_src = gru.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
                                                  mode == "GRU")
     elif mode == "LSTM":
-        grad_c_n = np.ascontiguousarray(grad_c_n, dtype=gx.dtype)
+        grad_c_n = np.ascontiguousarray(grad_c_n, dtype=dtype)
         dgx, dh0, dc0, terms, bias_src = lstm.backward(ws, w, grad_out, grad_h_n, grad_c_n,
                                                        lengths, reverse)
     elif mode in ("RNN_TANH", "RNN_RELU"):
@@ -134,7 +137,9 @@ def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
 
     Each term ``(row0, row1, G, X)`` with G (T, B, row1 - row0) and X (T, B, H) gives
     grad W[row0:row1] = G^T X summed over (T, B); grad bias_hh = bias_source summed over
-    (T, B). ``matmul`` lets the torch wrapper run the GEMMs with torch (and its threads).
+    (T, B), where bias_source is one (T, B, G*H) array or a list of arrays whose last axes
+    concatenate to G*H. ``matmul`` lets the torch wrapper run the GEMMs with torch (and its
+    threads).
     """
     if not terms:
         return None, None
@@ -142,7 +147,10 @@ def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
     grad_w = np.empty(w_shape, terms[0][2].dtype)
     for row0, row1, g, x in terms:
         grad_w[row0:row1] = matmul(g.reshape(-1, row1 - row0).T, x.reshape(-1, H))
-    grad_b = None if bias_source is None else bias_source.reshape(-1, bias_source.shape[-1]).sum(0)
+    if bias_source is None:
+        return grad_w, None
+    sources = bias_source if isinstance(bias_source, list) else [bias_source]
+    grad_b = np.concatenate([s.reshape(-1, s.shape[-1]).sum(0) for s in sources])
     return grad_w, grad_b
 
 

@@ -213,6 +213,17 @@ def matmul_acc(x, m, r0, c0, n, out):
         b += 1
 
 
+@njit(**JIT)
+def project_frame(x, w_in_t, b_in, gx):
+    """gx[0] = x @ w_in_t + b_in for one frame of streaming: x (B, I), w_in_t (I, G*H),
+    b_in (G*H,), gx (1, B, G*H). The input side of a frame is a handful of mat-vecs, too
+    small for a BLAS call to pay off."""
+    g = gx[0]
+    for i in range(g.shape[0]):
+        g[i, :] = b_in
+    matmul_acc(x, w_in_t, 0, 0, g.shape[1], g)
+
+
 # The per-step recurrent products are BLAS GEMMs (np.dot inside the compiled loop calls
 # scipy's OpenBLAS): 2-4x the loops above. A single row stays on the mat-vec loop, where
 # a BLAS call costs more than it saves. float32 GEMMs of at most GEMM_SMALL_MNK

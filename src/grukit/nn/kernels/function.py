@@ -113,21 +113,29 @@ def _lengths_np(lengths: torch.Tensor | None, T: int, B: int) -> np.ndarray | No
     return out
 
 
+def _run_forward(mode, reverse, candidate, lengths, training, gx, h0, c0, weight_hh, bias_hh):
+    """The kernel's forward on tensors: ((out, h_n[, c_n]) as tensors, workspace or None)."""
+    set_threads(torch.get_num_threads())
+    with _one_blas_thread(gx.shape[1]):
+        out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
+                                        _np(bias_hh), lengths, reverse, training, candidate)
+    CALLS["run"] += 1
+    results = (torch.from_numpy(out), torch.from_numpy(h_n))
+    if c_n is not None:
+        results += (torch.from_numpy(c_n),)
+    return results, ws
+
+
 class _FusedDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mode, reverse, candidate, lengths, training, gx, h0, c0, weight_hh, bias_hh):
-        set_threads(torch.get_num_threads())
-        with _one_blas_thread(gx.shape[1]):
-            out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
-                                            _np(bias_hh), lengths, reverse, training, candidate)
-        CALLS["run"] += 1
+        results, ws = _run_forward(mode, reverse, candidate, lengths, training, gx, h0, c0,
+                                   weight_hh, bias_hh)
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
         ctx.ws = ws
         ctx.has_bias = bias_hh is not None
-        ctx.save_for_backward(gx, weight_hh)
-        results = (torch.from_numpy(out), torch.from_numpy(h_n))
-        if c_n is not None:
-            results += (torch.from_numpy(c_n),)
+        # Only minGRU's backward reads gx: other modes let the (T, B, G*H) pre-activations go.
+        ctx.save_for_backward(gx if mode == "MINGRU" else None, weight_hh)
         return results
 
     @staticmethod
@@ -136,13 +144,13 @@ class _FusedDirection(torch.autograd.Function):
         gx, weight_hh = ctx.saved_tensors
         set_threads(torch.get_num_threads())
         w = _np(weight_hh)
-        with _one_blas_thread(gx.shape[1]):
+        with _one_blas_thread(grad_out.shape[1]):
             dgx, dh0, dc0, terms, bias_src = api.backward(
                 ctx.mode, ctx.ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
                 ctx.lengths, ctx.reverse, ctx.candidate)
         CALLS["backward"] += 1
         if dgx.dtype == np.float32:  # torch's GEMMs below must not meet tiny values (see common.py)
-            for gradient in (dgx, *(term[2] for term in terms or ())):
+            for gradient in (dgx, *(term[2] for term in terms or () if term[2].base is not dgx)):
                 flush_tiny(gradient, TINY_GRADIENT_FLOAT32)
         grad_w = grad_b = None
         if terms and (ctx.needs_input_grad[8] or ctx.needs_input_grad[9]):
@@ -170,8 +178,12 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
     leaves = (gx, h0, c0, weight_hh, bias_hh)
     # Keep a workspace for backward only when autograd will call it.
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
-    results = _FusedDirection.apply(mode, bool(reverse), candidate, _lengths_np(lengths, T, B),
-                                    training, *leaves)
+    if training:
+        results = _FusedDirection.apply(mode, bool(reverse), candidate, _lengths_np(lengths, T, B),
+                                        training, *leaves)
+    else:   # inference: the same kernel call without autograd's bookkeeping
+        results = _run_forward(mode, bool(reverse), candidate, _lengths_np(lengths, T, B), False,
+                               *leaves)[0]
     if mode == "LSTM":
         out, h_n, c_n = results
         return out, (h_n, c_n)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, gemm_add, max_length, run_forward, run_rows, run_step,
-                     sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, gemm, gemm_add, max_length, project_frame, run_forward, run_rows,
+                     run_step, sigmoid, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -103,9 +103,12 @@ def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, tra
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h,
-              dgx, dgh, dh0):
+              dgx, dgh_n, dh0):
     """Per step: the pointwise pass over the block's rows, then dh_{t-1} += dgates @ W as
-    one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows)."""
+    one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows).
+
+    Reset after, the recurrent side's gradient is (dr, dz, dn * r): dgx holds (dr, dz, dn)
+    and dgh_n (T, B, H) the one block that differs, dn * r."""
     H = grad_out.shape[2]
     R = b1 - b0
     dt = dgx.dtype
@@ -119,7 +122,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
         if reset_after:
-            zero_tail(dgh, b, lengths[b])
+            zero_tail(dgh_n, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
         for i in range(R):
             b = b0 + i
@@ -135,7 +138,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
             gb = dgb[i]
             dhi = dh[i]
             if reset_after:
-                dr_ = dgh[t, b]
+                dn_r = dgh_n[t, b]
                 for j in range(H):
                     d = dhi[j] + go[j]
                     r = gs[j]
@@ -147,9 +150,9 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                     dg[j] = dr
                     dg[H + j] = dz
                     dg[2 * H + j] = dn
-                    gb[j] = dr_[j] = dr
-                    gb[H + j] = dr_[H + j] = dz
-                    gb[2 * H + j] = dr_[2 * H + j] = dn * r
+                    gb[j] = dr
+                    gb[H + j] = dz
+                    gb[2 * H + j] = dn_r[j] = dn * r
                     dhi[j] = d * z
             else:
                 gn = dgn[i]
@@ -183,7 +186,15 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
     dh0[b0:b1] = dh
 
 
-def _split(w_t, reset_after):
+@njit(**JIT)
+def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
+    """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 3H) and
+    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+    project_frame(x, w_in_t, b_in, gx)
+    _fwd_rows(0, h.shape[0], gx, h, w_t, w_nt, bhh, ones, False, reset_after, False, out, h, out, out, out)
+
+
+def split_weight(w_t, reset_after):
     """The forward loop's weights: (W^T, W^T) reset after (the second unused), else
     (W_rz^T, W_n^T) as two C-contiguous copies (one O(H^2) copy per call)."""
     if reset_after:
@@ -194,7 +205,7 @@ def _split(w_t, reset_after):
 
 def step(gx_t, h, w_t, bhh, reset_after):
     """One inference step: gx_t (B, 3H), h (B, H) -> h'."""
-    return run_step(_fwd_rows, gx_t, (h,), (*_split(w_t, reset_after), bhh), (reset_after,), 3)[0]
+    return run_step(_fwd_rows, gx_t, (h,), (*split_weight(w_t, reset_after), bhh), (reset_after,), 3)[0]
 
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
@@ -202,7 +213,7 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
     T, B, G = gx.shape
     H = h0.shape[1]
     widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
-    params = (*_split(w_t, reset_after), bhh)
+    params = (*split_weight(w_t, reset_after), bhh)
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
                                   (reset_after,), training, widths, T * B * G * H)
     return out, h_n, ws
@@ -215,10 +226,11 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
     T, B, H = grad_out.shape
     dt = grad_out.dtype
     dgx = np.empty((T, B, 3 * H), dt)
-    dgh = np.empty((T, B, 3 * H), dt) if reset_after else dgx
+    dgh_n = np.empty((T, B, H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
-    args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh, dh0)
+    args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0)
     run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)
     if reset_after:
-        return dgx, dh0, [(0, 3 * H, dgh, ws_h)], dgh
+        d_rz = dgx[..., :2 * H]
+        return dgx, dh0, [(0, 2 * H, d_rz, ws_h), (2 * H, 3 * H, dgh_n, ws_h)], [d_rz, dgh_n]
     return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgx[..., 2 * H:], ws_x)], None

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, gemm_add, max_length, run_forward, run_rows, run_step,
-                     sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, gemm, gemm_add, max_length, project_frame, run_forward, run_rows,
+                     run_step, sigmoid, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -105,6 +105,13 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
         gemm_add(dgb, w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
+
+@njit(**JIT)
+def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
+    """One streaming frame: x (B, I) -> the states h and c updated in place. gx (1, B, 4H) and
+    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+    project_frame(x, w_in_t, b_in, gx)
+    _fwd_rows(0, h.shape[0], gx, h, c, w_t, bhh, ones, False, False, out, h, c, out, out, out)
 
 
 def step(gx_t, h, c, w_t, bhh):

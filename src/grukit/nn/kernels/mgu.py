@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, gemm_add, max_length, run_forward, run_rows, run_step,
-                     sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, gemm, gemm_add, max_length, project_frame, run_forward, run_rows,
+                     run_step, sigmoid, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -136,8 +136,15 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
             gemm_add(dgf, u_f, acc, dh)   # rows past their end: dgf = 0, dh carried
     dh0[b0:b1] = dh
 
+@njit(**JIT)
+def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
+    """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
+    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+    project_frame(x, w_in_t, b_in, gx)
+    _fwd_rows(0, h.shape[0], gx, h, w_ft, w_nt, ones, False, has_uf, False, out, h, out, out, out)
 
-def _split(w_t, has_uf):
+
+def split_weight(w_t, has_uf):
     """(U_f^T, U_n^T) as C-contiguous copies of the packed weight's column blocks (one
     O(H^2) copy per call); without U_f, (U_n^T, U_n^T) and the first goes unused."""
     if not has_uf:
@@ -148,13 +155,13 @@ def _split(w_t, has_uf):
 
 def step(gx_t, h, w_t, has_uf):
     """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
-    return run_step(_fwd_rows, gx_t, (h,), _split(w_t, has_uf), (has_uf,), 3)[0]
+    return run_step(_fwd_rows, gx_t, (h,), split_weight(w_t, has_uf), (has_uf,), 3)[0]
 
 
 def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
     T, B, G = gx.shape
     H = h0.shape[1]
-    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), _split(w_t, has_uf), lengths, reverse,
+    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), split_weight(w_t, has_uf), lengths, reverse,
                                   (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H)
     return out, h_n, ws
 

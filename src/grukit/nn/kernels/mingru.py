@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import HALF, JIT, ONE, run_forward, run_rows, run_step, sigmoid, zero_tail
+from .common import HALF, JIT, ONE, project_frame, run_forward, run_rows, run_step, sigmoid, zero_tail
 
 
 @njit(**JIT)
@@ -78,6 +78,13 @@ def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx
 # The scan costs ~20 flops per element instead of ~2H per element of a matrix cell.
 _WORK_PER_ELEMENT = 40
 
+
+@njit(**JIT)
+def frame(x, w_in_t, b_in, use_g, h, gx, out, ones):
+    """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
+    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+    project_frame(x, w_in_t, b_in, gx)
+    _fwd_rows(0, h.shape[0], gx, h, ones, False, use_g, False, out, h, out)
 
 
 def step(gx_t, h, use_g):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, ZERO, gemm, gemm_add, max_length, run_forward, run_rows,
-                     run_step, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, ZERO, gemm, gemm_add, max_length, project_frame, run_forward,
+                     run_rows, run_step, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -80,6 +80,13 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
             dh[i, :] = 0
         gemm_add(dgb, w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
+
+@njit(**JIT)
+def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
+    """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, H) and
+    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+    project_frame(x, w_in_t, b_in, gx)
+    _fwd_rows(0, h.shape[0], gx, h, w_t, bhh, ones, False, relu, False, out, h, out, out)
 
 
 def step(gx_t, h, w_t, bhh, relu):
