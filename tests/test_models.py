@@ -181,9 +181,13 @@ def test_bad_model_definitions():
     with pytest.raises(ConfigError, match="Input"):
         Sequential([L.GRU(3)]).summary(print_fn=lambda _: None)
     with pytest.raises(ConfigError, match="recurrent_dropout"):
-        L.GRU(3, recurrent_dropout=0.2)
+        L.GRU(3, recurrent_dropout=1.2)
+    with pytest.raises(ConfigError, match="recurrent_dropout"):
+        L.MinGRU(3, recurrent_dropout=0.2)
     with pytest.raises(ConfigError, match="activation"):
-        L.GRU(3, activation="relu")
+        L.GRU(3, activation="softmax")
+    with pytest.raises(ConfigError, match="recurrent_activation"):
+        L.SimpleRNN(3, recurrent_activation="hard_sigmoid")
     with pytest.raises(ShapeError, match="time_steps"):
         Sequential([L.Input((5,)), L.GRU(3)]).build()
     model = Sequential([L.Input((10,)), L.Embedding(20, 4), L.GRU(3)])

@@ -23,16 +23,13 @@ import torch
 from torch import nn
 
 from . import nn as gnn
+from .nn.cells import ACTIVATIONS, activation_function as cell_activation
 from .errors import ConfigError, DataError, ShapeError
 
 Shape = tuple  # (None, ...) with None for the batch dimension
 
-_ACTIVATIONS = {
-    None: lambda x: x, "linear": lambda x: x, "relu": torch.relu, "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh, "softmax": lambda x: torch.softmax(x, dim=-1), "gelu": nn.functional.gelu,
-    "elu": nn.functional.elu, "selu": nn.functional.selu, "softplus": nn.functional.softplus,
-    "swish": nn.functional.silu, "silu": nn.functional.silu,
-}
+# the cells' activations (Keras names), None for linear as in Keras, and softmax for Dense
+_ACTIVATIONS = {None: ACTIVATIONS["linear"], **ACTIVATIONS, "softmax": lambda x: torch.softmax(x, dim=-1)}
 
 
 def activation_function(name: str | None):
@@ -261,34 +258,34 @@ class TimeDistributed(Layer):
 @dataclass(frozen=True)
 class _CellChoice:
     module: type
-    default_activation: str
-    allowed_activations: tuple[str, ...]
+    activations: bool = True         # takes activation= (and recurrent_activation= if gated)
+    gated: bool = True               # has gates, hence a recurrent_activation
+    recurrent_dropout: bool = True   # has recurrent weights to drop from
 
 
 class Recurrent(Layer):
-    """Shared machinery of GRU, LSTM, SimpleRNN, MGU and MinGRU (Keras arguments)."""
+    """Shared machinery of GRU, LSTM, SimpleRNN, MGU and MinGRU (Keras arguments).
+
+    ``activation`` (default "tanh"; None means linear, as in Keras) and ``recurrent_activation``
+    (default "sigmoid", the gates) take Keras's names, e.g. "relu", "hard_sigmoid" (Keras 3's
+    relu6(x + 3) / 6), "softsign", "elu", "linear"; non-default choices run on the reference loop.
+    ``recurrent_dropout`` drops units of the previous state inside the recurrent products, with
+    one mask per sequence and gate fixed over the time steps, in training only (Keras's
+    semantics; training then runs the reference loop, inference the fused kernels).
+    """
 
     cell: _CellChoice
 
-    def __init__(self, units: int, activation: str | None = None, recurrent_activation: str = "sigmoid",
+    def __init__(self, units: int, activation: str | None = "tanh", recurrent_activation: str = "sigmoid",
                  use_bias: bool = True, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, dropout: float = 0.0,
                  recurrent_dropout: float = 0.0, kernel_initializer: str = "glorot_uniform",
                  recurrent_initializer: str = "orthogonal", bias_initializer: str = "zeros",
                  kernel: str = "auto", name: str | None = None, **cell_options):
         super().__init__(name)
-        activation = activation or self.cell.default_activation
+        activation = "linear" if activation is None else activation
         label = type(self).__name__
-        if activation not in self.cell.allowed_activations:
-            raise ConfigError(f"{label}(activation={activation!r}): grukit's cells compute "
-                              f"{' or '.join(self.cell.allowed_activations)} here; other activations would "
-                              "change the equations the fused kernels implement")
-        if recurrent_activation != "sigmoid":
-            raise ConfigError(f"{label}(recurrent_activation={recurrent_activation!r}): the gates use "
-                              "'sigmoid' (Keras 3's default); Keras 2's hard_sigmoid is not implemented")
-        if recurrent_dropout:
-            raise ConfigError(f"{label}(recurrent_dropout={recurrent_dropout}): not implemented yet; use "
-                              "dropout= (on the inputs) or a Dropout layer after the recurrent layer")
+        self._check_cell_options(label, activation, recurrent_activation, recurrent_dropout)
         if not 0 <= dropout < 1:
             raise ConfigError(f"{label}(dropout={dropout!r}): expected a probability in [0, 1)")
         self.units, self.activation, self.recurrent_activation = units, activation, recurrent_activation
@@ -301,9 +298,31 @@ class Recurrent(Layer):
         self.bidirectional = False
         self.states = None
 
+    def _check_cell_options(self, label: str, activation, recurrent_activation, recurrent_dropout) -> None:
+        cell = self.cell
+        if activation != "tanh" and not cell.activations:
+            raise ConfigError(f"{label}(activation={activation!r}): this cell's equations fix their "
+                              "nonlinearities; leave activation='tanh' or use GRU, LSTM, SimpleRNN or MGU")
+        if recurrent_activation != "sigmoid" and not (cell.activations and cell.gated):
+            raise ConfigError(f"{label}(recurrent_activation={recurrent_activation!r}): this cell has no "
+                              "gates with a choosable activation; leave recurrent_activation='sigmoid'")
+        cell_activation(activation, f"{label}(activation=...)")
+        cell_activation(recurrent_activation, f"{label}(recurrent_activation=...)")
+        if (not isinstance(recurrent_dropout, (int, float)) or isinstance(recurrent_dropout, bool)
+                or not 0 <= recurrent_dropout < 1):
+            raise ConfigError(f"{label}(recurrent_dropout={recurrent_dropout!r}): expected a probability in [0, 1)")
+        if recurrent_dropout and not cell.recurrent_dropout:
+            raise ConfigError(f"{label}(recurrent_dropout={recurrent_dropout!r}): this cell has no recurrent "
+                              "weights to drop from; use dropout= on the inputs or a Dropout layer")
+
     def nn_options(self) -> dict[str, Any]:
         """Constructor arguments of the grukit.nn layer beyond sizes and direction."""
-        return dict(self.cell_options)
+        options = dict(self.cell_options)
+        if self.cell.recurrent_dropout:
+            options["recurrent_dropout"] = self.recurrent_dropout
+        if self.cell.activations and self.cell.gated:
+            options.update(activation=self.activation, recurrent_activation=self.recurrent_activation)
+        return options
 
     def build(self, input_shape):
         if len(input_shape) != 3:
@@ -369,6 +388,7 @@ class Recurrent(Layer):
                 "use_bias": self.use_bias, "return_sequences": self.return_sequences,
                 "return_state": self.return_state, "go_backwards": self.go_backwards,
                 "stateful": self.stateful, "dropout": self.dropout,
+                "recurrent_activation": self.recurrent_activation, "recurrent_dropout": self.recurrent_dropout,
                 "kernel_initializer": self.kernel_initializer,
                 "recurrent_initializer": self.recurrent_initializer,
                 "bias_initializer": self.bias_initializer, "kernel": self.kernel, **self.cell_options}
@@ -416,7 +436,7 @@ def _as_list(state):
 class GRU(Recurrent):
     """Keras's GRU: ``GRU(64)``, ``reset_after=True`` by default (set False for Cho et al.'s form)."""
 
-    cell = _CellChoice(gnn.GRU, "tanh", ("tanh",))
+    cell = _CellChoice(gnn.GRU)
 
     def __init__(self, units: int, reset_after: bool = True, **kwargs):
         super().__init__(units, reset_after=reset_after, **kwargs)
@@ -425,7 +445,7 @@ class GRU(Recurrent):
 class LSTM(Recurrent):
     """Keras's LSTM (one bias per gate, ``unit_forget_bias=True`` sets the forget bias to 1)."""
 
-    cell = _CellChoice(gnn.LSTM, "tanh", ("tanh",))
+    cell = _CellChoice(gnn.LSTM)
 
     def __init__(self, units: int, unit_forget_bias: bool = True, **kwargs):
         self.unit_forget_bias = unit_forget_bias
@@ -447,9 +467,10 @@ class LSTM(Recurrent):
 
 
 class SimpleRNN(Recurrent):
-    """Keras's SimpleRNN (tanh or relu, one bias)."""
+    """Keras's SimpleRNN (one bias; ``activation`` tanh by default, relu and the others of
+    :data:`grukit.nn.cells.ACTIVATIONS` too)."""
 
-    cell = _CellChoice(gnn.RNN, "tanh", ("tanh", "relu"))
+    cell = _CellChoice(gnn.RNN, gated=False)
 
     def nn_options(self):
         return {**super().nn_options(), "nonlinearity": self.activation, "single_bias": True}
@@ -458,7 +479,7 @@ class SimpleRNN(Recurrent):
 class MGU(Recurrent):
     """Minimal gated unit, ``variant`` "mgu", "mgu1", "mgu2" or "mgu3"."""
 
-    cell = _CellChoice(gnn.MGU, "tanh", ("tanh",))
+    cell = _CellChoice(gnn.MGU)
 
     def __init__(self, units: int, variant: str = "mgu", **kwargs):
         super().__init__(units, variant=variant, **kwargs)
@@ -467,7 +488,7 @@ class MGU(Recurrent):
 class MinGRU(Recurrent):
     """minGRU (Feng et al. 2024); no recurrent weights."""
 
-    cell = _CellChoice(gnn.MinGRU, "tanh", ("tanh",))
+    cell = _CellChoice(gnn.MinGRU, activations=False, gated=False, recurrent_dropout=False)
 
     def __init__(self, units: int, candidate: str = "identity", **kwargs):
         super().__init__(units, candidate=candidate, **kwargs)

@@ -91,7 +91,11 @@ def test_bad_variant_and_options():
     with pytest.raises(ConfigError, match="variant"):
         gnn.MGU(I, H, variant="mgu4")
     with pytest.raises(ConfigError, match="nonlinearity"):
-        gnn.RNN(I, H, nonlinearity="sigmoid")
+        gnn.RNN(I, H, nonlinearity="softmax")  # any name of grukit.nn.cells.ACTIVATIONS is accepted
+    with pytest.raises(ConfigError, match="recurrent_activation"):
+        gnn.GRU(I, H, recurrent_activation="hard_tanh")
+    with pytest.raises(ConfigError, match="recurrent_dropout"):
+        gnn.LSTM(I, H, recurrent_dropout=1.0)
     with pytest.raises(ConfigError, match="proj_size"):
         gnn.LSTM(I, H, proj_size=H)
     with pytest.raises(ConfigError, match="candidate"):

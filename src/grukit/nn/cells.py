@@ -49,6 +49,21 @@ MGU (Zhou et al. 2016; gates f, n)::
 minGRU (Feng et al. 2024; gates z, h; no recurrent weights)::
 
     z  = sigmoid(Linear_z(x));  h~ = Linear_h(x);  h' = (1 - z) * h + z * h~
+
+Activations (an extension over torch.nn, Keras's ``activation`` / ``recurrent_activation``): in
+the equations above ``tanh`` stands for the layout's ``activation`` (GRU's n, LSTM's g and
+tanh(c'), the SimpleRNN's act, MGU's n) and ``sigmoid`` for its ``recurrent_activation`` (GRU's
+r and z, LSTM's i, f and o, MGU's f). Any name in :data:`ACTIVATIONS` works on the reference
+loop; the fused kernels compute only each mode's defaults (tanh and sigmoid; relu for RNN_RELU).
+
+Recurrent dropout (Keras's ``recurrent_dropout``, also an extension): a mask ``m`` of shape
+``(B, G_rec * H_h)``, one block per recurrent gate in ``layout.recurrent_gates`` order, sampled
+once per sequence and fixed over its time steps. Each gate's recurrent product reads its own
+masked copy of the previous state, ``W_hg h`` becomes ``W_hg (m_g * h)``, exactly where Keras 3
+puts it: GRU reset_after ``n = tanh(W_in x + b_in + r * (W_hn (m_n * h) + b_hn))``; GRU
+reset_before ``n = tanh(W_in x + W_hn (r * m_n * h) + b_n)``; LSTM every gate; MGU
+``n = tanh(W_n x + U_n (f * m_n * h) + b_n)``. The carried state (``z * h``, ``f * c``) is never
+masked.
 """
 
 from __future__ import annotations
@@ -57,8 +72,35 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch.nn import functional
+
+from ..errors import ConfigError
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+#: Keras's activation names and their torch functions (Keras 3 definitions).
+ACTIVATIONS: dict[str, Activation] = {
+    "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+    "hard_sigmoid": functional.hardsigmoid,  # Keras 3: relu6(x + 3) / 6 (Keras 2 had 0.2 x + 0.5)
+    "relu": torch.relu, "relu6": functional.relu6, "linear": _identity, "elu": functional.elu,
+    "selu": functional.selu, "gelu": functional.gelu, "softsign": functional.softsign,
+    "softplus": functional.softplus, "silu": functional.silu, "swish": functional.silu,
+    "hard_silu": functional.hardswish,
+}
+
+
+def activation_function(name: str, argument: str = "activation") -> Activation:
+    """The torch function for a Keras activation name; ConfigError naming ``argument`` if unknown."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ConfigError(f"{argument}={name!r} is not an activation grukit's cells know; use one of "
+                          f"{sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 @dataclass(frozen=True)
@@ -77,6 +119,19 @@ class CellLayout:
     recurrent_gates: tuple[str, ...]
     biases: tuple[tuple[str, tuple[str, ...]], ...]
     has_cell_state: bool = False
+    activation: str = "tanh"               # candidate / cell input and LSTM's output squashing
+    recurrent_activation: str = "sigmoid"  # the gates
+
+    @property
+    def activation_functions(self) -> tuple[Activation, Activation]:
+        """(activation, recurrent_activation) as torch functions."""
+        return ACTIVATIONS[self.activation], ACTIVATIONS[self.recurrent_activation]
+
+    @property
+    def has_default_activations(self) -> bool:
+        """True when the activations are the mode's own, the only ones the fused kernels compute."""
+        default = LAYOUTS[self.mode]
+        return (self.activation, self.recurrent_activation) == (default.activation, default.recurrent_activation)
 
     @property
     def num_gates(self) -> int:
@@ -102,7 +157,7 @@ _MGU = ("f", "n")
 
 LAYOUTS: dict[str, CellLayout] = {
     "RNN_TANH": CellLayout("RNN_TANH", ("h",), ("h",), ("h",), _two_biases(("h",))),
-    "RNN_RELU": CellLayout("RNN_RELU", ("h",), ("h",), ("h",), _two_biases(("h",))),
+    "RNN_RELU": CellLayout("RNN_RELU", ("h",), ("h",), ("h",), _two_biases(("h",)), activation="relu"),
     "LSTM": CellLayout("LSTM", _LSTM, _LSTM, _LSTM, _two_biases(_LSTM), has_cell_state=True),
     "GRU": CellLayout("GRU", _GRU, _GRU, _GRU, _two_biases(_GRU)),
     "GRU_RESET_BEFORE": CellLayout("GRU_RESET_BEFORE", _GRU, _GRU, _GRU, (("bias", _GRU),)),
@@ -118,64 +173,93 @@ def _split(t: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
     return t.chunk(parts, dim=-1)
 
 
+def recurrent_products(h: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``h @ weight^T``: (B, H_h) x (G*H, H_h) -> (B, G*H), one block of H columns per gate.
+
+    With a recurrent-dropout ``mask`` (B, G*H_h), gate block g reads its own masked state:
+    ``(mask_g * h) @ W_g^T`` (Keras's ``h_tm1_z``, ``h_tm1_r``, ``h_tm1_h``).
+    """
+    if mask is None:
+        return h @ weight.t()
+    batch, width = h.shape
+    gates = mask.shape[-1] // width
+    masked = h.unsqueeze(1) * mask.view(batch, gates, width)              # (B, G, H_h)
+    per_gate = weight.view(gates, weight.shape[0] // gates, width)        # (G, H, H_h)
+    return torch.einsum("bgi,goi->bgo", masked, per_gate).reshape(batch, -1)
+
+
+def _mask_blocks(mask: torch.Tensor | None, start: int, stop: int, width: int) -> torch.Tensor | None:
+    """Gate blocks start..stop (exclusive) of a (B, G*width) mask, or None without a mask."""
+    return None if mask is None else mask[:, start * width: stop * width]
+
+
 def gru_step(gx: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
-             bias_hh: torch.Tensor | None, reset_after: bool) -> torch.Tensor:
-    """One GRU step. gx: (B, 3H) rows r, z, n; weight_hh: (3H, H)."""
+             bias_hh: torch.Tensor | None, reset_after: bool, activation: Activation = torch.tanh,
+             recurrent_activation: Activation = torch.sigmoid,
+             recurrent_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One GRU step. gx: (B, 3H) rows r, z, n; weight_hh: (3H, H); recurrent_mask: (B, 3H) or None."""
     H = h.shape[-1]
     gx_r, gx_z, gx_n = _split(gx, 3)
     if reset_after:
-        gh = h @ weight_hh.t()
+        gh = recurrent_products(h, weight_hh, recurrent_mask)
         if bias_hh is not None:
             gh = gh + bias_hh
         gh_r, gh_z, gh_n = _split(gh, 3)
-        r = torch.sigmoid(gx_r + gh_r)
-        z = torch.sigmoid(gx_z + gh_z)
-        n = torch.tanh(gx_n + r * gh_n)
+        r = recurrent_activation(gx_r + gh_r)
+        z = recurrent_activation(gx_z + gh_z)
+        n = activation(gx_n + r * gh_n)
     else:
-        gh_rz = h @ weight_hh[: 2 * H].t()
+        gh_rz = recurrent_products(h, weight_hh[: 2 * H], _mask_blocks(recurrent_mask, 0, 2, H))
         gh_r, gh_z = _split(gh_rz, 2)
-        r = torch.sigmoid(gx_r + gh_r)
-        z = torch.sigmoid(gx_z + gh_z)
-        n = torch.tanh(gx_n + (r * h) @ weight_hh[2 * H:].t())
+        r = recurrent_activation(gx_r + gh_r)
+        z = recurrent_activation(gx_z + gh_z)
+        n = activation(gx_n + recurrent_products(r * h, weight_hh[2 * H:], _mask_blocks(recurrent_mask, 2, 3, H)))
     return (1 - z) * n + z * h
 
 
 def lstm_step(gx: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], weight_hh: torch.Tensor,
-              bias_hh: torch.Tensor | None, weight_hr: torch.Tensor | None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM step. gx: (B, 4H) rows i, f, g, o; state (h, c); h has proj_size columns if projected."""
+              bias_hh: torch.Tensor | None, weight_hr: torch.Tensor | None,
+              activation: Activation = torch.tanh, recurrent_activation: Activation = torch.sigmoid,
+              recurrent_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step. gx: (B, 4H) rows i, f, g, o; state (h, c); h has proj_size columns if projected;
+    recurrent_mask: (B, 4 * h.shape[-1]) or None."""
     h, c = state
-    gates = gx + h @ weight_hh.t()
+    gates = gx + recurrent_products(h, weight_hh, recurrent_mask)
     if bias_hh is not None:
         gates = gates + bias_hh
     i, f, g, o = _split(gates, 4)
-    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h_next = torch.sigmoid(o) * torch.tanh(c_next)
+    c_next = recurrent_activation(f) * c + recurrent_activation(i) * activation(g)
+    h_next = recurrent_activation(o) * activation(c_next)
     if weight_hr is not None:
         h_next = h_next @ weight_hr.t()
     return h_next, c_next
 
 
 def rnn_step(gx: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor,
-             bias_hh: torch.Tensor | None, nonlinearity: str) -> torch.Tensor:
-    """One SimpleRNN step with tanh or relu."""
-    pre = gx + h @ weight_hh.t()
+             bias_hh: torch.Tensor | None, nonlinearity: str | Activation,
+             recurrent_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One SimpleRNN step; nonlinearity is a name in ACTIVATIONS ("tanh", "relu", ...) or a function."""
+    pre = gx + recurrent_products(h, weight_hh, recurrent_mask)
     if bias_hh is not None:
         pre = pre + bias_hh
-    return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
+    act = activation_function(nonlinearity, "nonlinearity") if isinstance(nonlinearity, str) else nonlinearity
+    return act(pre)
 
 
-def mgu_step(gx: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, variant: str) -> torch.Tensor:
-    """One MGU step (any variant). gx: (B, 2H) rows f, n; weight_hh rows per LAYOUTS[variant]."""
+def mgu_step(gx: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, variant: str,
+             activation: Activation = torch.tanh, recurrent_activation: Activation = torch.sigmoid,
+             recurrent_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One MGU step (any variant). gx: (B, 2H) rows f, n; weight_hh rows per LAYOUTS[variant];
+    recurrent_mask: one H block per recurrent gate (f, n; only n for MGU3) or None."""
     H = h.shape[-1]
     gx_f, gx_n = _split(gx, 2)
     if variant == "MGU3":
-        f = torch.sigmoid(gx_f)
-        weight_n = weight_hh
+        f = recurrent_activation(gx_f)
+        weight_n, mask_n = weight_hh, recurrent_mask
     else:
-        f = torch.sigmoid(gx_f + h @ weight_hh[:H].t())
-        weight_n = weight_hh[H:]
-    n = torch.tanh(gx_n + (f * h) @ weight_n.t())
+        f = recurrent_activation(gx_f + recurrent_products(h, weight_hh[:H], _mask_blocks(recurrent_mask, 0, 1, H)))
+        weight_n, mask_n = weight_hh[H:], _mask_blocks(recurrent_mask, 1, 2, H)
+    n = activation(gx_n + recurrent_products(f * h, weight_n, mask_n))
     return (1 - f) * h + f * n
 
 
@@ -195,5 +279,5 @@ def mingru_step(gx: torch.Tensor, h: torch.Tensor, candidate: str = "identity") 
 
 StepFunction = Callable[..., State]
 
-__all__ = ["CellLayout", "LAYOUTS", "gru_step", "lstm_step", "rnn_step", "mgu_step",
-           "mingru_step", "mingru_candidate", "State"]
+__all__ = ["CellLayout", "LAYOUTS", "ACTIVATIONS", "activation_function", "recurrent_products", "gru_step",
+           "lstm_step", "rnn_step", "mgu_step", "mingru_step", "mingru_candidate", "State"]

@@ -6,6 +6,19 @@ gives the same numbers. Additions: ``lengths=`` for padded batches, ``reset_afte
 ``kernel=`` to choose the fused CPU kernel or the reference loop, ``check_finite=``, and
 ``step()`` for streaming one time step at a time.
 
+Keras's cell options, also additions over torch.nn (they run on the reference loop; see
+:mod:`grukit.nn.cells` for where they enter the equations):
+
+* ``activation`` / ``recurrent_activation`` on GRU, LSTM and MGU (any name in
+  :data:`grukit.nn.cells.ACTIVATIONS`; RNN takes it as ``nonlinearity``). The defaults (tanh,
+  sigmoid) run on the fused kernels; other choices on the reference loop, and ``kernel="fused"``
+  raises UnsupportedKernelConfig.
+* ``recurrent_dropout`` on GRU, LSTM, RNN and MGU: in training, each layer, direction and
+  sequence draws one mask per recurrent gate, ``m ~ Bernoulli(1 - p) / (1 - p)`` of shape
+  (N, G_rec * H_out), fixed over the time steps, and each gate's recurrent product reads
+  ``m_g * h``. Training with it runs the reference loop (``kernel="fused"`` raises); in eval mode
+  nothing is dropped and the fused kernels run.
+
 Parameters of layer k (suffix ``_reverse`` for the backward direction), rows in gate order
 of :data:`grukit.nn.cells.LAYOUTS`:
 
@@ -30,18 +43,21 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..errors import ConfigError, DataError, ShapeError
 from . import dispatch
-from .cells import LAYOUTS, CellLayout, State
+from .cells import LAYOUTS, CellLayout, State, activation_function
 from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
 
 
 class RecurrentLayer(nn.Module):
     """Shared machinery of all recurrent layers; use GRU, LSTM, RNN, MGU or MinGRU."""
 
+    _activation_argument = "activation"  # the constructor's name for layout.activation
+
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, kernel: str = "auto",
                  check_finite: bool = False, candidate: str = "identity", single_bias: bool = False,
-                 device=None, dtype=None) -> None:
+                 activation: str | None = None, recurrent_activation: str | None = None,
+                 recurrent_dropout: float = 0.0, device=None, dtype=None) -> None:
         super().__init__()
         name = type(self).__name__
         _check_positive_int(f"{name}(input_size=...)", input_size)
@@ -49,6 +65,10 @@ class RecurrentLayer(nn.Module):
         _check_positive_int(f"{name}(num_layers=...)", num_layers)
         if not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
             raise ConfigError(f"{name}(dropout={dropout!r}): expected a probability in [0, 1]")
+        if (not isinstance(recurrent_dropout, (int, float)) or isinstance(recurrent_dropout, bool)
+                or not 0 <= recurrent_dropout < 1):
+            raise ConfigError(f"{name}(recurrent_dropout={recurrent_dropout!r}): expected a probability in "
+                              "[0, 1) (the fraction of the previous state's units dropped in training)")
         if not isinstance(proj_size, int) or proj_size < 0 or (proj_size and proj_size >= hidden_size):
             raise ConfigError(f"{name}(proj_size={proj_size!r}): expected 0 (no projection) or an int "
                               f"in [1, hidden_size={hidden_size})")
@@ -61,6 +81,16 @@ class RecurrentLayer(nn.Module):
                                   "single_bias=True applies to LSTM and RNN (reset_after=False GRU has one already)")
             # Keras's layout: the input and recurrent biases of LSTM/RNN are only ever summed
             self.layout = replace(self.layout, biases=(("bias", self.layout.gates),))
+        if activation is not None or recurrent_activation is not None:
+            activation = activation or self.layout.activation
+            recurrent_activation = recurrent_activation or self.layout.recurrent_activation
+            activation_function(activation, f"{name}(activation=...)")
+            activation_function(recurrent_activation, f"{name}(recurrent_activation=...)")
+            self.layout = replace(self.layout, activation=activation, recurrent_activation=recurrent_activation)
+        self.recurrent_dropout = float(recurrent_dropout)
+        if self.recurrent_dropout and not self.layout.recurrent_gates:
+            raise ConfigError(f"{name}(recurrent_dropout={recurrent_dropout!r}): this cell has no recurrent "
+                              "weights to drop from; use dropout= between layers instead")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -129,6 +159,13 @@ class RecurrentLayer(nn.Module):
         for key, default in defaults.items():
             if getattr(self, key) != default:
                 text += f", {key}={getattr(self, key)!r}"
+        default = LAYOUTS[self.mode]
+        if self.layout.activation != default.activation:
+            text += f", {self._activation_argument}={self.layout.activation!r}"
+        if self.layout.recurrent_activation != default.recurrent_activation:
+            text += f", recurrent_activation={self.layout.recurrent_activation!r}"
+        if self.recurrent_dropout:
+            text += f", recurrent_dropout={self.recurrent_dropout!r}"
         return text
 
     # -- forward ---------------------------------------------------------------------
@@ -201,13 +238,26 @@ class RecurrentLayer(nn.Module):
         params, weights = self._direction_weights(layer, direction)
         gx = input_preactivations(self.layout, x, params, self.hidden_size)
         reverse = direction == 1
-        path = dispatch.choose_path(self.kernel, self.mode, gx.dtype, gx.device, weights)
+        mask = None
+        if self.recurrent_dropout and self.training:
+            mask = self.recurrent_dropout_mask(gx.shape[1], gx)
+        path = dispatch.choose_path(self.kernel, self.mode, gx.dtype, gx.device, weights, self.layout,
+                                    recurrent_dropout=mask is not None)
         if path == "fused":
             from .kernels.function import fused_run_direction
             return fused_run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate)
         if self.mode == "MINGRU":
             return mingru_parallel_scan(gx, state0, lengths, reverse, self.candidate)
-        return run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate)
+        return run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate, self.layout, mask)
+
+    def recurrent_dropout_mask(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        """A fresh recurrent-dropout mask for one layer and direction: (N, G_rec * H_out) with entries
+        0 (probability recurrent_dropout) or 1 / (1 - recurrent_dropout), one H_out block per recurrent
+        gate in ``layout.recurrent_gates`` order. Drawn from torch's global generator (seed it with
+        torch.manual_seed); forward calls this once per layer and direction, in training only."""
+        keep = 1.0 - self.recurrent_dropout
+        shape = (batch_size, len(self.layout.recurrent_gates) * self.output_size)
+        return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
 
     # -- streaming -------------------------------------------------------------------
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -223,6 +273,10 @@ class RecurrentLayer(nn.Module):
         if x_t.dim() not in (1, 2) or x_t.shape[-1] != self.input_size:
             raise ShapeError(f"{type(self).__name__}.step(): x_t must be (N, {self.input_size}) or "
                              f"({self.input_size},), got {tuple(x_t.shape)}")
+        if self.recurrent_dropout and self.training:
+            raise ConfigError(f"{type(self).__name__}.step(): recurrent_dropout={self.recurrent_dropout} "
+                              "needs one mask over the whole sequence, which step() does not keep; call "
+                              ".eval() for streaming inference, or train with forward() over whole sequences")
         batched = x_t.dim() == 2
         x = x_t if batched else x_t.unsqueeze(0)
         state = self._initial_state(state, x.shape[0], x.unsqueeze(0), batched)
@@ -236,7 +290,7 @@ class RecurrentLayer(nn.Module):
                 from .kernels.function import fused_step
                 layer_state = fused_step(self.mode, gx, layer_state0, weights, self.candidate)
             else:
-                layer_state = step(self.mode, gx, layer_state0, weights, self.candidate)
+                layer_state = step(self.mode, gx, layer_state0, weights, self.candidate, self.layout)
             new_states.append(layer_state)
             layer_input = layer_state[0] if isinstance(layer_state, tuple) else layer_state
         if isinstance(new_states[0], tuple):
@@ -258,11 +312,15 @@ class RecurrentLayer(nn.Module):
                     f"{type(self).__name__}.step() with kernel='fused' has no backward; run it under "
                     "torch.no_grad() (streaming inference) or use kernel='auto' to record gradients")
             return "reference"
-        return dispatch.choose_path(self.kernel, self.mode, gx.dtype, gx.device, weights)
+        return dispatch.choose_path(self.kernel, self.mode, gx.dtype, gx.device, weights, self.layout)
 
     def streamer(self, batch_size: int = 1) -> "Streamer":
         """A lean object for per-frame inference: ``y_t = streamer.step(x_t)`` keeps the state
         inside and skips the per-call checks of step(). See :class:`grukit.nn.streaming.Streamer`."""
+        reason = dispatch.reference_only_reason(self.layout, recurrent_dropout=False)
+        if reason is not None:
+            raise ConfigError(f"{type(self).__name__}.streamer() runs the fused kernels, but {reason}; "
+                              "use layer.step() under torch.no_grad() to stream this layer")
         from .streaming import Streamer
         return Streamer(self, batch_size)
 
@@ -381,6 +439,8 @@ class GRU(RecurrentLayer):
     ``reset_after=True`` (default) is PyTorch/cuDNN/Keras: ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``.
     ``reset_after=False`` is Cho et al. (2014): ``n = tanh(W_in x + W_hn (r * h) + b_n)`` with one merged
     bias ``bias_l{k}`` of shape (3H,). Then ``h' = (1 - z) * n + z * h``; weight rows are r, z, n.
+    ``activation`` replaces tanh in n, ``recurrent_activation`` the sigmoid of r and z;
+    ``recurrent_dropout`` masks h in the three recurrent products (Keras's placement, see the module).
 
     Example::
 
@@ -391,41 +451,53 @@ class GRU(RecurrentLayer):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  reset_after: bool = True, kernel: str = "auto", check_finite: bool = False,
-                 device=None, dtype=None) -> None:
+                 activation: str = "tanh", recurrent_activation: str = "sigmoid",
+                 recurrent_dropout: float = 0.0, device=None, dtype=None) -> None:
         self.reset_after = reset_after
         super().__init__("GRU" if reset_after else "GRU_RESET_BEFORE", input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, 0, kernel, check_finite,
-                         device=device, dtype=dtype)
+                         activation=activation, recurrent_activation=recurrent_activation,
+                         recurrent_dropout=recurrent_dropout, device=device, dtype=dtype)
 
 
 class LSTM(RecurrentLayer):
     """Long short-term memory, a drop-in for torch.nn.LSTM (gate rows i, f, g, o; optional proj_size).
 
     ``single_bias=True`` keeps one bias ``bias_l{k}`` (4H,) instead of torch's redundant pair, as Keras does.
+    ``activation`` replaces tanh on g and on c', ``recurrent_activation`` the sigmoid of i, f and o;
+    ``recurrent_dropout`` masks h in each gate's recurrent product.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, kernel: str = "auto", check_finite: bool = False,
-                 single_bias: bool = False, device=None, dtype=None) -> None:
+                 single_bias: bool = False, activation: str = "tanh", recurrent_activation: str = "sigmoid",
+                 recurrent_dropout: float = 0.0, device=None, dtype=None) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, kernel, check_finite, single_bias=single_bias,
-                         device=device, dtype=dtype)
+                         activation=activation, recurrent_activation=recurrent_activation,
+                         recurrent_dropout=recurrent_dropout, device=device, dtype=dtype)
 
 
 class RNN(RecurrentLayer):
-    """Simple (Elman) RNN, a drop-in for torch.nn.RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``."""
+    """Simple (Elman) RNN, a drop-in for torch.nn.RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
+
+    ``nonlinearity`` is torch's "tanh" or "relu" (fused kernels) or, as an extension, any other name in
+    :data:`grukit.nn.cells.ACTIVATIONS` (reference loop); ``recurrent_dropout`` masks h in W_hh h.
+    """
+
+    _activation_argument = "nonlinearity"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, kernel: str = "auto", check_finite: bool = False,
-                 single_bias: bool = False, device=None, dtype=None) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ConfigError(f"RNN(nonlinearity={nonlinearity!r}): expected 'tanh' or 'relu'")
+                 single_bias: bool = False, recurrent_dropout: float = 0.0, device=None, dtype=None) -> None:
+        activation_function(nonlinearity, "RNN(nonlinearity=...)")
         self.nonlinearity = nonlinearity
-        super().__init__(f"RNN_{nonlinearity.upper()}", input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, 0, kernel, check_finite,
-                         single_bias=single_bias, device=device, dtype=dtype)
+        super().__init__("RNN_RELU" if nonlinearity == "relu" else "RNN_TANH", input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, 0, kernel, check_finite,
+                         single_bias=single_bias, activation=nonlinearity, recurrent_dropout=recurrent_dropout,
+                         device=device, dtype=dtype)
 
 
 MGU_VARIANTS = ("mgu", "mgu1", "mgu2", "mgu3")
@@ -437,17 +509,22 @@ class MGU(RecurrentLayer):
     ``f = sigmoid(W_f x + U_f h + b_f)``, ``n = tanh(W_n x + U_n (f * h) + b_n)``,
     ``h' = (1 - f) * h + f * n``. variant="mgu1": f = sigmoid(U_f h + b_f); "mgu2": f = sigmoid(U_f h);
     "mgu3": f = sigmoid(b_f). Rows: f, n (only n in weight_ih for mgu1-3, only n in weight_hh for mgu3).
+    ``activation`` replaces tanh in n, ``recurrent_activation`` the sigmoid of f; ``recurrent_dropout``
+    masks h in U_f h and in U_n (f * h), as Keras does for the reset-before GRU.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  variant: str = "mgu", kernel: str = "auto", check_finite: bool = False,
-                 device=None, dtype=None) -> None:
+                 activation: str = "tanh", recurrent_activation: str = "sigmoid",
+                 recurrent_dropout: float = 0.0, device=None, dtype=None) -> None:
         if variant not in MGU_VARIANTS:
             raise ConfigError(f"MGU(variant={variant!r}): expected one of {MGU_VARIANTS}")
         self.variant = variant
         super().__init__(variant.upper(), input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, kernel, check_finite, device=device, dtype=dtype)
+                         bidirectional, 0, kernel, check_finite, activation=activation,
+                         recurrent_activation=recurrent_activation, recurrent_dropout=recurrent_dropout,
+                         device=device, dtype=dtype)
 
 
 class MinGRU(RecurrentLayer):

@@ -9,6 +9,10 @@ Padding semantics (shared with the fused kernels): with ``lengths``, sequence b 
 valid for steps ``t < lengths[b]``. Steps past the end keep the state unchanged and
 produce a zero output; in the reverse direction the loop therefore starts, for each
 sequence, at its last valid step. This is exactly PackedSequence semantics.
+
+Two extensions run only here (the fused kernels compute neither): a ``layout`` whose
+activations differ from the mode's defaults, and a recurrent-dropout ``recurrent_mask``
+(B, G_rec * H_h) that every step of the sequence reuses (see :mod:`grukit.nn.cells`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cells import LAYOUTS, State, gru_step, lstm_step, mgu_step, mingru_candidate, mingru_step, rnn_step
+from .cells import (LAYOUTS, CellLayout, State, gru_step, lstm_step, mgu_step, mingru_candidate, mingru_step,
+                    rnn_step)
 
 
 @dataclass(frozen=True)
@@ -30,22 +35,29 @@ class DirectionWeights:
 
 
 def step(mode: str, gx_t: torch.Tensor, state: State, weights: DirectionWeights,
-         candidate: str = "identity") -> State:
-    """Advance one time step of any cell. gx_t: (B, G*H)."""
-    if mode == "GRU":
-        return gru_step(gx_t, state, weights.weight_hh, weights.bias_hh, reset_after=True)
-    if mode == "GRU_RESET_BEFORE":
-        return gru_step(gx_t, state, weights.weight_hh, None, reset_after=False)
-    if mode == "LSTM":
-        return lstm_step(gx_t, state, weights.weight_hh, weights.bias_hh, weights.weight_hr)
-    if mode in ("RNN_TANH", "RNN_RELU"):
-        return rnn_step(gx_t, state, weights.weight_hh, weights.bias_hh,
-                        "tanh" if mode == "RNN_TANH" else "relu")
-    if mode.startswith("MGU"):
-        return mgu_step(gx_t, state, weights.weight_hh, mode)
+         candidate: str = "identity", layout: CellLayout | None = None,
+         recurrent_mask: torch.Tensor | None = None) -> State:
+    """Advance one time step of any cell. gx_t: (B, G*H).
+
+    layout: the layer's layout, for its activations (None: the mode's defaults);
+    recurrent_mask: (B, G_rec * H_h) recurrent-dropout mask or None (no dropout).
+    """
+    if mode not in LAYOUTS:
+        raise ValueError(f"unknown cell mode {mode!r}; expected one of {sorted(LAYOUTS)}")
     if mode == "MINGRU":
         return mingru_step(gx_t, state, candidate)
-    raise ValueError(f"unknown cell mode {mode!r}; expected one of {sorted(LAYOUTS)}")
+    activation, recurrent_activation = (layout or LAYOUTS[mode]).activation_functions
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        return rnn_step(gx_t, state, weights.weight_hh, weights.bias_hh, activation, recurrent_mask)
+    gated = {"activation": activation, "recurrent_activation": recurrent_activation,
+             "recurrent_mask": recurrent_mask}
+    if mode in ("GRU", "GRU_RESET_BEFORE"):
+        reset_after = mode == "GRU"
+        return gru_step(gx_t, state, weights.weight_hh, weights.bias_hh if reset_after else None,
+                        reset_after, **gated)
+    if mode == "LSTM":
+        return lstm_step(gx_t, state, weights.weight_hh, weights.bias_hh, weights.weight_hr, **gated)
+    return mgu_step(gx_t, state, weights.weight_hh, mode, **gated)
 
 
 def _output_of(state: State) -> torch.Tensor:
@@ -60,11 +72,15 @@ def _select(mask: torch.Tensor, new: State, old: State) -> State:
 
 def run_direction(mode: str, gx: torch.Tensor, state0: State, weights: DirectionWeights,
                   lengths: torch.Tensor | None = None, reverse: bool = False,
-                  candidate: str = "identity") -> tuple[torch.Tensor, State]:
+                  candidate: str = "identity", layout: CellLayout | None = None,
+                  recurrent_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
     """Run one layer and direction over time.
 
     gx: (T, B, G*H) input-side pre-activations; state0: (B, H) or (h0, c0) for LSTM;
-    lengths: (B,) int64 with 1 <= lengths <= T, or None for full length.
+    lengths: (B,) int64 with 1 <= lengths <= T, or None for full length;
+    layout: the layer's layout (its activations), None for the mode's defaults;
+    recurrent_mask: (B, G_rec * H_h), the recurrent-dropout mask of each sequence, the same
+    at every step (Keras's recurrent_dropout), or None.
     Returns the outputs (T, B, H_out), zero past each length, and the final state.
     """
     T = gx.shape[0]
@@ -72,7 +88,7 @@ def run_direction(mode: str, gx: torch.Tensor, state0: State, weights: Direction
     outputs: list[torch.Tensor] = [None] * T  # type: ignore[list-item]
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
-        new_state = step(mode, gx[t], state, weights, candidate)
+        new_state = step(mode, gx[t], state, weights, candidate, layout, recurrent_mask)
         if lengths is None:
             state = new_state
             outputs[t] = _output_of(state)
