@@ -99,6 +99,8 @@ def _regression(name: str) -> Callable:
             return skm.mean_absolute_error(t, p)
         if name == "rmse":
             return skm.root_mean_squared_error(t, p)
+        if name == "smape":
+            return smape(t, p)
         return 100.0 * skm.mean_absolute_percentage_error(t, p)
     return compute
 
@@ -106,8 +108,9 @@ def _regression(name: str) -> Callable:
 _CLASSIFICATION = {"accuracy": "accuracy", "acc": "accuracy", "precision": "precision", "recall": "recall",
                    "f1": "f1", "f1_score": "f1", "auc": "auc", "roc_auc": "auc"}
 _REGRESSION = {"mae": "mae", "mean_absolute_error": "mae", "rmse": "rmse", "root_mean_squared_error": "rmse",
-               "mape": "mape", "mean_absolute_percentage_error": "mape"}
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "auc", "mae", "rmse", "mape")
+               "mape": "mape", "mean_absolute_percentage_error": "mape",
+               "smape": "smape", "symmetric_mean_absolute_percentage_error": "smape"}
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "auc", "mae", "rmse", "mape", "smape")
 
 
 def get_metric(identifier: str | Metric | Callable, loss: Loss) -> Metric:
@@ -157,4 +160,22 @@ def direction_of(name: str, metrics: list[Metric] = ()) -> str | None:
     return None
 
 
-__all__ = ["Metric", "get_metric", "get_metrics", "direction_of", "METRIC_NAMES"]
+def smape(y_true, y_pred) -> float:
+    """Symmetric mean absolute percentage error in percent, the M3/M4 competitions' form (Hyndman &
+    Koehler 2006): ``100 / n * sum(2 |y - p| / (|y| + |p|))``, from 0 (perfect) to 200. A term whose
+    actual and forecast are both 0 counts as 0 (a perfect forecast), not as 0 / 0. Registered as
+    ``"smape"``; it needs nothing but the forecasts (MASE, which needs the training series, is
+    ``grukit.data.timeseries.mase``).
+
+    Example::
+
+        smape([100.0, 200.0], [110.0, 180.0])   # 100 / 2 * (20 / 210 + 40 / 380) = 10.03
+    """
+    t = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    p = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    denominator = np.abs(t) + np.abs(p)
+    terms = np.divide(2.0 * np.abs(t - p), denominator, out=np.zeros_like(t), where=denominator > 0)
+    return float(100.0 * terms.mean())
+
+
+__all__ = ["Metric", "get_metric", "get_metrics", "direction_of", "METRIC_NAMES", "smape"]

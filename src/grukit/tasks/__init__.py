@@ -1,0 +1,34 @@
+"""grukit.tasks: task objects over grukit.models, each with its data handling, baselines and save/load.
+
+- ``Forecaster``: windowed multi-step forecasting of a series with a GRU (or LSTM, RNN, MGU, minGRU),
+  scored beside last-value, seasonal-naive and linear-autoregression baselines (MAE, RMSE, sMAPE, MASE).
+- ``baselines``: those baselines and ``forecast_scores``.
+- ``base``: ``Task`` (save/load plumbing) and the ``cell=`` name -> layer class mapping.
+
+Names are imported on first use, so ``import grukit.tasks`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Forecaster": "forecaster", "ForecasterConfig": "forecaster", "Evaluation": "forecaster",
+    "last_value": "baselines", "seasonal_naive": "baselines", "LinearAutoregression": "baselines",
+    "forecast_scores": "baselines",
+    "Task": "base", "cell_class": "base", "recurrent_layer": "base", "CELLS": "base",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'grukit.tasks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"grukit.tasks.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
