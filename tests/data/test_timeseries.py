@@ -206,7 +206,7 @@ def test_scaler_is_fitted_on_the_training_part_only():
     np.testing.assert_allclose(scaler.inverse_transform(scaled), values)
 
 
-def test_minmax_scaler_columns_and_round_trip_through_a_dict():
+def test_scalers_columns_and_round_trip_through_a_dict():
     values = np.array([[1.0, 10.0], [3.0, 30.0], [2.0, 50.0]])
     scaler = SeriesScaler("minmax").fit(values)
     np.testing.assert_allclose(scaler.transform(values), [[0, 0], [1, 0.5], [0.5, 1]])
@@ -214,6 +214,8 @@ def test_minmax_scaler_columns_and_round_trip_through_a_dict():
     forecasts = np.array([[[0.5], [1.0]]])                               # (N, horizon, k) of column 1
     np.testing.assert_allclose(restored.inverse_transform(forecasts, columns=[1]), [[[30.0], [50.0]]])
     np.testing.assert_allclose(restored.transform(values), scaler.transform(values))
+    standard = SeriesScaler("standard").fit(values)
+    np.testing.assert_allclose(SeriesScaler.from_dict(standard.to_dict()).transform(values), standard.transform(values))
     none = SeriesScaler("none").fit(values)
     np.testing.assert_array_equal(none.transform(values), values)
     with pytest.raises(ConfigError, match="scaler='robust'"):

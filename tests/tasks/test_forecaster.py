@@ -120,6 +120,9 @@ def test_named_columns_targets_and_missing_values(tmp_path):
     assert forecaster.predict(data).shape == (3, 1)
     with pytest.raises(ShapeError, match="fitted on 2"):
         forecaster.predict(values)
+    folder = forecaster.save(tmp_path / "named")
+    reordered = {"temperature": data["temperature"], "load": data["load"], "extra": values}
+    np.testing.assert_array_equal(Forecaster.load(folder).predict(reordered), forecaster.predict(data))
     gappy = values[:60].copy()
     gappy[[10, 11]] = np.nan
     with pytest.raises(DataError, match="2 missing value.*row 10"):
@@ -145,6 +148,8 @@ def test_bad_inputs_raise_clear_errors():
     forecaster = small().fit(values[:60])
     with pytest.raises(DataError, match="has 5 steps.*lookback = 8"):
         forecaster.predict(values[:5])
+    with pytest.raises(DataError, match="NaN or infinite"):
+        forecaster.predict(np.full((1, 8, 1), np.nan))
 
 
 @pytest.mark.data

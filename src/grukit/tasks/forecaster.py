@@ -179,6 +179,7 @@ class Forecaster(Task):
         self.scaler: SeriesScaler | None = None
         self.linear_ar: LinearAutoregression | None = None
         self.columns: list[str] | None = None
+        self.columns_named = False       # fitted on named columns (picked by name later) or on an array
         self.target_indices: list[int] | None = None
         self.scale: np.ndarray | None = None
         self.history = None
@@ -187,23 +188,20 @@ class Forecaster(Task):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Forecaster":
-        resolved = ForecasterConfig.from_dict(config)
-        forecaster = cls.__new__(cls)
-        cls.__init__(forecaster, **dataclasses.asdict(resolved))
-        return forecaster
+        return cls(**ForecasterConfig.from_dict(config).to_dict())
 
     # -- data --------------------------------------------------------------------------------
     def _values(self, data, what: str) -> tuple[np.ndarray, list[str]]:
         """``(values (T, F), column names)`` with missing values handled; named data gives the columns
         of ``config.columns`` at fit and the fitted columns afterwards."""
         config = self.config
+        named = isinstance(data, (TimeSeries, dict)) or hasattr(data, "columns")
         columns = None
-        if isinstance(data, (TimeSeries, dict)) or hasattr(data, "columns"):
-            fitted_names = self.columns is not None and not all(c.isdigit() for c in self.columns)
-            columns = self.columns if what != "fit" and fitted_names else config.columns
+        if named:
+            columns = self.columns if what != "fit" and self.columns_named else config.columns
         values, names, report = as_matrix(data, columns, missing=config.missing, fill=config.fill)
         if what == "fit":
-            self.missing_report = report
+            self.missing_report, self.columns_named = report, named
         elif values.shape[1] != len(self.columns):
             raise ShapeError(f"Forecaster.{what}: the series has {values.shape[1]} column(s) {names}, the model was "
                              f"fitted on {len(self.columns)} {self.columns}; pass the same columns")
@@ -318,7 +316,11 @@ class Forecaster(Task):
             if data.shape[1] < lookback or data.shape[2] != len(self.columns):
                 raise ShapeError(f"Forecaster.predict: windows must be (N, >= {lookback}, {len(self.columns)}), "
                                  f"got {data.shape}")
-            return self._forecast_windows(np.asarray(data, dtype=np.float64))
+            windows = np.asarray(data, dtype=np.float64)
+            if not np.isfinite(windows).all():
+                raise DataError("Forecaster.predict: the windows hold NaN or infinite values; handle missing values "
+                                "in the series first (grukit.data.timeseries.handle_missing) and window it again")
+            return self._forecast_windows(windows)
         values, _ = self._values(data, "predict")
         if len(values) < lookback:
             raise DataError(f"Forecaster.predict: the series has {len(values)} steps, the model reads the last "
@@ -351,13 +353,14 @@ class Forecaster(Task):
 
     # -- saving (plumbing in Task) -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"columns": self.columns, "target_indices": self.target_indices, "scaler": self.scaler.to_dict(),
+        return {"columns": self.columns, "columns_named": self.columns_named, "target_indices": self.target_indices, "scaler": self.scaler.to_dict(),
                 "mase_scale": self.scale.tolist(), "linear_ar": self.linear_ar.to_dict(),
                 "fit_steps": self.fit_steps,
                 "missing": self.missing_report.to_dict() if self.missing_report is not None else None}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.columns = list(state["columns"])
+        self.columns_named = bool(state["columns_named"])
         self.target_indices = list(state["target_indices"])
         self.scaler = SeriesScaler.from_dict(state["scaler"])
         self.scale = np.asarray(state["mase_scale"], dtype=np.float64)
