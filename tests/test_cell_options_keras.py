@@ -10,9 +10,9 @@ import torch
 
 from grukit import layers as L
 from grukit.models import Sequential, load
-from grukit.nn.convert import from_keras
 
 keras = pytest.importorskip("keras")
+from keras_weights import load_recurrent_from_keras  # noqa: E402  (tests/keras_weights.py)
 K = keras.layers
 
 N, T, F, UNITS = 4, 7, 3, 5
@@ -30,14 +30,7 @@ def matched_pair(cell, **options):
     twin.set_weights(keras_layer.get_weights())
     ours = getattr(L, cell)(UNITS, return_sequences=True, **options)
     ours.ensure_built((None, T, F))
-    converted = from_keras(twin).state_dict()
-    state = {}
-    for key, value in converted.items():  # LSTM/SimpleRNN: Keras's one bias is bias_ih + bias_hh
-        if ours.recurrent.single_bias and key.startswith("bias_ih"):
-            state["bias" + key[7:]] = value + converted["bias_hh" + key[7:]]
-        elif not (ours.recurrent.single_bias and key.startswith("bias_hh")):
-            state[key] = value
-    ours.recurrent.load_state_dict(state)
+    load_recurrent_from_keras(ours, twin)
     return keras_layer, ours
 
 

@@ -10,9 +10,9 @@ import torch
 from grukit import layers as L
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential, load
-from grukit.nn.convert import from_keras
 
 keras = pytest.importorskip("keras")
+import keras_weights  # noqa: E402  (tests/keras_weights.py, after the skip: it needs Keras's converter)
 
 
 def tutorial_models():
@@ -60,28 +60,7 @@ def test_tutorial_sentiment_model_has_keras_parameter_count():
 
 def copy_keras_weights(model, reference):
     """Put a Keras model's weights into the grukit model of the same architecture."""
-    for mine, other in zip(model.layers, reference.layers):
-        target = mine.layer if isinstance(mine, (L.Bidirectional, L.TimeDistributed)) else mine
-        if isinstance(target, L.Embedding):
-            target.embedding.weight.data.copy_(torch.from_numpy(np.asarray(other.get_weights()[0])))
-        elif isinstance(target, L.Dense):
-            inner = other.layer if hasattr(other, "layer") and not hasattr(other, "forward_layer") else other
-            kernel, bias = inner.get_weights()
-            target.linear.weight.data.copy_(torch.from_numpy(kernel.T.copy()))
-            target.linear.bias.data.copy_(torch.from_numpy(bias))
-        elif isinstance(target, L.Recurrent):
-            if hasattr(other, "forward_layer"):  # any merge mode: convert the two directions separately
-                converted = dict(from_keras(other.forward_layer).state_dict())
-                converted.update({f"{k}_reverse": v for k, v in from_keras(other.backward_layer).state_dict().items()})
-            else:
-                converted = from_keras(other).state_dict()
-            merged = {}
-            for key, value in converted.items():  # LSTM/SimpleRNN: Keras's one bias is bias_ih (bias_hh = 0)
-                if key.startswith("bias_ih") and "bias_hh" + key[7:] in converted and target.recurrent.single_bias:
-                    merged["bias" + key[7:]] = value + converted["bias_hh" + key[7:]]
-                elif not (key.startswith("bias_hh") and target.recurrent.single_bias):
-                    merged[key] = value
-            target.recurrent.load_state_dict(merged)
+    keras_weights.copy_keras_weights(model.layers, reference.layers)
 
 
 @pytest.mark.parametrize("padding", ["pre", "post"])

@@ -81,6 +81,26 @@ class Layer(nn.Module):
         self.ensure_built((None, *x.shape[1:]))
         return self.call(x, mask)
 
+    def __call__(self, x, *args, **kwargs):
+        """On tensors, run the layer (``forward``). On a :class:`SymbolicTensor` (an ``Input`` or
+        another layer's symbolic output), or a list of them, build the layer for that shape and
+        return its symbolic output: the functional API of :class:`grukit.models.Model`."""
+        if _is_symbolic(x):
+            return self._call_symbolic(x)
+        return super().__call__(x, *args, **kwargs)
+
+    def _call_symbolic(self, inputs) -> "SymbolicTensor":
+        if getattr(self, "return_state", False):
+            raise ConfigError(f"{type(self).__name__}(return_state=True) in a functional Model is not "
+                              "supported yet; return the sequence or the last output instead")
+        many = isinstance(inputs, (list, tuple))
+        shape = [t.batch_shape for t in inputs] if many else inputs.batch_shape
+        try:
+            output_shape = self.ensure_built(shape) if not self.built else self.compute_output_shape(shape)
+        except ShapeError as error:
+            raise ShapeError(f"layer {self.name or type(self).__name__!r}: {error}") from error
+        return SymbolicTensor(output_shape, self, tuple(inputs) if many else (inputs,), many)
+
     def count_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -117,11 +137,33 @@ def initialize(weight: torch.Tensor, name: str) -> None:
                               "ones, uniform, he_normal or torch")
 
 
-class Input:
+class SymbolicTensor:
+    """A placeholder for a batch of data in a functional model: its ``batch_shape`` (None for the
+    batch dimension), the ``layer`` that makes it and that layer's ``inbound`` symbolic inputs
+    (``many``: the layer takes them as one list, as Concatenate does). Calling a layer on one
+    returns the next; :class:`grukit.models.Model` runs the graph between Inputs and outputs."""
+
+    def __init__(self, batch_shape: tuple, layer: "Layer | None" = None, inbound: tuple = (),
+                 many: bool = False) -> None:
+        self.batch_shape = tuple(batch_shape)
+        self.layer = layer
+        self.inbound = inbound
+        self.many = many
+
+
+def _is_symbolic(x) -> bool:
+    if isinstance(x, (list, tuple)):
+        return bool(x) and all(isinstance(t, SymbolicTensor) for t in x)
+    return isinstance(x, SymbolicTensor)
+
+
+class Input(SymbolicTensor):
     """The input shape of a model without the batch dimension, e.g. ``Input(shape=(200,))`` for
-    token ids or ``Input(shape=(50, 10))`` for (time_steps, features)."""
+    token ids or ``Input(shape=(50, 10))`` for (time_steps, features). First in a Sequential
+    model, or the start of a functional one: ``x = Input((50, 10)); y = GRU(64)(x)``."""
 
     def __init__(self, shape: tuple, dtype: str = "float32", name: str | None = None) -> None:
+        super().__init__((None, *shape))
         self.shape = tuple(shape)
         self.dtype = dtype
         self.name = name
@@ -494,6 +536,43 @@ class MinGRU(Recurrent):
         super().__init__(units, candidate=candidate, **kwargs)
 
 
+class Concatenate(Layer):
+    """Joins a list of inputs along ``axis`` (the features by default): ``Concatenate()([a, b])``.
+    Shapes must agree except on that axis. Step masks of (N, T, F) inputs combine as in Keras 3:
+    a step is valid where any input marks it valid (an input without a mask marks every step)."""
+
+    def __init__(self, axis: int = -1, name: str | None = None):
+        super().__init__(name)
+        self.axis = axis
+
+    def compute_output_shape(self, input_shapes):
+        shapes = [tuple(shape) for shape in input_shapes]
+        if len(shapes) < 2 or len({len(shape) for shape in shapes}) != 1:
+            raise ShapeError(f"Concatenate takes a list of at least two inputs of the same rank, got shapes {shapes}")
+        axis = self.axis % len(shapes[0])
+        others = {shape[:axis] + shape[axis + 1:] for shape in shapes}
+        if len(others) != 1 or axis == 0:
+            raise ShapeError(f"Concatenate(axis={self.axis}): shapes {shapes} must agree on every axis but "
+                             "the one joined (and the batch axis cannot be joined); reshape or pick the axis")
+        return (*shapes[0][:axis], sum(shape[axis] for shape in shapes), *shapes[0][axis + 1:])
+
+    def forward(self, xs, masks=None):
+        self.ensure_built([(None, *x.shape[1:]) for x in xs])
+        return self.call(xs, masks or [None] * len(xs))
+
+    def call(self, xs, masks):
+        result = torch.cat(list(xs), dim=self.axis)
+        if any(mask is None for mask in masks) or result.dim() != 3 or self.axis % 3 != 2:
+            return result, None  # an unmasked input makes every step valid
+        mask = masks[0].to(torch.bool)
+        for step_mask in masks[1:]:
+            mask = mask | step_mask.to(torch.bool)
+        return result, mask
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
 _MERGE_MODES = ("concat", "sum", "mul", "ave")
 
 
@@ -540,7 +619,8 @@ class Bidirectional(Layer):
 # ---- serialization ---------------------------------------------------------------------------
 
 LAYER_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
-    Embedding, Masking, Dense, Dropout, TimeDistributed, GRU, LSTM, SimpleRNN, MGU, MinGRU, Bidirectional)}
+    Embedding, Masking, Dense, Dropout, TimeDistributed, GRU, LSTM, SimpleRNN, MGU, MinGRU, Bidirectional,
+    Concatenate)}
 
 
 def serialize(layer: Layer) -> dict[str, Any]:
@@ -563,6 +643,6 @@ def deserialize(spec: dict[str, Any]) -> Layer:
     return layer
 
 
-__all__ = ["Layer", "Input", "Embedding", "Masking", "Dense", "Dropout", "TimeDistributed", "Recurrent",
+__all__ = ["Layer", "Input", "SymbolicTensor", "Concatenate", "Embedding", "Masking", "Dense", "Dropout", "TimeDistributed", "Recurrent",
            "GRU", "LSTM", "SimpleRNN", "MGU", "MinGRU", "Bidirectional", "serialize", "deserialize",
            "LAYER_CLASSES", "activation_function"]

@@ -1,10 +1,20 @@
-"""Keras-style models: ``Sequential`` with compile / fit / evaluate / predict / summary / save.
+"""Keras-style models: ``Sequential`` and the functional ``Model``, with compile / fit / evaluate /
+predict / summary / save.
 
 A tutorial's model is written as it is written there::
 
     model = Sequential([Input(shape=(200,)), Embedding(10_000, 128), GRU(128), Dense(1, activation="sigmoid")])
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     history = model.fit(x_train, y_train, epochs=3, batch_size=32, validation_split=0.2)
+
+or, for graphs that are not a stack (several inputs, shared layers), functionally::
+
+    text, numbers = Input((40,)), Input((40, 3))
+    embedded = Embedding(1000, 16)(text)
+    joined = Concatenate()([embedded, numbers])                          # (None, 40, 19)
+    features = Bidirectional(GRU(8, return_sequences=True))(joined)
+    model = Model(inputs=[text, numbers], outputs=Dense(1)(Bidirectional(GRU(8))(features)))
+    model(ids, series)                                                   # one tensor per Input
 
 The model is a torch module (``model(x)`` returns the predictions, masks flow between layers
 inside), so it also trains in a plain PyTorch loop; fit and friends delegate to grukit.train.
@@ -25,7 +35,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError, ShapeError
-from .layers import Input, Layer, Recurrent, deserialize, serialize
+from .layers import Input, Layer, Recurrent, SymbolicTensor, deserialize, serialize
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -38,98 +48,35 @@ def _snake(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-class Sequential(nn.Module):
-    """A linear stack of grukit.layers; ``Input(shape=...)`` first (or call ``build``)."""
+class _Model(nn.Module):
+    """What Sequential and Model share: parameter counts, the summary table, training (delegated
+    to grukit.train) and saving."""
 
-    def __init__(self, layers: Iterable[Layer | Input] | None = None, name: str = "sequential") -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.input_spec: Input | None = None
-        self.stack = nn.ModuleList()
         self.compiled: dict[str, Any] | None = None
         self.stop_training = False
-        for layer in layers or ():
-            self.add(layer)
-
-    @property
-    def layers(self) -> list[Layer]:
-        return list(self.stack)
-
-    def add(self, layer: Layer | Input) -> None:
-        if isinstance(layer, Input):
-            if len(self.stack) or self.input_spec is not None:
-                raise ConfigError("Input(...) must come first in a Sequential model, and only once")
-            self.input_spec = layer
-            return
-        if not isinstance(layer, Layer):
-            raise ConfigError(f"Sequential takes grukit.layers layers, got {type(layer).__name__}; wrap torch "
-                              "modules in your own torch.nn.Module instead")
-        if layer.name is None:
-            base = _snake(type(layer).__name__)
-            taken = {existing.name for existing in self.stack}
-            layer.name = base if base not in taken else next(
-                f"{base}_{i}" for i in range(1, len(taken) + 2) if f"{base}_{i}" not in taken)
-        self.stack.append(layer)
-        if self.input_spec is not None:  # as in Keras: with a known input shape, build as layers arrive
-            self.build()
-
-    # -- building ------------------------------------------------------------------------
-    @property
-    def built(self) -> bool:
-        return bool(self.stack) and all(layer.built for layer in self.stack)
-
-    def build(self, input_shape: tuple | None = None) -> None:
-        """Create every layer's weights for inputs of ``input_shape`` (batch dimension first, may be None)."""
-        if input_shape is None:
-            if self.input_spec is None:
-                raise ConfigError("the model does not know its input shape yet; start it with "
-                                  "Input(shape=...) or call model.build((None, time_steps, features))")
-            input_shape = (None, *self.input_spec.shape)
-        if not self.stack:
-            raise ConfigError("the Sequential model has no layers; add some first")
-        shape = tuple(input_shape)
-        for index, layer in enumerate(self.stack):
-            if isinstance(layer, Recurrent) and layer.return_state and index < len(self.stack) - 1:
-                raise ConfigError(f"layer {layer.name!r} has return_state=True inside a Sequential model; "
-                                  "only the last layer may return its states")
-            try:
-                shape = layer.ensure_built(shape)
-            except ShapeError as error:
-                raise ShapeError(f"layer {layer.name!r} ({type(layer).__name__}): {error}") from error
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.built:
-            self.build((None, *x.shape[1:]))
-        expected = self.stack[0].input_shape
-        if tuple(x.shape[1:]) != tuple(expected[1:]) and not isinstance(self.stack[0], Recurrent):
-            raise ShapeError(f"model {self.name!r} was built for inputs of shape {expected}, got "
-                             f"{tuple(x.shape)}; pad or reshape the data to the same shape")
-        mask = None
-        for layer in self.stack:
-            x, mask = layer(x, mask)
-        return x
 
     def count_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def summary(self, print_fn=print) -> str:
-        """Print (and return) layers, output shapes and parameter counts, like Keras's summary()."""
-        if not self.built:
-            self.build()
-        rows = [(f"{layer.name} ({type(layer).__name__})", str(layer.output_shape), f"{layer.count_params():,}")
-                for layer in self.stack]
-        widths = [max(len(header), *(len(row[i]) for row in rows)) + 2
-                  for i, header in enumerate(("Layer (type)", "Output Shape", "Param #"))]
+    def _render_summary(self, rows: list[tuple[str, ...]], print_fn,
+                        headers: tuple[str, ...] = ("Layer (type)", "Output Shape", "Param #")) -> str:
+        """Keras's table: one row per layer, the parameter count right-aligned in the third column."""
+        widths = [max(len(header), *(len(row[i]) for row in rows)) + 2 for i, header in enumerate(headers)]
         rule = "─" * sum(widths)
-        lines = [f'Model: "{self.name}"', rule,
-                 "Layer (type)".ljust(widths[0]) + "Output Shape".ljust(widths[1]) + "Param #".rjust(widths[2]),
-                 rule]
-        lines += [a.ljust(widths[0]) + b.ljust(widths[1]) + c.rjust(widths[2]) for a, b, c in rows]
+
+        def line(cells):
+            return "".join(cell.rjust(w - 2) + "  " if i == 2 else cell.ljust(w)
+                           for i, (cell, w) in enumerate(zip(cells, widths)))
+
+        lines = [f'Model: "{self.name}"', rule, line(headers), rule] + [line(row) for row in rows]
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = self.count_params()
         lines += [rule, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
                   f"Non-trainable params: {total - trainable:,}"]
-        text = "\n".join(lines)
+        text = "\n".join(line.rstrip() for line in lines)
         print_fn(text)
         return text
 
@@ -181,14 +128,6 @@ class Sequential(nn.Module):
         return loop.predict(self, x, batch_size=batch_size, **options)
 
     # -- saving ----------------------------------------------------------------------------
-    def get_config(self) -> dict[str, Any]:
-        if not self.built:
-            self.build()
-        return {"format_version": FORMAT_VERSION, "class_name": "Sequential", "name": self.name,
-                "input_shape": list(self.stack[0].input_shape[1:]),
-                "input": self.input_spec.get_config() if self.input_spec else None,
-                "layers": [serialize(layer) for layer in self.stack]}
-
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``, each atomically; the config
         records the weights' sha256 so a truncated or tampered weights file is detected on load."""
@@ -204,6 +143,90 @@ class Sequential(nn.Module):
                       lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2), encoding="utf-8"))
         return directory
 
+
+
+class Sequential(_Model):
+    """A linear stack of grukit.layers; ``Input(shape=...)`` first (or call ``build``)."""
+
+    def __init__(self, layers: Iterable[Layer | Input] | None = None, name: str = "sequential") -> None:
+        super().__init__(name)
+        self.input_spec: Input | None = None
+        self.stack = nn.ModuleList()
+        for layer in layers or ():
+            self.add(layer)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self.stack)
+
+    def add(self, layer: Layer | Input) -> None:
+        if isinstance(layer, Input):
+            if len(self.stack) or self.input_spec is not None:
+                raise ConfigError("Input(...) must come first in a Sequential model, and only once")
+            self.input_spec = layer
+            return
+        if not isinstance(layer, Layer):
+            raise ConfigError(f"Sequential takes grukit.layers layers, got {type(layer).__name__}; wrap torch "
+                              "modules in your own torch.nn.Module instead")
+        if layer.name is None:
+            layer.name = _unique_name(_snake(type(layer).__name__), {existing.name for existing in self.stack})
+        self.stack.append(layer)
+        if self.input_spec is not None:  # as in Keras: with a known input shape, build as layers arrive
+            self.build()
+
+    # -- building ------------------------------------------------------------------------
+    @property
+    def built(self) -> bool:
+        return bool(self.stack) and all(layer.built for layer in self.stack)
+
+    def build(self, input_shape: tuple | None = None) -> None:
+        """Create every layer's weights for inputs of ``input_shape`` (batch dimension first, may be None)."""
+        if input_shape is None:
+            if self.input_spec is None:
+                raise ConfigError("the model does not know its input shape yet; start it with "
+                                  "Input(shape=...) or call model.build((None, time_steps, features))")
+            input_shape = (None, *self.input_spec.shape)
+        if not self.stack:
+            raise ConfigError("the Sequential model has no layers; add some first")
+        shape = tuple(input_shape)
+        for index, layer in enumerate(self.stack):
+            if isinstance(layer, Recurrent) and layer.return_state and index < len(self.stack) - 1:
+                raise ConfigError(f"layer {layer.name!r} has return_state=True inside a Sequential model; "
+                                  "only the last layer may return its states")
+            try:
+                shape = layer.ensure_built(shape)
+            except ShapeError as error:
+                raise ShapeError(f"layer {layer.name!r} ({type(layer).__name__}): {error}") from error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.built:
+            self.build((None, *x.shape[1:]))
+        expected = self.stack[0].input_shape
+        if tuple(x.shape[1:]) != tuple(expected[1:]) and not isinstance(self.stack[0], Recurrent):
+            raise ShapeError(f"model {self.name!r} was built for inputs of shape {expected}, got "
+                             f"{tuple(x.shape)}; pad or reshape the data to the same shape")
+        mask = None
+        for layer in self.stack:
+            x, mask = layer(x, mask)
+        return x
+
+    def summary(self, print_fn=print) -> str:
+        """Print (and return) layers, output shapes and parameter counts, like Keras's summary()."""
+        if not self.built:
+            self.build()
+        rows = [(f"{layer.name} ({type(layer).__name__})", str(layer.output_shape), f"{layer.count_params():,}")
+                for layer in self.stack]
+        return self._render_summary(rows, print_fn)
+
+    # -- saving ----------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        if not self.built:
+            self.build()
+        return {"format_version": FORMAT_VERSION, "class_name": "Sequential", "name": self.name,
+                "input_shape": list(self.stack[0].input_shape[1:]),
+                "input": self.input_spec.get_config() if self.input_spec else None,
+                "layers": [serialize(layer) for layer in self.stack]}
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Sequential":
         layers: list[Any] = []
@@ -216,8 +239,126 @@ class Sequential(nn.Module):
         return model
 
 
-def load(directory: str | os.PathLike) -> Sequential:
-    """Restore a model written by ``Sequential.save``; it predicts identically."""
+class Model(_Model):
+    """A functional model: the layers between ``inputs`` and ``outputs``, as in ``keras.Model``.
+
+    inputs: one ``Input`` or a list; outputs: the symbolic tensor (or list) that calling layers on
+    them returned. ``model(x1, x2, ...)`` takes one tensor per Input, in order, with shapes
+    ``(N, *Input.shape)``, and returns one tensor per output (a tuple if several). Masks flow
+    along the edges as in Sequential; ``Concatenate`` joins them. Layers called more than once
+    share their weights. Example::
+
+        text, numbers = Input((40,)), Input((40, 3))
+        joined = Concatenate()([Embedding(1000, 16)(text), numbers])
+        model = Model([text, numbers], Dense(1)(Bidirectional(GRU(8))(joined)))
+    """
+
+    def __init__(self, inputs, outputs, name: str = "functional") -> None:
+        super().__init__(name)
+        self.inputs: list[Input] = _as_list(inputs)
+        self.outputs: list[SymbolicTensor] = _as_list(outputs)
+        if not self.inputs or not all(isinstance(t, Input) for t in self.inputs):
+            raise ConfigError("Model(inputs=...) takes Input(shape=...) objects (one or a list), got "
+                              f"{[type(t).__name__ for t in self.inputs]}")
+        if not self.outputs or not all(isinstance(t, SymbolicTensor) for t in self.outputs):
+            raise ConfigError("Model(outputs=...) takes what calling layers on the inputs returned, e.g. "
+                              "outputs=Dense(1)(GRU(8)(inputs)); got "
+                              f"{[type(t).__name__ for t in self.outputs]}")
+        self.nodes = _graph_order(self.inputs, self.outputs)
+        self.stack = nn.ModuleList()
+        taken: set = set()
+        for spec in self.inputs:
+            spec.name = spec.name or _unique_name("input_layer", taken)
+            taken.add(spec.name)
+        for node in self.nodes:
+            if not any(layer is node.layer for layer in self.stack):
+                node.layer.name = node.layer.name or _unique_name(_snake(type(node.layer).__name__), taken)
+                taken.add(node.layer.name)
+                self.stack.append(node.layer)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return list(self.stack)
+
+    @property
+    def built(self) -> bool:
+        return True  # every layer was built when it was called on its symbolic input
+
+    def forward(self, *xs: torch.Tensor):
+        if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
+            xs = tuple(xs[0])
+        names = [spec.name for spec in self.inputs]
+        if len(xs) != len(self.inputs):
+            raise ShapeError(f"model {self.name!r} takes {len(self.inputs)} inputs {names}, got {len(xs)} "
+                             "tensors; pass one tensor per Input, in the order of Model(inputs=...)")
+        values: dict[int, tuple] = {}
+        for spec, x in zip(self.inputs, xs):
+            expected = spec.shape
+            if x.dim() != len(expected) + 1 or any(e is not None and e != g for e, g in zip(expected, x.shape[1:])):
+                raise ShapeError(f"model {self.name!r}: input {spec.name!r} expects shape (batch, *{expected}), got "
+                                 f"{tuple(x.shape)}; pad or reshape the data")
+            values[id(spec)] = (x, None)
+        for node in self.nodes:
+            args = [values[id(parent)] for parent in node.inbound]
+            if node.many:
+                values[id(node)] = node.layer([a for a, _ in args], [m for _, m in args])
+            else:
+                values[id(node)] = node.layer(*args[0])
+        results = tuple(values[id(output)][0] for output in self.outputs)
+        return results[0] if len(results) == 1 else results
+
+    def _source_name(self, tensor: SymbolicTensor) -> str:
+        return tensor.name if isinstance(tensor, Input) else tensor.layer.name
+
+    def summary(self, print_fn=print) -> str:
+        """Keras's functional summary: the InputLayers, then each layer with what it is connected to."""
+        rows = [(f"{spec.name} (InputLayer)", str(spec.batch_shape), "0", "-") for spec in self.inputs]
+        shown: list[Layer] = []
+        for node in self.nodes:
+            if any(layer is node.layer for layer in shown):
+                continue
+            shown.append(node.layer)
+            rows.append((f"{node.layer.name} ({type(node.layer).__name__})", str(node.batch_shape),
+                         f"{node.layer.count_params():,}", ", ".join(self._source_name(t) for t in node.inbound)))
+        return self._render_summary(rows, print_fn, ("Layer (type)", "Output Shape", "Param #", "Connected to"))
+
+    # -- saving ----------------------------------------------------------------------------
+    def _reference(self, tensor: SymbolicTensor) -> list:
+        """How the config names a tensor: ["input", i] or ["node", j]."""
+        for i, spec in enumerate(self.inputs):
+            if tensor is spec:
+                return ["input", i]
+        return ["node", next(j for j, node in enumerate(self.nodes) if node is tensor)]
+
+    def get_config(self) -> dict[str, Any]:
+        layers = self.layers
+        return {"format_version": FORMAT_VERSION, "class_name": "Model", "name": self.name,
+                "inputs": [spec.get_config() for spec in self.inputs],
+                "layers": [serialize(layer) for layer in layers],
+                "nodes": [{"layer": next(i for i, layer in enumerate(layers) if layer is node.layer),
+                           "inbound": [self._reference(t) for t in node.inbound], "many": node.many}
+                          for node in self.nodes],
+                "outputs": [self._reference(t) for t in self.outputs]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Model":
+        inputs = [Input(tuple(spec["shape"]), spec.get("dtype", "float32"), spec.get("name"))
+                  for spec in config["inputs"]]
+        layers = [deserialize(spec) for spec in config["layers"]]
+        nodes: list[SymbolicTensor] = []
+
+        def resolve(reference):
+            kind, index = reference
+            return inputs[index] if kind == "input" else nodes[index]
+
+        for node in config["nodes"]:
+            inbound = [resolve(reference) for reference in node["inbound"]]
+            nodes.append(layers[node["layer"]](inbound if node["many"] else inbound[0]))
+        outputs = [resolve(reference) for reference in config["outputs"]]
+        return cls(inputs, outputs if len(outputs) > 1 else outputs[0], name=config.get("name", "functional"))
+
+def load(directory: str | os.PathLike) -> "Sequential | Model":
+    """Restore a model written by ``Sequential.save`` or ``Model.save``; it predicts identically."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -235,7 +376,7 @@ def load(directory: str | os.PathLike) -> Sequential:
     if expected and _sha256(weights_path) != expected:
         raise DataError(f"{weights_path} does not match the checksum recorded in {config_path}: the weights "
                         "file was truncated or changed after saving; restore it or save the model again")
-    model = Sequential.from_config(config)
+    model = (Model if config.get("class_name") == "Model" else Sequential).from_config(config)
     try:
         state = load_file(str(weights_path))
     except Exception as error:  # safetensors raises its own error types for corrupt headers
@@ -246,6 +387,39 @@ def load(directory: str | os.PathLike) -> Sequential:
     model.load_state_dict(state)
     model.eval()
     return model
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _graph_order(inputs: list[Input], outputs: list[SymbolicTensor]) -> list[SymbolicTensor]:
+    """The layer outputs between inputs and outputs, each after everything it reads."""
+    order: list[SymbolicTensor] = []
+    done: set[int] = set()
+
+    def visit(tensor: SymbolicTensor) -> None:
+        if id(tensor) in done:
+            return
+        if tensor.layer is None:
+            if not any(tensor is spec for spec in inputs):
+                raise ConfigError("an output of the Model depends on an Input that is not in Model(inputs=...); "
+                                  "list every Input the outputs are computed from")
+        else:
+            for parent in tensor.inbound:
+                visit(parent)
+            order.append(tensor)
+        done.add(id(tensor))
+
+    for output in outputs:
+        visit(output)
+    return order
+
+
+def _unique_name(base: str, taken: set) -> str:
+    """Keras's naming: base, base_1, base_2, ... whichever is free."""
+    return base if base not in taken else next(
+        f"{base}_{i}" for i in range(1, len(taken) + 2) if f"{base}_{i}" not in taken)
 
 
 def _sha256(path: Path) -> str:
@@ -268,4 +442,4 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-__all__ = ["Sequential", "load"]
+__all__ = ["Sequential", "Model", "load"]
