@@ -11,16 +11,22 @@ import time
 THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def pin_threads(threads: int) -> dict:
+def pin_threads(threads: int, omp_wait_policy: str | None = None) -> dict:
     """Limit every library in this process (and subprocesses that inherit the environment) to
     ``threads`` threads on the first ``threads`` CPUs this process may use. Call before
     importing torch, numba, onnxruntime or JAX. XLA (JAX) has no thread-count setting, so
-    the CPU affinity is what holds it to the same cores."""
+    the CPU affinity is what holds it to the same cores.
+
+    ``omp_wait_policy`` applies to every OpenMP user in the process, torch included (PASSIVE is
+    what ``import grukit`` sets when torch is not loaded yet; ACTIVE is libgomp's spinning).
+    None keeps an inherited setting (the harness's subprocesses), else PASSIVE."""
+    os.environ["OMP_WAIT_POLICY"] = (omp_wait_policy or os.environ.get("OMP_WAIT_POLICY", "PASSIVE")).upper()
     for name in THREADS_ENV:
         os.environ[name] = str(threads)
     cpus = sorted(os.sched_getaffinity(0))[:threads]
     os.sched_setaffinity(0, cpus)
-    return {"threads": threads, "cpus": cpus, "environment": {n: os.environ[n] for n in THREADS_ENV}}
+    return {"threads": threads, "cpus": cpus,
+            "environment": {n: os.environ[n] for n in (*THREADS_ENV, "OMP_WAIT_POLICY")}}
 
 
 def cpu_model() -> str:

@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{Settings.repeats}, stopping after about {Settings.budget_s:g} s of timed "
                              f"calls once {Settings.min_repeats} are done)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every library (default: 2)")
+    parser.add_argument("--omp-wait-policy", choices=("passive", "active"), default="passive",
+                        help="OMP_WAIT_POLICY for every library in the run, torch included (default: "
+                             "%(default)s, what `import grukit` sets; active = libgomp's spinning)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="directory for latest.json and latest.md (default: benchmarks/results)")
     args = parser.parse_args(argv)
@@ -239,7 +242,7 @@ def _subprocess(module: str, request: dict, notes: list[str], label: str) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    threads = pin_threads(args.threads)       # before torch, numba and onnxruntime are imported
+    threads = pin_threads(args.threads, args.omp_wait_policy)       # before torch, numba and onnxruntime are imported
     whole_run = OtherLoad(threads["cpus"])
     cache_files = numba_cache_files()
     loadavg_start = os.getloadavg()
