@@ -393,9 +393,12 @@ class RecurrentLayer(nn.Module):
 
 def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidden_size: int) -> torch.Tensor:
     """gx for all steps: the input projection (one GEMM) in full gate order plus outer biases."""
-    projected = x @ params["weight_ih"].t()
     outer_bias = params["bias_ih"] if params["bias_ih"] is not None else params["bias"]
     bias_name = "bias_ih" if params["bias_ih"] is not None else "bias"
+    if layout.input_gates == layout.gates and (outer_bias is None or layout.bias_gates(bias_name) == layout.gates):
+        # the common case as one fused GEMM + bias (addmm): no separate pass over gx for the bias
+        return nn.functional.linear(x, params["weight_ih"], outer_bias)
+    projected = x @ params["weight_ih"].t()
     if layout.input_gates == layout.gates:
         gx = projected
     else:  # some gates have no input weights (MGU1-3): their input side is zero
