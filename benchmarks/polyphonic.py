@@ -303,8 +303,15 @@ def main(argv=None) -> None:
                                              for k, v in splits.items()))
         for cell in args.cells.split(","):
             record["results"].append(run_cell(dataset, cell, splits, config, args.seed))
-    keep_previous(args.out / "polyphonic.json", record)
+            save(args.out, record)  # after every model, so that an interrupted run keeps what it finished
     write_record(args.out, "polyphonic", record, markdown(record))
+
+
+def save(out: Path, record: dict) -> None:
+    from .report import write_atomic
+    keep_previous(out / "polyphonic.json", record)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "polyphonic.json", json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
