@@ -29,6 +29,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from .blas import blas_gemm, single_threaded_in_this_thread
+
 FASTMATH = {"contract"}
 # error_model="numpy": x / 0 gives inf/NaN as in IEEE (and torch) instead of raising;
 # the Python error model's zero checks would also keep every gate loop scalar.
@@ -224,13 +226,15 @@ def project_frame(x, w_in_t, b_in, gx):
     matmul_acc(x, w_in_t, 0, 0, g.shape[1], g)
 
 
-# The per-step recurrent products are BLAS GEMMs (np.dot inside the compiled loop calls
+# The per-step recurrent products are BLAS GEMMs (blas.blas_gemm: MKL from torch's build, else
 # scipy's OpenBLAS): 2-4x the loops above. A single row stays on the mat-vec loop, where
-# a BLAS call costs more than it saves. float32 GEMMs of at most GEMM_SMALL_MNK
-# multiply-adds take OpenBLAS's small-matrix kernel (no packing; ~40 GMAC/s a core here
-# for H = 64..128, against ~20 for the packed path at the same size), so a block's rows
+# a BLAS call costs more than it saves. Under OpenBLAS, float32 GEMMs of at most
+# GEMM_SMALL_MNK multiply-adds take its small-matrix kernel (no packing; ~40 GMAC/s a core
+# here for H = 64..128, against ~20 for the packed path at the same size), so a block's rows
 # go in chunks under that size, unless a chunk would have fewer than GEMM_MIN_CHUNK rows
-# (large H: the packed path wins). float64 gains nothing from chunking (measured).
+# (large H: the packed path wins). MKL runs such chunks as fast as whole blocks (123 vs 125
+# GFLOP/s at 8 and 16 rows, H=128), so the chunking stays whichever library runs.
+# float64 gains nothing from chunking (measured).
 # The callers (function.py) hold BLAS at one thread per call: the batch is already split
 # over our threads, and OpenBLAS's own threads would neither share the cores nor run
 # with subnormals flushed. Measured in the GRU layer's training step on 2 cores, two
@@ -254,13 +258,13 @@ def gemm(x, m, out):
         return
     per = GEMM_SMALL_MNK // max(1, K * N) if x.itemsize == 4 else R
     if R <= per or per < GEMM_MIN_CHUNK:
-        np.dot(x, m, out)
+        blas_gemm(x, m, out)
         return
     chunks = (R + per - 1) // per
     for c in range(chunks):
         r0 = R * c // chunks
         r1 = R * (c + 1) // chunks
-        np.dot(x[r0:r1], m, out[r0:r1])
+        blas_gemm(x[r0:r1], m, out[r0:r1])
 
 
 @njit(**JIT)
@@ -415,15 +419,17 @@ def flush_tiny(values, threshold):
 
 
 def flushing_subnormals(rows_fn, *args) -> None:
-    """Call a compiled loop with FTZ/DAZ set in this thread (x86), then restore the mode."""
-    if not _X86:
-        rows_fn(*args)
-        return
-    previous = _enter_flush_to_zero()
-    try:
-        rows_fn(*args)
-    finally:
-        _restore_fp_mode(previous)
+    """Call a compiled loop with FTZ/DAZ set in this thread (x86), then restore the mode. The
+    loop's GEMMs run on this thread only (the batch is already split over threads)."""
+    with single_threaded_in_this_thread():
+        if not _X86:
+            rows_fn(*args)
+            return
+        previous = _enter_flush_to_zero()
+        try:
+            rows_fn(*args)
+        finally:
+            _restore_fp_mode(previous)
 
 
 def run_rows(rows_fn, batch: int, work: int, args: tuple) -> None:

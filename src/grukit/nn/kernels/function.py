@@ -26,6 +26,7 @@ from threadpoolctl import ThreadpoolController
 
 from ..reference import DirectionWeights
 from . import api
+from .blas import PER_THREAD_LIMIT
 from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
 
 CALLS: Counter = Counter()
@@ -88,10 +89,10 @@ def _one_blas_thread(batch: int):
     each beat one block with two BLAS threads (see common.GEMM_MIN_ROWS).
     """
     global _BLAS
-    if batch < GEMM_MIN_ROWS:
+    if batch < GEMM_MIN_ROWS or PER_THREAD_LIMIT:   # MKL: limited per thread in common.run_rows
         return contextlib.nullcontext()
     if _BLAS is None:
-        import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba's np.dot calls: load it first
+        import scipy.linalg.cython_blas  # noqa: F401  the OpenBLAS the kernels call: load it first
         _BLAS = ThreadpoolController()
     return _BLAS.limit(limits=1, user_api="blas")
 

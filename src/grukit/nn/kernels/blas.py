@@ -1,0 +1,134 @@
+"""The BLAS GEMM the compiled time loops call once per step.
+
+Numba's ``np.dot`` calls scipy's OpenBLAS. For the kernels' per-step shapes, measured on this
+project's 2-core Xeon (one thread, float32), that ran at 46-79 GFLOP/s (B=16..128 rows, H=128..512)
+while MKL's sgemm ran at 97-125 GFLOP/s on the same shapes. torch's CPU build carries MKL and exports
+its Fortran ``sgemm_``/``dgemm_`` from ``libtorch_cpu.so``, so the kernels call that when torch is
+installed, and scipy's OpenBLAS (its Cython BLAS capsules, same Fortran interface) otherwise, which
+keeps the kernels usable without torch. Nothing here imports torch: the library is found on disk
+and opened with ctypes.
+
+The compiled code calls the symbols ``grukit_sgemm``/``grukit_dgemm``, which this module binds
+to the provider's addresses (``llvmlite.binding.add_symbol``) on import, before any kernel is
+compiled or loaded from numba's disk cache: cached machine code refers to the name, not to an
+address, so it stays valid in every new process whichever provider that process has.
+
+Threads: the kernels split the batch over their own threads, and each block's GEMMs must run on
+one thread. MKL takes a per-thread limit (:func:`single_threaded_in_this_thread`); OpenBLAS only
+a process-wide one, which the torch wrapper sets around each kernel call (threadpoolctl).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+
+import llvmlite.binding as llvm
+import numpy as np
+from numba import njit, types
+
+_POINTER_ARGS = types.void(*(types.intp,) * 13)   # the Fortran interface: every argument by address
+_sgemm = types.ExternalFunction("grukit_sgemm", _POINTER_ARGS)
+_dgemm = types.ExternalFunction("grukit_dgemm", _POINTER_ARGS)
+
+_NOTRANS = np.int32(ord("N"))   # a Fortran CHARACTER*1 argument: 'N' in the first byte
+
+
+def _torch_mkl() -> ctypes.CDLL | None:
+    """torch's libtorch_cpu.so when it exports MKL's Fortran GEMMs, else None."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "lib", "libtorch_cpu.so")
+    if not os.path.exists(path):
+        return None
+    try:
+        library = ctypes.CDLL(path)
+        for name in ("sgemm_", "dgemm_", "MKL_Set_Num_Threads_Local"):
+            getattr(library, name)
+    except (OSError, AttributeError):
+        return None
+    return library
+
+
+def _scipy_openblas() -> tuple[int, int]:
+    from scipy.linalg import cython_blas
+
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    capsules = cython_blas.__pyx_capi__
+    return tuple(get_pointer(capsules[n], get_name(capsules[n])) for n in ("sgemm", "dgemm"))
+
+
+_MKL = _torch_mkl()
+if _MKL is not None:
+    PROVIDER = "MKL (torch's libtorch_cpu)"
+    _addresses = (ctypes.cast(_MKL.sgemm_, ctypes.c_void_p).value,
+                  ctypes.cast(_MKL.dgemm_, ctypes.c_void_p).value)
+    _set_local_threads = _MKL.MKL_Set_Num_Threads_Local   # the C interface: int by value
+    _set_local_threads.argtypes, _set_local_threads.restype = [ctypes.c_int], ctypes.c_int
+else:
+    PROVIDER = "OpenBLAS (scipy)"
+    _addresses = _scipy_openblas()
+    _set_local_threads = None
+llvm.add_symbol("grukit_sgemm", _addresses[0])
+llvm.add_symbol("grukit_dgemm", _addresses[1])
+
+PER_THREAD_LIMIT = _set_local_threads is not None
+
+
+@contextlib.contextmanager
+def single_threaded_in_this_thread():
+    """MKL: this thread's GEMMs run on one thread until exit (then the previous setting). OpenBLAS:
+    nothing (its limit is process-wide; see the module docstring)."""
+    if _set_local_threads is None:
+        yield
+        return
+    previous = _set_local_threads(1)
+    try:
+        yield
+    finally:
+        _set_local_threads(previous)
+
+
+@njit(cache=True, nogil=True)
+def blas_gemm(x, m, out):
+    """out = x @ m for float32 or float64 arrays (R, K) @ (K, N) -> (R, N) whose rows are
+    contiguous (any row stride).
+
+    Row-major out is column-major out^T = m^T x^T: one Fortran GEMM with m as the first operand.
+    """
+    R, K = x.shape
+    N = m.shape[1]
+    size = x.itemsize
+    ints = np.empty(7, np.int32)   # n, m, k, ld(m), ld(x), ld(out), transpose flag
+    ints[0] = N
+    ints[1] = R
+    ints[2] = K
+    # a dimension of size 1 may carry any stride; BLAS wants ld >= the row length
+    ints[3] = m.strides[0] // size if K > 1 else N
+    ints[4] = x.strides[0] // size if R > 1 else K
+    ints[5] = out.strides[0] // size if R > 1 else N
+    ints[6] = _NOTRANS
+    scalars = np.empty(2, x.dtype)   # alpha, beta
+    scalars[0] = 1
+    scalars[1] = 0
+    n, m_, k, ld_m = ints.ctypes.data, ints[1:].ctypes.data, ints[2:].ctypes.data, ints[3:].ctypes.data
+    ld_x, ld_out, flag = ints[4:].ctypes.data, ints[5:].ctypes.data, ints[6:].ctypes.data
+    alpha, beta = scalars.ctypes.data, scalars[1:].ctypes.data
+    if size == 4:
+        _sgemm(flag, flag, n, m_, k, alpha, m.ctypes.data, ld_m, x.ctypes.data, ld_x, beta,
+               out.ctypes.data, ld_out)
+    else:
+        _dgemm(flag, flag, n, m_, k, alpha, m.ctypes.data, ld_m, x.ctypes.data, ld_x, beta,
+               out.ctypes.data, ld_out)
+
+
+__all__ = ["PROVIDER", "PER_THREAD_LIMIT", "blas_gemm", "single_threaded_in_this_thread"]
