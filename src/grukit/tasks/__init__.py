@@ -2,6 +2,11 @@
 
 - ``Forecaster``: windowed multi-step forecasting of a series with a GRU (or LSTM, RNN, MGU, minGRU),
   scored beside last-value, seasonal-naive and linear-autoregression baselines (MAE, RMSE, sMAPE, MASE).
+- ``AnomalyDetector``: per-time-step anomaly scores from a recurrent forecaster's or sequence
+  autoencoder's error, a threshold calibrated on normal data, scored beside a rolling z-score and a
+  seasonal-naive error; ``inject_anomalies`` for synthetic test anomalies.
+- ``CharLM``: character-level language model (Embedding -> GRU -> Dense per step), bits per
+  character beside unigram and bigram baselines, O(length) sampling through the streaming kernels.
 - ``baselines``: those baselines and ``forecast_scores``.
 - ``base``: ``Task`` (save/load plumbing) and the ``cell=`` name -> layer class mapping.
 
@@ -16,6 +21,9 @@ _EXPORTS = {
     "Forecaster": "forecaster", "ForecasterConfig": "forecaster", "Evaluation": "forecaster",
     "last_value": "baselines", "seasonal_naive": "baselines", "LinearAutoregression": "baselines",
     "forecast_scores": "baselines",
+    "AnomalyDetector": "anomaly", "AnomalyConfig": "anomaly", "AnomalyEvaluation": "anomaly",
+    "inject_anomalies": "anomaly", "InjectedAnomalies": "anomaly",
+    "CharLM": "char_lm", "CharLMConfig": "char_lm", "CharLMEvaluation": "char_lm", "CharNgram": "char_lm",
     "Task": "base", "cell_class": "base", "recurrent_layer": "base", "CELLS": "base",
 }
 
