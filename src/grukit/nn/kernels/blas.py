@@ -32,6 +32,15 @@ from numba import njit, types
 _POINTER_ARGS = types.void(*(types.intp,) * 13)   # the Fortran interface: every argument by address
 _sgemm = types.ExternalFunction("grukit_sgemm", _POINTER_ARGS)
 _dgemm = types.ExternalFunction("grukit_dgemm", _POINTER_ARGS)
+# MKL's packed-matrix GEMM (C interface, arguments by value): the recurrent weight is packed once
+# per call and every step's product reuses it, instead of MKL packing it again on each step.
+_I32 = types.int32
+_pack_size = types.ExternalFunction("grukit_sgemm_pack_get_size", types.intp(_I32, _I32, _I32, _I32))
+_pack = types.ExternalFunction("grukit_sgemm_pack", types.void(
+    _I32, _I32, _I32, _I32, _I32, _I32, types.float32, types.intp, _I32, types.intp))
+_compute = types.ExternalFunction("grukit_sgemm_compute", types.void(
+    _I32, _I32, _I32, _I32, _I32, _I32, types.intp, _I32, types.intp, _I32, types.float32, types.intp, _I32))
+_ROW_MAJOR, _NO_TRANS, _PACKED, _B_MATRIX = 101, 111, 151, 162   # MKL's CBLAS enum values
 
 _NOTRANS = np.int32(ord("N"))   # a Fortran CHARACTER*1 argument: 'N' in the first byte
 
@@ -49,7 +58,8 @@ def _torch_mkl() -> ctypes.CDLL | None:
         return None
     try:
         library = ctypes.CDLL(path)
-        for name in ("sgemm_", "dgemm_", "MKL_Set_Num_Threads_Local"):
+        for name in ("sgemm_", "dgemm_", "MKL_Set_Num_Threads_Local", "cblas_sgemm_pack_get_size",
+                     "cblas_sgemm_pack", "cblas_sgemm_compute"):
             getattr(library, name)
     except (OSError, AttributeError):
         return None
@@ -74,12 +84,20 @@ if _MKL is not None:
                   ctypes.cast(_MKL.dgemm_, ctypes.c_void_p).value)
     _set_local_threads = _MKL.MKL_Set_Num_Threads_Local   # the C interface: int by value
     _set_local_threads.argtypes, _set_local_threads.restype = [ctypes.c_int], ctypes.c_int
+    _packing = tuple(ctypes.cast(getattr(_MKL, f"cblas_sgemm_{n}"), ctypes.c_void_p).value
+                     for n in ("pack_get_size", "pack", "compute"))
 else:
     PROVIDER = "OpenBLAS (scipy)"
     _addresses = _scipy_openblas()
     _set_local_threads = None
+    # No packed GEMM: a pack size of 0 makes pack_rows return an empty array, so pack and compute
+    # are never called; they are bound to a stub only so that cached code links.
+    _no_packing = ctypes.CFUNCTYPE(ctypes.c_ssize_t)(lambda *args: 0)
+    _packing = (ctypes.cast(_no_packing, ctypes.c_void_p).value,) * 3
 llvm.add_symbol("grukit_sgemm", _addresses[0])
 llvm.add_symbol("grukit_dgemm", _addresses[1])
+for _name, _address in zip(("pack_get_size", "pack", "compute"), _packing):
+    llvm.add_symbol(f"grukit_sgemm_{_name}", _address)
 
 PER_THREAD_LIMIT = _set_local_threads is not None
 
@@ -131,4 +149,38 @@ def blas_gemm(x, m, out):
                out.ctypes.data, ld_out)
 
 
-__all__ = ["PROVIDER", "PER_THREAD_LIMIT", "blas_gemm", "single_threaded_in_this_thread"]
+
+@njit(cache=True, nogil=True)
+def pack_rows(m, rows):
+    """MKL's packed form of the float32 matrix m (K, N) as the second operand of GEMMs with
+    ``rows`` rows, or an empty array where packing does not apply (float64, fewer than 2 rows,
+    OpenBLAS): :func:`packed_gemm` then falls back to :func:`blas_gemm`."""
+    K, N = m.shape
+    if m.itemsize != 4 or rows < 2 or K * N == 0:
+        return np.empty(0, np.float32)
+    size = _pack_size(_B_MATRIX, rows, N, K)
+    if size <= 0:
+        return np.empty(0, np.float32)
+    packed = np.empty(size // 4 + 1, np.float32)
+    ld = m.strides[0] // 4 if K > 1 else N
+    _pack(_ROW_MAJOR, _B_MATRIX, _NO_TRANS, rows, N, K, np.float32(1.0), m.ctypes.data, ld,
+          packed.ctypes.data)
+    return packed
+
+
+@njit(cache=True, nogil=True)
+def packed_gemm(x, m, packed, out):
+    """out = x @ m, with ``packed = pack_rows(m, x.shape[0])`` (any result of it)."""
+    R, K = x.shape
+    if packed.size == 0 or x.itemsize != 4:
+        blas_gemm(x, m, out)
+        return
+    N = m.shape[1]
+    ld_x = x.strides[0] // 4 if R > 1 else K
+    ld_out = out.strides[0] // 4 if R > 1 else N
+    _compute(_ROW_MAJOR, _NO_TRANS, _PACKED, R, N, K, x.ctypes.data, ld_x, packed.ctypes.data, N,
+             np.float32(0.0), out.ctypes.data, ld_out)
+
+
+__all__ = ["PROVIDER", "PER_THREAD_LIMIT", "blas_gemm", "pack_rows", "packed_gemm",
+           "single_threaded_in_this_thread"]

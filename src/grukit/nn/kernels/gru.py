@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, gemm_add, max_length, project_frame, run_forward, run_rows,
-                     run_step, sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
+                     run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -36,6 +36,8 @@ def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, tra
     gh = np.zeros((R, w_t.shape[1]), dt)   # h @ w_t: 3H (reset after) or 2H columns
     gn = np.zeros((R, H), dt)              # reset before: (r * h) @ W_n^T
     rh = np.zeros((R, H), dt)
+    p_t = pack_weight_for(w_t, R)
+    p_nt = pack_weight_for(w_nt, 0 if reset_after else R)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
@@ -44,7 +46,7 @@ def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, tra
             if not reset_after:
                 zero_tail(ws_x, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
-        gemm(hb, w_t, gh)
+        gemm_packed(hb, w_t, p_t, gh)
         if not reset_after:
             for i in range(R):
                 t = time_index(s, lengths[b0 + i], reverse)
@@ -58,7 +60,7 @@ def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, tra
                     r = sigmoid(g[j] + gr[j])
                     gr[j] = r
                     x[j] = r * h[j]
-            gemm(rh, w_nt, gn)
+            gemm_packed(rh, w_nt, p_nt, gn)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -119,6 +121,8 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
     acc = np.empty((R, H), dt)
     w_rz = w[:2 * H]
     w_n = w[2 * H:]
+    p_main = pack_weight_for(w if reset_after else w_rz, R)
+    p_n = pack_weight_for(w_n, 0 if reset_after else R)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
         if reset_after:
@@ -164,7 +168,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                     dg[H + j] = gb[H + j] = d * (hp[j] - n) * z * (ONE - z)
                     dhi[j] = d * z
         if not reset_after:
-            gemm(dgn, w_n, d_rh)
+            gemm_packed(dgn, w_n, p_n, d_rh)
             for i in range(R):
                 b = b0 + i
                 t = time_index(s, lengths[b], reverse)
@@ -180,9 +184,9 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                     r = gs[j]
                     dg[j] = gb[j] = drh[j] * hp[j] * r * (ONE - r)
                     dhi[j] += drh[j] * r
-            gemm_add(dgb, w_rz, acc, dh)
+            gemm_add(dgb, w_rz, p_main, acc, dh)
         else:
-            gemm_add(dgb, w, acc, dh)
+            gemm_add(dgb, w, p_main, acc, dh)
     dh0[b0:b1] = dh
 
 

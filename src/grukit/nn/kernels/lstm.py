@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, gemm_add, max_length, project_frame, run_forward, run_rows,
-                     run_step, sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
+                     run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -23,6 +23,7 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
     hb = h0[b0:b1].copy()
     cb = c0[b0:b1].copy()
     gh = np.empty((R, 4 * H), h0.dtype)
+    p_t = pack_weight_for(w_t, R)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
@@ -30,7 +31,7 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
             zero_tail(ws_h, b, lengths[b])
             zero_tail(ws_c, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
-        gemm(hb, w_t, gh)
+        gemm_packed(hb, w_t, p_t, gh)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -74,6 +75,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
     dc = grad_c_n[b0:b1].copy()
     dgb = np.zeros((R, 4 * H), dgx.dtype)
     acc = np.empty((R, H), dgx.dtype)
+    p_w = pack_weight_for(w, R)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -102,7 +104,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
                 dg[3 * H + j] = gb[3 * H + j] = d * tc * og * (ONE - og)
                 dc[i, j] = dct * fg
             dh[i, :] = 0
-        gemm_add(dgb, w, acc, dh)          # rows past their end: dgb = 0, dh carried
+        gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
 

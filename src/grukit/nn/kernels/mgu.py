@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm, gemm_add, max_length, project_frame, run_forward, run_rows,
-                     run_step, sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
+                     run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -27,6 +27,8 @@ def _fwd_rows(b0, b1, gx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
     gf = np.zeros((R, H), h0.dtype)
     gn = np.zeros((R, H), h0.dtype)
     fh = np.zeros((R, H), h0.dtype)
+    p_ft = pack_weight_for(w_ft, R if has_uf else 0)
+    p_nt = pack_weight_for(w_nt, R)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
@@ -35,7 +37,7 @@ def _fwd_rows(b0, b1, gx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
             zero_tail(ws_x, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
         if has_uf:
-            gemm(hb, w_ft, gf)
+            gemm_packed(hb, w_ft, p_ft, gf)
         for i in range(R):
             t = time_index(s, lengths[b0 + i], reverse)
             if t < 0:
@@ -48,7 +50,7 @@ def _fwd_rows(b0, b1, gx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
                 f = sigmoid(g[j] + f_[j]) if has_uf else sigmoid(g[j])
                 f_[j] = f
                 x[j] = f * h[j]
-        gemm(fh, w_nt, gn)
+        gemm_packed(fh, w_nt, p_nt, gn)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -90,6 +92,8 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
     acc = np.empty((R, H), dt)
     u_f = w[:H]
     u_n = w[rn:rn + H]
+    p_f = pack_weight_for(u_f, R if has_uf else 0)
+    p_n = pack_weight_for(u_n, R)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -113,7 +117,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
                 dn_[j] = d * f * (ONE - n * n)
                 df_[j] = d * (n - hp[j])          # df, completed below
                 dhi[j] = d * (ONE - f)
-        gemm(dgn, u_n, d_fh)
+        gemm_packed(dgn, u_n, p_n, d_fh)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -133,7 +137,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
                 dg[j] = df_[j]
                 dg[H + j] = dn_[j]
         if has_uf:
-            gemm_add(dgf, u_f, acc, dh)   # rows past their end: dgf = 0, dh carried
+            gemm_add(dgf, u_f, p_f, acc, dh)   # rows past their end: dgf = 0, dh carried
     dh0[b0:b1] = dh
 
 @njit(**JIT)

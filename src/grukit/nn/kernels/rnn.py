@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, ZERO, gemm, gemm_add, max_length, project_frame, run_forward,
-                     run_rows, run_step, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, max_length, pack_weight_for,
+                     project_frame, run_forward, run_rows, run_step, tanh, time_index, zero_tail)
 
 
 @njit(**JIT)
@@ -21,13 +21,14 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
     R = b1 - b0
     hb = h0[b0:b1].copy()
     gh = np.empty((R, H), h0.dtype)
+    p_t = pack_weight_for(w_t, R)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
             zero_tail(ws_g, b, lengths[b])
             zero_tail(ws_h, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
-        gemm(hb, w_t, gh)
+        gemm_packed(hb, w_t, p_t, gh)
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
@@ -58,6 +59,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
     dh = grad_h_n[b0:b1].copy()
     dgb = np.zeros((R, H), dgx.dtype)
     acc = np.empty((R, H), dgx.dtype)
+    p_w = pack_weight_for(w, R)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -78,7 +80,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
                     dg[j] = d * (ONE - hs[j] * hs[j])
                 dgb[i, j] = dg[j]
             dh[i, :] = 0
-        gemm_add(dgb, w, acc, dh)          # rows past their end: dgb = 0, dh carried
+        gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
 
 @njit(**JIT)
