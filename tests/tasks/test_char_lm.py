@@ -208,7 +208,8 @@ def test_imdb_text_beats_the_unigram_and_bigram(shared_data):
     texts, _ = read_imdb(shared_data / "imdb", split="train")
     text = "\n".join(review.replace("<br />", "\n") for review in texts[:250])        # ~300k characters
     held_out = "\n".join(texts[-20:]).replace("<br />", "\n")
-    lm = CharLM(sequence_length=100, units=128, embedding_dim=32, epochs=1, learning_rate=3e-3, seed=0).fit(text)
+    lm = CharLM(sequence_length=100, units=128, embedding_dim=32, epochs=2, batch_size=32, learning_rate=5e-3,
+                seed=0).fit(text)
     scores = lm.evaluate(held_out).scores
     assert scores["model"]["bits_per_character"] < scores["bigram"]["bits_per_character"]
     assert scores["bigram"]["bits_per_character"] < scores["unigram"]["bits_per_character"]
