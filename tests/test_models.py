@@ -35,6 +35,10 @@ def tutorial_models():
           K.Bidirectional(K.LSTM(8), merge_mode="sum"), K.Dropout(0.5), K.Dense(1)]),
         ("time distributed", [L.Input((12, 3)), L.GRU(16, return_sequences=True), L.TimeDistributed(L.Dense(2))],
          [K.Input((12, 3)), K.GRU(16, return_sequences=True), K.TimeDistributed(K.Dense(2))]),
+        ("sequence autoencoder", [L.Input((12, 3)), L.GRU(8), L.RepeatVector(12), L.GRU(8, return_sequences=True),
+                                  L.TimeDistributed(L.Dense(3))],
+         [K.Input((12, 3)), K.GRU(8), K.RepeatVector(12), K.GRU(8, return_sequences=True),
+          K.TimeDistributed(K.Dense(3))]),
     ]
 
 
@@ -102,6 +106,21 @@ def test_bidirectional_stack_matches_keras():
     with torch.no_grad():
         got = model(torch.from_numpy(ids)).numpy()
     np.testing.assert_allclose(got, np.asarray(reference.predict(ids, verbose=0)), atol=1e-5, rtol=0)
+
+
+def test_sequence_autoencoder_with_repeat_vector_matches_keras():
+    name, ours, theirs = tutorial_models()[-1]
+    model, reference = Sequential(ours), keras.Sequential(theirs)
+    model.build()
+    copy_keras_weights(model, reference)
+    x = np.random.default_rng(3).normal(size=(4, 12, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, np.asarray(reference.predict(x, verbose=0)), atol=1e-5, rtol=0)
+    with pytest.raises(ShapeError, match="return_sequences=False"):
+        Sequential([L.Input((12, 3)), L.GRU(8, return_sequences=True), L.RepeatVector(4)]).build()
+    with pytest.raises(ConfigError, match="RepeatVector"):
+        L.RepeatVector(0)
 
 
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])

@@ -272,6 +272,34 @@ class Dropout(Layer):
         return {**super().get_config(), "rate": self.rate}
 
 
+class RepeatVector(Layer):
+    """Keras's RepeatVector: ``(N, F) -> (N, n, F)``, the input repeated ``n`` times along a new time axis
+    (the bridge between a sequence autoencoder's encoder state and its decoder).
+
+    Example::
+
+        RepeatVector(3)(torch.ones(2, 5))[0].shape      # (2, 3, 5)
+    """
+
+    def __init__(self, n: int, name: str | None = None) -> None:
+        super().__init__(name)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"RepeatVector(n={n!r}): expected an int >= 1 (the number of time steps)")
+        self.n = n
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ShapeError(f"RepeatVector expects (batch, features), got {input_shape}; put it after a "
+                             "recurrent layer with return_sequences=False")
+        return (input_shape[0], self.n, input_shape[1])
+
+    def call(self, x, mask):
+        return x.unsqueeze(1).repeat(1, self.n, 1), None
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
+
+
 class TimeDistributed(Layer):
     """Applies ``layer`` to every time step of (N, T, ...) independently."""
 
@@ -619,7 +647,7 @@ class Bidirectional(Layer):
 # ---- serialization ---------------------------------------------------------------------------
 
 LAYER_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
-    Embedding, Masking, Dense, Dropout, TimeDistributed, GRU, LSTM, SimpleRNN, MGU, MinGRU, Bidirectional,
+    Embedding, Masking, Dense, Dropout, RepeatVector, TimeDistributed, GRU, LSTM, SimpleRNN, MGU, MinGRU, Bidirectional,
     Concatenate)}
 
 
@@ -643,6 +671,6 @@ def deserialize(spec: dict[str, Any]) -> Layer:
     return layer
 
 
-__all__ = ["Layer", "Input", "SymbolicTensor", "Concatenate", "Embedding", "Masking", "Dense", "Dropout", "TimeDistributed", "Recurrent",
+__all__ = ["Layer", "Input", "SymbolicTensor", "Concatenate", "Embedding", "Masking", "Dense", "Dropout", "RepeatVector", "TimeDistributed", "Recurrent",
            "GRU", "LSTM", "SimpleRNN", "MGU", "MinGRU", "Bidirectional", "serialize", "deserialize",
            "LAYER_CLASSES", "activation_function"]

@@ -17,15 +17,6 @@ from grukit.tasks.anomaly import (RepeatVector, detection_scores, rolling_zscore
 WINDOW = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread is faster than two (no parallel regions to wait on, on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sine(length=360, noise=0.05, seed=0):
     """A period-24 sine with a little seeded noise: normal data."""
     t = np.arange(length)

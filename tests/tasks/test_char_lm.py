@@ -14,15 +14,6 @@ from grukit.tasks import CharLM, CharNgram
 REPEATED = "hello world! " * 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one torch thread is faster than two (no parallel regions to wait on, on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**options):
     settings = dict(sequence_length=16, units=32, embedding_dim=16, epochs=40, batch_size=32, learning_rate=3e-2,
                     validation=0, seed=0)

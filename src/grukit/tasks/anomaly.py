@@ -70,6 +70,7 @@ from grukit import layers
 from grukit.data.timeseries import (SeriesScaler, TimeSeries, as_matrix, chronological_split, make_windows,
                                     part_size)
 from grukit.errors import ConfigError, DataError, ShapeError
+from grukit.layers import RepeatVector
 from grukit.models import Sequential
 from grukit.tasks.base import Task, cell_class, recurrent_layer
 from grukit.tasks.baselines import seasonal_naive
@@ -84,38 +85,6 @@ SCORE_NAMES = ("precision", "recall", "f1", "roc_auc")
 _STD_FLOOR = 1e-6  # rolling std in scaled units: a flat stretch must not divide by zero
 
 
-class RepeatVector(layers.Layer):
-    """Keras's RepeatVector: ``(N, F) -> (N, n, F)``, the input repeated ``n`` times along a new time axis
-    (the bridge between a sequence autoencoder's encoder state and its decoder).
-
-    grukit.layers has no RepeatVector yet; this one is registered in ``grukit.layers.LAYER_CLASSES`` so
-    that saved autoencoders load. It belongs in grukit.layers and moves there when that module adds it.
-
-    Example::
-
-        RepeatVector(3)(torch.ones(2, 5))[0].shape      # (2, 3, 5)
-    """
-
-    def __init__(self, n: int, name: str | None = None) -> None:
-        super().__init__(name)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"RepeatVector(n={n!r}): expected an int >= 1 (the number of time steps)")
-        self.n = n
-
-    def compute_output_shape(self, input_shape):
-        if len(input_shape) != 2:
-            raise ShapeError(f"RepeatVector expects (batch, features), got {input_shape}; put it after a "
-                             "recurrent layer with return_sequences=False")
-        return (input_shape[0], self.n, input_shape[1])
-
-    def call(self, x, mask):
-        return x.unsqueeze(1).repeat(1, self.n, 1), None
-
-    def get_config(self):
-        return {**super().get_config(), "n": self.n}
-
-
-layers.LAYER_CLASSES.setdefault("RepeatVector", RepeatVector)
 
 
 # -- configuration --------------------------------------------------------------------------------
