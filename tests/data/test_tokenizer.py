@@ -107,3 +107,53 @@ def test_batches_join_in_order(monkeypatch):
     monkeypatch.setattr(module, "ENCODE_BATCH", 2)
     assert tokenizer.texts_to_sequences(texts) == whole
     assert whole == [tokenizer.texts_to_sequences([t])[0] for t in texts]
+
+
+def test_punctuation_can_be_dropped_like_keras():
+    text = "I DON'T like it!!!<br />Well-made, 3.5/10... students' rock'n'roll (sic)"
+    tokens = WordTokenizer(punctuation=False).tokenize(text)
+    # Keras's Tokenizer: the filtered marks become spaces and apostrophes inside words stay.
+    assert tokens == ["i", "don't", "like", "it", "well", "made", "3", "5", "10", "students", "rock'n'roll", "sic"]
+    assert "!" in WordTokenizer(punctuation=True).tokenize(text)
+    tokenizer = WordTokenizer(punctuation=False).fit(["Good!!! Very, very good.", "bad... bad?"])
+    assert tokenizer.words == ["<pad>", "<oov>", "bad", "good", "very"]
+    assert tokenizer.texts_to_sequences(["good, bad!"]) == [[3, 2]]
+
+
+def test_punctuation_setting_survives_save_and_load(tmp_path):
+    tokenizer = WordTokenizer(punctuation=False).fit(["a, b. c!", "a b"])
+    loaded = WordTokenizer.load(tokenizer.save(tmp_path / "tokenizer.json"))
+    assert loaded.punctuation is False and "punctuation=False" in repr(loaded)
+    assert loaded.texts_to_sequences(["a! b, c?"]) == tokenizer.texts_to_sequences(["a! b, c?"]) == [[2, 3, 4]]
+    # files written before the option existed kept punctuation
+    data = tokenizer.to_dict()
+    del data["punctuation"]
+    data["words"] = ["<pad>", "<oov>", "a", "!"]
+    assert WordTokenizer.from_dict(data).texts_to_sequences(["a!"]) == [[2, 3]]
+
+
+def _keras_tokenizer_words(texts, count):
+    """A literal transcription of keras.preprocessing.text.Tokenizer's defaults (lower-case, the
+    filters below become spaces, split on spaces, ids by falling frequency)."""
+    import collections
+
+    filters = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+    table = str.maketrans({c: " " for c in filters})
+    counts = collections.Counter(w for t in texts for w in t.lower().translate(table).split())
+    return [w for w, _ in counts.most_common(count)]
+
+
+@pytest.mark.data
+def test_imdb_vocabulary_without_punctuation_is_keras_tokenizers(shared_data):
+    from grukit.data import read_imdb
+
+    texts, _ = read_imdb(shared_data / "imdb", "train")
+    texts = texts[:5000]
+    words = WordTokenizer(num_words=10_000, punctuation=False).fit(texts).words[2:]
+    keras_words = _keras_tokenizer_words(texts, len(words))
+    assert not any(len(w) == 1 and not w.isalnum() for w in words)
+    # Keras keeps "br" from the <br /> line breaks (its 7th word here); grukit removes them first.
+    assert "br" in keras_words[:10] and "br" not in words
+    # Otherwise the same vocabulary, up to frequency ties and the '_' Keras filters but \w keeps.
+    assert len(set(words) & set(keras_words)) / len(words) > 0.97
+    assert words[:20] == [w for w in keras_words if w != "br"][:20]

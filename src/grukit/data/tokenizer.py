@@ -50,7 +50,8 @@ FORMAT_VERSION = 1
 ENCODE_BATCH = 2048
 
 # A word: letters/digits/underscore, with inner apostrophes; anything else non-space: one character.
-WORD_PATTERN = r"\w+(?:'\w+)*|[^\w\s]"
+WORD_ONLY_PATTERN = r"\w+(?:'\w+)*"
+WORD_PATTERN = WORD_ONLY_PATTERN + r"|[^\w\s]"
 HTML_BREAK_PATTERN = r"<br\s*/?>"
 
 
@@ -74,6 +75,8 @@ class WordTokenizer:
         lower: lower-case the text first.
         strip_html: turn ``<br />`` line breaks into spaces.
         min_count: words seen fewer times than this in ``fit`` are out of vocabulary.
+        punctuation: keep punctuation marks as tokens; ``False`` drops them (``well - made`` becomes
+            ``well made``), as Keras's ``Tokenizer`` and ``TextVectorization`` do.
 
     Example::
 
@@ -84,7 +87,7 @@ class WordTokenizer:
     """
 
     def __init__(self, num_words: int | None = None, *, lower: bool = True, strip_html: bool = True,
-                 min_count: int = 1):
+                 min_count: int = 1, punctuation: bool = True):
         if num_words is not None and (isinstance(num_words, bool) or not isinstance(num_words, int) or num_words < 3):
             raise ConfigError(f"WordTokenizer: num_words must be None or an int >= 3 (padding, OOV and at least one "
                               f"word), got {num_words!r}")
@@ -94,6 +97,7 @@ class WordTokenizer:
         self.lower = bool(lower)
         self.strip_html = bool(strip_html)
         self.min_count = min_count
+        self.punctuation = bool(punctuation)
         self._tokenizer = self._build()
         self._words: list[str] | None = None
 
@@ -109,7 +113,9 @@ class WordTokenizer:
             steps.append(normalizers.Lowercase())
         tokenizer.normalizer = normalizers.Sequence(steps)
         # invert=True: the pattern matches the tokens, and what lies between them (whitespace) is dropped.
-        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="removed", invert=True)
+        # Without punctuation, the marks fall between the matches and are dropped with the whitespace.
+        pattern = WORD_PATTERN if self.punctuation else WORD_ONLY_PATTERN
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True)
         return tokenizer
 
     def tokenize(self, text: str) -> list[str]:
@@ -193,7 +199,8 @@ class WordTokenizer:
     # -- persistence -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": FORMAT_VERSION, "num_words": self.num_words, "lower": self.lower,
-                "strip_html": self.strip_html, "min_count": self.min_count, "words": self.words}
+                "strip_html": self.strip_html, "min_count": self.min_count, "punctuation": self.punctuation,
+                "words": self.words}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "WordTokenizer.from_dict") -> "WordTokenizer":
@@ -210,7 +217,8 @@ class WordTokenizer:
                             f"{PAD_TOKEN!r}, {OOV_TOKEN!r}; the file is damaged, re-save the tokenizer")
         try:
             tokenizer = cls(data.get("num_words"), lower=data.get("lower", True),
-                            strip_html=data.get("strip_html", True), min_count=data.get("min_count", 1))
+                            strip_html=data.get("strip_html", True), min_count=data.get("min_count", 1),
+                            punctuation=data.get("punctuation", True))
         except ConfigError as error:
             raise DataError(f"{source}: {error}") from error
         tokenizer._tokenizer = tokenizer._build({word: index for index, word in enumerate(words)})
@@ -236,7 +244,7 @@ class WordTokenizer:
     def __repr__(self) -> str:
         size = len(self) if self.fitted else 0
         return (f"WordTokenizer(num_words={self.num_words}, lower={self.lower}, strip_html={self.strip_html}, "
-                f"min_count={self.min_count}, vocabulary={size})")
+                f"min_count={self.min_count}, punctuation={self.punctuation}, vocabulary={size})")
 
 
 __all__ = ["WordTokenizer", "PAD_ID", "OOV_ID", "PAD_TOKEN", "OOV_TOKEN"]
