@@ -7,6 +7,9 @@
   seasonal-naive error; ``inject_anomalies`` for synthetic test anomalies.
 - ``CharLM``: character-level language model (Embedding -> GRU -> Dense per step), bits per
   character beside unigram and bigram baselines, O(length) sampling through the streaming kernels.
+- ``TextClassifier``: text classification / sentiment from raw strings (tokenizer fitted on the training
+  texts, padding, optional pretrained embeddings, optional Bidirectional), scored with accuracy,
+  precision, recall, F1 and ROC-AUC beside the majority class.
 - ``baselines``: those baselines and ``forecast_scores``.
 - ``base``: ``Task`` (save/load plumbing) and the ``cell=`` name -> layer class mapping.
 
@@ -21,6 +24,8 @@ _EXPORTS = {
     "Forecaster": "forecaster", "ForecasterConfig": "forecaster", "Evaluation": "forecaster",
     "last_value": "baselines", "seasonal_naive": "baselines", "LinearAutoregression": "baselines",
     "forecast_scores": "baselines",
+    "TextClassifier": "text_classifier", "TextClassifierConfig": "text_classifier",
+    "TextEvaluation": "text_classifier",
     "AnomalyDetector": "anomaly", "AnomalyConfig": "anomaly", "AnomalyEvaluation": "anomaly",
     "inject_anomalies": "anomaly", "InjectedAnomalies": "anomaly",
     "CharLM": "char_lm", "CharLMConfig": "char_lm", "CharLMEvaluation": "char_lm", "CharNgram": "char_lm",
