@@ -1,0 +1,197 @@
+"""``--nproc N``: run a fit command data-parallel in N processes on this machine.
+
+The command re-runs itself as ``python -m torch.distributed.run --standalone --nproc_per_node N -m
+grukit.cli.main <the same arguments without --nproc>`` with ``GRUKIT_CLI_WORKER=1`` in the
+environment. In each worker the task's training goes through ``grukit.train.fit(...,
+distributed=True)`` (see :func:`distributed_training`); the data is read and the model built
+identically in every process, rank 0's weights are broadcast and each global batch is split
+between the processes (:mod:`grukit.train.distributed`). Only rank 0 prints and writes the run
+directory.
+
+The task objects do not take a ``distributed=`` option themselves (their ``fit`` calls
+``Sequential.fit`` with a fixed set of options), so :func:`distributed_training` supplies it: while
+it is active, every ``grukit.train.loop.fit`` call that does not say ``distributed=`` gets
+``distributed=True``.
+
+Errors: a worker that hits a :class:`grukit.errors.GrukitError` writes its message to the file
+named by ``GRUKIT_CLI_ERROR_FILE`` and exits 2; the launching process prints that one line
+(torchrun's own failure report is kept out of sight unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+
+from grukit.errors import ConfigError
+
+WORKER_ENV = "GRUKIT_CLI_WORKER"
+ERROR_FILE_ENV = "GRUKIT_CLI_ERROR_FILE"
+
+
+def in_worker() -> bool:
+    """True inside a process started by :func:`relaunch`."""
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+def worker_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if in_worker() else 0
+
+
+def world_size() -> int:
+    """Processes training together: WORLD_SIZE inside a worker, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if in_worker() else 1
+
+
+def is_main() -> bool:
+    """Whether this process prints and writes files: always outside a worker, rank 0 inside."""
+    return worker_rank() == 0
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` with ``--nproc N`` / ``--nproc=N`` removed."""
+    result, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc":
+            skip = True
+            continue
+        if item.startswith("--nproc="):
+            continue
+        result.append(item)
+    return result
+
+
+def check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc}: expected a number of processes >= 2 (or 1, the default, for one "
+                          "process)")
+
+
+def wants_relaunch(args) -> bool:
+    """A fit command with --nproc >= 2 that is not itself a worker."""
+    nproc = getattr(args, "nproc", 1) or 1
+    check_nproc(nproc)
+    return nproc >= 2 and not in_worker()
+
+
+def relaunch(argv: list[str], nproc: int, debug: bool = False) -> int:
+    """Run ``grukit <argv without --nproc>`` in ``nproc`` processes under torch.distributed.run; returns
+    the exit code (2 with one ``error: ...`` line if a worker raised a GrukitError)."""
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    handle, error_file = tempfile.mkstemp(prefix="grukit-error-", suffix=".txt")
+    os.close(handle)
+    env = {**os.environ, WORKER_ENV: "1", ERROR_FILE_ENV: error_file,
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "grukit.cli.main", *without_nproc(argv)]
+    if not any(a in ("-q", "--quiet") for a in argv):
+        print(f"grukit: training in {nproc} processes (torch.distributed, gloo), {threads} thread(s) each",
+              flush=True)
+    try:
+        # stdout stays the terminal (progress bars); stderr is kept back so that torchrun's failure report
+        # does not bury the one-line error
+        result = subprocess.run(command, env=env, stderr=None if debug else subprocess.PIPE, text=True)
+        with open(error_file, encoding="utf-8") as reader:
+            message = reader.read().strip()
+    finally:
+        os.unlink(error_file)
+    if message:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 2
+    if result.returncode != 0 and not debug:
+        sys.stderr.write(result.stderr or "")
+        print(f"error: the training processes failed (exit code {result.returncode}); the output above says "
+              "why", file=sys.stderr, flush=True)
+    elif result.stderr:
+        sys.stderr.write(result.stderr)
+    return 0 if result.returncode == 0 else (result.returncode if result.returncode > 0 else 1)
+
+
+def report_worker_error(message: str) -> None:
+    """In a worker: hand a GrukitError's message to the launching process (rank 0 only)."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path and worker_rank() == 0:
+        with open(path, "w", encoding="utf-8") as writer:
+            writer.write(message)
+
+
+def start_worker() -> None:
+    """In a worker: silence stdout of ranks other than 0 (only rank 0 prints)."""
+    if worker_rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+
+
+def through_wrapper(forward):
+    """A ``forward(module, xs)`` for ``loop.fit`` that runs a task's own forward inside
+    DistributedDataParallel's.
+
+    The loop hands the DDP wrapper to ``forward``; a task's forward that reads the wrapped model
+    (TextClassifier's ``trimmed_forward`` walks ``model.stack``) fails on the wrapper, and calling
+    it on ``wrapper.module`` would skip DDP's forward bookkeeping (no gradient averaging). So the
+    wrapped module's ``forward`` is pointed at the task's forward for one call of the wrapper;
+    nested calls of the module inside it reach the class's own forward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    def run(module, xs):
+        if not isinstance(module, DistributedDataParallel):
+            return forward(module, xs)
+        inner = module.module
+
+        def once(*inputs):
+            del inner.forward        # the task's forward may call the module itself
+            return forward(inner, inputs)
+
+        inner.forward = once
+        try:
+            return module(*xs)
+        finally:
+            inner.__dict__.pop("forward", None)
+
+    return run
+
+
+@contextlib.contextmanager
+def distributed_training():
+    """Inside a worker: join the process group and make the task's training distributed.
+
+    ``grukit.train.loop.fit`` gets ``distributed=True`` unless the call says otherwise, because the
+    task objects' ``fit`` has no such option to pass on (``Sequential.fit`` looks ``loop.fit`` up at
+    call time, so the wrapper is seen); a task's own ``forward=`` is run through
+    :func:`through_wrapper`. Outside a worker this does nothing."""
+    if not in_worker():
+        yield
+        return
+    from grukit.train import distributed, loop
+
+    distributed.ensure_process_group()
+    original = loop.fit
+
+    def fit(*args, **kwargs):
+        kwargs.setdefault("distributed", True)
+        if kwargs["distributed"] and kwargs.get("forward") is not None:
+            kwargs["forward"] = through_wrapper(kwargs["forward"])
+        return original(*args, **kwargs)
+
+    loop.fit = fit
+    try:
+        yield
+    finally:
+        loop.fit = original
+
+
+def finish_worker() -> None:
+    """Leave the process group after the command (no-op outside a worker)."""
+    if in_worker():
+        from grukit.train import distributed
+
+        distributed.shutdown()
+
+
+__all__ = ["in_worker", "is_main", "world_size", "worker_rank", "without_nproc", "wants_relaunch", "relaunch",
+           "report_worker_error", "start_worker", "distributed_training", "finish_worker", "WORKER_ENV"]

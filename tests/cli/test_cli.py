@@ -1,0 +1,262 @@
+"""The ``grukit`` command line: --help of every command, fit -> predict round trips on tiny data, errors as
+one line with exit code 2, and --nproc 2 (slow). Commands run in-process through ``main(argv)`` (one
+torch import for the whole module); one test runs the installed entry point as a subprocess."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from grukit.cli.launch import without_nproc
+from grukit.cli.main import build_parser, main
+
+TINY = ["--units", "4", "--epochs", "1", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """The commands here run with --threads 1, which sets torch's threads for this whole process."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def leaf_commands():
+    """(argv prefix, parser) of every runnable command, found by walking the parser."""
+    found = []
+
+    def walk(parser, prefix):
+        subs = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        if not subs:
+            found.append((prefix, parser))
+        for sub in subs:
+            for name, child in sub.choices.items():
+                walk(child, [*prefix, name])
+
+    walk(build_parser(), [])
+    return found
+
+
+LEAVES = leaf_commands()
+
+
+def test_every_task_has_its_commands():
+    names = {" ".join(prefix) for prefix, _ in LEAVES}
+    assert {"text fit", "text predict", "text evaluate", "forecast fit", "forecast predict", "forecast evaluate",
+            "charlm fit", "charlm generate", "charlm evaluate", "anomaly fit", "anomaly predict",
+            "anomaly evaluate"} <= names
+
+
+@pytest.mark.parametrize("prefix", [p for p, _ in LEAVES] + [[], ["text"], ["forecast"], ["charlm"], ["anomaly"]],
+                         ids=lambda p: " ".join(p) or "grukit")
+def test_help_exits_0_and_names_the_options(prefix, capsys):
+    assert main([*prefix, "--help"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: grukit")
+    assert "examples:" in shown
+    parsers = dict((" ".join(p), parser) for p, parser in LEAVES)
+    if " ".join(prefix) in parsers:
+        for action in parsers[" ".join(prefix)]._actions:
+            for option in action.option_strings:
+                assert option in shown
+        if prefix[-1] == "fit":
+            for option in ("--cell", "--epochs", "--out", "--nproc", "--quiet", "--threads"):
+                assert option in shown
+
+
+def test_usage_error_exits_2(capsys):
+    assert main(["text", "fit", "--out", "x"]) == 2              # --train is required
+    assert "--train" in capsys.readouterr().err
+
+
+def test_without_nproc():
+    assert without_nproc(["text", "fit", "--nproc", "2", "--out", "x"]) == ["text", "fit", "--out", "x"]
+    assert without_nproc(["text", "fit", "--nproc=3", "-q"]) == ["text", "fit", "-q"]
+
+
+# -- round trips -------------------------------------------------------------------------------------------
+
+def write_texts(path, rows=24):
+    good = ["great fun film", "a joy to watch", "wonderful and witty", "loved it"]
+    bad = ["dull mess", "a boring film", "awful and slow", "hated it"]
+    lines = ["text,label"]
+    for i in range(rows // 2):
+        lines += [f'"{good[i % 4]}",pos', f'"{bad[i % 4]}",neg']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_series(path, steps=60):
+    lines = ["Month,Passengers"]
+    for i in range(steps):
+        lines.append(f"{1949 + i // 12}-{i % 12 + 1:02d},{100 + i + 10 * math.sin(i * 2 * math.pi / 12):.2f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_text_fit_predict_evaluate(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_texts(tmp_path / "train.csv")
+    assert main(["text", "fit", "--train", "train.csv", "--test", "train.csv", "--text-column", "text",
+                 "--label-column", "label", "--validation", "0", *TINY, "--out", "runs/x"]) == 0
+    out = capsys.readouterr().out
+    assert "saved runs/x" in out and "majority class" in out
+    for name in ("config.json", "model.safetensors", "task.json", "run.json"):
+        assert (tmp_path / "runs/x" / name).is_file()
+    record = json.loads((tmp_path / "runs/x/run.json").read_text())
+    assert record["task"] == "TextClassifier" and len(record["history"]["loss"]) == 1
+    assert set(record["evaluation"]["scores"]) >= {"accuracy", "f1"}
+
+    assert main(["text", "predict", "runs/x", "great fun", "a dull mess", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("pos", "neg") for line in lines)
+    assert lines[0].endswith("\tgreat fun")
+
+    (tmp_path / "new.txt").write_text("loved it\n\nhated it\n")
+    assert main(["text", "predict", "runs/x", "--file", "new.txt", "--json"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [a["text"] for a in answers] == ["loved it", "hated it"]
+    assert all(set(a["probabilities"]) == {"neg", "pos"} for a in answers)
+
+    assert main(["text", "predict", "runs/x", "--file", "train.csv"]) == 0     # the fit's text column
+    assert len(capsys.readouterr().out.strip().splitlines()) == 24
+
+    assert main(["text", "evaluate", "runs/x", "--test", "train.csv"]) == 0
+    assert "| GRU(4) |" in capsys.readouterr().out
+
+
+def test_text_fit_refuses_to_replace_a_model(tmp_path, capsys):
+    train = write_texts(tmp_path / "train.csv")
+    args = ["text", "fit", "--train", str(train), "--validation", "0", *TINY, "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_forecast_fit_predict_evaluate(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_series(tmp_path / "series.csv")
+    assert main(["forecast", "fit", "series.csv", "--date-column", "Month", "--value-column", "Passengers",
+                 "--lookback", "12", "--horizon", "3", "--season", "12", "--test", "12", *TINY,
+                 "--out", "runs/y"]) == 0
+    out = capsys.readouterr().out
+    assert "seasonal naive (m=12)" in out and "linear AR" in out
+    assert main(["forecast", "predict", "runs/y", "series.csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "date\tPassengers"
+    assert [line.split("\t")[0] for line in lines[1:]] == ["1954-01", "1954-02", "1954-03"]   # after 1953-12
+    assert all(math.isfinite(float(line.split("\t")[1])) for line in lines[1:])
+    assert main(["forecast", "evaluate", "runs/y", "series.csv", "--test", "12", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_steps"] == 12 and set(result["scores"]) == {"model", "last_value", "seasonal_naive",
+                                                                     "linear_ar"}
+
+
+def test_charlm_fit_generate(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 20)
+    run = str(tmp_path / "lm")
+    assert main(["charlm", "fit", str(corpus), "--sequence-length", "16", "--embedding-dim", "4", *TINY,
+                 "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["charlm", "generate", run, "--prompt", "the ", "--length", "30", "--top-k", "3", "--seed", "0",
+                 "--no-prompt"]) == 0
+    first = capsys.readouterr().out
+    assert main(["charlm", "generate", run, "--prompt", "the ", "--length", "30", "--top-k", "3", "--seed", "0",
+                 "--no-prompt"]) == 0
+    assert capsys.readouterr().out == first and len(first.rstrip("\n")) == 30
+    assert main(["charlm", "evaluate", run, str(corpus)]) == 0
+    assert "bigram (counts)" in capsys.readouterr().out
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, named", [
+    (["text", "fit", "--train", "{tmp}/train.csv", "--text-column", "review", "--out", "{tmp}/r"], "'review'"),
+    (["text", "fit", "--train", "{tmp}/missing.csv", "--out", "{tmp}/r"], "missing.csv"),
+    (["forecast", "fit", "{tmp}/series.csv", "--date-column", "Month", "--value-column", "Pasengers",
+      "--out", "{tmp}/r"], "'Pasengers'"),
+    (["forecast", "fit", "{tmp}/nothing.csv", "--date-column", "Month", "--value-column", "Passengers",
+      "--out", "{tmp}/r"], "nothing.csv"),
+    (["text", "predict", "{tmp}/no-run", "some text"], "no-run"),
+    (["charlm", "fit", "{tmp}/absent.txt", "--out", "{tmp}/r"], "absent.txt"),
+])
+def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys, argv, named):
+    write_texts(tmp_path / "train.csv")
+    write_series(tmp_path / "series.csv")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and named in captured.err
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["text", "fit", "--train", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r"),
+                 "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_entry_point_error_in_a_subprocess(tmp_path):
+    """`python -m grukit` (what the console script runs): one line on stderr, exit code 2."""
+    result = subprocess.run([sys.executable, "-m", "grukit", "forecast", "predict", str(tmp_path / "run"),
+                             str(tmp_path / "series.csv")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: run directory ") and "Traceback" not in result.stderr
+
+
+# -- several processes ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_nproc_2_text_fit_writes_the_same_run(tmp_path):
+    """--nproc 2 re-runs the command under torch.distributed.run: rank 0 writes the same files as one process."""
+    train = write_texts(tmp_path / "train.csv")
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "grukit", "text", "fit", "--train", str(train), "--validation",
+                             "0", "--units", "4", "--epochs", "2", "--nproc", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("saved ") == 1                          # rank 0 only
+    for name in ("config.json", "model.safetensors", "task.json", "run.json"):
+        assert (out / name).is_file()
+    record = json.loads((out / "run.json").read_text())
+    assert record["processes"] == 2 and len(record["history"]["loss"]) == 2
+    predict = subprocess.run([sys.executable, "-m", "grukit", "text", "predict", str(out), "loved it"],
+                             capture_output=True, text=True, timeout=120)
+    assert predict.returncode == 0 and predict.stdout.split("\t")[0] in ("pos", "neg")
+
+
+@pytest.mark.slow
+def test_nproc_2_bad_column_fails_before_launching(tmp_path):
+    train = write_texts(tmp_path / "train.csv")
+    result = subprocess.run([sys.executable, "-m", "grukit", "text", "fit", "--train", str(train), "--label-column",
+                             "sentiment", "--nproc", "2", "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "'sentiment'" in result.stderr
+    assert "training in 2 processes" not in result.stdout
+
+
+def test_anomaly_fit_predict_evaluate(tmp_path, capsys):
+    lines = ["Date,Temp,anomaly"]
+    for i in range(120):
+        spike = i == 100
+        lines.append(f"1981-{1 + i // 28:02d}-{1 + i % 28:02d},{10 + 5 * math.sin(i / 10) + 30 * spike:.3f},{int(spike)}")
+    series = tmp_path / "temps.csv"
+    series.write_text("\n".join(lines) + "\n")
+    run = str(tmp_path / "a")
+    assert main(["anomaly", "fit", str(series), "--date-column", "Date", "--value-column", "Temp", "--window", "8",
+                 *TINY, "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["anomaly", "predict", run, str(series), "--all", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["steps"]) == 120 and result["steps"][0]["score"] is None      # no window before step 0
+    assert main(["anomaly", "evaluate", run, str(series), "--label-column", "anomaly"]) == 0
+    assert "rolling z-score" in capsys.readouterr().out
