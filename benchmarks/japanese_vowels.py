@@ -1,9 +1,10 @@
 """Multivariate sequence classification on JapaneseVowels (UEA): test accuracy of GRU, LSTM and tanh RNN.
 
+    task:   grukit.tasks.SequenceClassifier with its defaults (this recipe), one per cell and seed
     data:   grukit.data.read_ts, 270 train / 370 test utterances, 12 LPC channels, lengths 7..29,
             9 speakers; every channel standardised with the mean and deviation of the train frames
-    model:  grukit.nn.<cell>(12, H, batch_first=True)(x, lengths=lengths) -> the state at each
-            utterance's last valid step -> dropout -> Linear(H, 9)
+    model:  Sequential([<Cell>(H) over the padded batch with its step mask -> the state at each
+            utterance's last valid step -> Dropout -> Dense(9, softmax)]) (Keras-style initialisation)
     train:  Adam, cross-entropy, batches of 16 in a seeded shuffled order, Gaussian noise on the
             standardised inputs (regularisation for 270 training utterances)
     epochs: chosen by stratified k-fold cross-validation on the train set: the epoch with the lowest
@@ -56,116 +57,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class Classifier(torch.nn.Module):
-    """Recurrent layer over the padded batch (with lengths) and a linear layer on the last valid state."""
-
-    def __init__(self, cell: str, channels: int, hidden: int, classes: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dropout = torch.nn.Dropout(dropout)
-        import grukit.nn as gnn
-        layer = {"GRU": gnn.GRU, "LSTM": gnn.LSTM, "RNN": gnn.RNN}[cell]
-        self.recurrent = layer(channels, hidden, batch_first=True)
-        self.readout = torch.nn.Linear(hidden, classes)
-
-    def forward(self, x, lengths):
-        _, state = self.recurrent(x, lengths=lengths)
-        h_n = state[0] if isinstance(state, tuple) else state
-        return self.readout(self.dropout(h_n[-1]))
-
-
 def load(data: Path):
-    """Standardised (x_train, len_train, y_train, x_test, len_test, y_test), class names."""
+    """(train, test) TimeSeriesDatasets with the same class names."""
     from grukit.data import read_ts
     train = read_ts(data / "JapaneseVowels_TRAIN.ts")
     test = read_ts(data / "JapaneseVowels_TEST.ts")
     if train.class_names != test.class_names:
         sys.exit(f"error: train classes {train.class_names} differ from test classes {test.class_names}")
-    frames = np.concatenate(train.sequences)  # only the train frames set the scale
-    mean, std = frames.mean(axis=0), frames.std(axis=0)
-    arrays = []
-    for split in (train, test):
-        scaled = type(split)([(s - mean) / std for s in split.sequences], split.labels, split.class_names)
-        x, lengths = scaled.padded()
-        arrays += [torch.from_numpy(x), torch.from_numpy(lengths), torch.from_numpy(split.labels)]
-    return arrays, train
+    return train, test
 
 
-def accuracy(model, x, lengths, y) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(x, lengths).argmax(-1) == y).float().mean())
-
-
-def stratified_folds(y: torch.Tensor, folds: int, seed: int) -> list[torch.Tensor]:
-    """``folds`` disjoint index sets covering ``y``, each with about 1/folds of every class."""
-    generator = torch.Generator().manual_seed(seed)
-    parts = [[] for _ in range(folds)]
-    for label in torch.unique(y):
-        members = torch.nonzero(y == label).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        for k in range(folds):
-            parts[k].append(members[k::folds])
-    return [torch.cat(p).sort().values for p in parts]
-
-
-def train(cell: str, seed: int, data, classes: int, epochs: int, args, validation=None) -> tuple:
-    """Train for ``epochs``; returns (model, validation loss after every epoch or [])."""
-    x, lengths, y = data
-    torch.manual_seed(seed)
-    model = Classifier(cell, x.shape[-1], args.units, classes, args.dropout)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    generator = torch.Generator().manual_seed(seed)
-    curve = []
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), args.batch_size):
-            batch = order[i:i + args.batch_size]
-            longest = int(lengths[batch].max())  # trim the batch's padding
-            inputs = x[batch, :longest]
-            if args.noise:
-                inputs = inputs + args.noise * torch.randn(inputs.shape, generator=generator)
-            loss = torch.nn.functional.cross_entropy(model(inputs, lengths[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        if validation is not None:
-            model.eval()
-            with torch.no_grad():
-                x_valid, lengths_valid, y_valid = validation
-                curve.append(float(torch.nn.functional.cross_entropy(model(x_valid, lengths_valid), y_valid)))
-    return model, curve
-
-
-def run(cell: str, seed: int, arrays, classes: int, args) -> dict:
-    x, lengths, y, x_test, lengths_test, y_test = arrays
+def run(cell: str, seed: int, train, test, args) -> dict:
+    from grukit.tasks import SequenceClassifier
     start = time.perf_counter()
-    curves = []
-    for k, held in enumerate(stratified_folds(y, args.folds, seed)):
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[held] = False
-        _, curve = train(cell, seed, (x[keep], lengths[keep], y[keep]), classes, args.max_epochs, args,
-                         validation=(x[held], lengths[held], y[held]))
-        curves.append(curve)
-        best = int(np.argmin(curve))
-        say(f"{cell} seed {seed} fold {k + 1}/{args.folds}: lowest validation loss {curve[best]:.4f} at epoch "
-            f"{best + 1} ({time.perf_counter() - start:.0f} s)")
-    mean_curve = np.mean(curves, axis=0)
-    epochs = int(np.argmin(mean_curve)) + 1
-    model, _ = train(cell, seed, (x, lengths, y), classes, epochs, args)
+    classifier = SequenceClassifier(cell=cell.lower(), units=args.units, epochs=args.max_epochs, folds=args.folds,
+                                    batch_size=args.batch_size, learning_rate=args.lr, dropout=args.dropout,
+                                    noise=args.noise, seed=seed).fit(train)
     seconds = time.perf_counter() - start
-    test_accuracy = accuracy(model, x_test, lengths_test, y_test)
-    say(f"{cell} seed {seed}: {epochs} epochs (cross-validation loss {mean_curve[epochs - 1]:.4f}), "
-        f"test accuracy {test_accuracy:.4f}")
-    return {"cell": cell, "seed": seed, "parameters": sum(p.numel() for p in model.parameters()),
-            "epochs": epochs, "cv_loss": float(mean_curve[epochs - 1]), "cv_curve": mean_curve.tolist(),
-            "test_accuracy": test_accuracy, "test_errors": round((1 - test_accuracy) * len(y_test)),
-            "seconds": seconds}
+    result = classifier.evaluate(test)
+    epochs, curve = classifier.chosen_epochs, classifier.cv_curve
+    test_accuracy = result.scores["accuracy"]
+    say(f"{cell} seed {seed}: {epochs} epochs (cross-validation loss {curve[epochs - 1]:.4f}), "
+        f"test accuracy {test_accuracy:.4f}, macro F1 {result.scores['f1']:.4f} ({seconds:.0f} s)")
+    return {"cell": cell, "seed": seed, "parameters": classifier.model.count_params(),
+            "epochs": epochs, "cv_loss": curve[epochs - 1], "cv_curve": curve,
+            "test_accuracy": test_accuracy, "test_f1_macro": result.scores["f1"],
+            "test_errors": round((1 - test_accuracy) * len(test)), "seconds": seconds}
 
 
 def markdown(record: dict) -> str:
     lines = ["# JapaneseVowels: test accuracy (370 utterances, 9 speakers)", "",
-             f"{record['date']}, {record['threads']} threads. {record['units']} units, Adam lr {record['lr']:g}, "
+             f"{record['date']}, {record['threads']} threads. grukit.tasks.SequenceClassifier: "
+             f"{record['units']} units, Adam lr {record['lr']:g}, "
              f"batch {record['batch_size']}, dropout {record['dropout']:g}, input noise {record['noise']:g}; epochs "
              f"chosen by {record['folds']}-fold cross-validation on the train set (at most {record['max_epochs']}), "
              "then trained on all of it. Target (issue 5): GRU >= 97%.",
@@ -189,11 +112,11 @@ def main(argv=None) -> None:
     if not (args.data / "JapaneseVowels_TRAIN.ts").is_file():
         sys.exit(f"error: no JapaneseVowels_TRAIN.ts in {args.data}; pass --data")
     torch.set_num_threads(args.threads)
-    arrays, train = load(args.data)
-    say(f"train {len(arrays[0])}, test {len(arrays[3])} utterances, {train.num_channels} channels, "
+    train, test = load(args.data)
+    say(f"train {len(train)}, test {len(test)} utterances, {train.num_channels} channels, "
         f"{train.num_classes} classes")
     cells, seeds = args.cells.split(","), [int(s) for s in args.seeds.split(",")]
-    results = [run(cell, seed, arrays, train.num_classes, args) for cell in cells for seed in seeds]
+    results = [run(cell, seed, train, test, args) for cell in cells for seed in seeds]
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": args.threads, "units": args.units,
               "max_epochs": args.max_epochs, "folds": args.folds, "dropout": args.dropout, "noise": args.noise,
               "batch_size": args.batch_size, "lr": args.lr, "cells": cells, "seeds": seeds,

@@ -10,6 +10,12 @@
 - ``TextClassifier``: text classification / sentiment from raw strings (tokenizer fitted on the training
   texts, padding, optional pretrained embeddings, optional Bidirectional), scored with accuracy,
   precision, recall, F1 and ROC-AUC beside the majority class.
+- ``SequenceClassifier``: variable-length multivariate sequences (lists of ``(T_i, C)`` arrays or a
+  ``TimeSeriesDataset``) -> class names: standardisation fitted on the training frames, padding masked,
+  epochs chosen by cross-validation (the JapaneseVowels recipe); accuracy and macro precision/recall/F1.
+- ``NextStepDensity``: binary multi-label sequences (piano rolls): a Bernoulli per note for the next
+  frame, NLL per time step (frames pooled) beside the per-note frequency, O(n) ``sample`` through the
+  streaming kernels.
 - ``baselines``: those baselines and ``forecast_scores``.
 - ``base``: ``Task`` (save/load plumbing) and the ``cell=`` name -> layer class mapping.
 
@@ -29,6 +35,10 @@ _EXPORTS = {
     "AnomalyDetector": "anomaly", "AnomalyConfig": "anomaly", "AnomalyEvaluation": "anomaly",
     "inject_anomalies": "anomaly", "InjectedAnomalies": "anomaly",
     "CharLM": "char_lm", "CharLMConfig": "char_lm", "CharLMEvaluation": "char_lm", "CharNgram": "char_lm",
+    "SequenceClassifier": "sequence_classifier", "SequenceClassifierConfig": "sequence_classifier",
+    "SequenceEvaluation": "sequence_classifier",
+    "NextStepDensity": "next_step_density", "NextStepDensityConfig": "next_step_density",
+    "DensityEvaluation": "next_step_density",
     "Task": "base", "cell_class": "base", "recurrent_layer": "base", "CELLS": "base",
 }
 
