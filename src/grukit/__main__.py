@@ -1,10 +1,11 @@
-"""``python -m grukit ...`` is the ``grukit`` command line (``grukit.cli.main``, also the console script).
+"""``python -m grukit ...`` is the ``grukit`` command line (the console script's ``grukit.cli.main``).
 
-An entry point, like the console script, rather than a module of the package: it runs
-``grukit.cli.main`` as ``__main__`` instead of importing it, so no grukit module imports ``cli``
-(tests/test_layering.py)."""
+An entry point like the console script, not a module of the library: it is the one file besides
+``cli`` itself that may import ``cli`` (tests/test_layering.py exempts it)."""
 
-import runpy
+import sys
+
+from grukit.cli.main import main
 
 if __name__ == "__main__":
-    runpy.run_module("grukit.cli.main", run_name="__main__", alter_sys=True)
+    sys.exit(main())

@@ -127,43 +127,13 @@ def start_worker() -> None:
         sys.stdout = open(os.devnull, "w")
 
 
-def through_wrapper(forward):
-    """A ``forward(module, xs)`` for ``loop.fit`` that runs a task's own forward inside
-    DistributedDataParallel's.
-
-    The loop hands the DDP wrapper to ``forward``; a task's forward that reads the wrapped model
-    (TextClassifier's ``trimmed_forward`` walks ``model.stack``) fails on the wrapper, and calling
-    it on ``wrapper.module`` would skip DDP's forward bookkeeping (no gradient averaging). So the
-    wrapped module's ``forward`` is pointed at the task's forward for one call of the wrapper;
-    nested calls of the module inside it reach the class's own forward."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    def run(module, xs):
-        if not isinstance(module, DistributedDataParallel):
-            return forward(module, xs)
-        inner = module.module
-
-        def once(*inputs):
-            del inner.forward        # the task's forward may call the module itself
-            return forward(inner, inputs)
-
-        inner.forward = once
-        try:
-            return module(*xs)
-        finally:
-            inner.__dict__.pop("forward", None)
-
-    return run
-
-
 @contextlib.contextmanager
 def distributed_training():
     """Inside a worker: join the process group and make the task's training distributed.
 
     ``grukit.train.loop.fit`` gets ``distributed=True`` unless the call says otherwise, because the
     task objects' ``fit`` has no such option to pass on (``Sequential.fit`` looks ``loop.fit`` up at
-    call time, so the wrapper is seen); a task's own ``forward=`` is run through
-    :func:`through_wrapper`. Outside a worker this does nothing."""
+    call time, so the wrapper is seen). Outside a worker this does nothing."""
     if not in_worker():
         yield
         return
@@ -173,9 +143,7 @@ def distributed_training():
     original = loop.fit
 
     def fit(*args, **kwargs):
-        kwargs.setdefault("distributed", True)
-        if kwargs["distributed"] and kwargs.get("forward") is not None:
-            kwargs["forward"] = through_wrapper(kwargs["forward"])
+        kwargs.setdefault("distributed", True)   # a task's own forward= runs inside DDP (loop.fit)
         return original(*args, **kwargs)
 
     loop.fit = fit

@@ -73,8 +73,25 @@ def gather_arrays(arrays: list) -> list:
     return [item for part in gathered for item in part]
 
 
-def wrap(model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
-    return torch.nn.parallel.DistributedDataParallel(model)
+class _WithForward(torch.nn.Module):
+    """``model`` whose forward is ``forward(model, inputs)``: DDP must run a custom forward (a task's
+    padding trimming, say) inside its own forward, or it would not average the gradients; and the
+    custom forward must see the model itself, not the DDP wrapper."""
+
+    def __init__(self, model: torch.nn.Module, forward) -> None:
+        super().__init__()
+        self.model = model
+        self.custom_forward = forward
+
+    def forward(self, *inputs):
+        return self.custom_forward(self.model, inputs)
+
+
+def wrap(model: torch.nn.Module, forward=None) -> torch.nn.parallel.DistributedDataParallel:
+    """DDP around ``model``; with ``forward(model, xs)``, calling the result runs that forward
+    under DDP (pass the result to ``forward`` as ``forward_through_wrapper`` does in the loop)."""
+    inner = model if forward is None else _WithForward(model, forward)
+    return torch.nn.parallel.DistributedDataParallel(inner)
 
 
 def shutdown() -> None:

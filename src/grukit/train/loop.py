@@ -206,7 +206,13 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
             verbose = 0
             callbacks = [c for c in callbacks if not getattr(c, "main_process_only", False)]
     torch_optimizer = _resolve_optimizer(optimizer, model, data.take(slice(0, min(len(data), 2))), forward)
-    train_module = distributed_module.wrap(model) if distributed else model
+    if distributed and forward is not default_forward:
+        # a custom forward runs inside DDP's forward, on the model itself (see distributed.wrap)
+        train_module = distributed_module.wrap(model, forward)
+        train_forward = default_forward
+    else:
+        train_module = distributed_module.wrap(model) if distributed else model
+        train_forward = forward
     trainable = [p for group in torch_optimizer.param_groups for p in group["params"]]
     device, dtype = _model_device_dtype(model)
 
@@ -244,7 +250,7 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
                     xs = tuple(_to_model(t, device, dtype) for t in batch.inputs)
                     y_true = _to_model(batch.y, device, None)
                     torch_optimizer.zero_grad(set_to_none=True)
-                    y_pred = forward(train_module, xs)
+                    y_pred = train_forward(train_module, xs)
                     per_sample = loss_fn(y_true, y_pred)
                     weight = None if batch.sample_weight is None else batch.sample_weight.to(device)
                     value = reduce_weighted(per_sample, weight)
