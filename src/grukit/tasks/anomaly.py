@@ -59,7 +59,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +71,7 @@ from grukit.data.timeseries import (SeriesScaler, TimeSeries, as_matrix, chronol
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.layers import RepeatVector
 from grukit.models import Sequential
-from grukit.tasks.base import Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.tasks.baselines import seasonal_naive
 from grukit.train import Adam
 from grukit.train.losses import get_loss
@@ -90,7 +89,7 @@ _STD_FLOOR = 1e-6  # rolling std in scaled units: a flat stretch must not divide
 # -- configuration --------------------------------------------------------------------------------
 
 @dataclass
-class AnomalyConfig:
+class AnomalyConfig(ConfigRecord):
     """Everything that defines an AnomalyDetector (saved in ``task.json``).
 
     ``method``: "forecast" or "reconstruction"; ``window``: the steps a window holds (the forecast's
@@ -152,15 +151,6 @@ class AnomalyConfig:
         if isinstance(self.columns, str):
             self.columns = [self.columns]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AnomalyConfig":
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"AnomalyConfig: unknown field(s) {unknown}; saved by a newer grukit?")
-        return cls(**data)
 
 
 def _positive_int(value, argument: str) -> int:

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -53,6 +54,22 @@ def recurrent_layer(cell: str, units: int, **options) -> layers.Recurrent:
     if isinstance(units, bool) or not isinstance(units, int) or units < 1:
         raise ConfigError(f"units= must be an int >= 1 (the recurrent layer's width), got {units!r}")
     return cell_class(cell)(units, **options)
+
+
+class ConfigRecord:
+    """``to_dict`` / ``from_dict`` of a task's config dataclass (unknown fields are a ConfigError)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)} (saved by a "
+                              "newer grukit?)")
+        return cls(**data)
 
 
 class Task:

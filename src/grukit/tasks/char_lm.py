@@ -42,7 +42,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ from grukit.data.text_corpus import CharVocabulary, char_chunks, read_corpus
 from grukit.data.timeseries import part_size
 from grukit.errors import ConfigError, DataError
 from grukit.models import Sequential
-from grukit.tasks.base import Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.train import Adam
 from grukit.train.losses import SparseCategoricalCrossentropy
 
@@ -64,7 +63,7 @@ _BLOCK = 4096  # characters per forward call when scoring a long text (the state
 
 
 @dataclass
-class CharLMConfig:
+class CharLMConfig(ConfigRecord):
     """Everything that defines a CharLM (saved in ``task.json``).
 
     ``sequence_length``: characters per training chunk (L); ``stride``: step between chunk starts
@@ -108,15 +107,6 @@ class CharLMConfig:
         part_size(self.validation, 100, "validation")
         cell_class(self.cell)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CharLMConfig":
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"CharLMConfig: unknown field(s) {unknown}; saved by a newer grukit?")
-        return cls(**data)
 
 
 class CharNgram:

@@ -36,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,13 +47,13 @@ from grukit.data.timeseries import (SeriesScaler, TimeSeries, as_matrix, chronol
                                     mase_scale, part_size)
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.tasks.baselines import LinearAutoregression, forecast_scores, last_value, seasonal_naive
 from grukit.train import Adam, EarlyStopping
 
 
 @dataclass
-class ForecasterConfig:
+class ForecasterConfig(ConfigRecord):
     """Everything that defines a Forecaster (saved in ``task.json``).
 
     ``lookback``: input steps per window; ``horizon``: steps forecast at once; ``cell``: "gru",
@@ -109,16 +108,6 @@ class ForecasterConfig:
             raise ConfigError(f"Forecaster(patience={self.patience}) stops on the validation loss; pass "
                               "validation= (a count or fraction of the fit data) too, or patience=None")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ForecasterConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"ForecasterConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass

@@ -58,9 +58,9 @@ from grukit import layers
 from grukit.data.music import frame_nll
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.tasks.char_lm import CharLM
-from grukit.tasks.sequence_classifier import (ConfigRecord, check_int, check_number, masked_forward,
+from grukit.tasks.sequence_classifier import (check_int, check_number, masked_forward,
                                               sequence_list)
 from grukit.train import Adam, Callback, EarlyStopping, ReduceLROnPlateau
 

@@ -44,7 +44,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -59,26 +58,10 @@ from grukit.data.timeseries import SeriesScaler
 from grukit.data.ts_format import TimeSeriesDataset
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.tasks.text_classifier import TextEvaluation
 from grukit.train import Adam, get_metric
 from grukit.train.losses import SparseCategoricalCrossentropy
-
-
-class ConfigRecord:
-    """``to_dict`` / ``from_dict`` of a task's config dataclass (unknown fields are a ConfigError)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)} (saved by a "
-                              "newer grukit?)")
-        return cls(**data)
 
 
 def check_int(owner: str, name: str, value, low: int) -> None:

@@ -72,7 +72,7 @@ from grukit import layers
 from grukit.data import WordTokenizer, load_word_vectors, pad_sequences
 from grukit.errors import ConfigError, DataError
 from grukit.models import Sequential
-from grukit.tasks.base import Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.train import Adam, EarlyStopping, get_loss, get_metric
 
 MONITORS = ("val_loss", "val_accuracy")
@@ -80,7 +80,7 @@ AUTO_MAXLEN_PERCENTILE = 95
 
 
 @dataclass
-class TextClassifierConfig:
+class TextClassifierConfig(ConfigRecord):
     """Everything that defines a TextClassifier (saved in ``task.json``).
 
     Text: ``num_words`` (id space of the vocabulary, padding and OOV included; None keeps every
@@ -171,16 +171,6 @@ class TextClassifierConfig:
                 raise ConfigError(f"TextClassifier(classes={self.classes!r}): expected at least two distinct "
                                   "label names, in the order of their ids")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TextClassifierConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"TextClassifierConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 # Presets: see the module docstring's table.

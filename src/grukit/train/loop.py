@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import ConfigError, TrainingError
 from . import distributed as distributed_module
 from .batches import ArrayData, batch_indices, check_batch_size, epoch_seed, prepare, sequence_lengths
 from .callbacks import Callback, CallbackList, History, ProgressLogger
