@@ -17,16 +17,19 @@ def pin_threads(threads: int, omp_wait_policy: str | None = None) -> dict:
     importing torch, numba, onnxruntime or JAX. XLA (JAX) has no thread-count setting, so
     the CPU affinity is what holds it to the same cores.
 
-    ``omp_wait_policy`` applies to every OpenMP user in the process, torch included (PASSIVE is
-    what ``import grukit`` sets when torch is not loaded yet; ACTIVE is libgomp's spinning).
-    None keeps an inherited setting (the harness's subprocesses), else PASSIVE."""
-    os.environ["OMP_WAIT_POLICY"] = (omp_wait_policy or os.environ.get("OMP_WAIT_POLICY", "PASSIVE")).upper()
+    ``omp_wait_policy`` ("passive", "active") applies to every OpenMP user in the process, torch
+    included; "default" unsets it (libgomp spins a while, then sleeps); None keeps an inherited
+    setting (the harness's subprocesses)."""
+    if omp_wait_policy == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    elif omp_wait_policy is not None:
+        os.environ["OMP_WAIT_POLICY"] = omp_wait_policy.upper()
     for name in THREADS_ENV:
         os.environ[name] = str(threads)
     cpus = sorted(os.sched_getaffinity(0))[:threads]
     os.sched_setaffinity(0, cpus)
     return {"threads": threads, "cpus": cpus,
-            "environment": {n: os.environ[n] for n in (*THREADS_ENV, "OMP_WAIT_POLICY")}}
+            "environment": {n: os.environ.get(n, "(unset)") for n in (*THREADS_ENV, "OMP_WAIT_POLICY")}}
 
 
 def cpu_model() -> str:

@@ -53,9 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{Settings.repeats}, stopping after about {Settings.budget_s:g} s of timed "
                              f"calls once {Settings.min_repeats} are done)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every library (default: 2)")
-    parser.add_argument("--omp-wait-policy", choices=("passive", "active"), default="passive",
-                        help="OMP_WAIT_POLICY for every library in the run, torch included (default: "
-                             "%(default)s, what `import grukit` sets; active = libgomp's spinning)")
+    parser.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="default",
+                        help="OMP_WAIT_POLICY for every library in the run, torch included (default: unset, "
+                             "libgomp's own spin-then-sleep; passive speeds up grukit's batched training and "
+                             "slows torch's small operations)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="directory for latest.json and latest.md (default: benchmarks/results)")
     args = parser.parse_args(argv)
