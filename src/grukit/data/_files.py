@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import gzip
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -49,6 +50,17 @@ def decode(raw: bytes, source: str, encoding: str = "utf-8") -> str:
 
 def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
     return decode(read_bytes(path), str(path), encoding)
+
+
+def read_json(path: str | os.PathLike, what: str):
+    """The JSON document in ``path``; DataError naming the line and column where it is broken and
+    telling to re-save ``what`` (e.g. "the tokenizer")."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON at line {error.lineno}, column {error.colno} ({error.msg}); "
+                        f"the file is damaged, re-save {what}") from error
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

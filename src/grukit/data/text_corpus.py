@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grukit.data._files import atomic_write_text, read_text
+from grukit.data._files import atomic_write_text, read_json, read_text
 from grukit.errors import ConfigError, DataError
 
 FORMAT = "grukit.CharVocabulary"
@@ -165,13 +165,7 @@ class CharVocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharVocabulary":
-        text = read_text(path)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: not valid JSON at line {error.lineno}, column {error.colno} ({error.msg}); "
-                            "the file is damaged, re-save the vocabulary") from error
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "the vocabulary"), source=str(path))
 
     def __repr__(self) -> str:
         return f"CharVocabulary(size={len(self)}, unknown={self.unknown!r})"

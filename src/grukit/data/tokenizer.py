@@ -38,7 +38,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from grukit.data._files import atomic_write_text, read_text
+from grukit.data._files import atomic_write_text, read_json
 from grukit.errors import ConfigError, DataError
 
 PAD_TOKEN = "<pad>"
@@ -233,13 +233,7 @@ class WordTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WordTokenizer":
-        text = read_text(path)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: not valid JSON at line {error.lineno}, column {error.colno} ({error.msg}); "
-                            f"the file is damaged, re-save the tokenizer") from error
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "the tokenizer"), source=str(path))
 
     def __repr__(self) -> str:
         size = len(self) if self.fitted else 0
