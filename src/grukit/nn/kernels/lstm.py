@@ -15,6 +15,48 @@ from .common import (JIT, ONE, gemm_add, gemm_packed, max_length, pack_weight_fo
                      run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
 
+# Per-row gate passes on 1-D row views, one per variant: a flag test or a store into a 3-D
+# workspace inside the j loop keeps LLVM from vectorising it (see gru.py).
+
+
+@njit(**JIT)
+def _gates(g, gr, bhh, h, c, o, H):
+    for j in range(H):
+        ig = sigmoid((g[j] + gr[j]) + bhh[j])
+        fg = sigmoid((g[H + j] + gr[H + j]) + bhh[H + j])
+        gg = tanh((g[2 * H + j] + gr[2 * H + j]) + bhh[2 * H + j])
+        og = sigmoid((g[3 * H + j] + gr[3 * H + j]) + bhh[3 * H + j])
+        cj = fg * c[j] + ig * gg
+        hj = og * tanh(cj)
+        c[j] = cj
+        h[j] = hj
+        o[j] = hj
+
+
+@njit(**JIT)
+def _gates_training(g, gr, bhh, h, c, o, H, wg, wh, wc):
+    """As _gates, keeping h_{t-1}, c_{t-1} in wh, wc and (i, f, g, o, tanh(c')) in wg."""
+    for j in range(H):
+        wh[j] = h[j]
+        wc[j] = c[j]
+    for j in range(H):
+        ig = sigmoid((g[j] + gr[j]) + bhh[j])
+        fg = sigmoid((g[H + j] + gr[H + j]) + bhh[H + j])
+        gg = tanh((g[2 * H + j] + gr[2 * H + j]) + bhh[2 * H + j])
+        og = sigmoid((g[3 * H + j] + gr[3 * H + j]) + bhh[3 * H + j])
+        cj = fg * c[j] + ig * gg
+        tc = tanh(cj)
+        hj = og * tc
+        c[j] = cj
+        h[j] = hj
+        o[j] = hj
+        wg[j] = ig
+        wg[H + j] = fg
+        wg[2 * H + j] = gg
+        wg[3 * H + j] = og
+        wg[4 * H + j] = tc
+
+
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
               out, h_n, c_n, ws_g, ws_h, ws_c):
@@ -37,33 +79,41 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
             t = time_index(s, lengths[b], reverse)
             if t < 0:
                 continue
-            g = gx[t, b]
-            o = out[t, b]
-            h = hb[i]
-            c = cb[i]
-            gr = gh[i]
             if training:
-                ws_h[t, b, :] = h
-                ws_c[t, b, :] = c
-            for j in range(H):
-                ig = sigmoid((g[j] + gr[j]) + bhh[j])
-                fg = sigmoid((g[H + j] + gr[H + j]) + bhh[H + j])
-                gg = tanh((g[2 * H + j] + gr[2 * H + j]) + bhh[2 * H + j])
-                og = sigmoid((g[3 * H + j] + gr[3 * H + j]) + bhh[3 * H + j])
-                cj = fg * c[j] + ig * gg
-                tc = tanh(cj)
-                hj = og * tc
-                c[j] = cj
-                h[j] = hj
-                o[j] = hj
-                if training:
-                    ws_g[t, b, j] = ig
-                    ws_g[t, b, H + j] = fg
-                    ws_g[t, b, 2 * H + j] = gg
-                    ws_g[t, b, 3 * H + j] = og
-                    ws_g[t, b, 4 * H + j] = tc
+                _gates_training(gx[t, b], gh[i], bhh, hb[i], cb[i], out[t, b], H, ws_g[t, b],
+                                ws_h[t, b], ws_c[t, b])
+            else:
+                _gates(gx[t, b], gh[i], bhh, hb[i], cb[i], out[t, b], H)
     h_n[b0:b1] = hb
     c_n[b0:b1] = cb
+
+
+@njit(**JIT)
+def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H):
+    """One row: the four gates' gradients into dg and gb, dc_{t-1} into dci, dhi cleared
+    (the GEMM after the pass adds dgates @ W)."""
+    for j in range(H):
+        d = dhi[j] + go[j]
+        ig = gs[j]
+        fg = gs[H + j]
+        gg = gs[2 * H + j]
+        og = gs[3 * H + j]
+        tc = gs[4 * H + j]
+        dct = dci[j] + d * og * (ONE - tc * tc)
+        di = dct * gg * ig * (ONE - ig)
+        df = dct * cp[j] * fg * (ONE - fg)
+        dgg = dct * ig * (ONE - gg * gg)
+        do = d * tc * og * (ONE - og)
+        dg[j] = di
+        dg[H + j] = df
+        dg[2 * H + j] = dgg
+        dg[3 * H + j] = do
+        gb[j] = di
+        gb[H + j] = df
+        gb[2 * H + j] = dgg
+        gb[3 * H + j] = do
+        dci[j] = dct * fg
+        dhi[j] = 0
 
 
 @njit(**JIT)
@@ -84,29 +134,12 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
             t = time_index(s, lengths[b], reverse)
             if t < 0:            # past this sequence's end: h and c carried
                 dgb[i, :] = 0
-                continue
-            go = grad_out[t, b]
-            gs = ws_g[t, b]
-            cp = ws_c[t, b]
-            dg = dgx[t, b]
-            gb = dgb[i]
-            for j in range(H):
-                d = dh[i, j] + go[j]
-                ig = gs[j]
-                fg = gs[H + j]
-                gg = gs[2 * H + j]
-                og = gs[3 * H + j]
-                tc = gs[4 * H + j]
-                dct = dc[i, j] + d * og * (ONE - tc * tc)
-                dg[j] = gb[j] = dct * gg * ig * (ONE - ig)
-                dg[H + j] = gb[H + j] = dct * cp[j] * fg * (ONE - fg)
-                dg[2 * H + j] = gb[2 * H + j] = dct * ig * (ONE - gg * gg)
-                dg[3 * H + j] = gb[3 * H + j] = d * tc * og * (ONE - og)
-                dc[i, j] = dct * fg
-            dh[i, :] = 0
+            else:
+                _bwd_row(grad_out[t, b], ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i], dc[i], H)
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
+
 
 @njit(**JIT)
 def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
