@@ -137,8 +137,9 @@ def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
 
     Each term ``(row0, row1, G, X)`` with G (T, B, row1 - row0) and X (T, B, H) gives
     grad W[row0:row1] = G^T X summed over (T, B); grad bias_hh = bias_source summed over
-    (T, B), where bias_source is one (T, B, G*H) array or a list of arrays whose last axes
-    concatenate to G*H. ``matmul`` lets the torch wrapper run the GEMMs with torch (and its
+    all its leading axes, where bias_source is one (..., G*H) array (the kernels' per-sequence
+    sums (B, G*H), or (T, B, G*H) gradients) or a list of arrays whose last axes concatenate
+    to G*H. ``matmul`` lets the torch wrapper run the GEMMs with torch (and its
     threads).
     """
     if not terms:

@@ -143,9 +143,10 @@ def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, tra
 
 
 @njit(**JIT)
-def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H):
+def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum):
     """Reset after, one row: dgx row (dr, dz, dn), the recurrent side's (dr, dz, dn * r)
-    into gb (and dn * r into dn_r), dh_{t-1}'s direct part d * z into dhi."""
+    into gb (and dn * r into dn_r, and summed over time into gsum: grad bias_hh),
+    dh_{t-1}'s direct part d * z into dhi."""
     for j in range(H):
         d = dhi[j] + go[j]
         r = gs[j]
@@ -163,6 +164,9 @@ def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H):
         gb[2 * H + j] = dnr
         dn_r[j] = dnr
         dhi[j] = d * z
+        gsum[j] += dr
+        gsum[H + j] += dz
+        gsum[2 * H + j] += dnr
 
 
 @njit(**JIT)
@@ -194,12 +198,13 @@ def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H):
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h,
-              dgx, dgh_n, dh0):
+              dgx, dgh_n, dh0, bias_rows):
     """Per step: the pointwise pass over the block's rows, then dh_{t-1} += dgates @ W as
     one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows).
 
     Reset after, the recurrent side's gradient is (dr, dz, dn * r): dgx holds (dr, dz, dn)
-    and dgh_n (T, B, H) the one block that differs, dn * r."""
+    and dgh_n (T, B, H) the one block that differs, dn * r; bias_rows (B, 3H) receives its
+    sum over time per sequence (grad bias_hh is their sum over the batch)."""
     H = grad_out.shape[2]
     R = b1 - b0
     dt = dgx.dtype
@@ -225,7 +230,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                 dgn[i, :] = 0
             elif reset_after:
                 _bwd_after(grad_out[t, b], ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgh_n[t, b],
-                           dh[i], H)
+                           dh[i], H, bias_rows[b])
             else:
                 _bwd_before(grad_out[t, b], ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgn[i],
                             dh[i], H)
@@ -284,9 +289,9 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
     dgx = np.empty((T, B, 3 * H), dt)
     dgh_n = np.empty((T, B, H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
-    args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0)
+    bias_rows = np.zeros((B, 3 * H) if reset_after else (1, 1), dt)
+    args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows)
     run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)
     if reset_after:
-        d_rz = dgx[..., :2 * H]
-        return dgx, dh0, [(0, 2 * H, d_rz, ws_h), (2 * H, 3 * H, dgh_n, ws_h)], [d_rz, dgh_n]
+        return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgh_n, ws_h)], bias_rows
     return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgx[..., 2 * H:], ws_x)], None

@@ -89,9 +89,9 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
 
 
 @njit(**JIT)
-def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H):
-    """One row: the four gates' gradients into dg and gb, dc_{t-1} into dci, dhi cleared
-    (the GEMM after the pass adds dgates @ W)."""
+def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H, gsum):
+    """One row: the four gates' gradients into dg and gb (and summed over time into gsum:
+    grad bias_hh), dc_{t-1} into dci, dhi cleared (the GEMM after the pass adds dgates @ W)."""
     for j in range(H):
         d = dhi[j] + go[j]
         ig = gs[j]
@@ -114,11 +114,17 @@ def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H):
         gb[3 * H + j] = do
         dci[j] = dct * fg
         dhi[j] = 0
+        gsum[j] += di
+        gsum[H + j] += df
+        gsum[2 * H + j] += dgg
+        gsum[3 * H + j] += do
 
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
-              dgx, dh0, dc0):
+              dgx, dh0, dc0, bias_rows):
+    """Per step: the pointwise pass over the block's rows, then dh_{t-1} = dgates @ W as one
+    GEMM. bias_rows (B, 4H) receives each sequence's gate gradients summed over time."""
     H = grad_out.shape[2]
     R = b1 - b0
     dh = grad_h_n[b0:b1].copy()
@@ -135,7 +141,8 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
             if t < 0:            # past this sequence's end: h and c carried
                 dgb[i, :] = 0
             else:
-                _bwd_row(grad_out[t, b], ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i], dc[i], H)
+                _bwd_row(grad_out[t, b], ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i], dc[i], H,
+                         bias_rows[b])
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
@@ -171,6 +178,7 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
     dgx = np.empty((T, B, 4 * H), dt)
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
-    args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0)
+    bias_rows = np.zeros((B, 4 * H), dt)
+    args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0, bias_rows)
     run_rows(_bwd_rows, B, T * B * 4 * H * H, args)
-    return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], dgx
+    return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], bias_rows
