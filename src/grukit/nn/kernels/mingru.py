@@ -14,11 +14,61 @@ from numba import njit
 from .common import HALF, JIT, ONE, project_frame, run_forward, run_rows, run_step, sigmoid, zero_tail
 
 
+# --- the per-row passes --------------------------------------------------------------
+# Each takes one row's 1-D views and is specialised by candidate (and, forward, training):
+# the use_g test inside the j loop kept LLVM from vectorising it (as in gru.py). The g
+# variants compute sigmoid(x) for every x and then select, so that branch does not stop
+# the vectoriser either (the selected values are the same). They stay calls: inlined
+# (inline="always"), the backward pass did not vectorise.
+
+
 @njit(**JIT)
-def _candidate(x, use_g):
-    if not use_g:
-        return x
-    return x + HALF if x >= 0 else sigmoid(x)
+def _g(x):
+    """The paper's g: x + 1/2 for x >= 0, sigmoid(x) below."""
+    sx = sigmoid(x)
+    return x + HALF if x >= 0 else sx
+
+
+@njit(**JIT)
+def _scan_identity(g, h, o, H):
+    """One step of one row with h~ = gx_h: h = o = (1 - z) h + z h~."""
+    for j in range(H):
+        z = sigmoid(g[j])
+        hj = (ONE - z) * h[j] + z * g[H + j]
+        h[j] = hj
+        o[j] = hj
+
+
+@njit(**JIT)
+def _scan_g(g, h, o, H):
+    """As _scan_identity with h~ = g(gx_h)."""
+    for j in range(H):
+        z = sigmoid(g[j])
+        hj = (ONE - z) * h[j] + z * _g(g[H + j])
+        h[j] = hj
+        o[j] = hj
+
+
+@njit(**JIT)
+def _scan_identity_training(g, h, o, wh, H):
+    """As _scan_identity, keeping h_{t-1} in wh."""
+    for j in range(H):
+        wh[j] = h[j]
+        z = sigmoid(g[j])
+        hj = (ONE - z) * h[j] + z * g[H + j]
+        h[j] = hj
+        o[j] = hj
+
+
+@njit(**JIT)
+def _scan_g_training(g, h, o, wh, H):
+    """As _scan_g, keeping h_{t-1} in wh."""
+    for j in range(H):
+        wh[j] = h[j]
+        z = sigmoid(g[j])
+        hj = (ONE - z) * h[j] + z * _g(g[H + j])
+        h[j] = hj
+        o[j] = hj
 
 
 @njit(**JIT)
@@ -30,19 +80,44 @@ def _fwd_rows(b0, b1, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h)
         h[:] = h0[b]
         for s in range(L):
             t = L - 1 - s if reverse else s
-            g = gx[t, b]
-            o = out[t, b]
-            if training:
-                ws_h[t, b, :] = h
-            for j in range(H):
-                z = sigmoid(g[j])
-                hj = (ONE - z) * h[j] + z * _candidate(g[H + j], use_g)
-                h[j] = hj
-                o[j] = hj
+            if use_g and training:
+                _scan_g_training(gx[t, b], h, out[t, b], ws_h[t, b], H)
+            elif use_g:
+                _scan_g(gx[t, b], h, out[t, b], H)
+            elif training:
+                _scan_identity_training(gx[t, b], h, out[t, b], ws_h[t, b], H)
+            else:
+                _scan_identity(gx[t, b], h, out[t, b], H)
         zero_tail(out, b, L)
         if training:
             zero_tail(ws_h, b, L)
         h_n[b] = h
+
+
+@njit(**JIT)
+def _bwd_identity(go, g, hp, dg, dh, H):
+    """One step back through one row with h~ = gx_h: the dgx row, dh = d (1 - z)."""
+    for j in range(H):
+        d = dh[j] + go[j]
+        z = sigmoid(g[j])
+        dg[H + j] = d * z
+        dg[j] = d * (g[H + j] - hp[j]) * z * (ONE - z)
+        dh[j] = d * (ONE - z)
+
+
+@njit(**JIT)
+def _bwd_g(go, g, hp, dg, dh, H):
+    """As _bwd_identity with h~ = g(gx_h): g' = sigmoid' below 0, 1 from 0 up."""
+    for j in range(H):
+        d = dh[j] + go[j]
+        z = sigmoid(g[j])
+        x = g[H + j]
+        sx = sigmoid(x)
+        below = x < 0
+        dg[H + j] = d * z * (sx * (ONE - sx)) if below else d * z
+        ht = sx if below else x + HALF
+        dg[j] = d * (ht - hp[j]) * z * (ONE - z)
+        dh[j] = d * (ONE - z)
 
 
 @njit(**JIT)
@@ -55,23 +130,10 @@ def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx
         zero_tail(dgx, b, L)
         for s in range(L - 1, -1, -1):
             t = L - 1 - s if reverse else s
-            go = grad_out[t, b]
-            g = gx[t, b]
-            hp = ws_h[t, b]
-            dg = dgx[t, b]
-            for j in range(H):
-                d = dh[j] + go[j]
-                z = sigmoid(g[j])
-                x = g[H + j]
-                if use_g and x < 0:
-                    sx = sigmoid(x)
-                    dg[H + j] = d * z * (sx * (ONE - sx))
-                    ht = sx
-                else:
-                    dg[H + j] = d * z
-                    ht = x + HALF if use_g else x
-                dg[j] = d * (ht - hp[j]) * z * (ONE - z)
-                dh[j] = d * (ONE - z)
+            if use_g:
+                _bwd_g(grad_out[t, b], gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
+            else:
+                _bwd_identity(grad_out[t, b], gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
         dh0[b] = dh
 
 
