@@ -396,8 +396,10 @@ def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidd
     outer_bias = params["bias_ih"] if params["bias_ih"] is not None else params["bias"]
     bias_name = "bias_ih" if params["bias_ih"] is not None else "bias"
     if layout.input_gates == layout.gates and (outer_bias is None or layout.bias_gates(bias_name) == layout.gates):
-        # the common case as one fused GEMM + bias (addmm): no separate pass over gx for the bias
-        return nn.functional.linear(x, params["weight_ih"], outer_bias)
+        # the common case as one fused GEMM + bias (addmm): no separate pass over gx for the bias.
+        # Flattened to 2-D first: linear on a 3-D batch-first view runs mm, then the bias add.
+        flat = nn.functional.linear(x.reshape(-1, x.shape[-1]), params["weight_ih"], outer_bias)
+        return flat.view(*x.shape[:-1], flat.shape[-1])
     projected = x @ params["weight_ih"].t()
     if layout.input_gates == layout.gates:
         gx = projected
