@@ -149,13 +149,19 @@ def test_kernel_modules_import_numpy_and_numba_only():
                                                 "contextlib", "ctypes", "importlib", "scipy"}, (path.name, name)
 
 
-def test_backward_flushes_subnormals_without_changing_results():
+@pytest.mark.parametrize("make", [
+    lambda: gnn.GRU(4, 8, kernel="fused"),                      # flushed inside the gate loop
+    lambda: gnn.GRU(4, 8, kernel="fused", reset_after=False),
+    lambda: gnn.LSTM(4, 8, kernel="fused"),
+    lambda: gnn.RNN(4, 8, kernel="fused"),                      # flushed after the kernel
+], ids=["gru", "gru-reset-before", "lstm", "rnn"])
+def test_backward_flushes_subnormals_without_changing_results(make):
     """Loss on the last step: gradients shrink towards t = 0 and would be subnormal in float32.
     The kernels flush them (FTZ/DAZ) and restore the caller's floating-point mode afterwards."""
     import numpy as np
     from grukit.nn.kernels import common
     torch.manual_seed(0)
-    layer = gnn.GRU(4, 8, kernel="fused")
+    layer = make()
     with torch.no_grad():
         layer.weight_hh_l0.mul_(0.01)  # tiny recurrent weights: gradients vanish fast through time
         layer.weight_ih_l0.mul_(0.01)
@@ -166,6 +172,9 @@ def test_backward_flushes_subnormals_without_changing_results():
     tiny = np.finfo(np.float32).tiny
     assert not np.any((grad != 0) & (np.abs(grad) < tiny)), "subnormal gradients escaped the kernel"
     assert grad[-1].any() and not grad[0].any()  # the early steps' gradients flushed to exactly zero
+    for name, parameter in layer.named_parameters():
+        g = parameter.grad.numpy()
+        assert np.isfinite(g).all() and not np.any((g != 0) & (np.abs(g) < tiny)), name
     if common._X86:
         before = common._enter_flush_to_zero()
         common._restore_fp_mode(before)

@@ -21,6 +21,9 @@ GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 
          "MGU": 2, "MGU1": 2, "MGU2": 2, "MGU3": 2, "MINGRU": 2}
 RECURRENT_ROWS = {**GATES, "MGU3": 1, "MINGRU": 0}   # rows of weight_hh, in units of H
 HAS_BIAS_HH = ("GRU", "LSTM", "RNN_TANH", "RNN_RELU")
+# Modes whose backward zeroes float32 gradients below common.TINY_GRADIENT_FLOAT32 inside its
+# gate loop; the torch wrapper flushes the other modes' gradients in a pass after the kernel.
+FLUSHES_IN_KERNEL = ("GRU", "GRU_RESET_BEFORE", "LSTM")
 CANDIDATES = ("identity", "g")
 MODES = tuple(GATES)
 

@@ -423,6 +423,19 @@ def _restore_fp_mode(previous):
 TINY_GRADIENT_FLOAT32 = np.float32(2.0 ** -100)
 
 
+def tiny_gradient(dtype):
+    """The flush threshold of a backward pass's outgoing gradients: TINY_GRADIENT_FLOAT32 for
+    float32, 0 (nothing flushed) for float64."""
+    return TINY_GRADIENT_FLOAT32 if dtype == np.float32 else np.float64(0.0)
+
+
+@njit(**JIT)
+def flushed(v, threshold):
+    """v, or 0 where |v| < threshold (NaN kept): for gradients on their way out of a backward
+    pass, fused into its gate loop (threshold 0 flushes nothing, as for float64)."""
+    return ZERO if abs(v) < threshold else v
+
+
 @njit(**JIT)
 def flush_tiny(values, threshold):
     """Set entries with |v| < threshold to zero, in place; values is 3-D, any strides."""

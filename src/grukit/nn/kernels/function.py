@@ -150,7 +150,8 @@ class _FusedDirection(torch.autograd.Function):
                 ctx.mode, ctx.ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
                 ctx.lengths, ctx.reverse, ctx.candidate)
         CALLS["backward"] += 1
-        if dgx.dtype == np.float32:  # torch's GEMMs below must not meet tiny values (see common.py)
+        # torch's GEMMs below must not meet tiny values (see common.py)
+        if dgx.dtype == np.float32 and ctx.mode not in api.FLUSHES_IN_KERNEL:
             for gradient in (dgx, *(term[2] for term in terms or () if term[2].base is not dgx)):
                 flush_tiny(gradient, TINY_GRADIENT_FLOAT32)
         grad_w = grad_b = None

@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
-                     run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
+                     project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
+                     tiny_gradient, zero_tail)
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -143,7 +144,7 @@ def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, tra
 
 
 @njit(**JIT)
-def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum):
+def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
     """Reset after, one row: dgx row (dr, dz, dn), the recurrent side's (dr, dz, dn * r)
     into gb (and dn * r into dn_r, and summed over time into gsum: grad bias_hh),
     dh_{t-1}'s direct part d * z into dhi."""
@@ -152,15 +153,15 @@ def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum):
         r = gs[j]
         z = gs[H + j]
         n = gs[2 * H + j]
-        dn = d * (ONE - z) * (ONE - n * n)
-        dr = dn * gs[3 * H + j] * r * (ONE - r)
-        dz = d * (hp[j] - n) * z * (ONE - z)
+        dn = flushed(d * (ONE - z) * (ONE - n * n), tiny)
+        dr = flushed(dn * gs[3 * H + j] * r * (ONE - r), tiny)
+        dz = flushed(d * (hp[j] - n) * z * (ONE - z), tiny)
         dg[j] = dr
         dg[H + j] = dz
         dg[2 * H + j] = dn
         gb[j] = dr
         gb[H + j] = dz
-        dnr = dn * r
+        dnr = flushed(dn * r, tiny)
         gb[2 * H + j] = dnr
         dn_r[j] = dnr
         dhi[j] = d * z
@@ -170,14 +171,14 @@ def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum):
 
 
 @njit(**JIT)
-def _bwd_before(go, gs, hp, dg, gb, gn, dhi, H):
+def _bwd_before(go, gs, hp, dg, gb, gn, dhi, H, tiny):
     """Reset before, one row's first half: dz and dn (into dg and gb / gn), dhi = d * z."""
     for j in range(H):
         d = dhi[j] + go[j]
         z = gs[H + j]
         n = gs[2 * H + j]
-        dn = d * (ONE - z) * (ONE - n * n)
-        dz = d * (hp[j] - n) * z * (ONE - z)
+        dn = flushed(d * (ONE - z) * (ONE - n * n), tiny)
+        dz = flushed(d * (hp[j] - n) * z * (ONE - z), tiny)
         dg[2 * H + j] = dn
         gn[j] = dn
         dg[H + j] = dz
@@ -186,11 +187,11 @@ def _bwd_before(go, gs, hp, dg, gb, gn, dhi, H):
 
 
 @njit(**JIT)
-def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H):
+def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H, tiny):
     """Reset before, second half: d(r * h) = dn @ W_n gives dr and adds r * d(r * h) to dhi."""
     for j in range(H):
         r = gs[j]
-        dr = drh[j] * hp[j] * r * (ONE - r)
+        dr = flushed(drh[j] * hp[j] * r * (ONE - r), tiny)
         dg[j] = dr
         gb[j] = dr
         dhi[j] += drh[j] * r
@@ -198,13 +199,14 @@ def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H):
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h,
-              dgx, dgh_n, dh0, bias_rows):
+              dgx, dgh_n, dh0, bias_rows, tiny):
     """Per step: the pointwise pass over the block's rows, then dh_{t-1} += dgates @ W as
     one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows).
 
     Reset after, the recurrent side's gradient is (dr, dz, dn * r): dgx holds (dr, dz, dn)
     and dgh_n (T, B, H) the one block that differs, dn * r; bias_rows (B, 3H) receives its
-    sum over time per sequence (grad bias_hh is their sum over the batch)."""
+    sum over time per sequence (grad bias_hh is their sum over the batch). Gate gradients
+    below ``tiny`` leave as 0 (see common.TINY_GRADIENT_FLOAT32)."""
     H = grad_out.shape[2]
     R = b1 - b0
     dt = dgx.dtype
@@ -230,17 +232,17 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                 dgn[i, :] = 0
             elif reset_after:
                 _bwd_after(grad_out[t, b], ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgh_n[t, b],
-                           dh[i], H, bias_rows[b])
+                           dh[i], H, bias_rows[b], tiny)
             else:
                 _bwd_before(grad_out[t, b], ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgn[i],
-                            dh[i], H)
+                            dh[i], H, tiny)
         if not reset_after:
             gemm_packed(dgn, w_n, p_n, d_rh)
             for i in range(R):
                 b = b0 + i
                 t = time_index(s, lengths[b], reverse)
                 if t >= 0:
-                    _bwd_before_reset(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H)
+                    _bwd_before_reset(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
             gemm_add(dgb, w_rz, p_main, acc, dh)
         else:
             gemm_add(dgb, w, p_main, acc, dh)
@@ -290,7 +292,8 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
     dgh_n = np.empty((T, B, H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 3 * H) if reset_after else (1, 1), dt)
-    args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows)
+    args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows,
+            tiny_gradient(dt))
     run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)
     if reset_after:
         return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgh_n, ws_h)], bias_rows

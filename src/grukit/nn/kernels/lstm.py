@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
-                     run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
+                     project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
+                     tiny_gradient, zero_tail)
 
 
 # Per-row gate passes on 1-D row views, one per variant: a flag test or a store into a 3-D
@@ -89,7 +90,7 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
 
 
 @njit(**JIT)
-def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H, gsum):
+def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H, gsum, tiny):
     """One row: the four gates' gradients into dg and gb (and summed over time into gsum:
     grad bias_hh), dc_{t-1} into dci, dhi cleared (the GEMM after the pass adds dgates @ W)."""
     for j in range(H):
@@ -100,10 +101,10 @@ def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H, gsum):
         og = gs[3 * H + j]
         tc = gs[4 * H + j]
         dct = dci[j] + d * og * (ONE - tc * tc)
-        di = dct * gg * ig * (ONE - ig)
-        df = dct * cp[j] * fg * (ONE - fg)
-        dgg = dct * ig * (ONE - gg * gg)
-        do = d * tc * og * (ONE - og)
+        di = flushed(dct * gg * ig * (ONE - ig), tiny)
+        df = flushed(dct * cp[j] * fg * (ONE - fg), tiny)
+        dgg = flushed(dct * ig * (ONE - gg * gg), tiny)
+        do = flushed(d * tc * og * (ONE - og), tiny)
         dg[j] = di
         dg[H + j] = df
         dg[2 * H + j] = dgg
@@ -122,9 +123,10 @@ def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H, gsum):
 
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
-              dgx, dh0, dc0, bias_rows):
+              dgx, dh0, dc0, bias_rows, tiny):
     """Per step: the pointwise pass over the block's rows, then dh_{t-1} = dgates @ W as one
-    GEMM. bias_rows (B, 4H) receives each sequence's gate gradients summed over time."""
+    GEMM. bias_rows (B, 4H) receives each sequence's gate gradients summed over time. Gate
+    gradients below ``tiny`` leave as 0 (see common.TINY_GRADIENT_FLOAT32)."""
     H = grad_out.shape[2]
     R = b1 - b0
     dh = grad_h_n[b0:b1].copy()
@@ -142,7 +144,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
                 dgb[i, :] = 0
             else:
                 _bwd_row(grad_out[t, b], ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i], dc[i], H,
-                         bias_rows[b])
+                         bias_rows[b], tiny)
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
@@ -179,6 +181,7 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 4 * H), dt)
-    args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0, bias_rows)
+    args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0, bias_rows,
+            tiny_gradient(dt))
     run_rows(_bwd_rows, B, T * B * 4 * H * H, args)
     return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], bias_rows
