@@ -261,8 +261,8 @@ def test_parameter_counts_match_keras(reset_after, expected):
 # -- options grukit cannot compute --------------------------------------------------------------
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: keras.layers.GRU(H, activation="relu"), "activation='relu'"),
-    (lambda: keras.layers.LSTM(H, recurrent_activation="hard_sigmoid"), "recurrent_activation='hard_sigmoid'"),
+    (lambda: keras.layers.GRU(H, activation="exponential"), "activation='exponential'"),
+    (lambda: keras.layers.LSTM(H, recurrent_activation="mish"), "recurrent_activation='mish'"),
     (lambda: keras.layers.SimpleRNN(H, activation="sigmoid"), "activation='sigmoid'"),
     (lambda: keras.layers.Bidirectional(keras.layers.GRU(H), merge_mode="sum"), "concat"),
     (lambda: keras.layers.Dense(H), "GRU, LSTM, SimpleRNN"),
@@ -287,14 +287,34 @@ def test_generic_rnn_of_a_builtin_cell(tmp_path, cell):
 
 def test_a_file_with_an_unsupported_layer_still_reads(tmp_path):
     inp = keras.Input((T, I))
-    relu_gru = keras.layers.GRU(H, activation="relu", return_sequences=True, name="relu_gru")(inp)
-    model = keras.Model(inp, keras.layers.LSTM(H, name="plain")(relu_gru))
+    odd_gru = keras.layers.GRU(H, activation="exponential", return_sequences=True, name="odd_gru")(inp)
+    model = keras.Model(inp, keras.layers.LSTM(H, name="plain")(odd_gru))
     model.save(tmp_path / "mixed.keras")
     by_name = {layer.name: layer for layer in read_keras_weights(tmp_path / "mixed.keras")}
-    assert by_name["relu_gru"].activation == "relu" and by_name["plain"].unsupported is None
+    assert by_name["odd_gru"].activation == "exponential" and by_name["plain"].unsupported is None
     assert isinstance(from_keras_file(tmp_path / "mixed.keras", layer_name="plain"), LSTM)
-    with pytest.raises(ConfigError, match="activation='relu'"):
-        from_keras_file(tmp_path / "mixed.keras", layer_name="relu_gru")
+    with pytest.raises(ConfigError, match="activation='exponential'"):
+        from_keras_file(tmp_path / "mixed.keras", layer_name="odd_gru")
+
+
+@pytest.mark.parametrize("cell,activation,recurrent_activation", [
+    ("gru_reset_after", "relu", "hard_sigmoid"),
+    ("gru_reset_before", "softsign", "sigmoid"),
+    ("lstm", "elu", "hard_sigmoid"),
+])
+def test_activations_carry_over_both_ways(tmp_path, cell, activation, recurrent_activation):
+    theirs = randomize(keras_layer(cell, activation=activation, recurrent_activation=recurrent_activation,
+                                   return_sequences=True))
+    x = inputs()
+    ours = from_keras(theirs)
+    assert (ours.layout.activation, ours.layout.recurrent_activation) == (activation, recurrent_activation)
+    close(run_grukit(ours, x)[0], numpy(theirs(x)))
+    back = to_keras(ours)
+    assert (back.activation.__name__, back.recurrent_activation.__name__) == (activation, recurrent_activation)
+    close(numpy(back(x)), numpy(theirs(x)))
+    model = keras.Sequential([keras.Input((T, I)), theirs])      # and through a saved file
+    model.save(tmp_path / "model.keras")
+    close(run_grukit(from_keras_file(tmp_path / "model.keras"), x)[0], numpy(model(x)))
 
 
 def test_unbuilt_layer_and_contradicting_kwargs_raise():

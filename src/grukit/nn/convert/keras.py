@@ -21,9 +21,10 @@ is ``bias=False``. Every permutation goes through :func:`grukit.nn.convert.gates
 
 What carries over and what does not:
 
-* Activations: GRU and LSTM must use ``activation="tanh"`` and ``recurrent_activation="sigmoid"``
-  (Keras's defaults); SimpleRNN ``"tanh"`` or ``"relu"``. Anything else raises ConfigError,
-  because the same weights would compute a different function.
+* Activations: GRU and LSTM carry ``activation`` and ``recurrent_activation`` both ways, for every
+  name in :data:`grukit.nn.cells.ACTIVATIONS` (Keras 3's built-ins: tanh, sigmoid, hard_sigmoid,
+  relu, ...); SimpleRNN ``"tanh"`` or ``"relu"`` (grukit's ``nonlinearity``). A custom function
+  or another name raises ConfigError, because the same weights would compute a different function.
 * ``dropout``, ``recurrent_dropout``, ``stateful``, ``unroll``, ``unit_forget_bias`` and the
   initializers change training or batching, not the function of the weights; they are ignored.
   ``return_sequences`` and ``return_state`` choose outputs: grukit always returns
@@ -65,6 +66,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, DataError, ShapeError
+from ..cells import ACTIVATIONS
 from ..recurrent import GRU, LSTM, RNN, RecurrentLayer
 from .gates import reorder_gates
 
@@ -74,7 +76,7 @@ _GATE_COUNTS = {len(order): kind for kind, order in KERAS_GATE_ORDERS.items()}
 _SUPPORTED = ("keras.layers.GRU, LSTM, SimpleRNN (or keras.layers.RNN of a GRUCell, LSTMCell or "
               "SimpleRNNCell) or a Bidirectional wrapper of one")
 _DETERMINED_BY_WEIGHTS = ("input_size", "hidden_size", "num_layers", "bidirectional", "bias",
-                          "reset_after", "nonlinearity", "proj_size")
+                          "reset_after", "nonlinearity", "proj_size", "activation", "recurrent_activation")
 
 
 @dataclass
@@ -230,6 +232,9 @@ def to_keras(layer: RecurrentLayer, **keras_kwargs):
         options["reset_after"] = layer.mode == "GRU"
     if kind == "SimpleRNN":
         options["activation"] = layer.nonlinearity
+    else:
+        options["activation"] = layer.layout.activation
+        options["recurrent_activation"] = layer.layout.recurrent_activation
     options.update(keras_kwargs)
     keras_layer = getattr(keras.layers, kind)(**options)
     if layer.bidirectional:
@@ -256,15 +261,17 @@ def _activation_name(value) -> str | None:
 
 
 def _check_activations(kind: str, name: str, activation: str | None, recurrent_activation: str | None) -> None:
-    allowed = ("tanh", "relu") if kind == "SimpleRNN" else ("tanh",)
-    if activation is not None and activation not in allowed:
-        raise ConfigError(f"Keras {kind} layer '{name}' has activation={activation!r}, but grukit's {kind} "
-                          f"computes {' or '.join(allowed)}; the same weights would give other outputs. "
-                          f"Build the Keras layer with activation='tanh' (Keras's default) and retrain")
-    if kind != "SimpleRNN" and recurrent_activation is not None and recurrent_activation != "sigmoid":
-        raise ConfigError(f"Keras {kind} layer '{name}' has recurrent_activation={recurrent_activation!r}, but "
-                          "grukit's gates use sigmoid; build the Keras layer with "
-                          "recurrent_activation='sigmoid' (Keras 3's default) and retrain")
+    if kind == "SimpleRNN":
+        if activation is not None and activation not in ("tanh", "relu"):
+            raise ConfigError(f"Keras SimpleRNN layer '{name}' has activation={activation!r}, but grukit's RNN "
+                              "computes tanh or relu; the same weights would give other outputs. Build the Keras "
+                              "layer with activation='tanh' (Keras's default) or 'relu' and retrain")
+        return
+    for argument, value in (("activation", activation), ("recurrent_activation", recurrent_activation)):
+        if value is not None and value not in ACTIVATIONS:
+            raise ConfigError(f"Keras {kind} layer '{name}' has {argument}={value!r}, which grukit does not "
+                              f"compute (it knows {', '.join(sorted(ACTIVATIONS))}); the same weights would give "
+                              f"other outputs. Build the Keras layer with one of those and retrain")
 
 
 def _expected_shapes(kind: str, units: int, input_size: int, reset_after: bool | None) -> list[tuple[int, ...]]:
@@ -360,6 +367,9 @@ def _build_layer(spec: KerasRecurrentWeights, layer_kwargs: dict) -> RecurrentLa
         known["reset_after"] = spec.reset_after
     if spec.kind == "SimpleRNN":
         known["nonlinearity"] = spec.activation
+    else:
+        known["activation"] = spec.activation
+        known["recurrent_activation"] = spec.recurrent_activation
     options = dict(known)
     for key in _DETERMINED_BY_WEIGHTS:
         if key not in layer_kwargs:
@@ -374,6 +384,9 @@ def _build_layer(spec: KerasRecurrentWeights, layer_kwargs: dict) -> RecurrentLa
         options["reset_after"] = True  # Keras's default; bare files without bias cannot tell
     if spec.kind == "SimpleRNN" and options.get("nonlinearity") is None:
         options["nonlinearity"] = "tanh"
+    for key in ("activation", "recurrent_activation"):   # None: not recorded, the layer's default
+        if options.get(key, "") is None:
+            del options[key]
     options["batch_first"] = True
     options.update({k: v for k, v in layer_kwargs.items() if k not in _DETERMINED_BY_WEIGHTS})
     cls = {"GRU": GRU, "LSTM": LSTM, "SimpleRNN": RNN}[spec.kind]
