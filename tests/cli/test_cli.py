@@ -260,3 +260,15 @@ def test_anomaly_fit_predict_evaluate(tmp_path, capsys):
     assert len(result["steps"]) == 120 and result["steps"][0]["score"] is None      # no window before step 0
     assert main(["anomaly", "evaluate", run, str(series), "--label-column", "anomaly"]) == 0
     assert "rolling z-score" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_command_line_sets_passive_openmp_waiting_unless_the_user_chose(preset, expected):
+    """Before torch loads: its OpenMP workers would otherwise spin and take a core from the kernels."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = ("import os, sys, grukit.cli.main; "
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [expected, "False"]
