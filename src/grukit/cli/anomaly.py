@@ -95,7 +95,7 @@ def run_fit(args: argparse.Namespace) -> int:
     common.say(args, f"read {len(series)} steps of {series.columns} from {args.series}")
     with launch.distributed_training():
         common.setup_threads(args)
-        detector.fit(series.values)
+        detector.fit(series.values, distributed=launch.in_worker())
     if not launch.is_main():
         return 0
     record = {"command": common.command_line(), "task": "AnomalyDetector",

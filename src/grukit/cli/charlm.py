@@ -94,7 +94,7 @@ def run_fit(args: argparse.Namespace) -> int:
     common.say(args, f"read {len(job['text']):,} characters from {args.text}")
     with launch.distributed_training():
         common.setup_threads(args)
-        lm.fit(job["text"])
+        lm.fit(job["text"], distributed=launch.in_worker())
     if not launch.is_main():
         return 0
     record = {"command": common.command_line(), "task": "CharLM", "data": {"text": args.text, "test": args.test},

@@ -133,7 +133,7 @@ def run_fit(args: argparse.Namespace) -> int:
                + (f"; training on the first {len(train)}, testing on the last {test}" if test else ""))
     with launch.distributed_training():
         common.setup_threads(args)
-        forecaster.fit(train)
+        forecaster.fit(train, distributed=launch.in_worker())
     if not launch.is_main():
         return 0
     record = {"command": common.command_line(), "task": "Forecaster",

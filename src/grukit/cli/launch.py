@@ -3,15 +3,13 @@
 The command re-runs itself as ``python -m torch.distributed.run --standalone --nproc_per_node N -m
 grukit.cli.main <the same arguments without --nproc>`` with ``GRUKIT_CLI_WORKER=1`` in the
 environment. In each worker the task's training goes through ``grukit.train.fit(...,
-distributed=True)`` (see :func:`distributed_training`); the data is read and the model built
+distributed=True)``; the data is read and the model built
 identically in every process, rank 0's weights are broadcast and each global batch is split
 between the processes (:mod:`grukit.train.distributed`). Only rank 0 prints and writes the run
 directory.
 
-The task objects do not take a ``distributed=`` option themselves (their ``fit`` calls
-``Sequential.fit`` with a fixed set of options), so :func:`distributed_training` supplies it: while
-it is active, every ``grukit.train.loop.fit`` call that does not say ``distributed=`` gets
-``distributed=True``.
+Each command passes ``distributed=in_worker()`` to its task's ``fit``, which hands it to
+``Sequential.fit``.
 
 Errors: a worker that hits a :class:`grukit.errors.GrukitError` writes its message to the file
 named by ``GRUKIT_CLI_ERROR_FILE`` and exits 2; the launching process prints that one line
@@ -129,28 +127,14 @@ def start_worker() -> None:
 
 @contextlib.contextmanager
 def distributed_training():
-    """Inside a worker: join the process group and make the task's training distributed.
+    """Inside a worker: join the process group before the command sets its threads (joining gives each
+    process its share of the cores; ``--threads`` then overrides that). The task's ``fit`` gets
+    ``distributed=in_worker()``. Outside a worker this does nothing."""
+    if in_worker():
+        from grukit.train import distributed
 
-    ``grukit.train.loop.fit`` gets ``distributed=True`` unless the call says otherwise, because the
-    task objects' ``fit`` has no such option to pass on (``Sequential.fit`` looks ``loop.fit`` up at
-    call time, so the wrapper is seen). Outside a worker this does nothing."""
-    if not in_worker():
-        yield
-        return
-    from grukit.train import distributed, loop
-
-    distributed.ensure_process_group()
-    original = loop.fit
-
-    def fit(*args, **kwargs):
-        kwargs.setdefault("distributed", True)   # a task's own forward= runs inside DDP (loop.fit)
-        return original(*args, **kwargs)
-
-    loop.fit = fit
-    try:
-        yield
-    finally:
-        loop.fit = original
+        distributed.ensure_process_group()
+    yield
 
 
 def finish_worker() -> None:

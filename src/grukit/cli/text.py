@@ -190,7 +190,7 @@ def run_fit(args: argparse.Namespace) -> int:
     common.say(args, f"read {len(texts)} training texts from {args.train} ({len(set(labels))} classes)")
     with launch.distributed_training():
         common.setup_threads(args)
-        classifier.fit(texts, labels)
+        classifier.fit(texts, labels, distributed=launch.in_worker())
     if not launch.is_main():
         return 0
     record = {"command": common.command_line(), "task": "TextClassifier",

@@ -488,11 +488,12 @@ class AnomalyDetector(Task):
         return Sequential(stack)
 
     # -- fit -----------------------------------------------------------------------------------
-    def fit(self, data, labels=None) -> "AnomalyDetector":
+    def fit(self, data, labels=None, *, distributed: bool = False) -> "AnomalyDetector":
         """Train on normal data and calibrate the thresholds. The scaler and the network see the part
         before the last ``calibration`` steps; the thresholds come from the scores of those held-out steps
         (of the training steps with ``calibration=0``). ``labels`` ``(T,)``, optional: steps marked 1 are
-        kept out of training windows and of calibration. Returns self; ``self.history`` is the History."""
+        kept out of training windows and of calibration. Returns self; ``self.history`` is the History.
+        ``distributed=True``: data-parallel over the processes of a torchrun launch (grukit.train.fit)."""
         config = self.config
         values = self._values(data, "fit")
         anomalous = (np.zeros(len(values), dtype=bool) if labels is None
@@ -524,7 +525,7 @@ class AnomalyDetector(Task):
         model.compile(optimizer=Adam(learning_rate=config.learning_rate), loss="mse")
         self.history = model.fit(x[clean].astype(np.float32), y[clean].astype(np.float32), epochs=config.epochs,
                                  batch_size=config.batch_size, seed=config.seed, verbose=config.verbose,
-                                 **fit_options)
+                                 distributed=distributed, **fit_options)
         model.eval()
         self.model = model
         calibrate_from = train_end if train_end < len(values) else 0

@@ -255,10 +255,11 @@ class CharLM(Task):
         return self.vocabulary.encode(text, source=f"CharLM.{what}")
 
     # -- fit -----------------------------------------------------------------------------------
-    def fit(self, text) -> "CharLM":
+    def fit(self, text, *, distributed: bool = False) -> "CharLM":
         """Build the vocabulary from ``text`` (str, or a pathlib.Path of a UTF-8 file), train on all but its
         last ``validation`` part (the validation loss is logged on that) and count the unigram and bigram
-        baselines on the same training part. Returns self; ``self.history`` is the History."""
+        baselines on the same training part. Returns self; ``self.history`` is the History.
+        ``distributed=True``: data-parallel over the processes of a torchrun launch (grukit.train.fit)."""
         config = self.config
         text = _as_text(text, "fit")
         held = part_size(config.validation, len(text), "validation")
@@ -281,7 +282,7 @@ class CharLM(Task):
         model.compile(optimizer=Adam(learning_rate=config.learning_rate),
                       loss=SparseCategoricalCrossentropy(from_logits=True))
         self.history = model.fit(x, y, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                 verbose=config.verbose, **fit_options)
+                                 verbose=config.verbose, distributed=distributed, **fit_options)
         model.eval()
         self.model = model
         self.unigram = CharNgram(1, config.smoothing).fit(ids, size)

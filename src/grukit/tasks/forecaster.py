@@ -249,10 +249,11 @@ class Forecaster(Task):
                            recurrent_layer(config.cell, config.units, **config.cell_options),
                            layers.Dense(outputs)])
 
-    def fit(self, data) -> "Forecaster":
+    def fit(self, data, *, distributed: bool = False) -> "Forecaster":
         """Fit the scaler (training part only), the network and the linear-AR baseline on ``data``
         (everything before the test part; the last ``validation`` steps are held out for validation).
-        Returns self; ``self.history`` is the training History."""
+        Returns self; ``self.history`` is the training History.
+        ``distributed=True``: data-parallel over the processes of a torchrun launch (grukit.train.fit)."""
         config = self.config
         values, names = self._values(data, "fit")
         self.columns = names
@@ -280,7 +281,7 @@ class Forecaster(Task):
             model = self.build_model(values.shape[1])
         model.compile(optimizer=Adam(learning_rate=config.learning_rate), loss="mse")
         self.history = model.fit(x, y, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
-                                 verbose=config.verbose, **fit_options)
+                                 verbose=config.verbose, distributed=distributed, **fit_options)
         model.eval()
         self.model = model
         self.linear_ar = LinearAutoregression(config.ar_lags).fit(x, y)

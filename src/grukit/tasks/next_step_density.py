@@ -239,11 +239,12 @@ class NextStepDensity(Task):
         return Sequential(stack, name="next_step_density")
 
     # -- fit -----------------------------------------------------------------------------------
-    def fit(self, rolls, validation_rolls=None) -> "NextStepDensity":
+    def fit(self, rolls, validation_rolls=None, *, distributed: bool = False) -> "NextStepDensity":
         """Train on ``rolls`` (N rolls ``(T_i, K)`` of 0/1), early-stopping on the NLL of
         ``validation_rolls`` (else of a seeded ``validation`` share of ``rolls``; with neither, or with
         ``patience=None``, all ``epochs`` are trained). Also counts the per-note frequency baseline on
-        the training rolls. Returns self; ``self.history`` is the History (``val_nll`` per epoch)."""
+        the training rolls. Returns self; ``self.history`` is the History (``val_nll`` per epoch).
+        ``distributed=True``: data-parallel over the processes of a torchrun launch (grukit.train.fit)."""
         config = self.config
         rolls = roll_list(rolls, "NextStepDensity.fit")
         notes = rolls[0].shape[1]
@@ -285,7 +286,7 @@ class NextStepDensity(Task):
                                                restore_best_weights=True))
         self.history = model.fit((steps, inputs), targets, epochs=config.epochs, batch_size=config.batch_size,
                                  seed=config.seed, verbose=config.verbose, bucket_by_length=True,
-                                 forward=masked_forward, callbacks=callbacks)
+                                 forward=masked_forward, callbacks=callbacks, distributed=distributed)
         model.eval()
         self.model = model
         return self

@@ -352,7 +352,7 @@ class SequenceClassifier(Task):
         stack.append(layers.Dense(classes, activation="softmax"))
         return Sequential(stack, name="sequence_classifier")
 
-    def _train(self, inputs, ids, epochs: int, validation=None):
+    def _train(self, inputs, ids, epochs: int, validation=None, distributed: bool = False):
         """A fresh model (seeded) trained for ``epochs``; returns (model, History)."""
         config = self.config
         with torch.random.fork_rng(devices=[]):
@@ -362,15 +362,17 @@ class SequenceClassifier(Task):
                       loss=SparseCategoricalCrossentropy())
         options = {} if validation is None else {"validation_data": validation}
         history = model.fit(inputs, ids, epochs=epochs, batch_size=config.batch_size, seed=config.seed,
-                            verbose=config.verbose, forward=partial(masked_forward, noise=config.noise), **options)
+                            verbose=config.verbose, forward=partial(masked_forward, noise=config.noise),
+                            distributed=distributed, **options)
         model.eval()
         return model, history
 
-    def fit(self, sequences, labels=None, lengths=None) -> "SequenceClassifier":
+    def fit(self, sequences, labels=None, lengths=None, *, distributed: bool = False) -> "SequenceClassifier":
         """Fit the scaler on the training frames, choose the epoch count by cross-validation (unless
         ``folds=None``) and train on all the sequences. ``sequences``: N ``(T_i, C)`` arrays, an
         ``(N, T, C)`` array with ``lengths=``, or a labelled TimeSeriesDataset (then no ``labels``);
-        ``labels``: N ints or strings. Returns self; ``self.history`` is the final training History."""
+        ``labels``: N ints or strings. Returns self; ``self.history`` is the final training History.
+        ``distributed=True``: data-parallel over the processes of a torchrun launch (grukit.train.fit)."""
         config = self.config
         sequences, labels, names = self._examples(sequences, labels, lengths, "fit")
         counts = Counter(labels)
@@ -397,12 +399,12 @@ class SequenceClassifier(Task):
                 keep = np.ones(len(ids), dtype=bool)
                 keep[held] = False
                 _, history = self._train((steps[keep], x[keep]), ids[keep], config.epochs,
-                                         validation=((steps[held], x[held]), ids[held]))
+                                         validation=((steps[held], x[held]), ids[held]), distributed=distributed)
                 curves.append(history.history["val_loss"])
             self.cv_curve = [float(v) for v in np.mean(curves, axis=0)]
             epochs = int(np.argmin(self.cv_curve)) + 1
         self.chosen_epochs = epochs
-        self.model, self.history = self._train((steps, x), ids, epochs)
+        self.model, self.history = self._train((steps, x), ids, epochs, distributed=distributed)
         return self
 
     # -- predict / evaluate --------------------------------------------------------------------

@@ -401,11 +401,12 @@ class TextClassifier(Task):
                      layers.Dense(len(self.classes), activation="softmax"))
         return Sequential(stack, name="text_classifier")
 
-    def fit(self, texts, labels) -> "TextClassifier":
+    def fit(self, texts, labels, *, distributed: bool = False) -> "TextClassifier":
         """Fit the tokenizer (on the training part only), choose ``maxlen`` if it is None, and train the
         network on ``texts`` (N strings) and ``labels`` (N strings or ints). With ``validation`` > 0,
         that share of the texts (stratified, seeded) is held out and early stopping on ``monitor``
-        picks the epoch. Returns self; ``self.history`` is the training History."""
+        picks the epoch. Returns self; ``self.history`` is the training History.
+        ``distributed=True``: data-parallel over the processes of a torchrun launch (grukit.train.fit)."""
         config = self.config
         texts, labels = self._examples(texts, labels, "fit")
         counts = Counter(labels)
@@ -447,7 +448,8 @@ class TextClassifier(Task):
                       loss=self.loss, metrics=["accuracy"])
         self.history = model.fit(x[train], y[train], epochs=config.epochs, batch_size=config.batch_size,
                                  seed=config.seed, verbose=config.verbose,
-                                 bucket_by_length=config.bucket_by_length, forward=trimmed_forward, **options)
+                                 bucket_by_length=config.bucket_by_length, forward=trimmed_forward,
+                                 distributed=distributed, **options)
         model.eval()
         self.model = model
         return self
