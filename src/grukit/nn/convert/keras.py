@@ -385,7 +385,7 @@ def _build_layer(spec: KerasRecurrentWeights, layer_kwargs: dict) -> RecurrentLa
     if spec.kind == "SimpleRNN" and options.get("nonlinearity") is None:
         options["nonlinearity"] = "tanh"
     for key in ("activation", "recurrent_activation"):   # None: not recorded, the layer's default
-        if options.get(key, "") is None:
+        if key in options and options[key] is None:
             del options[key]
     options["batch_first"] = True
     options.update({k: v for k, v in layer_kwargs.items() if k not in _DETERMINED_BY_WEIGHTS})

@@ -26,7 +26,9 @@ from .common import (JIT, ONE, flushed, gemm_add, gemm_packed, max_length, pack_
 # --- the per-row gate passes ------------------------------------------------------------
 # Each takes one row's 1-D views and is specialised by variant (reset placement, training):
 # a flag tested inside the j loop, or a store into a 3-D workspace there, keeps LLVM from
-# vectorising it (measured: the forward gate pass of S2 ran 2.5x slower that way).
+# vectorising it (measured: the forward gate pass of S2 ran 2.5x slower that way). The inference
+# and training variants repeat the cell's arithmetic on purpose: moved into a shared scalar
+# function returning the gates as a tuple, the loops stopped vectorising (S2 forward 13 -> 49 ms).
 
 
 @njit(**JIT)
