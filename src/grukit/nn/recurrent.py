@@ -236,16 +236,19 @@ class RecurrentLayer(nn.Module):
 
     def _run_direction(self, x, state0, lengths, layer: int, direction: int):
         params, weights = self._direction_weights(layer, direction)
-        gx = input_preactivations(self.layout, x, params, self.hidden_size)
         reverse = direction == 1
         mask = None
         if self.recurrent_dropout and self.training:
-            mask = self.recurrent_dropout_mask(gx.shape[1], gx)
-        path = dispatch.choose_path(self.kernel, self.mode, gx.dtype, gx.device, weights, self.layout,
+            mask = self.recurrent_dropout_mask(x.shape[1], x)
+        path = dispatch.choose_path(self.kernel, self.mode, x.dtype, x.device, weights, self.layout,
                                     recurrent_dropout=mask is not None)
         if path == "fused":
-            from .kernels.function import fused_run_direction
+            from .kernels.function import fused_projection, fused_run_direction
+            gx = fused_projection(x, single_projection(self.layout, params))
+            if gx is None:
+                gx = input_preactivations(self.layout, x, params, self.hidden_size)
             return fused_run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate)
+        gx = input_preactivations(self.layout, x, params, self.hidden_size)
         if self.mode == "MINGRU":
             return mingru_parallel_scan(gx, state0, lengths, reverse, self.candidate)
         return run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate, self.layout, mask)
@@ -391,15 +394,31 @@ class RecurrentLayer(nn.Module):
         return tuple(checked) if is_lstm else checked[0]
 
 
+def _outer_bias(params: dict) -> tuple[torch.Tensor | None, str]:
+    """The bias added outside the recurrent product, and its parameter name."""
+    if params["bias_ih"] is not None:
+        return params["bias_ih"], "bias_ih"
+    return params["bias"], "bias"
+
+
+def single_projection(layout: CellLayout, params: dict) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight_ih, outer bias or None) when gx is one GEMM plus a bias over every gate (the common
+    case), else None (some gates have no input weights or no outer bias: MGU1-3)."""
+    outer_bias, bias_name = _outer_bias(params)
+    if layout.input_gates == layout.gates and (outer_bias is None or layout.bias_gates(bias_name) == layout.gates):
+        return params["weight_ih"], outer_bias
+    return None
+
+
 def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidden_size: int) -> torch.Tensor:
     """gx for all steps: the input projection (one GEMM) in full gate order plus outer biases."""
-    outer_bias = params["bias_ih"] if params["bias_ih"] is not None else params["bias"]
-    bias_name = "bias_ih" if params["bias_ih"] is not None else "bias"
-    if layout.input_gates == layout.gates and (outer_bias is None or layout.bias_gates(bias_name) == layout.gates):
-        # the common case as one fused GEMM + bias (addmm): no separate pass over gx for the bias.
+    single = single_projection(layout, params)
+    if single is not None:
+        # one fused GEMM + bias (addmm): no separate pass over gx for the bias.
         # Flattened to 2-D first: linear on a 3-D batch-first view runs mm, then the bias add.
-        flat = nn.functional.linear(x.reshape(-1, x.shape[-1]), params["weight_ih"], outer_bias)
+        flat = nn.functional.linear(x.reshape(-1, x.shape[-1]), *single)
         return flat.view(*x.shape[:-1], flat.shape[-1])
+    outer_bias, bias_name = _outer_bias(params)
     projected = x @ params["weight_ih"].t()
     if layout.input_gates == layout.gates:
         gx = projected
@@ -555,4 +574,4 @@ def iter_layers(module: nn.Module) -> Iterator[RecurrentLayer]:
 
 
 __all__ = ["RecurrentLayer", "GRU", "LSTM", "RNN", "MGU", "MinGRU", "MGU_VARIANTS",
-           "input_preactivations", "iter_layers"]
+           "input_preactivations", "single_projection", "iter_layers"]

@@ -58,3 +58,29 @@ def test_without_torch_the_kernels_use_scipy_openblas():
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype,atol", [(np.float32, 1e-4), (np.float64, 1e-12)])
+def test_accumulating_gemm_with_the_weight_as_stored(dtype, atol):
+    """blas_gemm_nt_acc: out += x @ w.T with w (N, K) as a torch Linear stores it."""
+    rng = np.random.default_rng(2)
+    for R, K, N in SHAPES:
+        x = rng.standard_normal((R, K)).astype(dtype)
+        w = rng.standard_normal((N, K)).astype(dtype)
+        out = rng.standard_normal((R, N)).astype(dtype)
+        want = out + x @ w.T
+        blas.blas_gemm_nt_acc(x, w, out)
+        np.testing.assert_allclose(out, want, atol=atol, rtol=0, err_msg=f"{(R, K, N)}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pack_transposed_equals_the_transpose(dtype):
+    """The compiled transposing copy (eight rows at a time, then the remainder rows)."""
+    rng = np.random.default_rng(4)
+    for shape in ((384, 128), (13, 5), (7, 3), (1, 9), (9, 1), (0, 4), (16, 0)):
+        w = rng.standard_normal(shape).astype(dtype)
+        packed = common.pack_transposed(w)
+        assert packed.flags.c_contiguous and packed.dtype == dtype
+        np.testing.assert_array_equal(packed, w.T)
+    strided = rng.standard_normal((12, 10)).astype(dtype)[:, ::2]     # not contiguous: copied first
+    np.testing.assert_array_equal(common.pack_transposed(strided), strided.T)

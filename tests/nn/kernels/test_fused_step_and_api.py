@@ -106,6 +106,62 @@ def test_call_counter_proves_the_kernel_ran():
     assert function.CALLS["step"] == before.get("step", 0) + 1
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype,atol", [(np.float32, 1e-4), (np.float64, 1e-12)])
+def test_project_equals_numpy_in_both_layouts(dtype, atol, threads):
+    """api.project (the inference input projection on the kernels' threads) against numpy, for
+    the whole batch in one block, per-thread blocks of rows, batch-first input and no bias."""
+    from grukit.nn.kernels import common
+    rng = np.random.default_rng(3)
+    old = common.get_threads()
+    try:
+        common.set_threads(threads)
+        for T, B, I, G in ((4, 1, 3, 6), (9, 5, 7, 12), (300, 8, 40, 96)):   # the last goes parallel
+            x = rng.standard_normal((T, B, I)).astype(dtype)
+            w = rng.standard_normal((G, I)).astype(dtype)
+            b = rng.standard_normal(G).astype(dtype)
+            want = x @ w.T + b
+            np.testing.assert_allclose(api.project(x, w, b), want, atol=atol, rtol=0)
+            batch_first = np.ascontiguousarray(x.transpose(1, 0, 2))
+            np.testing.assert_allclose(api.project(batch_first, w, b, batch_first=True), want,
+                                       atol=atol, rtol=0)
+            np.testing.assert_allclose(api.project(x, w), x @ w.T, atol=atol, rtol=0)
+    finally:
+        common.set_threads(old)
+    with pytest.raises(ValueError, match="w_ih"):
+        api.project(x, w[:, :-1].copy(), b)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("layer_type,options", [
+    (gnn.GRU, {}), (gnn.GRU, {"bidirectional": True, "num_layers": 2}), (gnn.LSTM, {}),
+    (gnn.RNN, {"bias": False}), (gnn.MinGRU, {}), (gnn.MGU, {"variant": "mgu1"})])
+def test_inference_projects_on_the_kernels_threads(layer_type, options, batch_first):
+    """Under no_grad the fused path projects the input itself (counted) with the numbers of
+    the reference path; MGU1-3 (no single projection) and recording autograd keep torch's GEMM."""
+    torch.manual_seed(0)
+    layer = layer_type(6, 5, batch_first=batch_first, **options).double()
+    x = torch.randn(3, 40, 6, dtype=torch.float64)    # (N, T, I); a batch of one keeps torch's GEMM
+    x = x if batch_first else x.transpose(0, 1).contiguous()
+    lengths = torch.tensor([40, 17, 1])
+    single = options.get("variant") not in ("mgu1", "mgu2", "mgu3")
+    layer.kernel = "reference"
+    with torch.no_grad():
+        want = layer(x, lengths=lengths)
+    layer.kernel = "auto"
+    before = function.CALLS["project"]
+    with torch.no_grad():
+        got = layer(x, lengths=lengths)
+    assert function.CALLS["project"] - before == (layer.num_layers * layer.num_directions if single else 0)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    before = function.CALLS["project"]
+    layer(x, lengths=lengths)[0].sum().backward()            # autograd records: torch projects
+    with torch.no_grad():
+        layer(x[:1] if batch_first else x[:, :1])              # a batch of one: torch projects
+    assert function.CALLS["project"] == before
+
+
 def test_threads_follow_torch():
     from grukit.nn.kernels import common
     old = torch.get_num_threads()

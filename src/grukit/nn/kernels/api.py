@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import gru, lstm, mgu, mingru, rnn
-from .common import full_lengths, pack_transposed
+from .common import full_lengths, pack_transposed, project_rows, project_sequences, run_rows
 
 GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1,
          "MGU": 2, "MGU1": 2, "MGU2": 2, "MGU3": 2, "MINGRU": 2}
@@ -96,6 +96,29 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     else:
         out, h_n, ws = mgu.forward(gx, h0, w_t, lengths, reverse, mode != "MGU3", training)
     return out, h_n, c_n, ws
+
+
+def project(x, w_ih, b_ih=None, batch_first=False):
+    """The input pre-activations gx (T, B, G*H) = x @ w_ih.T + b_ih for inference, on the
+    kernels' threads. x: (T, B, I), or (B, T, I) with ``batch_first``, C-contiguous; w_ih: (G*H, I)
+    as stored (no transposed copy); b_ih: (G*H,) or None."""
+    if x.ndim != 3 or not x.flags.c_contiguous or x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"x: expected a C-contiguous float32/float64 3-D array, got {x.shape} {x.dtype}")
+    G, I = w_ih.shape
+    if I != x.shape[2] or w_ih.dtype != x.dtype or not w_ih.flags.c_contiguous:
+        raise ValueError(f"w_ih: expected a C-contiguous (G*H, {x.shape[2]}) {x.dtype} array, "
+                         f"got {w_ih.shape} {w_ih.dtype}")
+    b_ih = np.zeros(G, x.dtype) if b_ih is None else np.ascontiguousarray(b_ih)
+    if b_ih.shape != (G,) or b_ih.dtype != x.dtype:
+        raise ValueError(f"b_ih: expected ({G},) {x.dtype}, got {b_ih.shape} {b_ih.dtype}")
+    T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
+    gx = np.empty((T, B, G), x.dtype)
+    work = T * B * G * I
+    if batch_first:
+        run_rows(project_sequences, B, work, (x, w_ih, b_ih, gx))
+    else:   # time-major: the threads split the (t, b) rows, one large GEMM each
+        run_rows(project_rows, T * B, work, (x.reshape(T * B, I), w_ih, b_ih, gx.reshape(T * B, G)))
+    return gx
 
 
 def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, reverse=False,

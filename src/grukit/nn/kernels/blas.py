@@ -43,6 +43,7 @@ _compute = types.ExternalFunction("grukit_sgemm_compute", types.void(
 _ROW_MAJOR, _NO_TRANS, _PACKED, _B_MATRIX = 101, 111, 151, 162   # MKL's CBLAS enum values
 
 _NOTRANS = np.int32(ord("N"))   # a Fortran CHARACTER*1 argument: 'N' in the first byte
+_TRANS = np.int32(ord("T"))
 
 
 def _torch_mkl() -> ctypes.CDLL | None:
@@ -117,37 +118,55 @@ def single_threaded_in_this_thread():
 
 
 @njit(cache=True, nogil=True)
-def blas_gemm(x, m, out):
-    """out = x @ m for float32 or float64 arrays (R, K) @ (K, N) -> (R, N) whose rows are
-    contiguous (any row stride).
+def _fortran_gemm(x, m, out, m_transposed, beta):
+    """out = x @ op(m) + beta * out, op(m) = m (K, N) or, with m_transposed, m.T for m (N, K);
+    float32 or float64 arrays whose rows are contiguous (any row stride).
 
-    Row-major out is column-major out^T = m^T x^T: one Fortran GEMM with m as the first operand.
+    Row-major out is column-major out^T = op(m)^T x^T: one Fortran GEMM with m first.
     """
     R, K = x.shape
-    N = m.shape[1]
+    N = out.shape[1]
     size = x.itemsize
-    ints = np.empty(7, np.int32)   # n, m, k, ld(m), ld(x), ld(out), transpose flag
+    ints = np.empty(8, np.int32)   # n, m, k, ld(m), ld(x), ld(out), transpose flags of m and x
     ints[0] = N
     ints[1] = R
     ints[2] = K
     # a dimension of size 1 may carry any stride; BLAS wants ld >= the row length
-    ints[3] = m.strides[0] // size if K > 1 else N
+    if m_transposed:
+        ints[3] = m.strides[0] // size if N > 1 else K
+        ints[6] = _TRANS
+    else:
+        ints[3] = m.strides[0] // size if K > 1 else N
+        ints[6] = _NOTRANS
     ints[4] = x.strides[0] // size if R > 1 else K
     ints[5] = out.strides[0] // size if R > 1 else N
-    ints[6] = _NOTRANS
+    ints[7] = _NOTRANS
     scalars = np.empty(2, x.dtype)   # alpha, beta
     scalars[0] = 1
-    scalars[1] = 0
+    scalars[1] = beta
     n, m_, k, ld_m = ints.ctypes.data, ints[1:].ctypes.data, ints[2:].ctypes.data, ints[3:].ctypes.data
-    ld_x, ld_out, flag = ints[4:].ctypes.data, ints[5:].ctypes.data, ints[6:].ctypes.data
-    alpha, beta = scalars.ctypes.data, scalars[1:].ctypes.data
+    ld_x, ld_out = ints[4:].ctypes.data, ints[5:].ctypes.data
+    flag_m, flag_x = ints[6:].ctypes.data, ints[7:].ctypes.data
+    alpha, beta_ = scalars.ctypes.data, scalars[1:].ctypes.data
     if size == 4:
-        _sgemm(flag, flag, n, m_, k, alpha, m.ctypes.data, ld_m, x.ctypes.data, ld_x, beta,
+        _sgemm(flag_m, flag_x, n, m_, k, alpha, m.ctypes.data, ld_m, x.ctypes.data, ld_x, beta_,
                out.ctypes.data, ld_out)
     else:
-        _dgemm(flag, flag, n, m_, k, alpha, m.ctypes.data, ld_m, x.ctypes.data, ld_x, beta,
+        _dgemm(flag_m, flag_x, n, m_, k, alpha, m.ctypes.data, ld_m, x.ctypes.data, ld_x, beta_,
                out.ctypes.data, ld_out)
 
+
+@njit(cache=True, nogil=True)
+def blas_gemm(x, m, out):
+    """out = x @ m for float32 or float64 arrays (R, K) @ (K, N) -> (R, N) whose rows are
+    contiguous (any row stride)."""
+    _fortran_gemm(x, m, out, False, 0)
+
+
+@njit(cache=True, nogil=True)
+def blas_gemm_nt_acc(x, w, out):
+    """out += x @ w.T for w (N, K) as stored (a torch Linear weight): no transposed copy needed."""
+    _fortran_gemm(x, w, out, True, 1)
 
 
 @njit(cache=True, nogil=True)
@@ -182,5 +201,5 @@ def packed_gemm(x, m, packed, out):
              np.float32(0.0), out.ctypes.data, ld_out)
 
 
-__all__ = ["PROVIDER", "PER_THREAD_LIMIT", "blas_gemm", "pack_rows", "packed_gemm",
+__all__ = ["PROVIDER", "PER_THREAD_LIMIT", "blas_gemm", "blas_gemm_nt_acc", "pack_rows", "packed_gemm",
            "single_threaded_in_this_thread"]

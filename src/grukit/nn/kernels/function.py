@@ -11,7 +11,8 @@ The kernels use at most torch.get_num_threads() threads (see common.run_rows), a
 of them calls BLAS (the per-step GEMMs, scipy's OpenBLAS) single-threaded: see
 :func:`_one_blas_thread`.
 
-``CALLS`` counts kernel invocations ("run" per fused_run_direction forward, "step" per
+``CALLS`` counts kernel invocations ("run" per fused_run_direction forward, "project" per
+inference input projection on the kernels' threads (fused_projection), "step" per
 fused_step, "backward" per backward) so tests can prove the fused path ran.
 """
 
@@ -71,7 +72,8 @@ def _packed(weight: torch.Tensor | None) -> np.ndarray | None:
 
     No cache: a tensor's _version does not witness every in-place update (torch's fused Adam
     changes parameters without bumping it), and a stale packed weight silently trains the
-    wrong model. Packing costs one transpose copy of W_hh (~20 us at H=128).
+    wrong model. Packing costs one transpose copy of W_hh (common.pack_transposed: ~18 us at
+    H=128 for GRU).
     """
     return None if weight is None else api.pack_weight(_np(weight))
 
@@ -193,6 +195,30 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
     return out, h_n
 
 
+def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor | None] | None):
+    """gx = x @ weight_ih.T + bias for inference, on the kernels' threads (api.project), from
+    ``single = recurrent.single_projection(...)``; None where torch's GEMM runs instead: autograd
+    records, the projection is not a single GEMM (MGU1-3), dtypes differ, or a batch of one
+    (its time loop runs serially on this thread, which torch's spinning workers leave alone,
+    and torch's 2-thread GEMM is the faster one there)."""
+    if single is None or x.shape[1] < 2:
+        return None
+    weight, bias = single
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return None
+    if weight.dtype != x.dtype or weight.device.type != "cpu" or (
+            bias is not None and (bias.dtype != x.dtype or bias.device.type != "cpu")):
+        return None
+    batch_first = not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
+    source = x.transpose(0, 1) if batch_first else x
+    set_threads(torch.get_num_threads())
+    with _one_blas_thread(x.shape[1]):
+        gx = api.project(_np(source), _np(weight), _np(bias), batch_first)
+    CALLS["project"] += 1
+    return torch.from_numpy(gx)
+
+
 def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
                candidate: str = "identity"):
     """One inference step, as :func:`grukit.nn.reference.step` (no autograd: the
@@ -212,4 +238,4 @@ def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
     return torch.from_numpy(h_n)
 
 
-__all__ = ["fused_run_direction", "fused_step", "supports", "CALLS"]
+__all__ = ["fused_projection", "fused_run_direction", "fused_step", "supports", "CALLS"]
