@@ -10,7 +10,7 @@ Masking: a mask from ``Embedding(mask_zero=True)`` or ``Masking`` marks valid st
 layers skip masked steps (the state is carried over them), so pre-padding, post-padding and holes
 all work; outputs at masked steps are zero (Keras's Bidirectional behaviour; a plain Keras layer
 repeats the last output there), and ``return_sequences=False`` returns each sequence's last valid
-output.
+output. ``GlobalMaxPooling1D`` and ``GlobalAveragePooling1D`` reduce over the valid steps only.
 """
 
 from __future__ import annotations
@@ -298,6 +298,104 @@ class RepeatVector(Layer):
 
     def get_config(self):
         return {**super().get_config(), "n": self.n}
+
+
+_DATA_FORMATS = ("channels_last", "channels_first")
+
+
+class _GlobalPooling1D(Layer):
+    """Shared by GlobalMaxPooling1D and GlobalAveragePooling1D: shapes, options, the mask."""
+
+    def __init__(self, data_format: str = "channels_last", keepdims: bool = False, name: str | None = None):
+        super().__init__(name)
+        label = type(self).__name__
+        if data_format not in _DATA_FORMATS:
+            raise ConfigError(f"{label}(data_format={data_format!r}): expected one of {_DATA_FORMATS} "
+                              "(steps before features, or features before steps)")
+        if not isinstance(keepdims, bool):
+            raise ConfigError(f"{label}(keepdims={keepdims!r}): expected True or False")
+        self.data_format, self.keepdims = data_format, keepdims
+
+    @property
+    def steps_axis(self) -> int:
+        return 1 if self.data_format == "channels_last" else 2
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ShapeError(f"{type(self).__name__} expects (batch, steps, features), got {tuple(input_shape)}; "
+                             "put it after a recurrent layer with return_sequences=True (or an Embedding)")
+        batch, features = input_shape[0], input_shape[3 - self.steps_axis]
+        if not self.keepdims:
+            return (batch, features)
+        return (batch, 1, features) if self.data_format == "channels_last" else (batch, features, 1)
+
+    def call(self, x, mask):
+        if mask is None:
+            return self.pool(x, None), None
+        steps = x.shape[self.steps_axis]
+        if tuple(mask.shape) != (x.shape[0], steps):
+            raise ShapeError(f"{type(self).__name__}: the mask has shape {tuple(mask.shape)}, expected (batch, steps) "
+                             f"= ({x.shape[0]}, {steps}) for an input of shape {tuple(x.shape)}")
+        return self.pool(x, mask.to(torch.bool).unsqueeze(3 - self.steps_axis)), None
+
+    def pool(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Reduce ``x`` over the steps axis; ``valid`` is the mask broadcastable to ``x`` (or None)."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format, "keepdims": self.keepdims}
+
+
+class GlobalMaxPooling1D(_GlobalPooling1D):
+    """Keras's GlobalMaxPooling1D: ``(N, T, F) -> (N, F)``, the largest value of each feature over the
+    time steps (``keepdims=True``: ``(N, 1, F)``; ``data_format="channels_first"`` reads ``(N, F, T)``).
+    No parameters; the output carries no mask.
+
+    Masking: with a mask (from ``Embedding(mask_zero=True)``, ``Masking`` or a recurrent layer with
+    ``return_sequences=True``) the maximum is taken over the valid steps only, so a padded step never
+    wins, and a fully masked sequence gives 0. Keras 3's layer ignores the mask (it warns and takes
+    every step): there, after a recurrent layer and post-padding, the padded steps repeat the last
+    valid output, so its maximum is the same; grukit's recurrent layers output zeros at masked steps,
+    which would win wherever every valid value of a feature is negative, hence the mask here.
+    Without a mask the two agree exactly. The gradient reaches only the step that holds each maximum.
+
+    Example::
+
+        ids = torch.tensor([[5, 2, 0, 0]])                                     # post-padded
+        h, mask = GRU(8, return_sequences=True)(*Embedding(10, 4, mask_zero=True)(ids))
+        GlobalMaxPooling1D()(h, mask)[0].shape                                 # (1, 8), steps 0-1 only
+    """
+
+    def pool(self, x, valid):
+        if valid is None:
+            return x.amax(dim=self.steps_axis, keepdim=self.keepdims)
+        largest = x.masked_fill(~valid, -math.inf).amax(dim=self.steps_axis, keepdim=self.keepdims)
+        any_valid = valid.any(dim=self.steps_axis, keepdim=self.keepdims)
+        return torch.where(any_valid, largest, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class GlobalAveragePooling1D(_GlobalPooling1D):
+    """Keras's GlobalAveragePooling1D: ``(N, T, F) -> (N, F)``, the mean of each feature over the time
+    steps (``keepdims=True``: ``(N, 1, F)``; ``data_format="channels_first"`` reads ``(N, F, T)``).
+    No parameters; the output carries no mask.
+
+    Masking, as in Keras 3: with a mask the mean is over the valid steps only (sum of the valid
+    steps / their count), so padding neither adds to the sum nor to the count. A fully masked
+    sequence gives 0 (Keras divides 0 by 0 and returns NaN there). Each valid step receives
+    ``1 / count`` of the gradient, padded steps none.
+
+    Example::
+
+        x = torch.tensor([[[1.0], [3.0], [0.0]]])
+        GlobalAveragePooling1D()(x, torch.tensor([[True, True, False]]))[0]    # tensor([[2.]])
+    """
+
+    def pool(self, x, valid):
+        if valid is None:
+            return x.mean(dim=self.steps_axis, keepdim=self.keepdims)
+        total = x.masked_fill(~valid, 0.0).sum(dim=self.steps_axis, keepdim=self.keepdims)
+        count = valid.sum(dim=self.steps_axis, keepdim=self.keepdims).clamp(min=1)
+        return total / count.to(x.dtype)
 
 
 class TimeDistributed(Layer):
@@ -648,7 +746,7 @@ class Bidirectional(Layer):
 
 LAYER_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
     Embedding, Masking, Dense, Dropout, RepeatVector, TimeDistributed, GRU, LSTM, SimpleRNN, MGU, MinGRU, Bidirectional,
-    Concatenate)}
+    Concatenate, GlobalMaxPooling1D, GlobalAveragePooling1D)}
 
 
 def serialize(layer: Layer) -> dict[str, Any]:
@@ -671,6 +769,7 @@ def deserialize(spec: dict[str, Any]) -> Layer:
     return layer
 
 
-__all__ = ["Layer", "Input", "SymbolicTensor", "Concatenate", "Embedding", "Masking", "Dense", "Dropout", "RepeatVector", "TimeDistributed", "Recurrent",
+__all__ = ["Layer", "Input", "SymbolicTensor", "Concatenate", "Embedding", "Masking", "Dense", "Dropout",
+           "RepeatVector", "TimeDistributed", "GlobalMaxPooling1D", "GlobalAveragePooling1D", "Recurrent",
            "GRU", "LSTM", "SimpleRNN", "MGU", "MinGRU", "Bidirectional", "serialize", "deserialize",
            "LAYER_CLASSES", "activation_function"]
