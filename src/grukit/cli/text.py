@@ -52,6 +52,9 @@ def register(tasks) -> None:
                          help="settings for short texts (sentences: Bidirectional(GRU(64)), 60 tokens) or long ones "
                               "(documents: GRU(128), 400 tokens); the options below override it")
     network.add_argument("--bidirectional", action="store_true", default=None, help="read each text both ways")
+    network.add_argument("--pooling", choices=("last", "max", "mean"), default=None,
+                         help="what the output layer reads: the recurrent layer's output at the last token, or the "
+                              "max / mean of its outputs over all tokens (default: the preset's)")
     network.add_argument("--maxlen", type=positive_int, default=None, metavar="N",
                          help="tokens kept per text (default: the preset's; the plain default is the 95th "
                               "percentile of the training texts)")
@@ -165,9 +168,9 @@ def prepare_fit(args: argparse.Namespace) -> dict:
     from grukit.tasks import TextClassifier
 
     common.check_run_directory(args)
-    options = common.options(args, cell="cell", units="units", bidirectional="bidirectional", maxlen="maxlen",
-                             num_words="num_words", min_count="min_count", embedding_dim="embedding_dim",
-                             embeddings="embeddings", dropout="dropout", epochs="epochs", batch_size="batch_size",
+    options = common.options(args, cell="cell", units="units", bidirectional="bidirectional", pooling="pooling",
+                             maxlen="maxlen", num_words="num_words", min_count="min_count",
+                             embedding_dim="embedding_dim", embeddings="embeddings", dropout="dropout", epochs="epochs", batch_size="batch_size",
                              learning_rate="learning_rate", validation="validation", patience="patience")
     options.update(seed=args.seed, verbose=common.verbose(args))
     if args.freeze_embeddings:
