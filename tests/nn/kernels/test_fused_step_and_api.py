@@ -255,3 +255,19 @@ def test_weights_updated_without_a_version_bump_are_seen(update):
         torch.optim.Adam(fused.parameters(), lr=0.5, fused=True).step()
     reference.load_state_dict(fused.state_dict())
     torch.testing.assert_close(fused(x)[0], reference(x)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "RNN_RELU"])
+def test_rnn_backward_reads_the_output_and_guards_it(mode):
+    """The RNN keeps no workspace: backward reads its output and h0 (saved tensors), so an
+    in-place change to either before backward raises instead of giving wrong gradients."""
+    gx, h0, weights, lengths, leaves = make_case(mode, 6, 3, 4, ragged=True, seed=8)
+    out, h_n = fused_run_direction(mode, gx, h0, weights, lengths, reverse=True)
+    out.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    h0 = h0.detach().clone()
+    out, h_n = fused_run_direction(mode, gx, h0, weights, lengths)
+    h0.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (out.sum() + h_n.sum()).backward()

@@ -24,6 +24,8 @@ HAS_BIAS_HH = ("GRU", "LSTM", "RNN_TANH", "RNN_RELU")
 # Modes whose backward zeroes float32 gradients below common.TINY_GRADIENT_FLOAT32 inside its
 # gate loop; the torch wrapper flushes the other modes' gradients in a pass after the kernel.
 FLUSHES_IN_KERNEL = ("GRU", "GRU_RESET_BEFORE", "LSTM")
+# Modes whose training workspace is (out, h0), the forward's own output and initial state.
+WORKSPACE_IS_OUTPUT = ("RNN_TANH", "RNN_RELU")
 CANDIDATES = ("identity", "g")
 MODES = tuple(GATES)
 
@@ -161,8 +163,8 @@ def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, r
 def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
     """grad weight_hh and grad bias_hh from the backward terms, as single large GEMMs.
 
-    Each term ``(row0, row1, G, X)`` with G (T, B, row1 - row0) and X (T, B, H) gives
-    grad W[row0:row1] = G^T X summed over (T, B); grad bias_hh = bias_source summed over
+    Each term ``(row0, row1, G, X)`` with G (T, B, row1 - row0) and X (T, B, H) adds
+    G^T X summed over (T, B) to grad W[row0:row1]; grad bias_hh = bias_source summed over
     all its leading axes, where bias_source is one (..., G*H) array (the kernels' per-sequence
     sums (B, G*H), or (T, B, G*H) gradients) or a list of arrays whose last axes concatenate
     to G*H. ``matmul`` lets the torch wrapper run the GEMMs with torch (and its
@@ -171,9 +173,9 @@ def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
     if not terms:
         return None, None
     H = w_shape[1]
-    grad_w = np.empty(w_shape, terms[0][2].dtype)
-    for row0, row1, g, x in terms:
-        grad_w[row0:row1] = matmul(g.reshape(-1, row1 - row0).T, x.reshape(-1, H))
+    grad_w = np.zeros(w_shape, terms[0][2].dtype)
+    for row0, row1, g, x in terms:       # terms may share rows (RNN: the h0 term): they add up
+        grad_w[row0:row1] += matmul(g.reshape(-1, row1 - row0).T, x.reshape(-1, H))
     if bias_source is None:
         return grad_w, None
     sources = bias_source if isinstance(bias_source, list) else [bias_source]

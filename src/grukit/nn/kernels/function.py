@@ -135,21 +135,26 @@ class _FusedDirection(torch.autograd.Function):
         results, ws = _run_forward(mode, reverse, candidate, lengths, training, gx, h0, c0,
                                    weight_hh, bias_hh)
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
-        ctx.ws = ws
         ctx.has_bias = bias_hh is not None
         # Only minGRU's backward reads gx: other modes let the (T, B, G*H) pre-activations go.
-        ctx.save_for_backward(gx if mode == "MINGRU" else None, weight_hh)
+        # RNN's workspace is its output and h0 (rnn.py): saved as tensors, so that changing either
+        # in place before backward raises torch's usual error instead of giving wrong gradients.
+        reads_output = mode in api.WORKSPACE_IS_OUTPUT
+        ctx.ws = None if reads_output else ws
+        ctx.save_for_backward(gx if mode == "MINGRU" else None, weight_hh,
+                              *((results[0], h0) if reads_output else ()))
         return results
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_h_n, grad_c_n=None):
-        gx, weight_hh = ctx.saved_tensors
+        gx, weight_hh, *output_and_h0 = ctx.saved_tensors
+        ws = tuple(_np(t) for t in output_and_h0) if output_and_h0 else ctx.ws
         set_threads(torch.get_num_threads())
         w = _np(weight_hh)
         with _one_blas_thread(grad_out.shape[1]):
             dgx, dh0, dc0, terms, bias_src = api.backward(
-                ctx.mode, ctx.ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
+                ctx.mode, ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
                 ctx.lengths, ctx.reverse, ctx.candidate)
         CALLS["backward"] += 1
         # torch's GEMMs below must not meet tiny values (see common.py)

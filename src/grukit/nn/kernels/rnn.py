@@ -1,8 +1,12 @@
 """SimpleRNN kernels: h' = act(gx + W_hh h + b_hh) with act tanh or relu.
 
 Shapes: gx (T, B, H), h0 (B, H), w (H, H), w_t = w.T packed, bias_hh (H,) (zeros when
-absent). The workspace keeps h' (the activation output) and the previous h. The per-step
-recurrent products are BLAS GEMMs over the block's rows (common.gemm).
+absent). The per-step recurrent products are BLAS GEMMs over the block's rows (common.gemm).
+
+No workspace: everything backward reads is in the output and h0. The activation's derivative
+comes from h' = out[t] (1 - h'^2, or h' > 0), and the previous state of step t is out[t - 1]
+(out[t + 1] in reverse), or h0 at each sequence's first step, with padded outputs zero. Keeping
+the (T, B, H) copies instead put the S2 training step's peak memory above torch's.
 """
 
 from __future__ import annotations
@@ -15,11 +19,7 @@ from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, max_length, pack_wei
 
 
 # --- the per-row forward passes ------------------------------------------------------
-# Each takes one row's 1-D views and is specialised by activation and training, as in
-# gru.py; the training variants keep h_{t-1} and h in the workspace rows within the pass
-# instead of two 3-D slice copies per row. Here the gain is small (a few percent on the
-# tanh forward, none on relu): the relu / tanh test inside the j loop had not stopped the
-# vectoriser, so the backward loop stays as it is (split the same way, it ran no faster).
+# Each takes one row's 1-D views and is specialised by activation, as in gru.py.
 
 
 @njit(**JIT)
@@ -47,30 +47,9 @@ def _relu_row(g, gh, bhh, h, o, H):
 
 
 @njit(**JIT)
-def _tanh_row_training(g, gh, bhh, h, o, H, wg, wh):
-    """As _tanh_row, keeping h_{t-1} in wh and h in wg."""
-    for j in range(H):
-        wh[j] = h[j]
-        hj = tanh((g[j] + gh[j]) + bhh[j])
-        h[j] = hj
-        o[j] = hj
-        wg[j] = hj
-
-
-@njit(**JIT)
-def _relu_row_training(g, gh, bhh, h, o, H, wg, wh):
-    """As _relu_row, keeping h_{t-1} in wh and h in wg."""
-    for j in range(H):
-        wh[j] = h[j]
-        hj = _relu((g[j] + gh[j]) + bhh[j])
-        h[j] = hj
-        o[j] = hj
-        wg[j] = hj
-
-
-@njit(**JIT)
-def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
-              out, h_n, ws_g, ws_h):
+def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n):
+    """``training`` is accepted for run_forward's common signature and not needed: backward
+    reads the output (see the module docstring)."""
     H = h0.shape[1]
     R = b1 - b0
     hb = h0[b0:b1].copy()
@@ -78,9 +57,6 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
     p_t = pack_weight_for(w_t, R)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
-        if training:
-            zero_tail(ws_g, b, lengths[b])
-            zero_tail(ws_h, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
         gemm_packed(hb, w_t, p_t, gh)
         for i in range(R):
@@ -88,21 +64,15 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training,
             t = time_index(s, lengths[b], reverse)
             if t < 0:
                 continue
-            if relu and training:
-                _relu_row_training(gx[t, b], gh[i], bhh, hb[i], out[t, b], H,
-                                   ws_g[t, b], ws_h[t, b])
-            elif relu:
+            if relu:
                 _relu_row(gx[t, b], gh[i], bhh, hb[i], out[t, b], H)
-            elif training:
-                _tanh_row_training(gx[t, b], gh[i], bhh, hb[i], out[t, b], H,
-                                   ws_g[t, b], ws_h[t, b])
             else:
                 _tanh_row(gx[t, b], gh[i], bhh, hb[i], out[t, b], H)
     h_n[b0:b1] = hb
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0):
+def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, out, dgx, dh0):
     H = grad_out.shape[2]
     R = b1 - b0
     dh = grad_h_n[b0:b1].copy()
@@ -119,7 +89,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, 
                 dgb[i, :] = 0
                 continue
             go = grad_out[t, b]
-            hs = ws_g[t, b]
+            hs = out[t, b]
             dg = dgx[t, b]
             for j in range(H):
                 d = dh[i, j] + go[j]
@@ -137,27 +107,43 @@ def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, h, w_t, bhh, ones, False, relu, False, out, h, out, out)
+    _fwd_rows(0, h.shape[0], gx, h, w_t, bhh, ones, False, relu, False, out, h)
 
 
 def step(gx_t, h, w_t, bhh, relu):
     """One inference step: gx_t (B, H), h (B, H) -> h'."""
-    return run_step(_fwd_rows, gx_t, (h,), (w_t, bhh), (relu,), 2)[0]
+    return run_step(_fwd_rows, gx_t, (h,), (w_t, bhh), (relu,), 0)[0]
 
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training):
+    """Returns out (T, B, H), h_n and, when training, the workspace (out, h0): backward reads
+    these two arrays, so they must not change in between."""
     T, B, H = gx.shape
-    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (w_t, bhh), lengths, reverse, (relu,),
-                                  training, (H, H), T * B * H * H)
-    return out, h_n, ws
+    out, (h_n,), _ = run_forward(_fwd_rows, gx, (h0,), (w_t, bhh), lengths, reverse, (relu,),
+                                 False, (), T * B * H * H)
+    return out, h_n, ((out, h0) if training else None)
+
+
+def _previous_states(out, h0, dgx, lengths, reverse):
+    """The weight-gradient terms pairing each step's gate gradient with the state before it:
+    out[t - 1] (out[t + 1] in reverse) over the steps that have one, and h0 with each sequence's
+    first processed step (t = 0, or t = L - 1 in reverse; a padded out or dgx is zero)."""
+    H = out.shape[2]
+    if not reverse:
+        return [(0, H, dgx[1:], out[:-1]), (0, H, dgx[:1], h0[None])]
+    B = out.shape[1]
+    first = np.zeros((1, B, H), dgx.dtype)
+    rows = np.nonzero(lengths > 0)[0]
+    first[0, rows] = dgx[lengths[rows] - 1, rows]
+    return [(0, H, dgx[:-1], out[1:]), (0, H, first, h0[None])]
 
 
 def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu):
-    ws_g, ws_h = ws
+    out, h0 = ws
     T, B, H = grad_out.shape
     dt = grad_out.dtype
     dgx = np.empty((T, B, H), dt)
     dh0 = np.empty((B, H), dt)
-    args = (w, lengths, reverse, relu, grad_out, grad_h_n, ws_g, dgx, dh0)
+    args = (w, lengths, reverse, relu, grad_out, grad_h_n, out, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * H * H, args)
-    return dgx, dh0, [(0, H, dgx, ws_h)], dgx
+    return dgx, dh0, _previous_states(out, np.ascontiguousarray(h0, dt), dgx, lengths, reverse), dgx
