@@ -50,7 +50,8 @@ def register(tasks) -> None:
     network = fit.add_argument_group("text model")
     network.add_argument("--preset", choices=("default", "sentences", "documents"), default="default",
                          help="settings for short texts (sentences: Bidirectional(GRU(64)), 60 tokens) or long ones "
-                              "(documents: GRU(128), 400 tokens); the options below override it")
+                              "(documents: Bidirectional(GRU(128)) max-pooled, 400 tokens, 10,000 words); "
+                              "the options below override it")
     network.add_argument("--bidirectional", action="store_true", default=None, help="read each text both ways")
     network.add_argument("--pooling", choices=("last", "max", "mean"), default=None,
                          help="what the output layer reads: the recurrent layer's output at the last token, or the "
