@@ -310,10 +310,7 @@ def project_sequences(b0, b1, x, w_ih, b_ih, gx):
     """:func:`project_rows` for batch-first x (B, T, I) into time-major gx (T, B, G*H): one GEMM
     over each sequence's T steps (its gx rows are B * G*H apart)."""
     for b in range(b0, b1):
-        g = gx[:, b]
-        for t in range(g.shape[0]):
-            g[t, :] = b_ih
-        blas_gemm_nt_acc(x[b], w_ih, g)
+        project_rows(0, gx.shape[0], x[b], w_ih, b_ih, gx[:, b])
 
 
 @njit(**JIT)
