@@ -72,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="side of the zeros for short reviews (default %(default)s)")
     text.add_argument("--mask-zero", action=argparse.BooleanOptionalAction, default=True,
                       help="Embedding(mask_zero=True): the recurrent layer skips the padding (default on)")
+    parser.add_argument("--bucket-by-length", action="store_true",
+                        help="grukit rows: fit(bucket_by_length=True), batches of similar length, each run only "
+                             "up to its longest review; results go to sentiment_bucketed.{json,md}")
     selection = parser.add_argument_group("epoch selection")
     selection.add_argument("--validation-split", type=float, default=0.1,
                            help="last fraction of the training reviews held out for selection; 0 trains on all "
@@ -211,7 +214,7 @@ def run_grukit(cell: str, data: dict, args) -> dict:
         validation = (data["x_val"], data["y_val"])
         callbacks.append(EarlyStopping(monitor=args.monitor, patience=args.epochs, restore_best_weights=True))
     model.fit(data["x"], data["y"], epochs=args.epochs, batch_size=BATCH, seed=args.seed, verbose=0,
-              validation_data=validation, callbacks=callbacks)
+              validation_data=validation, callbacks=callbacks, bucket_by_length=args.bucket_by_length)
     row = {"impl": "grukit", "layer": f"grukit.layers.{cell}", "cell": cell, "parameters": model.count_params(),
            "epochs": clock.epochs}
     if validation is not None:
@@ -372,7 +375,8 @@ def markdown(record: dict, args) -> str:
              f"{MAXLEN} tokens, truncating='{args.truncating}', padding='{args.padding}', "
              f"mask_zero={args.mask_zero}; median review {setup['median_tokens']:.0f} tokens, "
              f"{setup['share_longer_than_maxlen']:.0%} longer than {MAXLEN}. Seed {args.seed}, batch {BATCH}, "
-             f"Adam (Keras defaults in grukit and Keras, torch defaults in plain PyTorch).",
+             f"Adam (Keras defaults in grukit and Keras, torch defaults in plain PyTorch)."
+             + (" grukit rows: fit(bucket_by_length=True)." if args.bucket_by_length else ""),
              "",
              f"Target (issue 4): >= {TARGET:.1%} test accuracy within 3 epochs. \"selected\" = the test accuracy "
              f"of the weights EarlyStopping(monitor='{args.monitor}', restore_best_weights=True) restored "
@@ -433,11 +437,13 @@ def main(argv=None) -> None:
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "setup": data["summary"], "results": [], "notes": [], "other_load": {}}
 
+    stem = "sentiment_bucketed" if args.bucket_by_length else "sentiment"
+
     def write():
         args.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out / "sentiment.json", json.dumps(record, indent=2))
+        write_atomic(args.out / f"{stem}.json", json.dumps(record, indent=2))
         text = markdown(record, args)
-        write_atomic(args.out / "sentiment.md", text)
+        write_atomic(args.out / f"{stem}.md", text)
         return text
 
     def measured(label, function, *extra):

@@ -94,6 +94,36 @@ def test_masked_text_model_matches_keras(cell, padding):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("padding", ["pre", "post"])
+def test_batch_shorter_than_its_padding_matches_keras_and_runs_only_its_longest_steps(padding):
+    """Every row ends before T: the layers run only up to the longest valid length, and the stack
+    (sequences out, bidirectional, go_backwards) still gives Keras's predictions."""
+    K = keras.layers
+    reference = keras.Sequential([K.Input((12,)), K.Embedding(50, 6, mask_zero=True), K.GRU(4, return_sequences=True),
+                                  K.Bidirectional(K.LSTM(3, return_sequences=True)), K.GRU(3, go_backwards=True),
+                                  K.Dense(1)])
+    model = Sequential([L.Input((12,)), L.Embedding(50, 6, mask_zero=True), L.GRU(4, return_sequences=True),
+                        L.Bidirectional(L.LSTM(3, return_sequences=True)), L.GRU(3, go_backwards=True), L.Dense(1)])
+    model.build()
+    copy_keras_weights(model, reference)
+    rng = np.random.default_rng(4)
+    ids = np.zeros((4, 12), dtype=np.int64)
+    for row, length in enumerate([7, 1, 4, 5]):
+        tokens = rng.integers(1, 50, size=length)
+        if padding == "pre":
+            ids[row, 12 - length:] = tokens
+        else:
+            ids[row, :length] = tokens
+    steps_run = []
+    hook = model.layers[1].recurrent.register_forward_pre_hook(lambda module, args: steps_run.append(args[0].shape[1]))
+    model.eval()
+    with torch.no_grad():
+        got = model(torch.from_numpy(ids)).numpy()
+    hook.remove()
+    assert steps_run == [7]
+    np.testing.assert_allclose(got, np.asarray(reference.predict(ids, verbose=0)), atol=1e-5, rtol=0)
+
+
 def test_bidirectional_stack_matches_keras():
     name, ours, theirs = tutorial_models()[4]
     model, reference = Sequential(ours), keras.Sequential(theirs)

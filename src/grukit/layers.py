@@ -523,10 +523,17 @@ class Recurrent(Layer):
             keep = torch.empty(N, 1, x.shape[-1], device=x.device).bernoulli_(1 - self.dropout)
             x = x * keep / (1 - self.dropout)
         order, lengths = _valid_first_order(mask, N, T, x.device, self.go_backwards)
+        steps = T if lengths is None else max(1, int(lengths.max()))
+        # Steps after every sequence's end change nothing: run only up to the longest (with
+        # bucket_by_length, most batches end well before T).
         if order is not None:
-            x = x.gather(1, order.unsqueeze(-1).expand_as(x))
+            x = x.gather(1, order[:, :steps].unsqueeze(-1).expand(N, steps, x.shape[-1]))
+        elif steps < T:
+            x = x[:, :steps]
         hx = self.states if (self.stateful and self.states is not None) else None
         output, state = self.recurrent(x, hx, lengths=lengths.clamp(min=1) if lengths is not None else None)
+        if self.return_sequences and steps < T:
+            output = nn.functional.pad(output, (0, 0, 0, T - steps))
         if lengths is not None and (lengths == 0).any():  # fully masked rows: nothing to process
             empty = lengths == 0
             output = output.masked_fill(empty.view(N, 1, 1), 0.0)
