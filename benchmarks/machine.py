@@ -82,6 +82,8 @@ def library_threads() -> dict:
             "torch.get_num_interop_threads": torch.get_num_interop_threads(),
             "numba.get_num_threads": numba.get_num_threads(),
             "numba.threading_layer": None}
+    from grukit.nn.kernels import team
+    info["grukit.kernel_threads"] = team.provider()
     try:
         info["numba.threading_layer"] = numba.threading_layer()
     except ValueError:  # only known after the first parallel call

@@ -102,7 +102,8 @@ def _threads_text(threads: dict) -> str:
              f"torch.set_num_threads({threads['torch.get_num_threads']}), "
              f"interop {threads['torch.get_num_interop_threads']}",
              f"Numba {threads['numba.get_num_threads']} threads, {threads['numba.threading_layer']} layer "
-             "(grukit's kernels use min(torch.get_num_threads(), Numba's pool))"]
+             f"(grukit's kernels use min(torch.get_num_threads(), Numba's pool) threads of "
+             f"{threads.get('grukit.kernel_threads', 'a Python thread pool')})"]
     if "onnxruntime" in threads:
         ort = threads["onnxruntime"]
         parts.append(f"ONNX Runtime intra_op_num_threads={ort['intra_op_num_threads']}, "

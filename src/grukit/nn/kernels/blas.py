@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
-import os
 
 import llvmlite.binding as llvm
 import numpy as np
 from numba import njit, types
+
+from .torch_libraries import open_torch_library
 
 _POINTER_ARGS = types.void(*(types.intp,) * 13)   # the Fortran interface: every argument by address
 _sgemm = types.ExternalFunction("grukit_sgemm", _POINTER_ARGS)
@@ -48,23 +48,9 @@ _TRANS = np.int32(ord("T"))
 
 def _torch_mkl() -> ctypes.CDLL | None:
     """torch's libtorch_cpu.so when it exports MKL's Fortran GEMMs, else None."""
-    try:
-        spec = importlib.util.find_spec("torch")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "lib", "libtorch_cpu.so")
-    if not os.path.exists(path):
-        return None
-    try:
-        library = ctypes.CDLL(path)
-        for name in ("sgemm_", "dgemm_", "MKL_Set_Num_Threads_Local", "cblas_sgemm_pack_get_size",
-                     "cblas_sgemm_pack", "cblas_sgemm_compute"):
-            getattr(library, name)
-    except (OSError, AttributeError):
-        return None
-    return library
+    return open_torch_library("libtorch_cpu.so", (
+        "sgemm_", "dgemm_", "MKL_Set_Num_Threads_Local", "cblas_sgemm_pack_get_size", "cblas_sgemm_pack",
+        "cblas_sgemm_compute"))
 
 
 def _scipy_openblas() -> tuple[int, int]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -30,6 +28,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .blas import blas_gemm, blas_gemm_nt_acc, pack_rows, packed_gemm, single_threaded_in_this_thread
+from .team import run_blocks
 
 FASTMATH = {"contract"}
 # error_model="numpy": x / 0 gives inf/NaN as in IEEE (and torch) instead of raising;
@@ -342,16 +341,15 @@ def zero_tail(a, b, L):
 # --- threads ----------------------------------------------------------------------
 #
 # Sequences of a batch are independent, so each thread runs the whole time loop for its
-# block of rows: one fork/join per call, never one per step. The threads are a small
-# Python pool calling the compiled (nogil) loops, not a numba parallel region: no second
-# OpenMP runtime next to torch's, nothing compiled twice, and the count is ours to set.
+# block of rows: one fork/join per call, never one per step. The threads are torch's own
+# OpenMP team, or a small Python pool without torch (team.py), calling the compiled (nogil)
+# loops; not a numba parallel region: no second OpenMP runtime next to torch's, nothing
+# compiled twice, and the count is ours to set.
 # A call goes parallel only with at least two rows and MIN_PARALLEL_WORK multiply-adds
 # (~0.2 ms of work against ~30 us of pool overhead); a batch of one never does.
 MIN_PARALLEL_WORK = 2_000_000
 _MAX_THREADS = max(1, min(numba.config.NUMBA_NUM_THREADS, os.cpu_count() or 1))
 _threads = _MAX_THREADS
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def set_threads(n: int) -> int:
@@ -374,16 +372,6 @@ def chunk_bounds(batch: int, work: int) -> np.ndarray | None:
     if chunks < 2 or work < MIN_PARALLEL_WORK:
         return None
     return np.linspace(0, batch, chunks + 1).round().astype(np.int64)
-
-
-def _get_pool(workers: int) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grukit-kernel")
-        return _pool
 
 
 # --- flush-to-zero --------------------------------------------------------------------
@@ -484,18 +472,13 @@ def run_rows(rows_fn, batch: int, work: int, args: tuple) -> None:
     """Call ``rows_fn(b0, b1, *args)`` over the batch in per-thread row blocks, each with
     subnormals flushed (see above).
 
-    The calling thread runs the first block itself; the pool runs the others.
+    The calling thread runs the first block itself (team.run_blocks).
     """
     bounds = chunk_bounds(batch, work)
     if bounds is None:
         flushing_subnormals(rows_fn, 0, batch, *args)
         return
-    pool = _get_pool(len(bounds) - 2)
-    futures = [pool.submit(flushing_subnormals, rows_fn, bounds[i], bounds[i + 1], *args)
-               for i in range(1, len(bounds) - 1)]
-    flushing_subnormals(rows_fn, bounds[0], bounds[1], *args)
-    for f in futures:
-        f.result()
+    run_blocks(lambda i: flushing_subnormals(rows_fn, bounds[i], bounds[i + 1], *args), len(bounds) - 1)
 
 
 def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training, ws_widths, work):
