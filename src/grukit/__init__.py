@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 _SUBPACKAGES = ("nn", "layers", "models", "train", "data", "tasks")
 
-# OMP_WAIT_POLICY is left to the user (README, "Fast CPU kernels"): PASSIVE speeds up the kernels'
-# batched training but makes torch's own small operations wait for their threads to wake up.
+# OMP_WAIT_POLICY is left to the user (README, "Fast CPU kernels"): the kernels run on torch's own
+# OpenMP team, so its spinning workers help them, and PASSIVE makes every wake-up slower.
 
 
 def __getattr__(name: str):

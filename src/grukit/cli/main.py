@@ -12,16 +12,10 @@ import os
 import sys
 import traceback
 
-# Before torch (and its OpenMP runtime) is loaded by the commands below: torch's OpenMP workers
-# otherwise spin for milliseconds after each operation and take a core from the kernels' threads.
-# Measured on this project's 2-core machine, the tutorial sentiment model trained at 76 ms per batch
-# with PASSIVE against 87 ms without (README, "Fast CPU kernels"). A value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from grukit import __version__  # noqa: E402
-from grukit.cli import anomaly, charlm, forecast, launch, text  # noqa: E402
-from grukit.cli.common import HelpFormatter, epilog  # noqa: E402
-from grukit.errors import GrukitError  # noqa: E402
+from grukit import __version__
+from grukit.cli import anomaly, charlm, forecast, launch, text
+from grukit.cli.common import HelpFormatter, epilog
+from grukit.errors import GrukitError
 
 COMMANDS = (text, forecast, charlm, anomaly)
 
