@@ -100,3 +100,21 @@ def test_a_forked_child_uses_the_pool_and_does_not_hang():
         child.kill()
         pytest.fail("the forked child hung")
     assert queue.get(timeout=5) == ("Python thread pool", [0, 1])
+
+
+def test_layers_called_from_several_python_threads_at_once_give_the_single_thread_numbers():
+    """Each calling thread gets its own OpenMP team; the GIL is never held across a team's barrier."""
+    from concurrent.futures import ThreadPoolExecutor
+    torch.manual_seed(0)
+    layer = gnn.GRU(12, 24)
+    inputs = [torch.randn(30, 48, 12, requires_grad=True) for _ in range(4)]
+
+    def run(x):
+        y, _ = layer(x)
+        return y.detach(), torch.autograd.grad(y.square().sum(), x)[0]
+
+    expected = [run(x) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, inputs * 3))
+    for (y, g), (y_expected, g_expected) in zip(results, expected * 3):
+        assert torch.equal(y, y_expected) and torch.equal(g, g_expected)
