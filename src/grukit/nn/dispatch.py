@@ -21,6 +21,12 @@ from .reference import DirectionWeights
 KERNEL_CHOICES = ("auto", "fused", "reference")
 
 
+def records_gradient(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd records operations on any of ``tensors`` (None entries are skipped): grad
+    mode is on and one of them requires grad. The fused paths without a backward run only when not."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def validate_kernel_choice(kernel: str) -> str:
     if kernel not in KERNEL_CHOICES:
         raise ConfigError(f"kernel={kernel!r} is not a kernel choice; use one of {KERNEL_CHOICES} "

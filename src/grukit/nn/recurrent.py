@@ -307,9 +307,7 @@ class RecurrentLayer(nn.Module):
 
     def _step_path(self, gx: torch.Tensor, weights: DirectionWeights) -> str:
         """The fused step has no autograd: it runs only when no gradient is being recorded."""
-        recording = torch.is_grad_enabled() and (gx.requires_grad or any(
-            p.requires_grad for p in (weights.weight_hh, weights.bias_hh) if p is not None))
-        if recording:
+        if dispatch.records_gradient(gx, weights.weight_hh, weights.bias_hh):
             if self.kernel == "fused":
                 raise dispatch.UnsupportedKernelConfig(
                     f"{type(self).__name__}.step() with kernel='fused' has no backward; run it under "
@@ -442,8 +440,7 @@ def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidd
         # one fused GEMM + bias (addmm): no separate pass over gx for the bias.
         # Flattened to 2-D first: linear on a 3-D batch-first view runs mm, then the bias add.
         rows = x.reshape(-1, x.shape[-1])
-        if x.shape[-1] <= NARROW_INPUT and torch.is_grad_enabled() and (
-                x.requires_grad or any(p is not None and p.requires_grad for p in single)):
+        if x.shape[-1] <= NARROW_INPUT and dispatch.records_gradient(rows, *single):
             flat = _NarrowInputProjection.apply(rows, *single)
         else:
             flat = nn.functional.linear(rows, *single)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
+from ..dispatch import records_gradient
 from ..reference import DirectionWeights
 from . import api
 from .blas import PER_THREAD_LIMIT
@@ -186,7 +187,7 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
     weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
     leaves = (gx, h0, c0, weight_hh, bias_hh)
     # Keep a workspace for backward only when autograd will call it.
-    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
+    training = records_gradient(*leaves)
     if training:
         results = _FusedDirection.apply(mode, bool(reverse), candidate, _lengths_np(lengths, T, B),
                                         training, *leaves)
@@ -209,8 +210,7 @@ def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor |
     if single is None or x.shape[1] < 2:
         return None
     weight, bias = single
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if records_gradient(x, weight, bias):
         return None
     if weight.dtype != x.dtype or weight.device.type != "cpu" or (
             bias is not None and (bias.dtype != x.dtype or bias.device.type != "cpu")):
