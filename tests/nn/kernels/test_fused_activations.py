@@ -1,4 +1,5 @@
-"""Error bounds of the vectorizable exp / sigmoid / tanh the kernels use instead of libm."""
+"""Error bounds of the vectorizable exp / sigmoid / tanh the kernels use instead of libm, and
+the single rounding of ``fma``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from grukit.nn.kernels.common import JIT, sigmoid, tanh, vexp
+from fractions import Fraction
+
+from grukit.nn.kernels.common import JIT, fma, sigmoid, tanh, vexp
 
 
 @njit(**JIT)
@@ -50,3 +53,26 @@ def test_special_values(dtype):
     np.testing.assert_allclose(s[1:], np.array([1, 0, 1, 0], dtype), rtol=0, atol=1e-37)
     np.testing.assert_array_equal(t[1:], np.array([1, -1, 1, -1], dtype))
     assert e[2] < 1e-37 and e[4] < 1e-37 and np.isfinite(e[1])
+
+
+@njit(**JIT)
+def _fma_each(a, b, c, out):
+    for i in range(a.shape[0]):
+        out[i] = fma(a[i], b[i], c[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fma_rounds_once(dtype):
+    """fma(a, b, c) is a * b + c computed exactly, then rounded once: (1 + e)(1 - e) - 1 is
+    -e^2, which a product rounded before the addition loses entirely."""
+    e = dtype(2.0 ** (-13 if dtype == np.float32 else -30))
+    rng = np.random.default_rng(0)
+    a = np.concatenate([[1 + e], rng.standard_normal(1000)]).astype(dtype)
+    b = np.concatenate([[1 - e], rng.standard_normal(1000)]).astype(dtype)
+    c = np.concatenate([[-1.0], rng.standard_normal(1000)]).astype(dtype)
+    out = np.empty_like(a)
+    _fma_each(a, b, c, out)
+    assert out[0] == -e * e and a[0] * b[0] + c[0] == 0
+    exact = [dtype(float(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))))
+             for x, y, z in zip(a, b, c)]
+    np.testing.assert_array_equal(out, np.array(exact, dtype))

@@ -5,10 +5,13 @@ use the kernels. All compiled functions are ``cache=True``: the first call of a 
 on a fresh checkout compiles, later processes load the machine code from ``__pycache__``.
 
 Floating point: ``FASTMATH`` allows only FMA contraction (``contract``): no reassociation
-(every recurrent sum runs in input order), NaN/inf semantics kept. exp, sigmoid and tanh
-are our own vectorizable versions, within a few eps of libm (bounds below, tested). The
-kernels agree with the pure-torch reference to round-off (tested at 1e-9 in float64 and
-1e-5 in float32, outputs and all gradients).
+(every recurrent sum runs in input order), NaN/inf semantics kept. A sum of two products
+(``p * q + r * s``) is written with ``fma``: contraction could fuse either product, and the
+code a process compiles and the code it later loads from the cache chose differently (tested
+in tests/nn/kernels/test_cache_determinism.py). exp, sigmoid and tanh are our own
+vectorizable versions, within a few eps of libm (bounds below, tested). The kernels agree
+with the pure-torch reference to round-off (tested at 1e-9 in float64 and 1e-5 in float32,
+outputs and all gradients).
 
 Caveat of ``cache=True``: numba does not invalidate a cached function when a function it
 calls changes in *another* file. After editing this module, delete
@@ -69,6 +72,22 @@ def _pow2(typingctx, n):
         return builder.bitcast(i, fty)
 
     return n(n), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma). Writes out a contraction that the compiler would
+    otherwise choose: in ``p * q + r * s`` either product may be fused, and the choice can
+    differ between the code a process compiles and the code it loads from the cache."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty, ty, ty]))
+        return builder.call(fn, args)
+
+    return a(a, b, c), codegen
 
 
 _F32 = np.float32

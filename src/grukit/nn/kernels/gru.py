@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
+from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
                      project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
                      tiny_gradient, zero_tail)
 
@@ -37,7 +37,7 @@ def _gates_after(g, gr, bhh, h, o, H):
         r = sigmoid(g[j] + (gr[j] + bhh[j]))
         z = sigmoid(g[H + j] + (gr[H + j] + bhh[H + j]))
         n = tanh(g[2 * H + j] + r * (gr[2 * H + j] + bhh[2 * H + j]))
-        hj = (ONE - z) * n + z * h[j]
+        hj = fma(z, h[j], (ONE - z) * n)
         h[j] = hj
         o[j] = hj
 
@@ -52,7 +52,7 @@ def _gates_after_training(g, gr, bhh, h, o, H, wg, wh):
         z = sigmoid(g[H + j] + (gr[H + j] + bhh[H + j]))
         ghn = gr[2 * H + j] + bhh[2 * H + j]
         n = tanh(g[2 * H + j] + r * ghn)
-        hj = (ONE - z) * n + z * h[j]
+        hj = fma(z, h[j], (ONE - z) * n)
         h[j] = hj
         o[j] = hj
         wg[j] = r
@@ -75,7 +75,7 @@ def _gates_before(g, gr, gn, h, o, H):
     for j in range(H):
         z = sigmoid(g[H + j] + gr[H + j])
         n = tanh(g[2 * H + j] + gn[j])
-        hj = (ONE - z) * n + z * h[j]
+        hj = fma(z, h[j], (ONE - z) * n)
         h[j] = hj
         o[j] = hj
 
@@ -89,7 +89,7 @@ def _gates_before_training(g, gr, gn, h, o, H, wg, wh, wx, rh):
     for j in range(H):
         z = sigmoid(g[H + j] + gr[H + j])
         n = tanh(g[2 * H + j] + gn[j])
-        hj = (ONE - z) * n + z * h[j]
+        hj = fma(z, h[j], (ONE - z) * n)
         h[j] = hj
         o[j] = hj
         wg[j] = gr[j]

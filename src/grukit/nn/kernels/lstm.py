@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
+from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
                      project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
                      tiny_gradient, zero_tail)
 
@@ -27,7 +27,7 @@ def _gates(g, gr, bhh, h, c, o, H):
         fg = sigmoid((g[H + j] + gr[H + j]) + bhh[H + j])
         gg = tanh((g[2 * H + j] + gr[2 * H + j]) + bhh[2 * H + j])
         og = sigmoid((g[3 * H + j] + gr[3 * H + j]) + bhh[3 * H + j])
-        cj = fg * c[j] + ig * gg
+        cj = fma(fg, c[j], ig * gg)
         hj = og * tanh(cj)
         c[j] = cj
         h[j] = hj
@@ -45,7 +45,7 @@ def _gates_training(g, gr, bhh, h, c, o, H, wg, wh, wc):
         fg = sigmoid((g[H + j] + gr[H + j]) + bhh[H + j])
         gg = tanh((g[2 * H + j] + gr[2 * H + j]) + bhh[2 * H + j])
         og = sigmoid((g[3 * H + j] + gr[3 * H + j]) + bhh[3 * H + j])
-        cj = fg * c[j] + ig * gg
+        cj = fma(fg, c[j], ig * gg)
         tc = tanh(cj)
         hj = og * tc
         c[j] = cj

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (JIT, ONE, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
+from .common import (JIT, ONE, fma, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
                      run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
 
@@ -29,7 +29,7 @@ def _update(g, gf, gn, h, o, H):
     for j in range(H):
         f = gf[j]
         n = tanh(g[H + j] + gn[j])
-        hj = (ONE - f) * h[j] + f * n
+        hj = fma(ONE - f, h[j], f * n)
         h[j] = hj
         o[j] = hj
 
@@ -43,7 +43,7 @@ def _update_training(g, gf, gn, h, o, H, wg, wh, wx, fh):
     for j in range(H):
         f = gf[j]
         n = tanh(g[H + j] + gn[j])
-        hj = (ONE - f) * h[j] + f * n
+        hj = fma(ONE - f, h[j], f * n)
         h[j] = hj
         o[j] = hj
         wg[j] = f

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import HALF, JIT, ONE, project_frame, run_forward, run_rows, run_step, sigmoid, zero_tail
+from .common import HALF, JIT, ONE, fma, project_frame, run_forward, run_rows, run_step, sigmoid, zero_tail
 
 
 # --- the per-row passes --------------------------------------------------------------
@@ -34,7 +34,7 @@ def _scan_identity(g, h, o, H):
     """One step of one row with h~ = gx_h: h = o = (1 - z) h + z h~."""
     for j in range(H):
         z = sigmoid(g[j])
-        hj = (ONE - z) * h[j] + z * g[H + j]
+        hj = fma(z, g[H + j], (ONE - z) * h[j])
         h[j] = hj
         o[j] = hj
 
@@ -44,7 +44,7 @@ def _scan_g(g, h, o, H):
     """As _scan_identity with h~ = g(gx_h)."""
     for j in range(H):
         z = sigmoid(g[j])
-        hj = (ONE - z) * h[j] + z * _g(g[H + j])
+        hj = fma(z, _g(g[H + j]), (ONE - z) * h[j])
         h[j] = hj
         o[j] = hj
 
@@ -55,7 +55,7 @@ def _scan_identity_training(g, h, o, wh, H):
     for j in range(H):
         wh[j] = h[j]
         z = sigmoid(g[j])
-        hj = (ONE - z) * h[j] + z * g[H + j]
+        hj = fma(z, g[H + j], (ONE - z) * h[j])
         h[j] = hj
         o[j] = hj
 
@@ -66,7 +66,7 @@ def _scan_g_training(g, h, o, wh, H):
     for j in range(H):
         wh[j] = h[j]
         z = sigmoid(g[j])
-        hj = (ONE - z) * h[j] + z * _g(g[H + j])
+        hj = fma(z, _g(g[H + j]), (ONE - z) * h[j])
         h[j] = hj
         o[j] = hj
 
