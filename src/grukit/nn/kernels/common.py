@@ -57,21 +57,26 @@ HALF = np.float32(0.5)
 
 
 @intrinsic
-def _pow2(typingctx, n):
-    """2.0 ** n for a float n holding a small integer, built from the exponent bits."""
-    if not isinstance(n, types.Float):
+def _pow2_of_shifted(typingctx, t):
+    """2.0 ** n from t = n + MAGIC (MAGIC = 1.5 * 2**23, or 1.5 * 2**52 for float64; |n| < 1023).
+
+    t lies in the binade where one unit is the last mantissa bit, so the bits of t are those of
+    MAGIC plus n; shifted into the exponent field, MAGIC's bits fall off the top and leave
+    n + bias. Integer arithmetic on the bits: a NaN t gives some finite power, and the NaN of
+    the polynomial carries through (a float-to-int conversion of NaN would be undefined)."""
+    if not isinstance(t, types.Float):
         return None
 
     def codegen(context, builder, signature, args):
-        if n.bitwidth == 32:
+        if t.bitwidth == 32:
             ity, bias, shift, fty = ir.IntType(32), 127, 23, ir.FloatType()
         else:
             ity, bias, shift, fty = ir.IntType(64), 1023, 52, ir.DoubleType()
-        i = builder.fptosi(args[0], ity)
+        i = builder.bitcast(args[0], ity)
         i = builder.shl(builder.add(i, ir.Constant(ity, bias)), ir.Constant(ity, shift))
         return builder.bitcast(i, fty)
 
-    return n(n), codegen
+    return t(t), codegen
 
 
 @intrinsic
@@ -93,7 +98,7 @@ def fma(typingctx, a, b, c):
 _F32 = np.float32
 # float32: Cephes expf (polynomial on |r| <= ln2 / 2).
 E32_LO, E32_HI = _F32(-87.0), _F32(88.0)
-E32_LOG2E, E32_MAGIC = _F32(1.44269504088896341), _F32(12582912.0)   # 1.5 * 2**23 rounds
+E32_LOG2E, E32_MAGIC = _F32(1.44269504088896341), _F32(12582912.0)   # 1.5 * 2**23
 E32_C1, E32_C2 = _F32(0.693359375), _F32(-2.12194440e-4)
 E32_P0, E32_P1, E32_P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
 E32_P3, E32_P4, E32_P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
@@ -101,19 +106,19 @@ E32_P3, E32_P4, E32_P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.00
 
 @njit(**JIT)
 def _exp32(x):
-    xc = x if x > E32_LO else E32_LO
-    xc = xc if xc < E32_HI else E32_HI
-    n = (xc * E32_LOG2E + E32_MAGIC) - E32_MAGIC
+    xc = E32_LO if E32_LO > x else x     # NaN compares false and falls through both clamps
+    xc = E32_HI if E32_HI < xc else xc
+    shifted = xc * E32_LOG2E + E32_MAGIC     # n + MAGIC: rounds xc / ln2 to an integer n
+    n = shifted - E32_MAGIC
     r = (xc - n * E32_C1) - n * E32_C2
     y = ((((E32_P0 * r + E32_P1) * r + E32_P2) * r + E32_P3) * r + E32_P4) * r + E32_P5
     y = (y * (r * r) + r) + ONE
-    y = y * _pow2(n)
-    return y if x == x else x
+    return y * _pow2_of_shifted(shifted)
 
 
 # float64: Cephes exp (Pade approximant on |r| <= ln2 / 2).
 E64_LO, E64_HI = -708.0, 709.0
-E64_LOG2E, E64_MAGIC = 1.4426950408889634, 6755399441055744.0         # 1.5 * 2**52 rounds
+E64_LOG2E, E64_MAGIC = 1.4426950408889634, 6755399441055744.0         # 1.5 * 2**52
 E64_C1, E64_C2 = 6.93145751953125e-1, 1.42860682030941723212e-6
 E64_P0, E64_P1, E64_P2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
 E64_Q0, E64_Q1 = 3.00198505138664455042e-6, 2.52448340349684104192e-3
@@ -122,16 +127,16 @@ E64_Q2, E64_Q3 = 2.27265548208155028766e-1, 2.00000000000000000009e0
 
 @njit(**JIT)
 def _exp64(x):
-    xc = x if x > E64_LO else E64_LO
-    xc = xc if xc < E64_HI else E64_HI
-    n = (xc * E64_LOG2E + E64_MAGIC) - E64_MAGIC
+    xc = E64_LO if E64_LO > x else x
+    xc = E64_HI if E64_HI < xc else xc
+    shifted = xc * E64_LOG2E + E64_MAGIC
+    n = shifted - E64_MAGIC
     r = (xc - n * E64_C1) - n * E64_C2
     rr = r * r
     px = r * ((E64_P0 * rr + E64_P1) * rr + E64_P2)
     qx = ((E64_Q0 * rr + E64_Q1) * rr + E64_Q2) * rr + E64_Q3
     y = 1.0 + 2.0 * (px / (qx - px))
-    y = y * _pow2(n)
-    return y if x == x else x
+    return y * _pow2_of_shifted(shifted)
 
 
 def vexp(x):
