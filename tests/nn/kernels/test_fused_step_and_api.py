@@ -110,13 +110,16 @@ def test_call_counter_proves_the_kernel_ran():
 @pytest.mark.parametrize("dtype,atol", [(np.float32, 1e-4), (np.float64, 1e-12)])
 def test_project_equals_numpy_in_both_layouts(dtype, atol, threads):
     """api.project (the inference input projection on the kernels' threads) against numpy, for
-    the whole batch in one block, per-thread blocks of rows, batch-first input and no bias."""
+    the whole batch in one block, per-thread blocks of rows, chunks of rows within a block,
+    batch-first input and no bias."""
     from grukit.nn.kernels import common
     rng = np.random.default_rng(3)
     old = common.get_threads()
     try:
         common.set_threads(threads)
-        for T, B, I, G in ((4, 1, 3, 6), (9, 5, 7, 12), (300, 8, 40, 96)):   # the last goes parallel
+        # the third goes parallel; the last two take several of project_rows' chunks of rows
+        # (time-major over the batch's rows, batch-first over each sequence's 900 steps)
+        for T, B, I, G in ((4, 1, 3, 6), (9, 5, 7, 12), (300, 8, 40, 96), (900, 2, 8, 96)):
             x = rng.standard_normal((T, B, I)).astype(dtype)
             w = rng.standard_normal((G, I)).astype(dtype)
             b = rng.standard_normal(G).astype(dtype)
