@@ -481,14 +481,13 @@ def flushed(v, threshold):
 
 @njit(**JIT)
 def flush_tiny(values, threshold):
-    """Set entries with |v| < threshold to zero, in place; values is 3-D, any strides."""
-    zero = values.dtype.type(0)
+    """:func:`flushed` over every entry, in place: for the modes whose backward does not flush
+    inside its gate loop. values is 3-D, any strides."""
     for t in range(values.shape[0]):
         for b in range(values.shape[1]):
             row = values[t, b]
             for j in range(row.shape[0]):
-                if abs(row[j]) < threshold:
-                    row[j] = zero
+                row[j] = flushed(row[j], threshold)
 
 
 def flushing_subnormals(rows_fn, *args) -> None:
