@@ -11,6 +11,7 @@ from .scenarios import CELLS, PEAK_SHARE_TARGET, SCENARIOS, STEP_TARGET_US, targ
 
 PEER_LABELS = {"torch": "torch.nn", "onnxruntime": "ONNX Runtime", "keras-jax": "Keras 3 / JAX",
                "torch-cell": "torch.nn *Cell", "matmul-peak": "matmul peak"}
+MODE_LABELS = {"chunk": "inference via `streamer.run`"}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -43,7 +44,8 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
     rows = []
     for ours in (m for m in measurements if m["impl"] == "grukit"):
         cell, scenario, mode = ours["cell"], ours["scenario"], ours["mode"]
-        peer_mode = "step" if mode == "stream" else mode   # the streamer against torch's *Cell step
+        # the streamer's frame against torch's *Cell step, its chunk call against the layers' inference
+        peer_mode = {"stream": "step", "chunk": "inference"}.get(mode, mode)
         for peer in (m for m in measurements if m["impl"] != "grukit" and m["cell"] == cell
                      and m["scenario"] == scenario and m["mode"] == peer_mode):
             ratio = peer["median"] / ours["median"]
@@ -54,7 +56,7 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
                 row["target"] = f"grukit < {STEP_TARGET_US:g} us" if cell == "gru" else None
                 row["met"] = ours["median"] < STEP_TARGET_US if cell == "gru" else None
             else:
-                target = target_for(cell, scenario, mode, peer["impl"])
+                target = target_for(cell, scenario, peer_mode, peer["impl"])
                 row["target"] = target.text() if target else None
                 row["met"] = target.met(ratio) if target else None
             rows.append(row)
@@ -144,7 +146,7 @@ def markdown(result: dict) -> str:
         for r in cell_rows:
             ours = _fmt(r["grukit"], r["unit"]) + (f" ({r['path']})" if r["path"] else "")
             ratio = f"{r['ratio']:.0%} of peak" if r["peer"] == "matmul-peak" else f"{r['ratio']:.2f}x"
-            lines.append(f"| {_scenario_text(r['scenario'])} | {r['mode']} | {ours} | "
+            lines.append(f"| {_scenario_text(r['scenario'])} | {MODE_LABELS.get(r['mode'], r['mode'])} | {ours} | "
                          f"{PEER_LABELS.get(r['peer'], r['peer'])} | {_fmt(r['peer_value'], r['unit'])} | "
                          f"{ratio} | {r['target'] or '—'} | {_yes_no(r['met'])} |")
         lines.append("")
@@ -161,7 +163,8 @@ def markdown(result: dict) -> str:
         for m in alone:
             gflops = f"{m['gflops']:.1f}" if m.get("gflops") else "—"
             share = f"{m['peak_share']:.0%}" if m.get("peak_share") is not None else "—"
-            lines.append(f"| {CELLS[m['cell']]['grukit']} | {_scenario_text(m['scenario'])} | {m['mode']} | "
+            lines.append(f"| {CELLS[m['cell']]['grukit']} | {_scenario_text(m['scenario'])} | "
+                         f"{MODE_LABELS.get(m['mode'], m['mode'])} | "
                          f"{_fmt(m['median'], m['unit'])} | {m.get('path', {}).get('path', '—')} | "
                          f"{gflops} | {share} |")
         lines.append("")

@@ -125,6 +125,8 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                 progress(f"  {cell} {mode}")
                 if mode == "inference":
                     functions = {"grukit": torch_peer.inference_fn(ours, x)}
+                    if name == "S1":   # the streaming scenario: also the streamer's chunk call
+                        functions["grukit-chunk"] = torch_peer.streamer_run_fn(ours, x)
                     if theirs is not None:
                         functions["torch"] = torch_peer.inference_fn(theirs, x)
                     if use_onnx and CELLS[cell]["onnx"]:
@@ -140,8 +142,9 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                 records = measure_group(functions, settings)
                 calls = settings.warmup + records["grukit"]["repeats"]
                 for impl, record in records.items():
-                    record.update(cell=cell, scenario=name, mode=mode, impl=impl,
-                                  shape=scenario.shape(), unit="ms")
+                    chunk = impl == "grukit-chunk"
+                    record.update(cell=cell, scenario=name, mode="chunk" if chunk else mode,
+                                  impl="grukit" if chunk else impl, shape=scenario.shape(), unit="ms")
                     if impl == "grukit":
                         record["path"] = torch_peer.observed_path(before, calls, counters, dispatcher)
                     if mode == "training":

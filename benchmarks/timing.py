@@ -1,7 +1,10 @@
 """Timing: warm-up (first call timed separately), then interleaved repetitions and the median.
 
-Implementations compared in one row are timed round-robin (A, B, A, B, ...) so that slow drift
-of a shared machine hits them alike. No torch import here: the Keras/JAX subprocess uses it too.
+Implementations compared in one row are timed round-robin so that slow drift of a shared machine
+hits them alike, in a different order each round (a Williams design: over a cycle of rounds, each
+implementation follows each other one equally often). On this machine a call right after another
+library's runs slower than after itself (cold caches, that library's threads still spinning): in a
+fixed order A B C D, A always pays for following D. No torch import here: the Keras/JAX subprocess uses it too.
 """
 
 from __future__ import annotations
@@ -40,6 +43,20 @@ def summary(times_s: list[float], first_call_s: float | None, scale: float = 1e3
             "first_call": None if first_call_s is None else first_call_s * scale}
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of n items in which every ordered pair (i, j), i != j, is adjacent equally often:
+    Williams's Latin square (n rows for even n; with the rows reversed too for odd n)."""
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(i + shift) % n for i in first] for shift in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
 def measure_group(functions: dict[str, Callable[[], object]], settings: Settings,
                   sync: Callable[[object], None] | None = None) -> dict[str, dict]:
     """Time each function: warm-up calls (the first one timed as ``first_call``), then
@@ -54,12 +71,16 @@ def measure_group(functions: dict[str, Callable[[], object]], settings: Settings
             if i == 0:
                 first[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in functions}
+    names = list(functions)
+    orders = balanced_orders(len(names))
     spent = 0.0
     for repeat in range(settings.repeats):
         if (not settings.exact and repeat >= settings.min_repeats
                 and spent >= settings.budget_s):
             break
-        for name, fn in functions.items():
+        for index in orders[repeat % len(orders)]:
+            name = names[index]
+            fn = functions[name]
             start = time.perf_counter()
             result = fn()
             if sync:

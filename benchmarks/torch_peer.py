@@ -96,6 +96,19 @@ def observed_path(before: Counter, calls: int, counters: tuple[str, ...], dispat
             "evidence": f"grukit.nn.kernels.function.CALLS rose by {rose} over {calls} calls"}
 
 
+def streamer_run_fn(layer, x):
+    """grukit's streaming API over the whole input: layer.streamer().run(frames) from a zero
+    state, frames (T, B, I) time first as numpy (converted once, outside the timing, as ONNX
+    Runtime's feed is)."""
+    streamer = layer.streamer(batch_size=x.shape[0])
+    frames = x.transpose(0, 1).contiguous().numpy()
+
+    def run():
+        streamer.reset()
+        return streamer.run(frames)
+    return run
+
+
 def step_fns(cell: str, ours, theirs, scenario: Scenario, count: int, seed: int = 2):
     """Per-step callables step(i): grukit's layer.step (torch tensors in and out), grukit's
     layer.streamer().step (numpy frames), and torch's matching *Cell."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import grukit.nn as gnn
+from grukit.errors import ShapeError
 from grukit.nn.reference import DirectionWeights, mingru_parallel_scan, run_direction
 
 I, H, T = 3, 4, 6
@@ -145,6 +146,41 @@ def test_streamer_equals_full_sequence(kind):
     for t in range(T):
         y = single.step(x[t, 0].numpy())
     np.testing.assert_allclose(y, out1[-1].numpy(), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_streamer_run_continues_the_sequence_across_chunks_and_frames(kind):
+    """run() over chunks, mixed with step(), equals one forward call over the whole sequence."""
+    layer = build(kind, num_layers=2)
+    x = torch.randn(T, 3, I, dtype=torch.float64)
+    with torch.no_grad():
+        out, _ = layer(x)
+    streamer = layer.streamer(batch_size=3)
+    first = streamer.run(x[:2].numpy())
+    middle = streamer.step(x[2].numpy())
+    rest = streamer.run(x[3:].numpy())
+    assert first.shape == (2, 3, H) and rest.shape == (T - 3, 3, H)
+    got = np.concatenate([first, middle[None], rest])
+    np.testing.assert_allclose(got, out.numpy(), atol=1e-12, rtol=0)
+    streamer.reset()   # a new sequence from a zero state
+    np.testing.assert_allclose(streamer.run(x.numpy()), out.numpy(), atol=1e-12, rtol=0)
+    single = layer.streamer()
+    with torch.no_grad():
+        out1, _ = layer(x[:, 1])
+    np.testing.assert_allclose(single.run(x[:, 1].numpy()), out1.numpy(), atol=1e-12, rtol=0)
+
+
+def test_streamer_run_in_float32_matches_the_layer_and_names_the_expected_shape():
+    layer = gnn.LSTM(I, H, num_layers=2).eval()
+    x = torch.randn(50, I)
+    with torch.no_grad():
+        out, _ = layer(x)
+    streamer = layer.streamer()
+    np.testing.assert_allclose(streamer.run(x.numpy()), out.numpy(), atol=1e-5, rtol=0)
+    with pytest.raises(ShapeError, match=r"\(T, 3\) or \(T, 1, 3\) with time first"):
+        streamer.run(np.zeros((5, 2, I), np.float32))
+    with pytest.raises(ShapeError, match="at least one frame"):
+        streamer.run(np.zeros((0, I), np.float32))
 
 
 def test_step_runs_the_fused_kernel_without_gradients():

@@ -142,10 +142,25 @@ class RecurrentLayer(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
+    _PARAMETER_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "bias", "weight_hr")
+
     def _layer_parameters(self, layer: int, direction: int) -> dict[str, torch.Tensor | None]:
-        suffix = self._direction_suffixes()[direction]
-        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "bias", "weight_hr")
-        return {n: getattr(self, f"{n}_l{layer}{suffix}", None) for n in names}
+        """{kind: tensor or None} for one layer and direction, kinds as _PARAMETER_KINDS.
+
+        Only the names this configuration registers are looked up: for a missing one, getattr
+        raises inside nn.Module.__getattr__ and costs ~4 us, on every forward and step() call."""
+        names = self.__dict__.get("_registered_names")
+        if names is None:   # first call (also for modules pickled before this cache existed)
+            names = self.__dict__["_registered_names"] = {}
+        key = (layer, direction)
+        if key not in names:
+            suffix = f"_l{layer}{self._direction_suffixes()[direction]}"
+            names[key] = tuple((kind, kind + suffix) for kind in self._PARAMETER_KINDS
+                               if hasattr(self, kind + suffix))
+        found = dict.fromkeys(self._PARAMETER_KINDS)
+        for kind, name in names[key]:
+            found[kind] = getattr(self, name)
+        return found
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:

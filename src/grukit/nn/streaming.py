@@ -7,11 +7,17 @@ per layer: no torch dispatch, no autograd, no per-call validation. The numbers e
 ``layer(x)`` over the whole sequence (tested). Weights changed after creating the streamer are
 not seen; create a new one.
 
+``streamer.run(frames)`` takes a chunk of frames at once (as a speech front end delivers them) and
+runs each layer's input projection as one GEMM and its recurrence as one compiled call over the
+chunk, on the snapshot weights: for a whole sequence it skips what ``layer(x)`` pays on every call
+(reading the parameters, the transposed copy of weight_hh, the dispatch and its checks).
+
 Example::
 
     streamer = gnn.GRU(13, 64).streamer()
     for frame in mfcc_frames:                  # (13,) each, as they arrive
         y = streamer.step(frame)               # (64,) numpy
+    ys = streamer.run(next_chunk)              # (T, 13) in, (T, 64) out, the state carried on
     streamer.reset()                           # start a new utterance
 """
 
@@ -22,6 +28,8 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from .kernels import api, gru, lstm, mgu, mingru, rnn
+from .kernels.common import set_threads
+from .kernels.function import one_blas_thread
 from .recurrent import RecurrentLayer, input_preactivations
 
 
@@ -51,7 +59,12 @@ class Streamer:
             bias_hh = params["bias_hh"] if params["bias_hh"] is not None else np.zeros(
                 len(layer.layout.gates) * H, self.dtype)
             self._weights.append((input_t, input_bias, api.pack_weight(params["weight_hh"]), bias_hh))
-        self.reset()
+        # run()'s input projection reads W_ih as stored, (G*H, I): the GEMM of api.project
+        self._input_weights = [np.ascontiguousarray(input_t.T) for input_t, *_ in self._weights]
+        shape = (batch_size, H)
+        self.h = [np.zeros(shape, self.dtype) for _ in self._weights]
+        self.c = [np.zeros(shape, self.dtype) for _ in self._weights] if self.mode == "LSTM" else None
+        self._frames = [self._frame_function(index) for index in range(len(self._weights))]
 
     @staticmethod
     def _expanded_input_side(layer: RecurrentLayer, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,10 +81,8 @@ class Streamer:
 
     def reset(self) -> None:
         """Zero the state: the next frame starts a new sequence."""
-        shape = (self.batch_size, self.hidden_size)
-        self.h = [np.zeros(shape, self.dtype) for _ in self._weights]
-        self.c = [np.zeros(shape, self.dtype) for _ in self._weights] if self.mode == "LSTM" else None
-        self._frames = [self._frame_function(index) for index in range(len(self._weights))]
+        for state in self.h + (self.c or []):
+            state.fill(0)     # in place: the frame functions hold these arrays
 
     def _frame_function(self, index: int):
         """``run(x) -> h``: one compiled call for the layer's whole frame (input product, gates,
@@ -115,6 +126,31 @@ class Streamer:
             run(x)
             x = h
         return x[0].copy() if single else x.copy()
+
+    def run(self, frames) -> np.ndarray:
+        """A chunk of frames, (T, H_in) or (T, batch_size, H_in), time first: the last layer's
+        output at every frame, (T, H) or (T, batch_size, H), with the state carried from the
+        frames before and on to the next call. Equal to calling :meth:`step` T times, up to the
+        summation order of the input projection (one GEMM here, a mat-vec per frame there)."""
+        x = np.asarray(frames, dtype=self.dtype)
+        single = x.ndim == 2
+        x = x[:, None, :] if single else x
+        if x.ndim != 3 or x.shape[0] == 0 or x.shape[1:] != (self.batch_size, self.input_size):
+            raise ShapeError(f"{self.layer_type} streamer: run() takes at least one frame, as "
+                             f"(T, {self.input_size}) or (T, {self.batch_size}, {self.input_size}) "
+                             f"with time first, got {np.shape(frames)}")
+        x = np.ascontiguousarray(x)
+        set_threads(torch.get_num_threads())
+        with one_blas_thread(x.shape[0] * x.shape[1]):    # the projection's rows and the steps' GEMMs
+            for index, (_, input_bias, w_t, bias_hh) in enumerate(self._weights):
+                gx = api.project(x, self._input_weights[index], input_bias)
+                c = None if self.c is None else self.c[index]
+                x, h_n, c_n, _ = api.forward(self.mode, gx, self.h[index], c, w_t, bias_hh,
+                                             candidate=self.candidate)
+                self.h[index][...] = h_n       # in place: the frame functions hold these arrays
+                if c is not None:
+                    c[...] = c_n
+        return x[:, 0] if single else x
 
 
 __all__ = ["Streamer"]

@@ -9,7 +9,7 @@ bias_hh). ``fused_step`` mirrors :func:`grukit.nn.reference.step` for inference.
 Tensors reach the kernels as numpy views (no copy when already contiguous on the CPU).
 The kernels use at most torch.get_num_threads() threads (see common.run_rows), and each
 of them calls BLAS (the per-step GEMMs, scipy's OpenBLAS) single-threaded: see
-:func:`_one_blas_thread`.
+:func:`one_blas_thread`.
 
 ``CALLS`` counts kernel invocations ("run" per fused_run_direction forward, "project" per
 inference input projection on the kernels' threads (fused_projection), "step" per
@@ -82,7 +82,7 @@ def _packed(weight: torch.Tensor | None) -> np.ndarray | None:
 _BLAS: ThreadpoolController | None = None
 
 
-def _one_blas_thread(batch: int):
+def one_blas_thread(batch: int):
     """Context holding BLAS at one thread while a kernel runs (~25 us), for batches that
     reach the per-step GEMMs (common.GEMM_MIN_ROWS rows).
 
@@ -120,7 +120,7 @@ def _lengths_np(lengths: torch.Tensor | None, T: int, B: int) -> np.ndarray | No
 def _run_forward(mode, reverse, candidate, lengths, training, gx, h0, c0, weight_hh, bias_hh):
     """The kernel's forward on tensors: ((out, h_n[, c_n]) as tensors, workspace or None)."""
     set_threads(torch.get_num_threads())
-    with _one_blas_thread(gx.shape[1]):
+    with one_blas_thread(gx.shape[1]):
         out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
                                         _np(bias_hh), lengths, reverse, training, candidate)
     CALLS["run"] += 1
@@ -153,7 +153,7 @@ class _FusedDirection(torch.autograd.Function):
         ws = tuple(_np(t) for t in output_and_h0) if output_and_h0 else ctx.ws
         set_threads(torch.get_num_threads())
         w = _np(weight_hh)
-        with _one_blas_thread(grad_out.shape[1]):
+        with one_blas_thread(grad_out.shape[1]):
             dgx, dh0, dc0, terms, bias_src = api.backward(
                 ctx.mode, ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
                 ctx.lengths, ctx.reverse, ctx.candidate)
@@ -218,7 +218,7 @@ def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor |
     batch_first = not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
     source = x.transpose(0, 1) if batch_first else x
     set_threads(torch.get_num_threads())
-    with _one_blas_thread(x.shape[1]):
+    with one_blas_thread(x.shape[1]):
         gx = api.project(_np(source), _np(weight), _np(bias), batch_first)
     CALLS["project"] += 1
     return torch.from_numpy(gx)
@@ -234,7 +234,7 @@ def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
     h, c = state if mode == "LSTM" else (state, None)
     bias_hh = weights.bias_hh if mode in api.HAS_BIAS_HH else None
     weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
-    with _one_blas_thread(gx_t.shape[0]):
+    with one_blas_thread(gx_t.shape[0]):
         h_n, c_n = api.step(mode, _np(gx_t), _np(h), _np(c), _packed(weight_hh), _np(bias_hh),
                             candidate)
     CALLS["step"] += 1

@@ -1,0 +1,50 @@
+"""The benchmark harness's order of calls and its comparisons, on synthetic inputs (no timing)."""
+
+from collections import Counter
+
+import pytest
+
+from benchmarks.report import comparisons, markdown
+from benchmarks.timing import Settings, balanced_orders, measure_group
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_balanced_orders_put_every_implementation_after_every_other_equally_often(n):
+    orders = balanced_orders(n)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    adjacent = Counter((order[i], order[i + 1]) for order in orders for i in range(n - 1))
+    assert len(adjacent) == n * (n - 1) and len(set(adjacent.values())) <= 1
+
+
+def test_measure_group_runs_the_balanced_orders_round_by_round():
+    calls = []
+    functions = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    records = measure_group(functions, Settings(repeats=8, warmup=1, exact=True))
+    assert calls[:4] == list("abcd")                       # warm-up, in the given order
+    rounds = [calls[4 + 4 * r: 8 + 4 * r] for r in range(8)]
+    expected = ["".join("abcd"[i] for i in order) for order in balanced_orders(4)] * 2
+    assert ["".join(r) for r in rounds] == expected
+    assert all(record["repeats"] == 8 for record in records.values())
+
+
+def _measurement(impl, mode, median, cell="gru"):
+    return {"impl": impl, "cell": cell, "scenario": "S1", "mode": mode, "median": median, "unit": "ms"}
+
+
+def test_the_streamers_chunk_call_is_compared_with_the_peers_inference_against_its_targets():
+    measurements = [_measurement("grukit", "inference", 1.5), _measurement("grukit", "chunk", 0.5),
+                    _measurement("torch", "inference", 6.0), _measurement("onnxruntime", "inference", 1.2)]
+    rows = comparisons(measurements, [], None)
+    chunk = {r["peer"]: r for r in rows if r["mode"] == "chunk"}
+    assert set(chunk) == {"torch", "onnxruntime"}
+    assert chunk["torch"]["ratio"] == pytest.approx(12.0) and chunk["torch"]["target"] == ">=10x"
+    assert chunk["torch"]["met"] is True
+    assert chunk["onnxruntime"]["ratio"] == pytest.approx(2.4) and chunk["onnxruntime"]["met"] is True
+    layer = {r["peer"]: r for r in rows if r["mode"] == "inference"}
+    assert layer["torch"]["ratio"] == pytest.approx(4.0) and layer["torch"]["met"] is False
+    result = {"machine": {"date": "d", "cpu_model": "c", "usable_cpus": 2, "logical_cpus": 2, "versions": {}},
+              "threads": {"pinned": {"threads": 2, "cpus": [0, 1], "environment": {}},
+                          "torch.get_num_threads": 2, "torch.get_num_interop_threads": 2,
+                          "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
+              "settings": {"warmup": 1}, "comparisons": rows, "measurements": measurements}
+    assert "| inference via `streamer.run` | 0.500 ms |" in markdown(result)
