@@ -4,7 +4,8 @@ Implementations compared in one row are timed round-robin so that slow drift of 
 hits them alike, in a different order each round (a Williams design: over a cycle of rounds, each
 implementation follows each other one equally often). On this machine a call right after another
 library's runs slower than after itself (cold caches, that library's threads still spinning): in a
-fixed order A B C D, A always pays for following D. No torch import here: the Keras/JAX subprocess uses it too.
+fixed order A B C D, A always pays for following D. No torch import here: the Keras/JAX subprocess
+uses it too.
 """
 
 from __future__ import annotations

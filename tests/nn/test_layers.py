@@ -129,12 +129,18 @@ def test_keras_parameter_count_of_lstm_with_single_bias():
     assert sum(p.numel() for p in gnn.LSTM(128, 128, single_bias=True).parameters()) == 131_584
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_streamer_equals_full_sequence(kind):
+def _two_layers_and_their_output(kind):
+    """A two-layer float64 layer, an input of 3 sequences (T, 3, I) and the layer's output for it."""
     layer = build(kind, num_layers=2)
     x = torch.randn(T, 3, I, dtype=torch.float64)
     with torch.no_grad():
         out, _ = layer(x)
+    return layer, x, out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_streamer_equals_full_sequence(kind):
+    layer, x, out = _two_layers_and_their_output(kind)
     streamer = layer.streamer(batch_size=3)
     for t in range(T):
         y = streamer.step(x[t].numpy())
@@ -151,10 +157,7 @@ def test_streamer_equals_full_sequence(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_streamer_run_continues_the_sequence_across_chunks_and_frames(kind):
     """run() over chunks, mixed with step(), equals one forward call over the whole sequence."""
-    layer = build(kind, num_layers=2)
-    x = torch.randn(T, 3, I, dtype=torch.float64)
-    with torch.no_grad():
-        out, _ = layer(x)
+    layer, x, out = _two_layers_and_their_output(kind)
     streamer = layer.streamer(batch_size=3)
     first = streamer.run(x[:2].numpy())
     middle = streamer.step(x[2].numpy())
