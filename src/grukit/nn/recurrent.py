@@ -213,8 +213,15 @@ class RecurrentLayer(nn.Module):
                             "impute the data first (check_finite=True asked for this check)")
         T, N = x.shape[0], x.shape[1]
         lengths = self._check_lengths(lengths, T, N)
-        state = self._initial_state(hx, N, x, batched)
-        output, final = self._run_layers(x, state, lengths)
+        directions = self._fused_inference_directions(x)
+        if directions is not None:   # inference on the fused kernels, all layers in one call
+            from .kernels.function import fused_inference
+            state = None if hx is None else self._initial_state(hx, N, x, batched)
+            output, final = fused_inference(self.mode, x, state, directions, lengths, self.candidate,
+                                            self.hidden_size)
+        else:
+            state = self._initial_state(hx, N, x, batched)
+            output, final = self._run_layers(x, state, lengths)
         if packed:
             output = _repack(output, lengths, batch_sizes, sorted_indices, input.unsorted_indices)
         elif not batched:
@@ -244,6 +251,48 @@ class RecurrentLayer(nn.Module):
         else:
             final = torch.stack(finals, 0)
         return layer_input, final
+
+    def _fused_inference_directions(self, x: torch.Tensor) -> list[list[tuple]] | None:
+        """Every layer's and direction's (weight_ih, outer bias, weight_hh, bias_hh) when the whole
+        stack can run through kernels.function.fused_inference: no gradients recorded (torch.no_grad
+        or inference_mode), no dropout to apply, a configuration the fused kernels cover, every
+        tensor on the CPU in x's float dtype. None sends the call through _run_direction, which
+        decides per direction (and raises for kernel="fused" where the kernels do not apply)."""
+        if torch.is_grad_enabled() or self.kernel == "reference" or (
+                self.training and (self.dropout or self.recurrent_dropout)):
+            return None
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return None
+        covered = self.__dict__.get("_fused_inference_covered")
+        if covered is None:   # fixed by the configuration: decided once
+            covered = self.__dict__["_fused_inference_covered"] = self._fused_kernels_cover_every_layer()
+        if not covered:
+            return None
+        directions = []
+        for layer in range(self.num_layers):
+            per_direction = []
+            for direction in range(self.num_directions):
+                params = self._layer_parameters(layer, direction)
+                weight_ih, bias = single_projection(self.layout, params)
+                tensors = (weight_ih, bias, params["weight_hh"], params["bias_hh"])
+                if any(t is not None and (t.dtype != x.dtype or t.device.type != "cpu") for t in tensors):
+                    return None
+                per_direction.append(tensors)
+            directions.append(per_direction)
+        return directions
+
+    def _fused_kernels_cover_every_layer(self) -> bool:
+        """Whether fused_inference covers this configuration (dtypes and devices aside)."""
+        if self.proj_size or not self.layout.has_default_activations:
+            return False
+        if any(single_projection(self.layout, self._layer_parameters(layer, direction)) is None
+               for layer in range(self.num_layers) for direction in range(self.num_directions)):
+            return False   # MGU1-3: some gates have no input weights
+        try:
+            from .kernels import function
+        except ImportError:   # numba missing: the reference loop runs
+            return False
+        return function.supports(self.mode, torch.float64, "cpu") is None
 
     def _direction_weights(self, layer: int, direction: int) -> tuple[dict, DirectionWeights]:
         params = self._layer_parameters(layer, direction)

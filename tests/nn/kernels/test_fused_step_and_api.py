@@ -144,7 +144,7 @@ def test_inference_projects_on_the_kernels_threads(layer_type, options, batch_fi
     the reference path; MGU1-3 (no single projection) and recording autograd keep torch's GEMM."""
     torch.manual_seed(0)
     layer = layer_type(6, 5, batch_first=batch_first, **options).double()
-    x = torch.randn(3, 40, 6, dtype=torch.float64)    # (N, T, I); a batch of one keeps torch's GEMM
+    x = torch.randn(3, 40, 6, dtype=torch.float64)    # (N, T, I)
     x = x if batch_first else x.transpose(0, 1).contiguous()
     lengths = torch.tensor([40, 17, 1])
     single = options.get("variant") not in ("mgu1", "mgu2", "mgu3")
@@ -160,9 +160,10 @@ def test_inference_projects_on_the_kernels_threads(layer_type, options, batch_fi
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     before = function.CALLS["project"]
     layer(x, lengths=lengths)[0].sum().backward()            # autograd records: torch projects
-    with torch.no_grad():
-        layer(x[:1] if batch_first else x[:, :1])              # a batch of one: torch projects
     assert function.CALLS["project"] == before
+    with torch.no_grad():
+        layer(x[:1] if batch_first else x[:, :1])              # a batch of one is projected here too
+    assert function.CALLS["project"] - before == (layer.num_layers * layer.num_directions if single else 0)
 
 
 def test_threads_follow_torch():
