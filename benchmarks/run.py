@@ -1,14 +1,14 @@
 """Speed and memory of grukit against torch.nn, ONNX Runtime and Keras 3 on JAX.
 
 Scenarios (B batch, T steps, I inputs, H hidden units):
-  S1 streaming          B=1   T=100 I=64  H=128  inference; also step() latency
+  S1 streaming          B=1   T=100 I=64  H=128  inference (layer(x) and streamer.run); also step() latency
   S2 sentiment layer    B=32  T=200 I=128 H=128  inference and training; also peak memory
   S3 time-series layer  B=64  T=50  I=10  H=64   training
   S4 large              B=128 T=100 I=512 H=512  training; also GFLOP/s against the matmul peak
 
 Every library runs on the same THREADS threads and CPUs. Each measurement: warm-up (the first
 call, with Numba compilation or cache loading, is reported separately), then repetitions timed
-round-robin across implementations, and the median. Writes OUT/latest.json (every repetition,
+round-robin across implementations, in a different (balanced) order each round, and the median. Writes OUT/latest.json (every repetition,
 machine and thread settings) and OUT/latest.md (one table per cell, against the issue's targets).
 """
 
