@@ -31,6 +31,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .blas import blas_gemm, blas_gemm_nt_acc, pack_rows, packed_gemm, single_threaded_in_this_thread
+from . import buffers
 from .team import run_blocks
 
 FASTMATH = {"contract"}
@@ -528,10 +529,10 @@ def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training,
     T, B, _ = gx.shape
     H = states0[0].shape[1]
     dt = gx.dtype
-    out = np.empty((T, B, H), dt)
+    out = buffers.empty((T, B, H), dt)
     states = tuple(np.empty((B, H), dt) for _ in states0)
     if training:
-        ws = tuple(np.empty((T, B, w), dt) for w in ws_widths)
+        ws = tuple(buffers.empty((T, B, w), dt) for w in ws_widths)
     else:
         ws = (np.empty((1, 1, 1), dt),) * len(ws_widths)
     args = (gx, *states0, *params, lengths, bool(reverse), *flags, bool(training), out, *states, *ws)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import buffers
 from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
                      project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
                      tiny_gradient, zero_tail)
@@ -298,8 +299,8 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
     ws_g, ws_h, ws_x = ws
     T, B, H = grad_out.shape
     dt = grad_out.dtype
-    dgx = np.empty((T, B, 3 * H), dt)
-    dgh_n = np.empty((T, B, H), dt) if reset_after else dgx
+    dgx = buffers.empty((T, B, 3 * H), dt)
+    dgh_n = buffers.empty((T, B, H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 3 * H) if reset_after else (1, 1), dt)
     args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import buffers
 from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
                      project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
                      tiny_gradient, zero_tail)
@@ -189,7 +190,7 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
     ws_g, ws_h, ws_c = ws
     T, B, H = grad_out.shape
     dt = grad_out.dtype
-    dgx = np.empty((T, B, 4 * H), dt)
+    dgx = buffers.empty((T, B, 4 * H), dt)
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 4 * H), dt)

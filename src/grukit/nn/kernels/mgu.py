@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import buffers
 from .common import (JIT, ONE, fma, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
                      run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
@@ -195,7 +196,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf):
     ws_g, ws_h, ws_x = ws
     T, B, H = grad_out.shape
     dt = grad_out.dtype
-    dgx = np.empty((T, B, 2 * H), dt)
+    dgx = buffers.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args)

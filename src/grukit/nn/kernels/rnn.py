@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import buffers
 from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, max_length, pack_weight_for,
                      project_frame, run_forward, run_rows, run_step, tanh, time_index, zero_tail)
 
@@ -142,7 +143,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu):
     out, h0 = ws
     T, B, H = grad_out.shape
     dt = grad_out.dtype
-    dgx = np.empty((T, B, H), dt)
+    dgx = buffers.empty((T, B, H), dt)
     dh0 = np.empty((B, H), dt)
     args = (w, lengths, reverse, relu, grad_out, grad_h_n, out, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * H * H, args)

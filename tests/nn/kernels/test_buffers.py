@@ -1,0 +1,62 @@
+"""The kernels' kept large arrays: reused only when nothing else holds them, bounded, releasable."""
+
+import numpy as np
+import pytest
+import torch
+
+import grukit.nn as gnn
+from grukit.nn.kernels import buffers
+
+SHAPE = (300, 1000)      # 1.2 MB of float32: above MIN_BYTES
+
+
+@pytest.fixture(autouse=True)
+def _empty_pool():
+    buffers.release()
+    yield
+    buffers.release()
+
+
+def test_a_free_array_is_reused_and_a_held_one_never():
+    first = buffers.empty(SHAPE, np.float32)
+    address = first.ctypes.data
+    second = buffers.empty(SHAPE, np.float32)
+    assert second.ctypes.data != address                    # the caller still holds the first
+    del first
+    assert buffers.empty(SHAPE, np.float32).ctypes.data == address
+    view = buffers.empty(SHAPE, np.float32)[5:9]             # held by a numpy view
+    tensor = torch.from_numpy(buffers.empty(SHAPE, np.float32))   # held by a tensor
+    fresh = buffers.empty(SHAPE, np.float32)
+    held = {second.ctypes.data, view.base.ctypes.data, tensor.data_ptr()}
+    assert len(held) == 3 and fresh.ctypes.data not in held
+    assert buffers.empty(SHAPE, np.float64).dtype == np.float64     # dtype is part of the key
+    assert buffers.empty((1000, 300), np.float32).shape == (1000, 300)
+
+
+def test_small_arrays_are_not_kept_and_the_total_stays_under_the_limit(monkeypatch):
+    buffers.empty((10, 10), np.float32)
+    assert buffers.kept_bytes() == 0
+    monkeypatch.setattr(buffers, "LIMIT_BYTES", 3 * 1_200_000)
+    held = [buffers.empty(SHAPE, np.float32) for _ in range(5)]   # only three fit
+    assert buffers.kept_bytes() == 3 * 1_200_000
+    del held
+    other = buffers.empty((1000, 300), np.float32)             # free ones make room for it
+    assert buffers.kept_bytes() == 1_200_000 and other.nbytes == 1_200_000
+    del other
+    buffers.release()
+    assert buffers.kept_bytes() == 0
+
+
+def test_training_twice_through_reused_buffers_gives_the_same_gradients():
+    torch.manual_seed(0)
+    layer = gnn.LSTM(16, 64, batch_first=True)
+    x = torch.randn(8, 200, 16)
+    grads = []
+    for _ in range(3):       # the 2nd and 3rd steps run on kept workspaces full of old values
+        layer.zero_grad()
+        layer(x)[0].square().mean().backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    assert buffers.kept_bytes() > 0
+    for later in grads[1:]:
+        for a, b in zip(later, grads[0]):
+            assert torch.equal(a, b)
