@@ -30,8 +30,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .blas import blas_gemm, blas_gemm_nt_acc, pack_rows, packed_gemm, single_threaded_in_this_thread
 from . import buffers
+from .blas import blas_gemm, blas_gemm_nt_acc, pack_rows, packed_gemm, single_threaded_in_this_thread
 from .team import run_blocks
 
 FASTMATH = {"contract"}
