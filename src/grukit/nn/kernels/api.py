@@ -121,11 +121,11 @@ def project(x, w_ih, b_ih=None, batch_first=False):
     T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
     gx = np.empty((T, B, G), x.dtype)
     work = T * B * G * I
-    work = work if work >= PROJECTION_MIN_PARALLEL_WORK else 0     # 0: one thread
     if batch_first:
-        run_rows(project_sequences, B, work, (x, w_ih, b_ih, gx))
+        run_rows(project_sequences, B, work, (x, w_ih, b_ih, gx), PROJECTION_MIN_PARALLEL_WORK)
     else:   # time-major: the threads split the (t, b) rows, one large GEMM each
-        run_rows(project_rows, T * B, work, (x.reshape(T * B, I), w_ih, b_ih, gx.reshape(T * B, G)))
+        run_rows(project_rows, T * B, work, (x.reshape(T * B, I), w_ih, b_ih, gx.reshape(T * B, G)),
+                 PROJECTION_MIN_PARALLEL_WORK)
     return gx
 
 

@@ -404,10 +404,11 @@ def get_threads() -> int:
     return _threads
 
 
-def chunk_bounds(batch: int, work: int) -> np.ndarray | None:
-    """Row bounds of the per-thread blocks, or None for a serial call."""
+def chunk_bounds(batch: int, work: int, min_work: int = MIN_PARALLEL_WORK) -> np.ndarray | None:
+    """Row bounds of the per-thread blocks, or None for a serial call (fewer than two rows or
+    threads, or less than ``min_work`` multiply-adds)."""
     chunks = min(_threads, batch)
-    if chunks < 2 or work < MIN_PARALLEL_WORK:
+    if chunks < 2 or work < min_work:
         return None
     return np.linspace(0, batch, chunks + 1).round().astype(np.int64)
 
@@ -505,13 +506,13 @@ def flushing_subnormals(rows_fn, *args) -> None:
             _restore_fp_mode(previous)
 
 
-def run_rows(rows_fn, batch: int, work: int, args: tuple) -> None:
+def run_rows(rows_fn, batch: int, work: int, args: tuple, min_work: int = MIN_PARALLEL_WORK) -> None:
     """Call ``rows_fn(b0, b1, *args)`` over the batch in per-thread row blocks, each with
-    subnormals flushed (see above).
+    subnormals flushed (see above); serial below ``min_work`` multiply-adds (chunk_bounds).
 
     The calling thread runs the first block itself (team.run_blocks).
     """
-    bounds = chunk_bounds(batch, work)
+    bounds = chunk_bounds(batch, work, min_work)
     if bounds is None:
         flushing_subnormals(rows_fn, 0, batch, *args)
         return
