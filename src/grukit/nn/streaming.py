@@ -59,8 +59,9 @@ class Streamer:
             bias_hh = params["bias_hh"] if params["bias_hh"] is not None else np.zeros(
                 len(layer.layout.gates) * H, self.dtype)
             self._weights.append((input_t, input_bias, api.pack_weight(params["weight_hh"]), bias_hh))
-        # run()'s input projection reads W_ih as stored, (G*H, I): the GEMM of api.project
-        self._input_weights = [np.ascontiguousarray(input_t.T) for input_t, *_ in self._weights]
+        # run()'s layers for api.forward_stack, whose projection reads W_ih as stored, (G*H, I)
+        self._stack = [[(np.ascontiguousarray(input_t.T), input_bias, w_t, bias_hh)]
+                       for input_t, input_bias, w_t, bias_hh in self._weights]
         shape = (batch_size, H)
         self.h = [np.zeros(shape, self.dtype) for _ in self._weights]
         self.c = [np.zeros(shape, self.dtype) for _ in self._weights] if self.mode == "LSTM" else None
@@ -139,18 +140,15 @@ class Streamer:
             raise ShapeError(f"{self.layer_type} streamer: run() takes at least one frame, as "
                              f"(T, {self.input_size}) or (T, {self.batch_size}, {self.input_size}) "
                              f"with time first, got {np.shape(frames)}")
-        x = np.ascontiguousarray(x)
         set_threads(torch.get_num_threads())
         with one_blas_thread(x.shape[0] * x.shape[1]):    # the projection's rows and the steps' GEMMs
-            for index, (_, input_bias, w_t, bias_hh) in enumerate(self._weights):
-                gx = api.project(x, self._input_weights[index], input_bias)
-                c = None if self.c is None else self.c[index]
-                x, h_n, c_n, _ = api.forward(self.mode, gx, self.h[index], c, w_t, bias_hh,
-                                             candidate=self.candidate)
-                self.h[index][...] = h_n       # in place: the frame functions hold these arrays
-                if c is not None:
-                    c[...] = c_n
-        return x[:, 0] if single else x
+            out, h_n, c_n = api.forward_stack(self.mode, np.ascontiguousarray(x), self._stack, self.h,
+                                              self.c, candidate=self.candidate)
+        for state, final in zip(self.h, h_n):
+            state[...] = final       # in place: the frame functions hold these arrays
+        for state, final in zip(self.c or (), c_n if c_n is not None else ()):
+            state[...] = final
+        return out[:, 0] if single else out
 
 
 __all__ = ["Streamer"]

@@ -105,6 +105,36 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     return out, h_n, c_n, ws
 
 
+def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="identity",
+                  batch_first=False):
+    """Inference through a stack of layers: per layer and direction, :func:`project` then
+    :func:`forward`, the directions' outputs concatenated as the next layer's input.
+
+    x: (T, B, I), or (B, T, I) with ``batch_first`` (the first layer's input only); directions: one
+    list per layer of (w_ih (G*H, I) as stored, b_ih or None, :func:`pack_weight` of weight_hh or
+    None, bias_hh or None) per direction; h0 (and c0 for LSTM): the initial states, entry
+    layer * D + direction of shape (B, H). Returns the last layer's output (T, B, D*H) and the
+    final states h_n (and c_n, else None), (L*D, B, H) each.
+    """
+    count = sum(len(layer) for layer in directions)
+    h_n = np.empty((count,) + h0[0].shape, h0[0].dtype)
+    c_n = None if c0 is None else np.empty_like(h_n)
+    index = 0
+    for layer in directions:
+        outputs = []
+        for direction, (w_ih, b_ih, w_t, bias_hh) in enumerate(layer):
+            gx = project(x, w_ih, b_ih, batch_first)
+            out, h_n[index], c_last, _ = forward(mode, gx, h0[index], None if c0 is None else c0[index],
+                                                 w_t, bias_hh, lengths, direction == 1, False, candidate)
+            if c_n is not None:
+                c_n[index] = c_last
+            outputs.append(out)
+            index += 1
+        x = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+        batch_first = False
+    return x, h_n, c_n
+
+
 def project(x, w_ih, b_ih=None, batch_first=False):
     """The input pre-activations gx (T, B, G*H) = x @ w_ih.T + b_ih for inference, on the
     kernels' threads. x: (T, B, I), or (B, T, I) with ``batch_first``, C-contiguous; w_ih: (G*H, I)

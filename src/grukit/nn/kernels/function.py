@@ -204,8 +204,8 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
 
 def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: torch.Tensor | None,
                     candidate: str, hidden_size: int):
-    """A whole stack of layers for inference, when nothing records gradients: the input projection
-    (api.project) and the recurrence (api.forward) of every layer and direction, on numpy views.
+    """A whole stack of layers for inference, when nothing records gradients: api.forward_stack
+    (per layer and direction, api.project and api.forward) on numpy views of the tensors.
 
     The same kernels and results as projecting and running each direction through
     :func:`fused_projection` and :func:`fused_run_direction`, with far fewer torch and numpy calls
@@ -220,37 +220,30 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
     output (T, N, D*H) and the final state(s) (L*D, N, H) as tensors.
     """
     T, N = x.shape[0], x.shape[1]
-    lengths = _lengths_np(lengths, T, N)
     if state0 is None:
         shape = (sum(len(layer) for layer in directions), N, hidden_size)
-        h_all = np.zeros(shape, _DTYPES_NP[x.dtype])
-        c_all = np.zeros_like(h_all) if mode == "LSTM" else None
+        h0 = np.zeros(shape, _DTYPES_NP[x.dtype])
+        c0 = np.zeros_like(h0) if mode == "LSTM" else None
     else:
-        h_all, c_all = (_np(state0[0]), _np(state0[1])) if mode == "LSTM" else (_np(state0), None)
-    h_final = np.empty_like(h_all)
-    c_final = None if c_all is None else np.empty_like(c_all)
-    batch_first = not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
-    layer_input = _np(x.transpose(0, 1) if batch_first else x)
+        h0, c0 = (_np(state0[0]), _np(state0[1])) if mode == "LSTM" else (_np(state0), None)
+    source, batch_first = _time_major_source(x)
+    arrays = [[(_np(w_ih), _np(bias), _packed(w_hh), _np(b_hh)) for w_ih, bias, w_hh, b_hh in layer]
+              for layer in directions]
     set_threads(torch.get_num_threads())
-    index = 0
     with one_blas_thread(N):
-        for layer in directions:
-            outputs = []
-            for direction, (weight_ih, bias, weight_hh, bias_hh) in enumerate(layer):
-                gx = api.project(layer_input, _np(weight_ih), _np(bias), batch_first)
-                out, h_final[index], c_n, _ = api.forward(
-                    mode, gx, h_all[index], None if c_all is None else c_all[index], _packed(weight_hh),
-                    _np(bias_hh), lengths, direction == 1, False, candidate)
-                if c_final is not None:
-                    c_final[index] = c_n
-                outputs.append(out)
-                index += 1
-            layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
-            batch_first = False
-    CALLS["project"] += index
-    CALLS["run"] += index
-    final = torch.from_numpy(h_final)
-    return torch.from_numpy(layer_input), final if c_final is None else (final, torch.from_numpy(c_final))
+        out, h_n, c_n = api.forward_stack(mode, _np(source), arrays, h0, c0, _lengths_np(lengths, T, N),
+                                          candidate, batch_first)
+    CALLS["project"] += len(h_n)
+    CALLS["run"] += len(h_n)
+    final = torch.from_numpy(h_n)
+    return torch.from_numpy(out), final if c_n is None else (final, torch.from_numpy(c_n))
+
+
+def _time_major_source(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(x, False) for time-major x (T, N, I); (the contiguous (N, T, I) tensor, True) when x is
+    the transposed view of a batch-first input, which api.project reads in place."""
+    batch_first = not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
+    return (x.transpose(0, 1) if batch_first else x), batch_first
 
 
 def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor | None] | None):
@@ -267,8 +260,7 @@ def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor |
     if weight.dtype != x.dtype or weight.device.type != "cpu" or (
             bias is not None and (bias.dtype != x.dtype or bias.device.type != "cpu")):
         return None
-    batch_first = not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
-    source = x.transpose(0, 1) if batch_first else x
+    source, batch_first = _time_major_source(x)
     set_threads(torch.get_num_threads())
     with one_blas_thread(x.shape[1]):
         gx = api.project(_np(source), _np(weight), _np(bias), batch_first)
