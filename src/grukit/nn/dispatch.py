@@ -48,12 +48,13 @@ def reference_only_reason(layout: CellLayout | None, recurrent_dropout: bool) ->
 
 
 def fused_unsupported_reason(mode: str, dtype: torch.dtype, device: torch.device,
-                             weights: DirectionWeights, layout: CellLayout | None = None,
+                             weights: DirectionWeights | None, layout: CellLayout | None = None,
                              recurrent_dropout: bool = False) -> str | None:
     """None if the fused kernels cover this configuration, else why not.
 
-    layout: the layer's layout (its activations); recurrent_dropout: whether a recurrent-dropout
-    mask applies to this call (recurrent_dropout > 0 and training).
+    weights: the direction's recurrent weights, or None to leave their checks out; layout: the
+    layer's layout (its activations); recurrent_dropout: whether a recurrent-dropout mask applies
+    to this call (recurrent_dropout > 0 and training).
     """
     reason = reference_only_reason(layout, recurrent_dropout)
     if reason is not None:

@@ -282,17 +282,15 @@ class RecurrentLayer(nn.Module):
         return directions
 
     def _fused_kernels_cover_every_layer(self) -> bool:
-        """Whether fused_inference covers this configuration (dtypes and devices aside)."""
-        if self.proj_size or not self.layout.has_default_activations:
+        """Whether fused_inference covers this configuration (dtypes and devices aside): what
+        dispatch asks of every direction (kernels importable, default activations), no projection
+        (proj_size), and each layer's input side a single projection (not MGU1-3)."""
+        reason = dispatch.fused_unsupported_reason(self.mode, torch.float64, torch.device("cpu"), None,
+                                                   self.layout)
+        if self.proj_size or reason is not None:
             return False
-        if any(single_projection(self.layout, self._layer_parameters(layer, direction)) is None
-               for layer in range(self.num_layers) for direction in range(self.num_directions)):
-            return False   # MGU1-3: some gates have no input weights
-        try:
-            from .kernels import function
-        except ImportError:   # numba missing: the reference loop runs
-            return False
-        return function.supports(self.mode, torch.float64, "cpu") is None
+        return all(single_projection(self.layout, self._layer_parameters(layer, direction)) is not None
+                   for layer in range(self.num_layers) for direction in range(self.num_directions))
 
     def _direction_weights(self, layer: int, direction: int) -> tuple[dict, DirectionWeights]:
         params = self._layer_parameters(layer, direction)
