@@ -198,6 +198,11 @@ class Embedding(Layer):
         return (*input_shape, self.output_dim)
 
     def call(self, x, mask):
+        x, out_mask = self.token_ids(x, mask)
+        return self.embedding(x), out_mask
+
+    def token_ids(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The checked ids as int64 and the mask this layer passes on."""
         if x.is_floating_point():
             if not torch.equal(x, x.round()):
                 raise DataError("Embedding: inputs must be integer token ids, got non-integer floats")
@@ -206,8 +211,7 @@ class Embedding(Layer):
             raise DataError(f"Embedding: token ids must lie in [0, {self.input_dim - 1}], got ids from "
                             f"{int(x.min())} to {int(x.max())}; build the vocabulary with at most "
                             f"{self.input_dim} entries or raise input_dim")
-        out_mask = (x != 0) if self.mask_zero else mask
-        return self.embedding(x), out_mask
+        return x.long(), ((x != 0) if self.mask_zero else mask)
 
     def get_config(self):
         return {**super().get_config(), "input_dim": self.input_dim, "output_dim": self.output_dim,
@@ -518,20 +522,35 @@ class Recurrent(Layer):
         self.states = None
 
     def call(self, x, mask):
-        N, T = x.shape[:2]
         if self.dropout and self.training:  # Keras: one dropout mask per sequence, shared by all steps
-            keep = torch.empty(N, 1, x.shape[-1], device=x.device).bernoulli_(1 - self.dropout)
+            keep = torch.empty(x.shape[0], 1, x.shape[-1], device=x.device).bernoulli_(1 - self.dropout)
             x = x * keep / (1 - self.dropout)
+        return self._run(x, mask, None)
+
+    def call_embedded(self, tokens: torch.Tensor, embedding: "Embedding", mask: torch.Tensor | None = None):
+        """``self.call(*embedding.call(tokens, mask))`` without looking the vectors up: the first
+        projection runs once per distinct token (``grukit.nn``'s ``embedding=``; 3.6x fewer rows on an
+        IMDB batch). The models call this where an Embedding feeds a recurrent layer directly."""
+        tokens, mask = embedding.token_ids(tokens, mask)
+        self.ensure_built((None, *tokens.shape[1:], embedding.output_dim))
+        if self.dropout and self.training:  # each sequence drops its own features: look them up
+            return self.call(embedding.embedding(tokens), mask)
+        return self._run(tokens, mask, embedding.embedding.weight)
+
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | None, embedding: torch.Tensor | None):
+        """x: (N, T, F) vectors, or (N, T) token ids into ``embedding``."""
+        N, T = x.shape[:2]
         order, lengths = _valid_first_order(mask, N, T, x.device, self.go_backwards)
         steps = T if lengths is None else max(1, int(lengths.max()))
         # Steps after every sequence's end change nothing: run only up to the longest (with
         # bucket_by_length, most batches end well before T).
         if order is not None:
-            x = x.gather(1, order[:, :steps].unsqueeze(-1).expand(N, steps, x.shape[-1]))
+            x = select_steps(x, order[:, :steps]) if embedding is None else x.gather(1, order[:, :steps])
         elif steps < T:
             x = x[:, :steps]
         hx = self.states if (self.stateful and self.states is not None) else None
-        output, state = self.recurrent(x, hx, lengths=lengths.clamp(min=1) if lengths is not None else None)
+        output, state = self.recurrent(x, hx, lengths=lengths.clamp(min=1) if lengths is not None else None,
+                                       **({} if embedding is None else {"embedding": embedding}))
         if self.return_sequences and steps < T:
             output = nn.functional.pad(output, (0, 0, 0, T - steps))
         if lengths is not None and (lengths == 0).any():  # fully masked rows: nothing to process
@@ -546,8 +565,7 @@ class Recurrent(Layer):
                 out_mask = None if lengths is None else steps_below(lengths, T, x.device)
                 result = output
             elif order is not None:  # back to the original positions; masked steps stay zero
-                restored = torch.zeros_like(output)
-                restored.scatter_(1, order.unsqueeze(-1).expand_as(output), output)
+                restored = select_steps(output, order.argsort(dim=1))
                 result, out_mask = restored * mask.unsqueeze(-1).to(output.dtype), mask
             else:
                 result, out_mask = output, mask
@@ -593,6 +611,16 @@ def _valid_first_order(mask, N, T, device, backwards: bool):
         within = torch.where(idx < length, length - 1 - idx, idx)
         order = order.gather(1, within)
     return order, lengths
+
+
+def select_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[n, index[n, s]]`` for x (N, T, F) and index (N, S): one row gather over the flattened
+    (N * T, F) view. ``x.gather(1, index expanded over F)`` gives the same values but reads an
+    index per element; on the tutorial's IMDB batches it took 1.6 ms forward and about 4 ms
+    backward against 0.1 and 0.3 ms for this."""
+    N, T, F = x.shape
+    rows = (index + torch.arange(N, device=index.device).unsqueeze(1) * T).reshape(-1)
+    return x.reshape(N * T, F).index_select(0, rows).view(N, index.shape[1], F)
 
 
 def steps_below(lengths: torch.Tensor, T: int, device) -> torch.Tensor:
@@ -734,7 +762,14 @@ class Bidirectional(Layer):
         return (*shape[:-1], shape[-1] // 2)
 
     def call(self, x, mask):
-        result, out_mask = self.layer(x, mask)
+        return self._merge(*self.layer(x, mask))
+
+    def call_embedded(self, tokens: torch.Tensor, embedding: Embedding, mask: torch.Tensor | None = None):
+        """As :meth:`Recurrent.call_embedded`, both directions projected through the distinct tokens."""
+        self.ensure_built((None, *tokens.shape[1:], embedding.output_dim))
+        return self._merge(*self.layer.call_embedded(tokens, embedding, mask))
+
+    def _merge(self, result, out_mask):
         if self.merge_mode == "concat":
             return result, out_mask
         sequence = result[0] if isinstance(result, tuple) else result

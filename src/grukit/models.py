@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError, ShapeError
-from .layers import Input, Layer, Recurrent, SymbolicTensor, deserialize, serialize
+from .layers import (Bidirectional, Embedding, Input, Layer, Recurrent, SymbolicTensor, deserialize,
+                     serialize)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -205,9 +206,16 @@ class Sequential(_Model):
         if tuple(x.shape[1:]) != tuple(expected[1:]) and not isinstance(self.stack[0], Recurrent):
             raise ShapeError(f"model {self.name!r} was built for inputs of shape {expected}, got "
                              f"{tuple(x.shape)}; pad or reshape the data to the same shape")
-        mask = None
-        for layer in self.stack:
-            x, mask = layer(x, mask)
+        mask, index = None, 0
+        while index < len(self.stack):
+            layer = self.stack[index]
+            following = self.stack[index + 1] if index + 1 < len(self.stack) else None
+            if _reads_embedded_tokens(layer, following):
+                x, mask = following.call_embedded(x, layer, mask)
+                index += 2
+            else:
+                x, mask = layer(x, mask)
+                index += 1
         return x
 
     def summary(self, print_fn=print) -> str:
@@ -265,6 +273,8 @@ class Model(_Model):
                               "outputs=Dense(1)(GRU(8)(inputs)); got "
                               f"{[type(t).__name__ for t in self.outputs]}")
         self.nodes = _graph_order(self.inputs, self.outputs)
+        # recurrent node -> the Embedding node it alone reads: run together (call_embedded)
+        self.embedded_inputs = _embedded_inputs(self.nodes, self.outputs)
         self.stack = nn.ModuleList()
         taken: set = set()
         for spec in self.inputs:
@@ -298,7 +308,15 @@ class Model(_Model):
                 raise ShapeError(f"model {self.name!r}: input {spec.name!r} expects shape (batch, *{expected}), got "
                                  f"{tuple(x.shape)}; pad or reshape the data")
             values[id(spec)] = (x, None)
+        skipped = {id(e) for e in self.embedded_inputs.values()}
         for node in self.nodes:
+            if id(node) in skipped:
+                continue
+            embedded = self.embedded_inputs.get(id(node))
+            if embedded is not None:
+                tokens, mask = values[id(embedded.inbound[0])]
+                values[id(node)] = node.layer.call_embedded(tokens, embedded.layer, mask)
+                continue
             args = [values[id(parent)] for parent in node.inbound]
             if node.many:
                 values[id(node)] = node.layer([a for a, _ in args], [m for _, m in args])
@@ -391,6 +409,29 @@ def load(directory: str | os.PathLike) -> "Sequential | Model":
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _reads_embedded_tokens(layer: Layer, following: Layer | None) -> bool:
+    """Whether ``following`` runs on ``layer``'s token ids directly (call_embedded): an Embedding
+    feeding a recurrent layer, whose first projection then runs once per distinct token."""
+    return isinstance(layer, Embedding) and isinstance(following, (Recurrent, Bidirectional))
+
+
+def _embedded_inputs(nodes: list[SymbolicTensor], outputs: list[SymbolicTensor]) -> dict[int, SymbolicTensor]:
+    """id(recurrent node) -> its Embedding node, where that node is read by this one node only."""
+    readers: dict[int, list[SymbolicTensor]] = {}
+    for node in nodes:
+        for parent in node.inbound:
+            readers.setdefault(id(parent), []).append(node)
+    pairs = {}
+    for node in nodes:
+        if node.many or len(node.inbound) != 1:
+            continue
+        parent = node.inbound[0]
+        if (parent.layer is not None and _reads_embedded_tokens(parent.layer, node.layer)
+                and len(readers[id(parent)]) == 1 and not any(parent is out for out in outputs)):
+            pairs[id(node)] = parent
+    return pairs
 
 
 def _graph_order(inputs: list[Input], outputs: list[SymbolicTensor]) -> list[SymbolicTensor]:

@@ -161,6 +161,18 @@ def test_nan_loss_raises_naming_epoch_and_batch_and_keeps_last_good_weights():
     assert all(torch.isfinite(v).all() for v in weights(model).values())
 
 
+def test_nan_gradient_with_a_finite_loss_raises_and_keeps_the_weights():
+    x, y = make_data(n=32)
+    model = torch.nn.Linear(5, 1)
+    with torch.no_grad():   # output 0 everywhere: sqrt's gradient there is infinite, the loss finite
+        model.weight.zero_()
+        model.bias.zero_()
+    with pytest.raises(TrainingError, match="gradients became NaN or infinite at epoch 1, batch 1 of 2"):
+        fit(model, x, y, loss="mse", optimizer=SGD(0.01), epochs=1, batch_size=16, shuffle=False, verbose=0,
+            forward=lambda m, xs: m(*xs).abs().sqrt())
+    assert not model.weight.any() and not model.bias.any()
+
+
 def test_multi_input_and_forward_hook_and_predict_types():
     class TwoInputs(torch.nn.Module):
         def __init__(self):

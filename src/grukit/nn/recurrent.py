@@ -44,6 +44,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..errors import ConfigError, DataError, ShapeError
 from . import dispatch
 from .cells import LAYOUTS, CellLayout, State, activation_function
+from .embedded import EmbeddedTokens, check_tokens
 from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
 
 
@@ -185,17 +186,30 @@ class RecurrentLayer(nn.Module):
 
     # -- forward ---------------------------------------------------------------------
     def forward(self, input: torch.Tensor | PackedSequence, hx: State | None = None,
-                lengths: torch.Tensor | None = None):
+                lengths: torch.Tensor | None = None, *, embedding: torch.Tensor | None = None):
         """Run the layer over a sequence.
 
         input: (L, N, H_in), or (N, L, H_in) with batch_first, or (L, H_in) unbatched, or a
         PackedSequence. hx: (num_layers * D, N, H_out) (for LSTM a tuple (h_0, c_0)), zeros if None.
         lengths: optional (N,) valid lengths of a padded batch; each sequence's state stops at its
         last valid step and padded outputs are zero.
+        embedding: optional (V, H_in) matrix (an ``nn.Embedding``'s weight); input then holds
+        integer token ids (L, N), (N, L) with batch_first, or (L,), and the call equals
+        ``layer(embedding[input])``, with the first layer's input projection run once per
+        distinct token (see :mod:`grukit.nn.embedded`; gradients reach the embedding too).
         Returns (output, h_n) (for LSTM (output, (h_n, c_n))) with torch.nn's shapes.
         """
         packed = isinstance(input, PackedSequence)
-        if packed:
+        if embedding is not None:
+            if packed:
+                raise ConfigError(f"{type(self).__name__}: embedding= takes padded token ids, not a "
+                                  "PackedSequence; pad the ids and pass lengths= instead")
+            tokens, batched = check_tokens(type(self).__name__, input, embedding, self.input_size,
+                                           self.batch_first)
+            x = EmbeddedTokens(tokens, embedding)
+            if not torch.is_grad_enabled():  # inference: one lookup, then the single-call path
+                x = x.materialize()
+        elif packed:
             if lengths is not None:
                 raise ConfigError(f"{type(self).__name__}: lengths= was given with a PackedSequence, "
                                   "which carries its own lengths; pass one or the other")
@@ -208,7 +222,7 @@ class RecurrentLayer(nn.Module):
                 x = x.transpose(0, 1)
             if not batched:
                 x = x.unsqueeze(1)
-        if self.check_finite and not torch.isfinite(x).all():
+        if self.check_finite and not torch.isfinite(x.weight if isinstance(x, EmbeddedTokens) else x).all():
             raise DataError(f"{type(self).__name__}: the input contains NaN or infinity; clean or "
                             "impute the data first (check_finite=True asked for this check)")
         T, N = x.shape[0], x.shape[1]
@@ -304,16 +318,28 @@ class RecurrentLayer(nn.Module):
             mask = self.recurrent_dropout_mask(x.shape[1], x)
         path = dispatch.choose_path(self.kernel, self.mode, x.dtype, x.device, weights, self.layout,
                                     recurrent_dropout=mask is not None)
+        gx = self._preactivations(x, params, fused=path == "fused")
         if path == "fused":
-            from .kernels.function import fused_projection, fused_run_direction
-            gx = fused_projection(x, single_projection(self.layout, params))
-            if gx is None:
-                gx = input_preactivations(self.layout, x, params, self.hidden_size)
+            from .kernels.function import fused_run_direction
             return fused_run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate)
-        gx = input_preactivations(self.layout, x, params, self.hidden_size)
         if self.mode == "MINGRU":
             return mingru_parallel_scan(gx, state0, lengths, reverse, self.candidate)
         return run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate, self.layout, mask)
+
+    def _preactivations(self, x: torch.Tensor | EmbeddedTokens, params: dict, fused: bool) -> torch.Tensor:
+        """gx (T, N, G*H) of one direction: through the distinct tokens for an embedded first
+        layer, else the kernels' projection where it applies, else input_preactivations."""
+        single = single_projection(self.layout, params)
+        if isinstance(x, EmbeddedTokens):
+            if single is not None:
+                return x.project(*single)
+            x = x.materialize()   # MGU1-3: some gates have no input weights
+        if fused:
+            from .kernels.function import fused_projection
+            gx = fused_projection(x, single)
+            if gx is not None:
+                return gx
+        return input_preactivations(self.layout, x, params, self.hidden_size)
 
     def recurrent_dropout_mask(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
         """A fresh recurrent-dropout mask for one layer and direction: (N, G_rec * H_out) with entries
