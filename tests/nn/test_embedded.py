@@ -80,16 +80,29 @@ def test_frozen_embedding_gets_no_gradient_and_unbatched_tokens_work():
     assert weight.grad is None and layer.weight_ih_l0.grad is not None
 
 
-def test_inference_looks_the_vectors_up_and_runs_the_single_call_path():
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kernel", ["auto", "reference"])
+def test_inference_projects_the_distinct_tokens_in_the_single_call_path(kind, kernel, monkeypatch):
+    from grukit.nn.kernels import function
+    single_calls, projections = [], []
+    original_inference, original_projection = function.fused_inference, embedded._DistinctTokenProjection.apply
+    monkeypatch.setattr(function, "fused_inference", lambda *a: single_calls.append(1) or original_inference(*a))
+    monkeypatch.setattr(embedded._DistinctTokenProjection, "apply",
+                        lambda *a: projections.append(1) or original_projection(*a))
     torch.manual_seed(3)
-    layer = build("gru", num_layers=2, batch_first=True)
+    layer = build(kind, num_layers=2, bidirectional=True, batch_first=True, kernel=kernel)
     weight = torch.randn(V, I, dtype=torch.float64)
     tokens = torch.randint(0, V, (3, 8))
+    lengths = torch.tensor([8, 2, 5])
     with torch.no_grad():
-        ours = layer(tokens, lengths=torch.tensor([8, 2, 5]), embedding=weight)
-        theirs = layer(weight[tokens], lengths=torch.tensor([8, 2, 5]))
+        ours = layer(tokens, lengths=lengths, embedding=weight)
+        theirs = layer(weight[tokens], lengths=lengths)
     for a, b in zip(ours, theirs):
-        assert torch.equal(a, b)
+        for x, y in zip(*(t if isinstance(t, tuple) else (t,) for t in (a, b))):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+    single_projection = kind not in ("mgu1", "mgu2", "mgu3")
+    assert len(projections) == (2 if single_projection else 0)
+    assert len(single_calls) == (2 if single_projection and kernel == "auto" else 0)
 
 
 @pytest.mark.parametrize("tokens,weight,error,words", [

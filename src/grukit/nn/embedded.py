@@ -17,6 +17,7 @@ materialised path by round-off only (the sums over a token's positions are forme
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,7 +70,8 @@ class _DistinctTokenProjection(torch.autograd.Function):
         projected = torch.addmm(bias, rows, weight_ih.t()) if bias is not None else rows @ weight_ih.t()
         ctx.save_for_backward(u, inverse, rows, weight_ih)
         ctx.vocabulary, ctx.has_bias = weight.shape[0], bias is not None
-        return projected.index_select(0, inverse)
+        return torch.index_select(projected, 0, inverse, out=_kept_empty((inverse.shape[0], projected.shape[1]),
+                                                                          projected))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -79,13 +81,28 @@ class _DistinctTokenProjection(torch.autograd.Function):
         _add_rows(inverse, grad.contiguous(), per_token)
         grad_weight = grad_weight_ih = grad_bias = None
         if ctx.needs_input_grad[2]:
-            grad_weight = torch.zeros((ctx.vocabulary, rows.shape[1]), dtype=grad.dtype, device=grad.device)
+            grad_weight = _kept_empty((ctx.vocabulary, rows.shape[1]), grad).zero_()
             grad_weight.index_copy_(0, u, per_token @ weight_ih)
         if ctx.needs_input_grad[3]:
             grad_weight_ih = per_token.t() @ rows
         if ctx.has_bias and ctx.needs_input_grad[4]:
             grad_bias = per_token.sum(0)
         return None, None, grad_weight, grad_weight_ih, grad_bias
+
+
+def _kept_empty(shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """torch.empty(shape) like ``like``; on the CPU one of the kernels' kept arrays
+    (kernels/buffers.py), so that the next batch does not touch fresh pages for it (gx and the
+    embedding's gradient are 7.7 and 5 MB for the tutorial IMDB model)."""
+    numpy_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(like.dtype)
+    if like.device.type == "cpu" and numpy_dtype is not None:
+        try:
+            from .kernels import buffers
+        except ImportError:
+            pass
+        else:
+            return torch.from_numpy(buffers.empty(shape, numpy_dtype))
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
 def _add_rows(index: torch.Tensor, source: torch.Tensor, out: torch.Tensor) -> None:

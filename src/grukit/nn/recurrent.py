@@ -207,8 +207,6 @@ class RecurrentLayer(nn.Module):
             tokens, batched = check_tokens(type(self).__name__, input, embedding, self.input_size,
                                            self.batch_first)
             x = EmbeddedTokens(tokens, embedding)
-            if not torch.is_grad_enabled():  # inference: one lookup, then the single-call path
-                x = x.materialize()
         elif packed:
             if lengths is not None:
                 raise ConfigError(f"{type(self).__name__}: lengths= was given with a PackedSequence, "

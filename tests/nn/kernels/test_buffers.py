@@ -33,6 +33,21 @@ def test_a_free_array_is_reused_and_a_held_one_never():
     assert buffers.empty((1000, 300), np.float32).shape == (1000, 300)
 
 
+def test_the_smallest_free_array_with_room_serves_any_shape():
+    large = buffers.empty((600, 1000), np.float32)
+    small = buffers.empty(SHAPE, np.float32)
+    addresses = large.ctypes.data, small.ctypes.data
+    del large, small
+    fewer_steps = buffers.empty((250, 1000), np.float32)        # fits both: the smaller serves it
+    assert fewer_steps.ctypes.data == addresses[1] and fewer_steps.shape == (250, 1000)
+    assert fewer_steps.flags.c_contiguous
+    more_steps = buffers.empty((500, 1000), np.float32)         # only the larger has room
+    assert more_steps.ctypes.data == addresses[0] and more_steps.shape == (500, 1000)
+    fresh = buffers.empty((200, 1000), np.float32)               # both held through the views
+    assert fresh.ctypes.data not in addresses
+    assert buffers.empty((700, 1000), np.float32).ctypes.data not in addresses   # none has room
+
+
 def test_small_arrays_are_not_kept_and_the_total_stays_under_the_limit(monkeypatch):
     buffers.empty((10, 10), np.float32)
     assert buffers.kept_bytes() == 0
@@ -40,8 +55,8 @@ def test_small_arrays_are_not_kept_and_the_total_stays_under_the_limit(monkeypat
     held = [buffers.empty(SHAPE, np.float32) for _ in range(5)]   # only three fit
     assert buffers.kept_bytes() == 3 * 1_200_000
     del held
-    other = buffers.empty((1000, 300), np.float32)             # free ones make room for it
-    assert buffers.kept_bytes() == 1_200_000 and other.nbytes == 1_200_000
+    other = buffers.empty((2000, 300), np.float32)             # no room in any: free ones make room
+    assert buffers.kept_bytes() == 2_400_000 and other.nbytes == 2_400_000
     del other
     buffers.release()
     assert buffers.kept_bytes() == 0

@@ -106,11 +106,13 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
 
 
 def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="identity",
-                  batch_first=False):
+                  batch_first=False, first_gx=None):
     """Inference through a stack of layers: per layer and direction, :func:`project` then
     :func:`forward`, the directions' outputs concatenated as the next layer's input.
 
-    x: (T, B, I), or (B, T, I) with ``batch_first`` (the first layer's input only); directions: one
+    x: (T, B, I), or (B, T, I) with ``batch_first`` (the first layer's input only; None with
+    ``first_gx``, the first layer's gx (T, B, G*H) per direction, computed elsewhere, e.g. through
+    the distinct tokens of an embedded input); directions: one
     list per layer of (w_ih (G*H, I) as stored, b_ih or None, :func:`pack_weight` of weight_hh or
     None, bias_hh or None) per direction; h0 (and c0 for LSTM): the initial states, entry
     layer * D + direction of shape (B, H). Returns the last layer's output (T, B, D*H) and the
@@ -120,10 +122,13 @@ def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="ide
     h_n = np.empty((count,) + h0[0].shape, h0[0].dtype)
     c_n = None if c0 is None else np.empty_like(h_n)
     index = 0
-    for layer in directions:
+    for layer_number, layer in enumerate(directions):
         outputs = []
         for direction, (w_ih, b_ih, w_t, bias_hh) in enumerate(layer):
-            gx = project(x, w_ih, b_ih, batch_first)
+            if layer_number == 0 and first_gx is not None:
+                gx = first_gx[direction]
+            else:
+                gx = project(x, w_ih, b_ih, batch_first)
             out, h_n[index], c_last, _ = forward(mode, gx, h0[index], None if c0 is None else c0[index],
                                                  w_t, bias_hh, lengths, direction == 1, False, candidate)
             if c_n is not None:

@@ -213,7 +213,8 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
     caches cold, each such call cost 10-16 us and a batch-of-one GRU layer call (S1) made about
     fifty of them (1.5-1.6 ms in all, against 1.0 ms for the same work on numpy arrays directly).
 
-    x: (T, N, I) time-major (a transposed view of a batch-first tensor is projected in place);
+    x: (T, N, I) time-major (a transposed view of a batch-first tensor is projected in place), or
+    an :class:`grukit.nn.embedded.EmbeddedTokens`, whose first layer is projected per distinct token;
     state0: (L*D, N, H), or (h0, c0) for LSTM, or None for zeros; directions: one list per layer of
     (weight_ih, outer bias or None, weight_hh or None, bias_hh or None) per direction, every
     layer's input side a single projection (recurrent.single_projection). Returns the last layer's
@@ -226,13 +227,17 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
         c0 = np.zeros_like(h0) if mode == "LSTM" else None
     else:
         h0, c0 = (_np(state0[0]), _np(state0[1])) if mode == "LSTM" else (_np(state0), None)
-    source, batch_first = _time_major_source(x)
+    if isinstance(x, torch.Tensor):
+        (source, batch_first), first_gx = _time_major_source(x), None
+    else:   # embedded tokens: torch's GEMM on the distinct tokens' rows, then the same loop
+        source, batch_first = None, False
+        first_gx = [_np(x.project(w_ih, bias)) for w_ih, bias, _, _ in directions[0]]
     arrays = [[(_np(w_ih), _np(bias), _packed(w_hh), _np(b_hh)) for w_ih, bias, w_hh, b_hh in layer]
               for layer in directions]
     set_threads(torch.get_num_threads())
     with one_blas_thread(N):
         out, h_n, c_n = api.forward_stack(mode, _np(source), arrays, h0, c0, _lengths_np(lengths, T, N),
-                                          candidate, batch_first)
+                                          candidate, batch_first, first_gx)
     CALLS["project"] += len(h_n)
     CALLS["run"] += len(h_n)
     final = torch.from_numpy(h_n)
