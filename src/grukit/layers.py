@@ -616,8 +616,8 @@ def _valid_first_order(mask, N, T, device, backwards: bool):
 def select_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[n, index[n, s]]`` for x (N, T, F) and index (N, S): one row gather over the flattened
     (N * T, F) view. ``x.gather(1, index expanded over F)`` gives the same values but reads an
-    index per element; on the tutorial's IMDB batches it took 1.6 ms forward and about 4 ms
-    backward against 0.1 and 0.3 ms for this."""
+    index per element: on a tutorial IMDB batch alone it took 1.6 ms against 0.1 ms for this, and
+    a whole training step of that model 0.7 ms longer (median of 150 paired batches)."""
     N, T, F = x.shape
     rows = (index + torch.arange(N, device=index.device).unsqueeze(1) * T).reshape(-1)
     return x.reshape(N * T, F).index_select(0, rows).view(N, index.shape[1], F)

@@ -106,8 +106,8 @@ def _kept_empty(shape: tuple, like: torch.Tensor) -> torch.Tensor:
 
 
 def _add_rows(index: torch.Tensor, source: torch.Tensor, out: torch.Tensor) -> None:
-    """out[index[p]] += source[p] in order of p: the compiled loop on the CPU (6x faster than
-    index_add_ here), index_add_ elsewhere or without the kernels."""
+    """out[index[p]] += source[p] in order of p: the compiled loop on the CPU (1.2x faster than
+    index_add_ on an IMDB batch, see kernels/rows.py), index_add_ elsewhere or without the kernels."""
     if out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64):
         try:
             from .kernels.rows import add_rows

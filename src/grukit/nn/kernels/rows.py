@@ -1,8 +1,9 @@
 """Row scatter-add for the embedded-token projection's backward (:mod:`grukit.nn.embedded`).
 
-torch's ``index_add_`` over rows took 1.9 ms for the 4,800 (position, 384) rows of an IMDB batch
-of the tutorial GRU, against about 0.3 ms for this loop; the sum per target row runs in position
-order, so the result does not depend on threads.
+On the 5,056 (position, 384) gradient rows of an IMDB batch of the tutorial GRU, about 1,300
+distinct tokens, this loop took 1.06 ms against 1.26 ms for torch's ``index_add_`` (medians of 30
+alternating calls, the rows freshly written as the kernel's dgx is). The sum per target row runs
+in position order.
 """
 
 from __future__ import annotations
