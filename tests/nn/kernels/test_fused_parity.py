@@ -83,3 +83,19 @@ def test_gradients_only_for_leaves_that_need_them():
     ref_out, ref_h = run_direction("GRU", gx, h0.detach(), type(weights)(w, None))
     (want,) = torch.autograd.grad(ref_out.sum() + ref_h.sum(), [gx])
     torch.testing.assert_close(grad_gx, want, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("mode,used", [(mode, used) for mode in MODES for used in ("sequence", "last state")]
+                         + [("LSTM", "cell state")])
+def test_a_loss_on_one_output_only(mode, used):
+    """The outputs the loss does not read reach backward as None (kept zeros replace them)."""
+    case = make_case(mode, 7, 3, 4, ragged=True)
+    grads = []
+    for run in (fused_run_direction, run_direction):
+        gx, state0, weights, lengths, leaves = case
+        out, state = run(mode, gx, state0, weights, lengths=lengths, reverse=False)
+        states = state if isinstance(state, tuple) else (state,)
+        picked = {"sequence": out, "last state": states[0], "cell state": states[-1]}[used]
+        grads.append(torch.autograd.grad(picked.sin().sum(), leaves, allow_unused=True))
+        grads[-1] = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads[-1], leaves)]
+    assert_close_lists(grads[0], grads[1], 1e-9, f"{mode} {used}")

@@ -27,7 +27,7 @@ from threadpoolctl import ThreadpoolController
 
 from ..dispatch import records_gradient
 from ..reference import DirectionWeights
-from . import api
+from . import api, buffers
 from .blas import PER_THREAD_LIMIT
 from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
 
@@ -145,12 +145,19 @@ class _FusedDirection(torch.autograd.Function):
         ctx.ws = None if reads_output else ws
         ctx.save_for_backward(gx if mode == "MINGRU" else None, weight_hh,
                               *((results[0], h0) if reads_output else ()))
+        # An unused output (the sequence, when only the last state is read) gets None instead of a
+        # fresh zero tensor: backward fills a kept array (buffers.py) instead.
+        ctx.set_materialize_grads(False)
+        ctx.shapes = tuple(tuple(r.shape) for r in results)
         return results
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_h_n, grad_c_n=None):
         gx, weight_hh, *output_and_h0 = ctx.saved_tensors
+        grad_out, grad_h_n, grad_c_n = (
+            _zeros(shape, weight_hh if weight_hh is not None else gx) if grad is None else grad
+            for grad, shape in zip((grad_out, grad_h_n, grad_c_n), ctx.shapes + ((),)))
         ws = tuple(_np(t) for t in output_and_h0) if output_and_h0 else ctx.ws
         set_threads(torch.get_num_threads())
         w = _np(weight_hh)
@@ -171,6 +178,15 @@ class _FusedDirection(torch.autograd.Function):
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
         return (None, None, None, None, None, torch.from_numpy(dgx), torch.from_numpy(dh0),
                 None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b)
+
+
+def _zeros(shape: tuple, like: torch.Tensor) -> torch.Tensor | None:
+    """Zeros for an output's missing gradient, in a kept array (None for an absent output)."""
+    if not shape:
+        return None
+    array = buffers.empty(shape, _DTYPES_NP[like.dtype])
+    array.fill(0)
+    return torch.from_numpy(array)
 
 
 def _torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
