@@ -5,5 +5,6 @@
 * :mod:`.function` — torch wrapper: ``fused_run_direction`` (autograd), ``fused_step``,
   ``supports``, ``CALLS`` (imports torch; import it explicitly).
 * one module per cell family: :mod:`.gru`, :mod:`.lstm`, :mod:`.rnn`, :mod:`.mgu`,
-  :mod:`.mingru`; shared helpers in :mod:`.common`.
+  :mod:`.mingru`; shared helpers in :mod:`.common`; kept large arrays in :mod:`.buffers`; the
+  row scatter-add of the embedded-token projection in :mod:`.rows`.
 """
