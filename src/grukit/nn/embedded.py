@@ -17,7 +17,6 @@ materialised path by round-off only (the sums over a token's positions are forme
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -92,16 +91,15 @@ class _DistinctTokenProjection(torch.autograd.Function):
 
 def _kept_empty(shape: tuple, like: torch.Tensor) -> torch.Tensor:
     """torch.empty(shape) like ``like``; on the CPU one of the kernels' kept arrays
-    (kernels/buffers.py), so that the next batch does not touch fresh pages for it (gx and the
-    embedding's gradient are 7.7 and 5 MB for the tutorial IMDB model)."""
-    numpy_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(like.dtype)
-    if like.device.type == "cpu" and numpy_dtype is not None:
+    (kernels.function.kept_empty), so that the next batch does not touch fresh pages for it (gx
+    and the embedding's gradient are 7.7 and 5 MB for the tutorial IMDB model)."""
+    if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64):
         try:
-            from .kernels import buffers
-        except ImportError:
+            from .kernels.function import kept_empty
+        except ImportError:  # numba missing: torch's allocator
             pass
         else:
-            return torch.from_numpy(buffers.empty(shape, numpy_dtype))
+            return kept_empty(shape, like.dtype)
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 

@@ -264,7 +264,7 @@ class RecurrentLayer(nn.Module):
             final = torch.stack(finals, 0)
         return layer_input, final
 
-    def _fused_inference_directions(self, x: torch.Tensor) -> list[list[tuple]] | None:
+    def _fused_inference_directions(self, x: torch.Tensor | EmbeddedTokens) -> list[list[tuple]] | None:
         """Every layer's and direction's (weight_ih, outer bias, weight_hh, bias_hh) when the whole
         stack can run through kernels.function.fused_inference: no gradients recorded (torch.no_grad
         or inference_mode), no dropout to apply, a configuration the fused kernels cover, every

@@ -148,16 +148,16 @@ class _FusedDirection(torch.autograd.Function):
         # An unused output (the sequence, when only the last state is read) gets None instead of a
         # fresh zero tensor: backward fills a kept array (buffers.py) instead.
         ctx.set_materialize_grads(False)
-        ctx.shapes = tuple(tuple(r.shape) for r in results)
+        ctx.shapes, ctx.dtype = tuple(tuple(r.shape) for r in results), results[0].dtype
         return results
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_h_n, grad_c_n=None):
         gx, weight_hh, *output_and_h0 = ctx.saved_tensors
-        grad_out, grad_h_n, grad_c_n = (
-            _zeros(shape, weight_hh if weight_hh is not None else gx) if grad is None else grad
-            for grad, shape in zip((grad_out, grad_h_n, grad_c_n), ctx.shapes + ((),)))
+        grads = [kept_empty(shape, ctx.dtype).zero_() if grad is None else grad
+                 for grad, shape in zip((grad_out, grad_h_n, grad_c_n), ctx.shapes)]
+        grad_out, grad_h_n, grad_c_n = grads + [None] * (3 - len(grads))   # no c_n but for LSTM
         ws = tuple(_np(t) for t in output_and_h0) if output_and_h0 else ctx.ws
         set_threads(torch.get_num_threads())
         w = _np(weight_hh)
@@ -180,13 +180,10 @@ class _FusedDirection(torch.autograd.Function):
                 None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b)
 
 
-def _zeros(shape: tuple, like: torch.Tensor) -> torch.Tensor | None:
-    """Zeros for an output's missing gradient, in a kept array (None for an absent output)."""
-    if not shape:
-        return None
-    array = buffers.empty(shape, _DTYPES_NP[like.dtype])
-    array.fill(0)
-    return torch.from_numpy(array)
+def kept_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty(shape, dtype=dtype) (float32 or float64) on one of the kept arrays
+    (buffers.py), so that a step allocating the same size again touches no fresh pages."""
+    return torch.from_numpy(buffers.empty(shape, _DTYPES_NP[dtype]))
 
 
 def _torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -308,4 +305,5 @@ def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
     return torch.from_numpy(h_n)
 
 
-__all__ = ["fused_inference", "fused_projection", "fused_run_direction", "fused_step", "supports", "CALLS"]
+__all__ = ["fused_inference", "fused_projection", "fused_run_direction", "fused_step", "kept_empty", "supports",
+           "CALLS"]
