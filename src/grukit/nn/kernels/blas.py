@@ -14,13 +14,12 @@ compiled or loaded from numba's disk cache: cached machine code refers to the na
 address, so it stays valid in every new process whichever provider that process has.
 
 Threads: the kernels split the batch over their own threads, and each block's GEMMs must run on
-one thread. MKL takes a per-thread limit (:func:`single_threaded_in_this_thread`); OpenBLAS only
+one thread. MKL takes a per-thread limit (:func:`one_thread_here`); OpenBLAS only
 a process-wide one, which the torch wrapper sets around each kernel call (threadpoolctl).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 
 import llvmlite.binding as llvm
@@ -89,17 +88,16 @@ for _name, _address in zip(("pack_get_size", "pack", "compute"), _packing):
 PER_THREAD_LIMIT = _set_local_threads is not None
 
 
-@contextlib.contextmanager
-def single_threaded_in_this_thread():
-    """MKL: this thread's GEMMs run on one thread until exit (then the previous setting). OpenBLAS:
-    nothing (its limit is process-wide; see the module docstring)."""
-    if _set_local_threads is None:
-        yield
-        return
-    previous = _set_local_threads(1)
-    try:
-        yield
-    finally:
+def one_thread_here() -> int | None:
+    """MKL: this thread's GEMMs run on one thread from now on; returns the previous setting for
+    :func:`restore_threads_here`. OpenBLAS: nothing, None (its limit is process-wide; see the
+    module docstring). Two plain calls rather than a context manager: the kernels set this around
+    every compiled call, where a generator-based context cost ~2 us."""
+    return None if _set_local_threads is None else _set_local_threads(1)
+
+
+def restore_threads_here(previous: int | None) -> None:
+    if previous is not None:
         _set_local_threads(previous)
 
 
@@ -188,4 +186,4 @@ def packed_gemm(x, m, packed, out):
 
 
 __all__ = ["PROVIDER", "PER_THREAD_LIMIT", "blas_gemm", "blas_gemm_nt_acc", "pack_rows", "packed_gemm",
-           "single_threaded_in_this_thread"]
+           "one_thread_here", "restore_threads_here"]

@@ -31,7 +31,8 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import buffers
-from .blas import blas_gemm, blas_gemm_nt_acc, pack_rows, packed_gemm, single_threaded_in_this_thread
+from .blas import (blas_gemm, blas_gemm_nt_acc, one_thread_here, pack_rows, packed_gemm,
+                   restore_threads_here)
 from .team import run_blocks
 
 FASTMATH = {"contract"}
@@ -495,15 +496,14 @@ def flush_tiny(values, threshold):
 def flushing_subnormals(rows_fn, *args) -> None:
     """Call a compiled loop with FTZ/DAZ set in this thread (x86), then restore the mode. The
     loop's GEMMs run on this thread only (the batch is already split over threads)."""
-    with single_threaded_in_this_thread():
-        if not _X86:
-            rows_fn(*args)
-            return
-        previous = _enter_flush_to_zero()
-        try:
-            rows_fn(*args)
-        finally:
+    threads = one_thread_here()
+    previous = _enter_flush_to_zero() if _X86 else None
+    try:
+        rows_fn(*args)
+    finally:
+        if previous is not None:
             _restore_fp_mode(previous)
+        restore_threads_here(threads)
 
 
 def run_rows(rows_fn, batch: int, work: int, args: tuple, min_work: int = MIN_PARALLEL_WORK) -> None:
