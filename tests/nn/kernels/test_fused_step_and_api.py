@@ -275,3 +275,24 @@ def test_rnn_backward_reads_the_output_and_guards_it(mode):
     h0.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (out.sum() + h_n.sum()).backward()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_zero_row_stands_for_an_unused_output_sequences_gradient(mode):
+    """api.backward with grad_out (1, 1, H) zeros gives the same bits as with (T, B, H) zeros,
+    and any other shape is refused."""
+    gx, state0, weights, lengths, _ = make_case(mode, 6, 3, 4, ragged=True)
+    h0, c0 = (t.detach().numpy() for t in state0) if mode == "LSTM" else (state0.detach().numpy(), None)
+    w = None if weights.weight_hh is None else weights.weight_hh.detach().numpy()
+    bias = None if weights.bias_hh is None else weights.bias_hh.detach().numpy()
+    gx, lengths = gx.detach().numpy(), lengths.numpy()
+    out, h_n, c_n, ws = api.forward(mode, gx, h0, c0, None if w is None else api.pack_weight(w), bias, lengths,
+                                    reverse=True, training=True)
+    grad_h_n = np.random.default_rng(0).standard_normal(h_n.shape)
+    grad_c_n = None if c_n is None else np.ones_like(c_n)
+    full, row = (api.backward(mode, ws, gx, w, np.zeros(shape), grad_h_n, grad_c_n, lengths, True)
+                 for shape in (out.shape, (1, 1, out.shape[2])))
+    for a, b in zip(full[:3], row[:3]):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    with pytest.raises(ValueError, match="unused output"):
+        api.backward(mode, ws, gx, w, np.zeros((1, 2, out.shape[2])), grad_h_n, grad_c_n, lengths, True)

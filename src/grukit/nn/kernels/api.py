@@ -170,15 +170,19 @@ def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, r
 
     ``gx`` is read by minGRU only (which recomputes its gates from it); other modes take None,
     so the caller need not keep the (T, B, G*H) pre-activations alive between the passes.
-    Returns (grad_gx, grad_h0, grad_c0 or None, terms, bias_source): see :func:`weight_grads`.
+    ``grad_out`` is (T, B, H), or (1, 1, H) zeros when the loss does not read the output sequence
+    (common.output_grad). Returns (grad_gx, grad_h0, grad_c0 or None, terms, bias_source): see
+    :func:`weight_grads`.
     """
-    T, B = grad_out.shape[:2]
+    T, B = ws[0].shape[:2]   # every mode's first workspace array is (T, B, ...)
     dtype = ws[0].dtype
     lengths = full_lengths(T, B) if lengths is None else np.ascontiguousarray(lengths, np.int64)
     grad_out = np.ascontiguousarray(grad_out, dtype=dtype)
     grad_h_n = np.ascontiguousarray(grad_h_n, dtype=dtype)
-    if grad_out.shape != (T, B, grad_h_n.shape[1]):
-        raise ValueError(f"grad_out: expected {(T, B, grad_h_n.shape[1])}, got {grad_out.shape}")
+    H = grad_h_n.shape[1]
+    if grad_out.shape not in ((T, B, H), (1, 1, H)):
+        raise ValueError(f"grad_out: expected {(T, B, H)}, or (1, 1, {H}) zeros for an unused output "
+                         f"sequence, got {grad_out.shape}")
     reverse = bool(reverse)
     w = None if w is None else np.ascontiguousarray(w)
     dc0 = None

@@ -371,6 +371,16 @@ def time_index(s, L, reverse):
 
 
 @njit(**JIT)
+def output_grad(grad_out, t, b):
+    """grad_out[t, b], the gradient reaching step t's output of sequence b. A (1, 1, H) grad_out
+    stands for zeros at every step: the loss did not read the output sequence (a model that keeps
+    only the last state), and a (T, B, H) array of zeros would be written and read for nothing."""
+    if grad_out.shape[0] == 1 and grad_out.shape[1] == 1:
+        return grad_out[0, 0]
+    return grad_out[t, b]
+
+
+@njit(**JIT)
 def zero_tail(a, b, L):
     """a[t, b, :] = 0 for the padded steps t >= L of sequence b."""
     for t in range(L, a.shape[0]):

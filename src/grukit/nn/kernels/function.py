@@ -146,7 +146,7 @@ class _FusedDirection(torch.autograd.Function):
         ctx.save_for_backward(gx if mode == "MINGRU" else None, weight_hh,
                               *((results[0], h0) if reads_output else ()))
         # An unused output (the sequence, when only the last state is read) gets None instead of a
-        # fresh zero tensor: backward fills a kept array (buffers.py) instead.
+        # fresh zero tensor: backward passes small zeros instead.
         ctx.set_materialize_grads(False)
         ctx.shapes, ctx.dtype = tuple(tuple(r.shape) for r in results), results[0].dtype
         return results
@@ -155,8 +155,11 @@ class _FusedDirection(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_h_n, grad_c_n=None):
         gx, weight_hh, *output_and_h0 = ctx.saved_tensors
-        grads = [kept_empty(shape, ctx.dtype).zero_() if grad is None else grad
-                 for grad, shape in zip((grad_out, grad_h_n, grad_c_n), ctx.shapes)]
+        # An unused output sequence's gradient is one zero row the kernels read at every step
+        # (common.output_grad): no (T, B, H) zeros to write and read back.
+        shapes = ((1, 1, ctx.shapes[0][2]),) + ctx.shapes[1:]
+        grads = [torch.zeros(shape, dtype=ctx.dtype) if grad is None else grad
+                 for grad, shape in zip((grad_out, grad_h_n, grad_c_n), shapes)]
         grad_out, grad_h_n, grad_c_n = grads + [None] * (3 - len(grads))   # no c_n but for LSTM
         ws = tuple(_np(t) for t in output_and_h0) if output_and_h0 else ctx.ws
         set_threads(torch.get_num_threads())

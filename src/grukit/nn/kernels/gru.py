@@ -19,8 +19,8 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
-                     project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
+from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, output_grad,
+                     pack_weight_for, project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
                      tiny_gradient, zero_tail)
 
 
@@ -242,10 +242,10 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                 dgb[i, :] = 0
                 dgn[i, :] = 0
             elif reset_after:
-                _bwd_after(grad_out[t, b], ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgh_n[t, b],
+                _bwd_after(output_grad(grad_out, t, b), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgh_n[t, b],
                            dh[i], H, bias_rows[b], tiny)
             else:
-                _bwd_before(grad_out[t, b], ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgn[i],
+                _bwd_before(output_grad(grad_out, t, b), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgn[i],
                             dh[i], H, tiny)
         if not reset_after:
             gemm_packed(dgn, w_n, p_n, d_rh)
@@ -297,7 +297,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
     """Returns grad_gx (T, B, 3H), grad_h0 (B, H), the weight-gradient terms and the
     bias-gradient source (see :func:`grukit.nn.kernels.api.weight_grads`)."""
     ws_g, ws_h, ws_x = ws
-    T, B, H = grad_out.shape
+    T, B, H = ws_h.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, 3 * H), dt)
     dgh_n = buffers.empty((T, B, H), dt) if reset_after else dgx

@@ -12,8 +12,8 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, pack_weight_for,
-                     project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
+from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, output_grad,
+                     pack_weight_for, project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
                      tiny_gradient, zero_tail)
 
 
@@ -156,7 +156,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
             if t < 0:            # past this sequence's end: h and c carried
                 dgb[i, :] = 0
             else:
-                _bwd_row(grad_out[t, b], ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i], dc[i], H,
+                _bwd_row(output_grad(grad_out, t, b), ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i], dc[i], H,
                          bias_rows[b], tiny)
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
@@ -188,7 +188,7 @@ def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training):
 def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
     """Returns grad_gx (T, B, 4H), grad_h0, grad_c0, the weight terms and the bias source."""
     ws_g, ws_h, ws_c = ws
-    T, B, H = grad_out.shape
+    T, B, H = ws_h.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, 4 * H), dt)
     dh0 = np.empty((B, H), dt)

@@ -13,8 +13,8 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, fma, gemm_add, gemm_packed, max_length, pack_weight_for, project_frame,
-                     run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, fma, gemm_add, gemm_packed, max_length, output_grad, pack_weight_for,
+                     project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
 
 # --- the per-row update pass ---------------------------------------------------------
@@ -126,7 +126,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
                 dgf[i, :] = 0
                 dgn[i, :] = 0
                 continue
-            go = grad_out[t, b]
+            go = output_grad(grad_out, t, b)
             gs = ws_g[t, b]
             hp = ws_h[t, b]
             df_ = dgf[i]
@@ -194,7 +194,7 @@ def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
 
 def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf):
     ws_g, ws_h, ws_x = ws
-    T, B, H = grad_out.shape
+    T, B, H = ws_h.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import HALF, JIT, ONE, fma, project_frame, run_forward, run_rows, run_step, sigmoid, zero_tail
+from .common import (HALF, JIT, ONE, fma, output_grad, project_frame, run_forward, run_rows, run_step, sigmoid,
+                     zero_tail)
 
 
 # --- the per-row passes --------------------------------------------------------------
@@ -131,9 +132,9 @@ def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx
         for s in range(L - 1, -1, -1):
             t = L - 1 - s if reverse else s
             if use_g:
-                _bwd_g(grad_out[t, b], gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
+                _bwd_g(output_grad(grad_out, t, b), gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
             else:
-                _bwd_identity(grad_out[t, b], gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
+                _bwd_identity(output_grad(grad_out, t, b), gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
         dh0[b] = dh
 
 
@@ -164,7 +165,7 @@ def forward(gx, h0, lengths, reverse, use_g, training):
 
 def backward(ws, gx, grad_out, grad_h_n, lengths, reverse, use_g):
     (ws_h,) = ws
-    T, B, H = grad_out.shape
+    T, B, H = ws_h.shape
     dt = grad_out.dtype
     dgx = np.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)

@@ -15,8 +15,8 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, max_length, pack_weight_for,
-                     project_frame, run_forward, run_rows, run_step, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, max_length, output_grad,
+                     pack_weight_for, project_frame, run_forward, run_rows, run_step, tanh, time_index, zero_tail)
 
 
 # --- the per-row forward passes ------------------------------------------------------
@@ -89,7 +89,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, out, dgx, d
             if t < 0:            # past this sequence's end: state carried
                 dgb[i, :] = 0
                 continue
-            go = grad_out[t, b]
+            go = output_grad(grad_out, t, b)
             hs = out[t, b]
             dg = dgx[t, b]
             for j in range(H):
@@ -141,7 +141,7 @@ def _previous_states(out, h0, dgx, lengths, reverse):
 
 def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu):
     out, h0 = ws
-    T, B, H = grad_out.shape
+    T, B, H = out.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, H), dt)
     dh0 = np.empty((B, H), dt)
