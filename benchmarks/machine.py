@@ -1,4 +1,5 @@
-"""The machine and thread settings, and its float32 matmul peak (torch.matmul, same threads)."""
+"""The machine and thread settings, its float32 matmul peak (torch.matmul, same threads), and how
+fast one core reads a layer's weights from its cache (the floor of a batch-of-one step)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,46 @@ def matmul_peak(settings, sizes=(1024, 2048, 3072)) -> dict:
     return {"gflops": best["gflops"], "by_size": runs,
             "method": "torch.matmul of two n x n float32 matrices, 2 n^3 FLOPs, median per size, "
                       "best size"}
+
+
+def weight_read_floor(settings, input_size: int, hidden_size: int, gates: int, repeat: int = 2000) -> dict:
+    """How fast one core reads float32 weights of a recurrent layer's size that sit in its cache,
+    and what that makes the least time of one batch-of-one step.
+
+    A batch-of-one step multiplies one state vector by W_hh (and, streaming frame by frame, one
+    input vector by W_ih): every weight is read once per step and used for a single multiply-add,
+    so the step cannot be faster than reading them. Measured with a compiled loop that only sums
+    the weights (vectorised, no stores), run ``repeat`` times over the same array per call so that
+    it stays in the cache, median of the benchmark's repetitions. One thread: splitting one state
+    over cores costs a cross-core exchange every step."""
+    import numpy as np
+    from numba import njit
+
+    from .timing import measure_group
+
+    @njit(fastmath=True, cache=False)
+    def read_all(weights, times):
+        total = np.float32(0.0)
+        for _ in range(times):
+            for row in range(weights.shape[0]):
+                values = weights[row]
+                for k in range(values.shape[0]):
+                    total += values[k]
+        return total
+
+    recurrent_bytes = hidden_size * gates * hidden_size * 4
+    input_bytes = input_size * gates * hidden_size * 4
+    weights = np.random.default_rng(0).standard_normal(
+        (input_size + hidden_size, gates * hidden_size)).astype(np.float32)
+    read_all(weights, 1)   # compile
+    record = measure_group({"read": lambda: read_all(weights, repeat)}, settings)["read"]
+    seconds = record["median"] * 1e-3 / repeat
+    bandwidth = weights.nbytes / seconds
+    return {"gb_per_s": bandwidth / 1e9, "bytes": int(weights.nbytes),
+            "recurrent_us": recurrent_bytes / bandwidth * 1e6, "frame_us": weights.nbytes / bandwidth * 1e6,
+            "shape": {"I": input_size, "H": hidden_size, "gates": gates},
+            "method": f"a compiled loop summing a float32 ({input_size} + {hidden_size}) x {gates * hidden_size} "
+                      f"array (W_ih^T and W_hh^T) {repeat} times per call, one thread, median per call"}
 
 
 class OtherLoad:

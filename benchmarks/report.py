@@ -135,6 +135,16 @@ def markdown(result: dict) -> str:
     if result.get("matmul_peak"):
         lines += [f"Float32 matmul peak (torch.matmul, same threads): "
                   f"{result['matmul_peak']['gflops']:.1f} GFLOP/s. {result['flop_formula']}.", ""]
+    floor = result.get("weight_read_floor")
+    if floor:
+        shape = floor["shape"]
+        lines += [f"Weight-read floor of a batch-of-one step (S1's GRU, I={shape['I']}, H={shape['H']}, float32): "
+                  f"one core reads cached weights at {floor['gb_per_s']:.1f} GB/s ({floor['method']}). Each weight "
+                  f"is read once per step for one multiply-add, so no implementation on this core steps faster than "
+                  f"{floor['recurrent_us']:.2f} us per step for W_hh ({floor['recurrent_us'] * 100 / 1000:.3f} ms "
+                  f"over S1's 100 steps, before the input projection and the gates), and "
+                  f"{floor['frame_us']:.2f} us per streamed frame for W_ih and W_hh together (the step() "
+                  f"rows' target is 5 us).", ""]
     rows = result["comparisons"]
     for cell in CELLS:
         cell_rows = [r for r in rows if r["cell"] == cell]

@@ -2,6 +2,7 @@
 
 Scenarios (B batch, T steps, I inputs, H hidden units):
   S1 streaming          B=1   T=100 I=64  H=128  inference (layer(x) and streamer.run); also step() latency
+                                                 and the floor of a step: one core reading the weights
   S2 sentiment layer    B=32  T=200 I=128 H=128  inference and training; also peak memory
   S3 time-series layer  B=64  T=50  I=10  H=64   training
   S4 large              B=128 T=100 I=512 H=512  training; also GFLOP/s against the matmul peak
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         run_memory(args, memory, notes)
     import torch
     torch.set_num_threads(args.threads)
-    from .machine import library_threads, matmul_peak
+    from .machine import library_threads, matmul_peak, weight_read_floor
     from .report import comparisons, write_results
 
     settings = settings_from(args)
@@ -275,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         sizes = (1024, 2048) if args.quick else (1024, 2048, 3072)
         result["matmul_peak"] = matmul_peak(settings, sizes)
         progress(f"    {result['matmul_peak']['gflops']:.1f} GFLOP/s")
+    if "S1" in args.only:
+        progress("weight-read floor of a batch-of-one GRU step (S1's layer)")
+        s1 = SCENARIOS["S1"]
+        result["weight_read_floor"] = weight_read_floor(settings, s1.I, s1.H, gates=3)
+        floor = result["weight_read_floor"]
+        progress(f"    {floor['gb_per_s']:.1f} GB/s: {floor['recurrent_us']:.2f} us per step for W_hh, "
+                 f"{floor['frame_us']:.2f} us per streamed frame")
     run_in_process(args, settings, result)
     result["threads"].update(library_threads())   # the threading layer is known by now
     if not args.no_keras:

@@ -48,3 +48,20 @@ def test_the_streamers_chunk_call_is_compared_with_the_peers_inference_against_i
                           "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
               "settings": {"warmup": 1}, "comparisons": rows, "measurements": measurements}
     assert "| inference via `streamer.run` | 0.500 ms |" in markdown(result)
+
+
+def test_the_weight_read_floor_is_the_weights_bytes_over_the_measured_read_rate():
+    from benchmarks.machine import weight_read_floor
+    floor = weight_read_floor(Settings(repeats=3, warmup=1, exact=True), input_size=8, hidden_size=16, gates=3,
+                              repeat=50)
+    assert floor["bytes"] == (8 + 16) * 3 * 16 * 4
+    rate = floor["gb_per_s"] * 1e9
+    assert rate > 0
+    assert floor["frame_us"] == pytest.approx(floor["bytes"] / rate * 1e6)
+    assert floor["recurrent_us"] == pytest.approx(16 * 3 * 16 * 4 / rate * 1e6)
+    result = {"machine": {"date": "d", "cpu_model": "c", "usable_cpus": 2, "logical_cpus": 2, "versions": {}},
+              "threads": {"pinned": {"threads": 2, "cpus": [0, 1], "environment": {}},
+                          "torch.get_num_threads": 2, "torch.get_num_interop_threads": 2,
+                          "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
+              "settings": {"warmup": 1}, "comparisons": [], "measurements": [], "weight_read_floor": floor}
+    assert f"{floor['frame_us']:.2f} us per streamed frame" in markdown(result)
