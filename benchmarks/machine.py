@@ -136,7 +136,6 @@ def weight_read_floor(settings, input_size: int, hidden_size: int, gates: int, r
         return total
 
     recurrent_bytes = hidden_size * gates * hidden_size * 4
-    input_bytes = input_size * gates * hidden_size * 4
     weights = np.random.default_rng(0).standard_normal(
         (input_size + hidden_size, gates * hidden_size)).astype(np.float32)
     read_all(weights, 1)   # compile

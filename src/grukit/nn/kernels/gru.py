@@ -20,8 +20,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, output_grad,
-                     pack_weight_for, project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
-                     tiny_gradient, zero_tail)
+                     pack_weight_for, project_frame, run_forward, run_rows, run_step, sigmoid, tanh,
+                     time_index, tiny_gradient, zero_tail)
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -242,11 +242,11 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                 dgb[i, :] = 0
                 dgn[i, :] = 0
             elif reset_after:
-                _bwd_after(output_grad(grad_out, t, b), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgh_n[t, b],
-                           dh[i], H, bias_rows[b], tiny)
+                _bwd_after(output_grad(grad_out, t, b), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                           dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
             else:
-                _bwd_before(output_grad(grad_out, t, b), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgn[i],
-                            dh[i], H, tiny)
+                _bwd_before(output_grad(grad_out, t, b), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                            dgn[i], dh[i], H, tiny)
         if not reset_after:
             gemm_packed(dgn, w_n, p_n, d_rh)
             for i in range(R):

@@ -13,8 +13,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, output_grad,
-                     pack_weight_for, project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index,
-                     tiny_gradient, zero_tail)
+                     pack_weight_for, project_frame, run_forward, run_rows, run_step, sigmoid, tanh,
+                     time_index, tiny_gradient, zero_tail)
 
 
 # Per-row gate passes on 1-D row views: a flag test or a store into a 3-D workspace inside
@@ -156,8 +156,8 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
             if t < 0:            # past this sequence's end: h and c carried
                 dgb[i, :] = 0
             else:
-                _bwd_row(output_grad(grad_out, t, b), ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i], dc[i], H,
-                         bias_rows[b], tiny)
+                _bwd_row(output_grad(grad_out, t, b), ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i],
+                         dc[i], H, bias_rows[b], tiny)
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
