@@ -140,3 +140,37 @@ def test_add_rows_sums_each_target_in_position_order(dtype):
     assert np.array_equal(out, expected)
     with pytest.raises(ValueError, match="index values"):
         add_rows(np.array([5]), source[:1], out)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_fused_kernels_read_the_token_table_without_gathering(kind, monkeypatch):
+    """On the fused path each direction's kernel reads the per-token table through the token
+    index; it gives the same bits as the kernels on the gathered gx (float32, padded, both
+    directions), outputs and every gradient. minGRU, whose backward reads gx again, gathers;
+    MGU1-3 (gates without input weights) look the vectors up."""
+    gathers, tables = [], []
+    original_gather = embedded._GatherRows.apply
+    monkeypatch.setattr(embedded._GatherRows, "apply", lambda *a: gathers.append(1) or original_gather(*a))
+    from grukit.nn.kernels import function
+    original_run = function._run_forward
+    monkeypatch.setattr(function, "_run_forward",
+                        lambda *a: tables.append(a[5] is not None) or original_run(*a))
+    torch.manual_seed(3)
+    layer = build(kind, bidirectional=True, batch_first=True).float()
+    weight = torch.randn(V, I, requires_grad=True)
+    tokens = torch.randint(0, V, (4, 9))
+    lengths = torch.tensor([9, 3, 6, 1])
+    ours = _values_and_gradients(layer, tokens, weight, lengths, fused=True)
+    reads_table = kind in ("gru", "gru_reset_before", "lstm", "rnn", "mgu")
+    assert tables == [reads_table] * 2 and len(gathers) == (2 if kind.startswith("mingru") else 0)
+    original_distinct = embedded.EmbeddedTokens.project_distinct
+
+    def gathered(self, weight_ih, bias):
+        table, index = original_distinct(self, weight_ih, bias)
+        return original_gather(table, index.reshape(-1)).view(*index.shape, table.shape[1])
+
+    monkeypatch.setattr(embedded.EmbeddedTokens, "project_distinct", gathered)
+    theirs = _values_and_gradients(layer, tokens, weight, lengths, fused=True)
+    assert tables[2:] == [False] * 2
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)

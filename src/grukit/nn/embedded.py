@@ -8,6 +8,10 @@ once per *distinct* token, not once per position:
   ``grad E[u] = D W_ih`` (the other rows of grad E are zero, as nn.Embedding's dense gradient),
   ``grad b = sum of D``.
 
+The fused kernels go one step further: they take P and the index as a :class:`TableRows` and read
+each step's row through the index, so ``gx = P[inverse]`` (7.7 MB per IMDB batch) is never
+written; their backward returns D itself.
+
 A batch of the tutorial's IMDB model (32 reviews, about 5,000 positions) holds about 1,400 distinct
 tokens, so the three GEMMs of the projection shrink 3.6x and the embedding's lookup and backward
 (a dense (positions, 128) gradient) disappear. Measured there: projection forward and backward
@@ -17,10 +21,20 @@ materialised path by round-off only (the sums over a token's positions are forme
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, ShapeError
+
+
+class TableRows(NamedTuple):
+    """gx (T, N, G) given as ``table[index]``: table (U, G), one row per distinct token, and
+    index (T, N) int64 into it. The fused kernels read it as is (kernels.function)."""
+
+    table: torch.Tensor
+    index: torch.Tensor
 
 
 class EmbeddedTokens:
@@ -58,35 +72,58 @@ class EmbeddedTokens:
     def project(self, weight_ih: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """gx (T, N, G) = E[tokens] @ weight_ih^T + bias, through the distinct tokens."""
         u, inverse = self.distinct()
-        flat = _DistinctTokenProjection.apply(u, inverse, self.weight, weight_ih, bias)
-        return flat.view(*self.tokens.shape, weight_ih.shape[0])
+        table = _DistinctTokenProjection.apply(u, self.weight, weight_ih, bias)
+        return _GatherRows.apply(table, inverse).view(*self.tokens.shape, weight_ih.shape[0])
+
+    def project_distinct(self, weight_ih: torch.Tensor, bias: torch.Tensor | None) -> TableRows:
+        """The same gx as :meth:`project`, as the per-token table and the tokens' index into it."""
+        u, inverse = self.distinct()
+        table = _DistinctTokenProjection.apply(u, self.weight, weight_ih, bias)
+        return TableRows(table, inverse.view(self.tokens.shape))
 
 
 class _DistinctTokenProjection(torch.autograd.Function):
+    """P = E[u] @ W_ih^T + b, one row per distinct token."""
+
     @staticmethod
-    def forward(ctx, u, inverse, weight, weight_ih, bias):
+    def forward(ctx, u, weight, weight_ih, bias):
         rows = weight.index_select(0, u)
-        projected = torch.addmm(bias, rows, weight_ih.t()) if bias is not None else rows @ weight_ih.t()
-        ctx.save_for_backward(u, inverse, rows, weight_ih)
+        ctx.save_for_backward(u, rows, weight_ih)
         ctx.vocabulary, ctx.has_bias = weight.shape[0], bias is not None
-        return torch.index_select(projected, 0, inverse, out=_kept_empty((inverse.shape[0], projected.shape[1]),
-                                                                          projected))
+        return torch.addmm(bias, rows, weight_ih.t()) if bias is not None else rows @ weight_ih.t()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, per_token):
+        u, rows, weight_ih = ctx.saved_tensors
+        grad_weight = grad_weight_ih = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = _kept_empty((ctx.vocabulary, rows.shape[1]), per_token).zero_()
+            grad_weight.index_copy_(0, u, per_token @ weight_ih)
+        if ctx.needs_input_grad[2]:
+            grad_weight_ih = per_token.t() @ rows
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_bias = per_token.sum(0)
+        return None, grad_weight, grad_weight_ih, grad_bias
+
+
+class _GatherRows(torch.autograd.Function):
+    """table[index] for the paths that need gx itself; backward sums each position's gradient
+    into its row, in position order."""
+
+    @staticmethod
+    def forward(ctx, table, index):
+        ctx.save_for_backward(index)
+        ctx.rows = table.shape[0]
+        return torch.index_select(table, 0, index, out=_kept_empty((index.shape[0], table.shape[1]), table))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        u, inverse, rows, weight_ih = ctx.saved_tensors
-        per_token = torch.zeros((u.shape[0], grad.shape[1]), dtype=grad.dtype, device=grad.device)
-        _add_rows(inverse, grad.contiguous(), per_token)
-        grad_weight = grad_weight_ih = grad_bias = None
-        if ctx.needs_input_grad[2]:
-            grad_weight = _kept_empty((ctx.vocabulary, rows.shape[1]), grad).zero_()
-            grad_weight.index_copy_(0, u, per_token @ weight_ih)
-        if ctx.needs_input_grad[3]:
-            grad_weight_ih = per_token.t() @ rows
-        if ctx.has_bias and ctx.needs_input_grad[4]:
-            grad_bias = per_token.sum(0)
-        return None, None, grad_weight, grad_weight_ih, grad_bias
+        index, = ctx.saved_tensors
+        per_row = torch.zeros((ctx.rows, grad.shape[1]), dtype=grad.dtype, device=grad.device)
+        _add_rows(index, grad.contiguous(), per_row)
+        return per_row, None
 
 
 def _kept_empty(shape: tuple, like: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..errors import ConfigError, DataError, ShapeError
 from . import dispatch
 from .cells import LAYOUTS, CellLayout, State, activation_function
-from .embedded import EmbeddedTokens, check_tokens
+from .embedded import EmbeddedTokens, TableRows, check_tokens
 from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
 
 
@@ -324,13 +324,16 @@ class RecurrentLayer(nn.Module):
             return mingru_parallel_scan(gx, state0, lengths, reverse, self.candidate)
         return run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate, self.layout, mask)
 
-    def _preactivations(self, x: torch.Tensor | EmbeddedTokens, params: dict, fused: bool) -> torch.Tensor:
+    def _preactivations(self, x: torch.Tensor | EmbeddedTokens, params: dict,
+                        fused: bool) -> torch.Tensor | TableRows:
         """gx (T, N, G*H) of one direction: through the distinct tokens for an embedded first
-        layer, else the kernels' projection where it applies, else input_preactivations."""
+        layer (for the fused kernels as the per-token table and index, which they read without
+        gathering; minGRU's backward reads gx again, so it gets gx), else the kernels' projection
+        where it applies, else input_preactivations."""
         single = single_projection(self.layout, params)
         if isinstance(x, EmbeddedTokens):
             if single is not None:
-                return x.project(*single)
+                return x.project_distinct(*single) if fused and self.mode != "MINGRU" else x.project(*single)
             x = x.materialize()   # MGU1-3: some gates have no input weights
         if fused:
             from .kernels.function import fused_projection

@@ -296,3 +296,45 @@ def test_one_zero_row_stands_for_an_unused_output_sequences_gradient(mode):
         assert (a is None and b is None) or np.array_equal(a, b)
     with pytest.raises(ValueError, match="unused output"):
         api.backward(mode, ws, gx, w, np.zeros((1, 2, out.shape[2])), grad_h_n, grad_c_n, lengths, True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_table_read_through_an_index_equals_the_gathered_rows(mode, reverse):
+    """api.forward(gx=table, gx_index=index) gives the same bits as gx = table[index]: outputs,
+    states, and every gradient backward computes from its workspace. An index outside the table
+    is refused."""
+    T, B, H = 6, 3, 4
+    _, state0, weights, lengths, _ = make_case(mode, T, B, H, ragged=True)
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((5, api.GATES[mode] * H))
+    index = rng.integers(0, len(table), (T, B))
+    index[:2, 0] = 3                       # a row read at several positions
+    h0, c0 = (t.detach().numpy() for t in state0) if mode == "LSTM" else (state0.detach().numpy(), None)
+    w_t = None if weights.weight_hh is None else api.pack_weight(weights.weight_hh.detach().numpy())
+    bias = None if weights.bias_hh is None else weights.bias_hh.detach().numpy()
+    args = (h0, c0, w_t, bias, lengths.numpy(), reverse, True)
+    indexed = api.forward(mode, table, *args, gx_index=index)
+    gathered = api.forward(mode, table[index], *args)
+    assert np.array_equal(indexed[0], gathered[0]) and np.array_equal(indexed[1], gathered[1])
+    assert indexed[2] is None or np.array_equal(indexed[2], gathered[2])
+    w = None if weights.weight_hh is None else weights.weight_hh.detach().numpy()
+    grad_out = rng.standard_normal(gathered[0].shape)
+    grads = [api.backward(mode, result[3], table[index], w, grad_out,
+                          np.ones_like(result[1]), None if c0 is None else np.ones_like(c0), lengths.numpy(), reverse)
+             for result in (indexed, gathered)]
+    flat = [list(_leaves(g)) for g in grads]    # the weight-gradient terms are lists of tuples
+    assert len(flat[0]) == len(flat[1]) and all(
+        (x is None and y is None) or np.array_equal(x, y) for x, y in zip(*flat))
+    with pytest.raises(ValueError, match="rows of the"):
+        api.forward(mode, table, *args, gx_index=index + 2)
+    with pytest.raises(ValueError, match="table"):
+        api.forward(mode, table[index], *args, gx_index=index)
+
+
+def _leaves(value):
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value

@@ -40,20 +40,21 @@ def pack_weight(w: np.ndarray | None) -> np.ndarray | None:
     return None if w is None else pack_transposed(w)
 
 
-def _check(mode, gx, h0, c0, w_t, lengths, candidate):
+def _check(mode, gx, h0, c0, w_t, lengths, candidate, shape=None):
+    """``shape``: the (T, B, G*H) that gx stands for, when it is a table read through an index."""
     if mode not in GATES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if candidate not in CANDIDATES:
         raise ValueError(f"candidate: expected one of {CANDIDATES}, got {candidate!r}")
     if gx.ndim != 3 or not gx.flags.c_contiguous:
         raise ValueError(f"gx: expected a C-contiguous (T, B, G*H) array, got shape {gx.shape}")
-    T, B, GH = gx.shape
+    T, B, GH = gx.shape if shape is None else shape
     dt = gx.dtype
     if dt not in (np.float32, np.float64):
         raise ValueError(f"gx: expected float32 or float64, got {dt}")
     H = GH // GATES[mode]
     if GH != GATES[mode] * H or h0.shape != (B, H) or h0.dtype != dt:
-        raise ValueError(f"h0: expected ({B}, {H}) {dt} for gx of shape {gx.shape}, "
+        raise ValueError(f"h0: expected ({B}, {H}) {dt} for gx of shape {(T, B, GH)}, "
                          f"got {h0.shape} {h0.dtype}")
     if mode == "LSTM" and (c0 is None or c0.shape != (B, H) or c0.dtype != dt):
         raise ValueError(f"c0: expected ({B}, {H}) {dt}")
@@ -80,29 +81,49 @@ def _bias(mode, bias_hh, gh, dt):
 
 
 def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
-            reverse=False, training=False, candidate="identity"):
+            reverse=False, training=False, candidate="identity", gx_index=None):
     """Run one layer and direction; ``w_t`` is :func:`pack_weight` of weight_hh.
 
+    ``gx_index`` (T, B) int64: gx is a table (U, G*H) and step t of sequence b reads its row
+    gx_index[t, b], as if gx were ``table[gx_index]`` (an embedded first layer's projection per
+    distinct token), without that (T, B, G*H) array being written.
     Returns (out, h_n, c_n or None, workspace or None).
     """
-    lengths = _check(mode, gx, h0, c0, w_t, lengths, candidate)
+    gx, gx_index = _table_and_index(gx, gx_index)
+    shape = gx.shape if gx_index is None else (*gx_index.shape, gx.shape[2])
+    lengths = _check(mode, gx, h0, c0, w_t, lengths, candidate, shape)
     if lengths is None:
-        lengths = full_lengths(gx.shape[0], gx.shape[1])
+        lengths = full_lengths(shape[0], shape[1])
     reverse, training = bool(reverse), bool(training)
     bias = _bias(mode, bias_hh, gx.shape[2], gx.dtype)
     c_n = None
     if mode in ("GRU", "GRU_RESET_BEFORE"):
-        out, h_n, ws = gru.forward(gx, h0, w_t, bias, lengths, reverse, mode == "GRU", training)
+        out, h_n, ws = gru.forward(gx, h0, w_t, bias, lengths, reverse, mode == "GRU", training, gx_index)
     elif mode == "LSTM":
         out, h_n, c_n, ws = lstm.forward(gx, h0, np.ascontiguousarray(c0), w_t, bias, lengths,
-                                         reverse, training)
+                                         reverse, training, gx_index)
     elif mode in ("RNN_TANH", "RNN_RELU"):
-        out, h_n, ws = rnn.forward(gx, h0, w_t, bias, lengths, reverse, mode == "RNN_RELU", training)
+        out, h_n, ws = rnn.forward(gx, h0, w_t, bias, lengths, reverse, mode == "RNN_RELU", training,
+                                   gx_index)
     elif mode == "MINGRU":
-        out, h_n, ws = mingru.forward(gx, h0, lengths, reverse, candidate == "g", training)
+        out, h_n, ws = mingru.forward(gx, h0, lengths, reverse, candidate == "g", training, gx_index)
     else:
-        out, h_n, ws = mgu.forward(gx, h0, w_t, lengths, reverse, mode != "MGU3", training)
+        out, h_n, ws = mgu.forward(gx, h0, w_t, lengths, reverse, mode != "MGU3", training, gx_index)
     return out, h_n, c_n, ws
+
+
+def _table_and_index(gx, gx_index):
+    """(gx, None) without an index; else the table as (1, U, G*H) and the checked index."""
+    if gx_index is None:
+        return gx, None
+    if gx.ndim != 2 or not gx.flags.c_contiguous:
+        raise ValueError(f"gx: with gx_index, expected a C-contiguous (U, G*H) table, got shape {gx.shape}")
+    gx_index = np.ascontiguousarray(gx_index, dtype=np.int64)
+    if gx_index.ndim != 2 or (gx_index.size and (gx_index.min() < 0 or gx_index.max() >= gx.shape[0])):
+        raise ValueError(f"gx_index: expected (T, B) rows of the ({gx.shape[0]}, {gx.shape[1]}) table, "
+                         f"got shape {gx_index.shape}" + (f" with values from {gx_index.min()} to "
+                                                          f"{gx_index.max()}" if gx_index.size else ""))
+    return gx.reshape((1,) + gx.shape), gx_index
 
 
 def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="identity",

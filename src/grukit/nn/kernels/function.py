@@ -27,9 +27,11 @@ from threadpoolctl import ThreadpoolController
 
 from ..dispatch import records_gradient
 from ..reference import DirectionWeights
+from ..embedded import TableRows
 from . import api, buffers
 from .blas import PER_THREAD_LIMIT
 from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
+from .rows import add_rows
 
 CALLS: Counter = Counter()
 
@@ -118,12 +120,13 @@ def _lengths_np(lengths: torch.Tensor | None, T: int, B: int) -> np.ndarray | No
     return out
 
 
-def _run_forward(mode, reverse, candidate, lengths, training, gx, h0, c0, weight_hh, bias_hh):
-    """The kernel's forward on tensors: ((out, h_n[, c_n]) as tensors, workspace or None)."""
+def _run_forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh):
+    """The kernel's forward on tensors: ((out, h_n[, c_n]) as tensors, workspace or None).
+    ``gx_index`` (T, B) int64 or None: gx is a table read through it (api.forward)."""
     set_threads(torch.get_num_threads())
-    with one_blas_thread(gx.shape[1]):
+    with one_blas_thread(h0.shape[0]):
         out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
-                                        _np(bias_hh), lengths, reverse, training, candidate)
+                                        _np(bias_hh), lengths, reverse, training, candidate, gx_index)
     CALLS["run"] += 1
     results = (torch.from_numpy(out), torch.from_numpy(h_n))
     if c_n is not None:
@@ -133,10 +136,11 @@ def _run_forward(mode, reverse, candidate, lengths, training, gx, h0, c0, weight
 
 class _FusedDirection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mode, reverse, candidate, lengths, training, gx, h0, c0, weight_hh, bias_hh):
-        results, ws = _run_forward(mode, reverse, candidate, lengths, training, gx, h0, c0,
+    def forward(ctx, mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh):
+        results, ws = _run_forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0,
                                    weight_hh, bias_hh)
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
+        ctx.gx_index, ctx.gx_rows = gx_index, gx.shape[0]
         ctx.has_bias = bias_hh is not None
         # Only minGRU's backward reads gx: other modes let the (T, B, G*H) pre-activations go.
         # RNN's workspace is its output and h0 (rnn.py): saved as tensors, so that changing either
@@ -179,7 +183,12 @@ class _FusedDirection(torch.autograd.Function):
                                               w.shape, matmul=_torch_matmul)
             grad_w = torch.from_numpy(grad_w)
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
-        return (None, None, None, None, None, torch.from_numpy(dgx), torch.from_numpy(dh0),
+        grad_gx = torch.from_numpy(dgx)
+        if ctx.gx_index is not None:   # gx was a table: each row gets the sum over its positions
+            table_grad = torch.zeros((ctx.gx_rows, dgx.shape[2]), dtype=grad_gx.dtype)
+            add_rows(ctx.gx_index.reshape(-1), dgx.reshape(-1, dgx.shape[2]), table_grad.numpy())
+            grad_gx = table_grad
+        return (None, None, None, None, None, None, grad_gx, torch.from_numpy(dh0),
                 None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b)
 
 
@@ -196,9 +205,15 @@ def _torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionWeights,
                         lengths: torch.Tensor | None = None, reverse: bool = False,
                         candidate: str = "identity"):
-    """Same arguments and results as :func:`grukit.nn.reference.run_direction`."""
+    """Same arguments and results as :func:`grukit.nn.reference.run_direction`; gx may also be a
+    :class:`grukit.nn.embedded.TableRows`, read row by row through its index (not for minGRU, whose
+    backward reads gx again)."""
+    if isinstance(gx, TableRows):
+        gx, gx_index = gx.table, gx.index.detach().to("cpu", torch.int64).contiguous().numpy()
+        T, B = gx_index.shape
+    else:
+        gx_index, (T, B) = None, gx.shape[:2]
     _check_supported(mode, gx, weights)
-    T, B = gx.shape[0], gx.shape[1]
     h0, c0 = state0 if mode == "LSTM" else (state0, None)
     bias_hh = weights.bias_hh if mode in api.HAS_BIAS_HH else None
     weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
@@ -207,10 +222,10 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
     training = records_gradient(*leaves)
     if training:
         results = _FusedDirection.apply(mode, bool(reverse), candidate, _lengths_np(lengths, T, B),
-                                        training, *leaves)
+                                        training, gx_index, *leaves)
     else:   # inference: the same kernel call without autograd's bookkeeping
         results = _run_forward(mode, bool(reverse), candidate, _lengths_np(lengths, T, B), False,
-                               *leaves)[0]
+                               gx_index, *leaves)[0]
     if mode == "LSTM":
         out, h_n, c_n = results
         return out, (h_n, c_n)

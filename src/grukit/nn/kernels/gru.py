@@ -19,9 +19,9 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, output_grad,
-                     pack_weight_for, project_frame, run_forward, run_rows, run_step, sigmoid, tanh,
-                     time_index, tiny_gradient, zero_tail)
+from .common import (JIT, ONE, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
+                     output_grad, pack_weight_for, project_frame, run_forward, run_rows, run_step,
+                     sigmoid, tanh, time_index, tiny_gradient, zero_tail)
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -107,7 +107,7 @@ def _gates_before_training(g, gr, gn, h, o, H, wg, wh, wx, rh):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, training,
+def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, training,
               out, h_n, ws_g, ws_h, ws_x):
     """reset_after: w_t is W^T (H, 3H) and one GEMM per step gives all three recurrent
     terms. Reset before: w_t is W_rz^T (H, 2H), w_nt is W_n^T (H, H) and the step takes
@@ -135,7 +135,7 @@ def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, tra
             for i in range(R):
                 t = time_index(s, lengths[b0 + i], reverse)
                 if t >= 0:
-                    _reset_before(gx[t, b0 + i], gh[i], hb[i], rh[i], H)
+                    _reset_before(gx_row(gx, gidx, t, b0 + i), gh[i], hb[i], rh[i], H)
             gemm_packed(rh, w_nt, p_nt, gn)
         for i in range(R):
             b = b0 + i
@@ -143,14 +143,14 @@ def _fwd_rows(b0, b1, gx, h0, w_t, w_nt, bhh, lengths, reverse, reset_after, tra
             if t < 0:
                 continue
             if reset_after and training:
-                _gates_after_training(gx[t, b], gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b], ws_h[t, b])
+                _gates_after_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b], ws_h[t, b])
             elif reset_after:
-                _gates_after(gx[t, b], gh[i], bhh, hb[i], out[t, b], H)
+                _gates_after(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
             elif training:
-                _gates_before_training(gx[t, b], gh[i], gn[i], hb[i], out[t, b], H, ws_g[t, b],
+                _gates_before_training(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H, ws_g[t, b],
                                        ws_h[t, b], ws_x[t, b], rh[i])
             else:
-                _gates_before(gx[t, b], gh[i], gn[i], hb[i], out[t, b], H)
+                _gates_before(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H)
     h_n[b0:b1] = hb
 
 
@@ -265,7 +265,7 @@ def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 3H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, h, w_t, w_nt, bhh, ones, False, reset_after, False, out, h, out, out, out)
+    _fwd_rows(0, h.shape[0], gx, np.empty((0, 0), np.int64), h, w_t, w_nt, bhh, ones, False, reset_after, False, out, h, out, out, out)
 
 
 def split_weight(w_t, reset_after):
@@ -282,14 +282,14 @@ def step(gx_t, h, w_t, bhh, reset_after):
     return run_step(_fwd_rows, gx_t, (h,), (*split_weight(w_t, reset_after), bhh), (reset_after,), 3)[0]
 
 
-def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training):
+def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training, gx_index=None):
     """Returns out (T, B, H), h_n (B, H) and the workspace (None when not training)."""
-    T, B, G = gx.shape
+    T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
     widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
     params = (*split_weight(w_t, reset_after), bhh)
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
-                                  (reset_after,), training, widths, T * B * G * H)
+                                  (reset_after,), training, widths, T * B * G * H, gx_index)
     return out, h_n, ws
 
 

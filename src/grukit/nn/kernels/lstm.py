@@ -12,9 +12,9 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, fma, flushed, gemm_add, gemm_packed, max_length, output_grad,
-                     pack_weight_for, project_frame, run_forward, run_rows, run_step, sigmoid, tanh,
-                     time_index, tiny_gradient, zero_tail)
+from .common import (JIT, ONE, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
+                     output_grad, pack_weight_for, project_frame, run_forward, run_rows, run_step,
+                     sigmoid, tanh, time_index, tiny_gradient, zero_tail)
 
 
 # Per-row gate passes on 1-D row views: a flag test or a store into a 3-D workspace inside
@@ -72,7 +72,7 @@ def _gates_training(g, gr, bhh, h, c, o, H, wg, wh, wc):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
+def _fwd_rows(b0, b1, gx, gidx, h0, c0, w_t, bhh, lengths, reverse, training,
               out, h_n, c_n, ws_g, ws_h, ws_c):
     H = h0.shape[1]
     R = b1 - b0
@@ -94,10 +94,10 @@ def _fwd_rows(b0, b1, gx, h0, c0, w_t, bhh, lengths, reverse, training,
             if t < 0:
                 continue
             if training:
-                _gates_training(gx[t, b], gh[i], bhh, hb[i], cb[i], out[t, b], H, ws_g[t, b],
+                _gates_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H, ws_g[t, b],
                                 ws_h[t, b], ws_c[t, b])
             else:
-                _gates(gx[t, b], gh[i], bhh, hb[i], cb[i], out[t, b], H)
+                _gates(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H)
     h_n[b0:b1] = hb
     c_n[b0:b1] = cb
 
@@ -168,7 +168,7 @@ def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
     """One streaming frame: x (B, I) -> the states h and c updated in place. gx (1, B, 4H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, h, c, w_t, bhh, ones, False, False, out, h, c, out, out, out)
+    _fwd_rows(0, h.shape[0], gx, np.empty((0, 0), np.int64), h, c, w_t, bhh, ones, False, False, out, h, c, out, out, out)
 
 
 def step(gx_t, h, c, w_t, bhh):
@@ -176,12 +176,12 @@ def step(gx_t, h, c, w_t, bhh):
     return run_step(_fwd_rows, gx_t, (h, c), (w_t, bhh), (), 3)
 
 
-def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training):
+def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training, gx_index=None):
     """Returns out (T, B, H), h_n, c_n (B, H) and the workspace (None when not training)."""
-    T, B, G = gx.shape
+    T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
     out, (h_n, c_n), ws = run_forward(_fwd_rows, gx, (h0, c0), (w_t, bhh), lengths, reverse, (),
-                                      training, (5 * H, H, H), T * B * G * H)
+                                      training, (5 * H, H, H), T * B * G * H, gx_index)
     return out, h_n, c_n, ws
 
 

@@ -13,8 +13,9 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, fma, gemm_add, gemm_packed, max_length, output_grad, pack_weight_for,
-                     project_frame, run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
+                     output_grad, pack_weight_for, project_frame, run_forward, run_rows, run_step,
+                     sigmoid, tanh, time_index, zero_tail)
 
 
 # --- the per-row update pass ---------------------------------------------------------
@@ -52,7 +53,7 @@ def _update_training(g, gf, gn, h, o, H, wg, wh, wx, fh):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
+def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
               out, h_n, ws_g, ws_h, ws_x):
     """w_ft = U_f^T (H, H) (unused without U_f), w_nt = U_n^T (H, H), both C-contiguous:
     per step two GEMMs over the block's rows, h @ U_f^T then (f * h) @ U_n^T."""
@@ -77,7 +78,7 @@ def _fwd_rows(b0, b1, gx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
             t = time_index(s, lengths[b0 + i], reverse)
             if t < 0:
                 continue
-            g = gx[t, b0 + i]
+            g = gx_row(gx, gidx, t, b0 + i)
             f_ = gf[i]
             h = hb[i]
             x = fh[i]
@@ -92,10 +93,10 @@ def _fwd_rows(b0, b1, gx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
             if t < 0:
                 continue
             if training:
-                _update_training(gx[t, b], gf[i], gn[i], hb[i], out[t, b], H,
+                _update_training(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H,
                                  ws_g[t, b], ws_h[t, b], ws_x[t, b], fh[i])
             else:
-                _update(gx[t, b], gf[i], gn[i], hb[i], out[t, b], H)
+                _update(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H)
     h_n[b0:b1] = hb
 
 
@@ -167,7 +168,7 @@ def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, h, w_ft, w_nt, ones, False, has_uf, False, out, h, out, out, out)
+    _fwd_rows(0, h.shape[0], gx, np.empty((0, 0), np.int64), h, w_ft, w_nt, ones, False, has_uf, False, out, h, out, out, out)
 
 
 def split_weight(w_t, has_uf):
@@ -184,11 +185,11 @@ def step(gx_t, h, w_t, has_uf):
     return run_step(_fwd_rows, gx_t, (h,), split_weight(w_t, has_uf), (has_uf,), 3)[0]
 
 
-def forward(gx, h0, w_t, lengths, reverse, has_uf, training):
-    T, B, G = gx.shape
+def forward(gx, h0, w_t, lengths, reverse, has_uf, training, gx_index=None):
+    T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), split_weight(w_t, has_uf), lengths, reverse,
-                                  (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H)
+                                  (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H, gx_index)
     return out, h_n, ws
 
 

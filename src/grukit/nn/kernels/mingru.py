@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (HALF, JIT, ONE, fma, output_grad, project_frame, run_forward, run_rows, run_step, sigmoid,
-                     zero_tail)
+from .common import (HALF, JIT, ONE, fma, gx_row, gx_shape, output_grad, project_frame, run_forward,
+                     run_rows, run_step, sigmoid, zero_tail)
 
 
 # --- the per-row passes --------------------------------------------------------------
@@ -73,7 +73,7 @@ def _scan_g_training(g, h, o, wh, H):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h):
+def _fwd_rows(b0, b1, gx, gidx, h0, lengths, reverse, use_g, training, out, h_n, ws_h):
     H = h0.shape[1]
     h = np.empty(H, dtype=h0.dtype)
     for b in range(b0, b1):
@@ -82,13 +82,13 @@ def _fwd_rows(b0, b1, gx, h0, lengths, reverse, use_g, training, out, h_n, ws_h)
         for s in range(L):
             t = L - 1 - s if reverse else s
             if use_g and training:
-                _scan_g_training(gx[t, b], h, out[t, b], ws_h[t, b], H)
+                _scan_g_training(gx_row(gx, gidx, t, b), h, out[t, b], ws_h[t, b], H)
             elif use_g:
-                _scan_g(gx[t, b], h, out[t, b], H)
+                _scan_g(gx_row(gx, gidx, t, b), h, out[t, b], H)
             elif training:
-                _scan_identity_training(gx[t, b], h, out[t, b], ws_h[t, b], H)
+                _scan_identity_training(gx_row(gx, gidx, t, b), h, out[t, b], ws_h[t, b], H)
             else:
-                _scan_identity(gx[t, b], h, out[t, b], H)
+                _scan_identity(gx_row(gx, gidx, t, b), h, out[t, b], H)
         zero_tail(out, b, L)
         if training:
             zero_tail(ws_h, b, L)
@@ -147,7 +147,7 @@ def frame(x, w_in_t, b_in, use_g, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, h, ones, False, use_g, False, out, h, out)
+    _fwd_rows(0, h.shape[0], gx, np.empty((0, 0), np.int64), h, ones, False, use_g, False, out, h, out)
 
 
 def step(gx_t, h, use_g):
@@ -155,11 +155,11 @@ def step(gx_t, h, use_g):
     return run_step(_fwd_rows, gx_t, (h,), (), (use_g,), 1)[0]
 
 
-def forward(gx, h0, lengths, reverse, use_g, training):
-    T, B, G = gx.shape
+def forward(gx, h0, lengths, reverse, use_g, training, gx_index=None):
+    T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (), lengths, reverse, (use_g,), training,
-                                  (H,), T * B * H * _WORK_PER_ELEMENT)
+                                  (H,), T * B * H * _WORK_PER_ELEMENT, gx_index)
     return out, h_n, ws
 
 

@@ -15,8 +15,9 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, max_length, output_grad,
-                     pack_weight_for, project_frame, run_forward, run_rows, run_step, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
+                     output_grad, pack_weight_for, project_frame, run_forward, run_rows, run_step,
+                     tanh, time_index, zero_tail)
 
 
 # --- the per-row forward passes ------------------------------------------------------
@@ -48,7 +49,7 @@ def _relu_row(g, gh, bhh, h, o, H):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n):
+def _fwd_rows(b0, b1, gx, gidx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n):
     """``training`` is accepted for run_forward's common signature and not needed: backward
     reads the output (see the module docstring)."""
     H = h0.shape[1]
@@ -66,9 +67,9 @@ def _fwd_rows(b0, b1, gx, h0, w_t, bhh, lengths, reverse, relu, training, out, h
             if t < 0:
                 continue
             if relu:
-                _relu_row(gx[t, b], gh[i], bhh, hb[i], out[t, b], H)
+                _relu_row(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
             else:
-                _tanh_row(gx[t, b], gh[i], bhh, hb[i], out[t, b], H)
+                _tanh_row(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
     h_n[b0:b1] = hb
 
 
@@ -108,7 +109,7 @@ def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, h, w_t, bhh, ones, False, relu, False, out, h)
+    _fwd_rows(0, h.shape[0], gx, np.empty((0, 0), np.int64), h, w_t, bhh, ones, False, relu, False, out, h)
 
 
 def step(gx_t, h, w_t, bhh, relu):
@@ -116,12 +117,12 @@ def step(gx_t, h, w_t, bhh, relu):
     return run_step(_fwd_rows, gx_t, (h,), (w_t, bhh), (relu,), 0)[0]
 
 
-def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training):
+def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training, gx_index=None):
     """Returns out (T, B, H), h_n and, when training, the workspace (out, h0): backward reads
     these two arrays, so they must not change in between."""
-    T, B, H = gx.shape
+    T, B, H = gx_shape(gx, gx_index)
     out, (h_n,), _ = run_forward(_fwd_rows, gx, (h0,), (w_t, bhh), lengths, reverse, (relu,),
-                                 False, (), T * B * H * H)
+                                 False, (), T * B * H * H, gx_index)
     return out, h_n, ((out, h0) if training else None)
 
 
