@@ -89,6 +89,8 @@ def test_inference_projects_the_distinct_tokens_in_the_single_call_path(kind, ke
     monkeypatch.setattr(function, "fused_inference", lambda *a: single_calls.append(1) or original_inference(*a))
     monkeypatch.setattr(embedded._DistinctTokenProjection, "apply",
                         lambda *a: projections.append(1) or original_projection(*a))
+    gathers, original_gather = [], embedded._GatherRows.apply
+    monkeypatch.setattr(embedded._GatherRows, "apply", lambda *a: gathers.append(1) or original_gather(*a))
     torch.manual_seed(3)
     layer = build(kind, num_layers=2, bidirectional=True, batch_first=True, kernel=kernel)
     weight = torch.randn(V, I, dtype=torch.float64)
@@ -103,6 +105,8 @@ def test_inference_projects_the_distinct_tokens_in_the_single_call_path(kind, ke
     single_projection = kind not in ("mgu1", "mgu2", "mgu3")
     assert len(projections) == (2 if single_projection else 0)
     assert len(single_calls) == (2 if single_projection and kernel == "auto" else 0)
+    # the kernels read the per-token tables through the token index; the reference loop gathers
+    assert len(gathers) == (2 if single_projection and kernel == "reference" else 0)
 
 
 @pytest.mark.parametrize("tokens,weight,error,words", [

@@ -132,8 +132,9 @@ def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="ide
     :func:`forward`, the directions' outputs concatenated as the next layer's input.
 
     x: (T, B, I), or (B, T, I) with ``batch_first`` (the first layer's input only; None with
-    ``first_gx``, the first layer's gx (T, B, G*H) per direction, computed elsewhere, e.g. through
-    the distinct tokens of an embedded input); directions: one
+    ``first_gx``, the first layer's gx per direction, computed elsewhere: (T, B, G*H), or a pair
+    (table, index) as :func:`forward` takes them, e.g. the distinct tokens of an embedded input);
+    directions: one
     list per layer of (w_ih (G*H, I) as stored, b_ih or None, :func:`pack_weight` of weight_hh or
     None, bias_hh or None) per direction; h0 (and c0 for LSTM): the initial states, entry
     layer * D + direction of shape (B, H). Returns the last layer's output (T, B, D*H) and the
@@ -146,12 +147,16 @@ def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="ide
     for layer_number, layer in enumerate(directions):
         outputs = []
         for direction, (w_ih, b_ih, w_t, bias_hh) in enumerate(layer):
+            gx_index = None
             if layer_number == 0 and first_gx is not None:
                 gx = first_gx[direction]
+                if isinstance(gx, tuple):
+                    gx, gx_index = gx
             else:
                 gx = project(x, w_ih, b_ih, batch_first)
             out, h_n[index], c_last, _ = forward(mode, gx, h0[index], None if c0 is None else c0[index],
-                                                 w_t, bias_hh, lengths, direction == 1, False, candidate)
+                                                 w_t, bias_hh, lengths, direction == 1, False, candidate,
+                                                 gx_index)
             if c_n is not None:
                 c_n[index] = c_last
             outputs.append(out)

@@ -262,7 +262,8 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
         (source, batch_first), first_gx = _time_major_source(x), None
     else:   # embedded tokens: torch's GEMM on the distinct tokens' rows, then the same loop
         source, batch_first = None, False
-        first_gx = [_np(x.project(w_ih, bias)) for w_ih, bias, _, _ in directions[0]]
+        tables = [x.project_distinct(w_ih, bias) for w_ih, bias, _, _ in directions[0]]
+        first_gx = [(_np(table), index.to(torch.int64).contiguous().numpy()) for table, index in tables]
     arrays = [[(_np(w_ih), _np(bias), _packed(w_hh), _np(b_hh)) for w_ih, bias, w_hh, b_hh in layer]
               for layer in directions]
     set_threads(torch.get_num_threads())
