@@ -45,6 +45,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 MAXLEN, VOCABULARY, UNITS, EMBEDDING, BATCH = 200, 10_000, 128, 128, 32
 TARGET = 0.885
+NOTICEABLE_LOAD = 0.05   # other processes' share of the CPUs from which the report warns about the times
 PEERS = ("keras", "torch")
 
 
@@ -362,14 +363,21 @@ def _median(values):
     return (values[n // 2] + values[(n - 1) // 2]) / 2 if n else None
 
 
+def _load_sentence(share: float) -> str:
+    """What other processes took of the CPUs; the warning only where it is enough to move the times."""
+    if share < NOTICEABLE_LOAD:
+        return f"Other processes used {share:.0%} of these CPUs over the run (per row below)."
+    return (f"Other processes were running: they used {share:.0%} of these CPUs over the run (per row below), "
+            "so the s/epoch figures are inflated and noisy.")
+
+
 def markdown(record: dict, args) -> str:
     setup = record["setup"]
     lines = ["# Tutorial sentiment model on IMDB", "",
              f"{record['date']}; {record['machine']['cpu_model']}, {args.threads} threads "
              f"(torch {record['threads']['torch.get_num_threads']}, numba {record['threads']['numba.get_num_threads']}"
              f"; Keras/JAX pinned to CPUs {record['threads'].get('keras_cpus', 'n/a')}). "
-             f"Other processes were running: they used {record['other_load']['whole_run']:.0%} of these CPUs over "
-             "the run (per row below), so the s/epoch figures are inflated and noisy.", "",
+             + _load_sentence(record['other_load']['whole_run']), "",
              f"Data: {setup['train']:,} training reviews, {setup['validation']:,} held out for epoch selection "
              f"(the end of the training list), {setup['test']:,} test reviews. {setup['tokenizer']}; "
              f"{MAXLEN} tokens, truncating='{args.truncating}', padding='{args.padding}', "

@@ -65,3 +65,10 @@ def test_the_weight_read_floor_is_the_weights_bytes_over_the_measured_read_rate(
                           "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
               "settings": {"warmup": 1}, "comparisons": [], "measurements": [], "weight_read_floor": floor}
     assert f"{floor['frame_us']:.2f} us per streamed frame" in markdown(result)
+
+
+def test_the_sentiment_report_warns_about_other_load_only_when_there_was_some():
+    from benchmarks.sentiment import NOTICEABLE_LOAD, _load_sentence
+    assert _load_sentence(0.0) == "Other processes used 0% of these CPUs over the run (per row below)."
+    assert "inflated and noisy" not in _load_sentence(NOTICEABLE_LOAD / 2)
+    assert "used 20% of these CPUs" in _load_sentence(0.2) and "inflated and noisy" in _load_sentence(0.2)
