@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import gru, lstm, mgu, mingru, rnn
-from .common import full_lengths, pack_transposed, project_rows, project_sequences, run_rows
+from .common import full_lengths, gx_shape, pack_transposed, project_rows, project_sequences, run_rows
 
 GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1,
          "MGU": 2, "MGU1": 2, "MGU2": 2, "MGU3": 2, "MINGRU": 2}
@@ -90,7 +90,7 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     Returns (out, h_n, c_n or None, workspace or None).
     """
     gx, gx_index = _table_and_index(gx, gx_index)
-    shape = gx.shape if gx_index is None else (*gx_index.shape, gx.shape[2])
+    shape = gx_shape(gx, gx_index)
     lengths = _check(mode, gx, h0, c0, w_t, lengths, candidate, shape)
     if lengths is None:
         lengths = full_lengths(shape[0], shape[1])

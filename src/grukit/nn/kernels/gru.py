@@ -143,7 +143,8 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, bhh, lengths, reverse, reset_afte
             if t < 0:
                 continue
             if reset_after and training:
-                _gates_after_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b], ws_h[t, b])
+                _gates_after_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b],
+                                      ws_h[t, b])
             elif reset_after:
                 _gates_after(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
             elif training:
@@ -265,7 +266,9 @@ def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 3H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, np.empty((0, 0), np.int64), h, w_t, w_nt, bhh, ones, False, reset_after, False, out, h, out, out, out)
+    no_index = np.empty((0, 0), np.int64)   # gx itself, not a table (common.gx_row)
+    _fwd_rows(0, h.shape[0], gx, no_index, h, w_t, w_nt, bhh, ones, False, reset_after, False, out, h, out, out,
+              out)
 
 
 def split_weight(w_t, reset_after):

@@ -168,7 +168,8 @@ def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
     """One streaming frame: x (B, I) -> the states h and c updated in place. gx (1, B, 4H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, np.empty((0, 0), np.int64), h, c, w_t, bhh, ones, False, False, out, h, c, out, out, out)
+    no_index = np.empty((0, 0), np.int64)   # gx itself, not a table (common.gx_row)
+    _fwd_rows(0, h.shape[0], gx, no_index, h, c, w_t, bhh, ones, False, False, out, h, c, out, out, out)
 
 
 def step(gx_t, h, c, w_t, bhh):
