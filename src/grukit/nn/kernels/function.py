@@ -26,8 +26,8 @@ import torch
 from threadpoolctl import ThreadpoolController
 
 from ..dispatch import records_gradient
-from ..reference import DirectionWeights
 from ..embedded import TableRows
+from ..reference import DirectionWeights
 from . import api, buffers
 from .blas import PER_THREAD_LIMIT
 from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
@@ -108,6 +108,11 @@ def _check_supported(mode: str, gx: torch.Tensor, weights: DirectionWeights) -> 
     if reason is not None:
         from ...errors import UnsupportedKernelConfig
         raise UnsupportedKernelConfig(reason)
+
+
+def _index_np(index: torch.Tensor) -> np.ndarray:
+    """A TableRows index (T, N) as the kernels read it: int64, C-contiguous, on the CPU."""
+    return index.detach().to("cpu", torch.int64).contiguous().numpy()
 
 
 def _lengths_np(lengths: torch.Tensor | None, T: int, B: int) -> np.ndarray | None:
@@ -209,7 +214,7 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
     :class:`grukit.nn.embedded.TableRows`, read row by row through its index (not for minGRU, whose
     backward reads gx again)."""
     if isinstance(gx, TableRows):
-        gx, gx_index = gx.table, gx.index.detach().to("cpu", torch.int64).contiguous().numpy()
+        gx, gx_index = gx.table, _index_np(gx.index)
         T, B = gx_index.shape
     else:
         gx_index, (T, B) = None, gx.shape[:2]
@@ -263,7 +268,7 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
     else:   # embedded tokens: torch's GEMM on the distinct tokens' rows, then the same loop
         source, batch_first = None, False
         tables = [x.project_distinct(w_ih, bias) for w_ih, bias, _, _ in directions[0]]
-        first_gx = [(_np(table), index.to(torch.int64).contiguous().numpy()) for table, index in tables]
+        first_gx = [(_np(table), _index_np(index)) for table, index in tables]
     arrays = [[(_np(w_ih), _np(bias), _packed(w_hh), _np(b_hh)) for w_ih, bias, w_hh, b_hh in layer]
               for layer in directions]
     set_threads(torch.get_num_threads())
