@@ -121,9 +121,15 @@ class _GatherRows(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         index, = ctx.saved_tensors
-        per_row = torch.zeros((ctx.rows, grad.shape[1]), dtype=grad.dtype, device=grad.device)
-        _add_rows(index, grad.contiguous(), per_row)
-        return per_row, None
+        return row_sums(index, grad, ctx.rows), None
+
+
+def row_sums(index: torch.Tensor, grad: torch.Tensor, rows: int) -> torch.Tensor:
+    """The gradient of a table read as ``table[index]``: (rows, G) zeros, then grad[p] (P, G) added
+    to row index[p] in order of p. Shared by the gather here and the fused kernels' table input."""
+    out = torch.zeros((rows, grad.shape[1]), dtype=grad.dtype, device=grad.device)
+    _add_rows(index, grad.contiguous(), out)
+    return out
 
 
 def _kept_empty(shape: tuple, like: torch.Tensor) -> torch.Tensor:

@@ -382,6 +382,12 @@ def gx_row(gx, gidx, t, b):
 
 
 @njit(**JIT)
+def no_gx_index():
+    """The empty gidx of gx_row: gx is read as it is, not as a table."""
+    return np.empty((0, 0), np.int64)
+
+
+@njit(**JIT)
 def output_grad(grad_out, t, b):
     """grad_out[t, b], the gradient reaching step t's output of sequence b. A (1, 1, H) grad_out
     stands for zeros at every step: the loss did not read the output sequence (a model that keeps
@@ -550,11 +556,9 @@ def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training,
     (T, B) int64: gx is a (1, U, G*H) table read through it (gx_row).
     Returns (out, states, workspace or None).
     """
+    T, B, _ = gx_shape(gx, gx_index)
     if gx_index is None:
-        T, B, _ = gx.shape
-        gx_index = np.empty((0, 0), np.int64)
-    else:
-        T, B = gx_index.shape
+        gx_index = no_gx_index()
     H = states0[0].shape[1]
     dt = gx.dtype
     out = buffers.empty((T, B, H), dt)

@@ -26,12 +26,11 @@ import torch
 from threadpoolctl import ThreadpoolController
 
 from ..dispatch import records_gradient
-from ..embedded import TableRows
+from ..embedded import TableRows, row_sums
 from ..reference import DirectionWeights
 from . import api, buffers
 from .blas import PER_THREAD_LIMIT
 from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
-from .rows import add_rows
 
 CALLS: Counter = Counter()
 
@@ -190,9 +189,8 @@ class _FusedDirection(torch.autograd.Function):
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
         grad_gx = torch.from_numpy(dgx)
         if ctx.gx_index is not None:   # gx was a table: each row gets the sum over its positions
-            table_grad = torch.zeros((ctx.gx_rows, dgx.shape[2]), dtype=grad_gx.dtype)
-            add_rows(ctx.gx_index.reshape(-1), dgx.reshape(-1, dgx.shape[2]), table_grad.numpy())
-            grad_gx = table_grad
+            grad_gx = row_sums(torch.from_numpy(ctx.gx_index.reshape(-1)), grad_gx.view(-1, dgx.shape[2]),
+                               ctx.gx_rows)
         return (None, None, None, None, None, None, grad_gx, torch.from_numpy(dh0),
                 None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b)
 

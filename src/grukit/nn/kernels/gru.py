@@ -20,8 +20,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     output_grad, pack_weight_for, project_frame, run_forward, run_rows, run_step,
-                     sigmoid, tanh, time_index, tiny_gradient, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, run_forward,
+                     run_rows, run_step, sigmoid, tanh, time_index, tiny_gradient, zero_tail)
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -266,9 +266,8 @@ def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 3H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    no_index = np.empty((0, 0), np.int64)   # gx itself, not a table (common.gx_row)
-    _fwd_rows(0, h.shape[0], gx, no_index, h, w_t, w_nt, bhh, ones, False, reset_after, False, out, h, out, out,
-              out)
+    _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, w_t, w_nt, bhh, ones, False, reset_after, False, out, h,
+              out, out, out)
 
 
 def split_weight(w_t, reset_after):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (HALF, JIT, ONE, fma, gx_row, gx_shape, output_grad, project_frame, run_forward,
-                     run_rows, run_step, sigmoid, zero_tail)
+from .common import (HALF, JIT, ONE, fma, gx_row, gx_shape, no_gx_index, output_grad, project_frame,
+                     run_forward, run_rows, run_step, sigmoid, zero_tail)
 
 
 # --- the per-row passes --------------------------------------------------------------
@@ -147,8 +147,7 @@ def frame(x, w_in_t, b_in, use_g, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    no_index = np.empty((0, 0), np.int64)   # gx itself, not a table (common.gx_row)
-    _fwd_rows(0, h.shape[0], gx, no_index, h, ones, False, use_g, False, out, h, out)
+    _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, ones, False, use_g, False, out, h, out)
 
 
 def step(gx_t, h, use_g):

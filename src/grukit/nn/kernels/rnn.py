@@ -16,8 +16,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     output_grad, pack_weight_for, project_frame, run_forward, run_rows, run_step,
-                     tanh, time_index, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, run_forward,
+                     run_rows, run_step, tanh, time_index, zero_tail)
 
 
 # --- the per-row forward passes ------------------------------------------------------
@@ -109,8 +109,7 @@ def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    no_index = np.empty((0, 0), np.int64)   # gx itself, not a table (common.gx_row)
-    _fwd_rows(0, h.shape[0], gx, no_index, h, w_t, bhh, ones, False, relu, False, out, h)
+    _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, w_t, bhh, ones, False, relu, False, out, h)
 
 
 def step(gx_t, h, w_t, bhh, relu):
