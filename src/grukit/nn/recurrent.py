@@ -370,8 +370,14 @@ class RecurrentLayer(nn.Module):
                               "needs one mask over the whole sequence, which step() does not keep; call "
                               ".eval() for streaming inference, or train with forward() over whole sequences")
         batched = x_t.dim() == 2
+        plan = self._step_plan(x_t)
+        if plan is not None:   # inference on the fused kernels: the whole stack in one call
+            stack, fused_step_stack = plan
+            if state is not None:
+                self._check_state(state, x_t.shape[0] if batched else 1, batched)
+            return fused_step_stack(self.mode, x_t, state, stack, batched)
         x = x_t if batched else x_t.unsqueeze(0)
-        state = self._initial_state(state, x.shape[0], x.unsqueeze(0), batched)
+        state = self._initial_state(state, x.shape[0], x, batched)
         new_states = []
         layer_input = x
         for layer in range(self.num_layers):
@@ -393,6 +399,40 @@ class RecurrentLayer(nn.Module):
             layer_input = layer_input.squeeze(0)
             final = _map_state(final, lambda s: s.squeeze(1))
         return layer_input, final
+
+    _STEP_PLAN = "_step_plan_stack"
+
+    def _step_plan(self, x: torch.Tensor):
+        """For step() in inference: (a kernels.api.StepStack on numpy views of the parameters, no
+        copies; kernels.function.fused_step_stack, which runs it); None where step() runs layer by
+        layer (see _fused_inference_directions).
+
+        A frame's own work is some 10 us, and looking the parameters up, checking them and viewing
+        them as numpy arrays cost as much again per layer, so the views are kept. They are views,
+        so in-place updates of any kind (optimizers, load_state_dict, writes through .data) are
+        read at once; they are made anew when a parameter is replaced or moved (its object or its
+        data pointer changes), or when the kernel choice, training mode or x's dtype changes.
+        """
+        if torch.is_grad_enabled():
+            return None
+        params = tuple(self._parameters.values())
+        key = (self.kernel, self.training, x.dtype, x.is_cpu, *map(id, params), *(p.data_ptr() for p in params))
+        cached = self.__dict__.get(self._STEP_PLAN)
+        if cached is None or cached[0] != key:
+            directions = self._fused_inference_directions(x)
+            plan = None
+            if directions is not None and all(p.is_contiguous() for p in params):
+                from .kernels.api import StepStack
+                from .kernels.function import fused_step_stack
+                views = [tuple(None if t is None else t.detach().numpy() for t in layer[0]) for layer in directions]
+                plan = StepStack(self.mode, views, self.candidate), fused_step_stack
+            cached = self.__dict__[self._STEP_PLAN] = (key, plan)
+        return cached[1]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop(self._STEP_PLAN, None)   # views of the parameters: made again after loading
+        return state
 
     def _step_path(self, gx: torch.Tensor, weights: DirectionWeights) -> str:
         """The fused step has no autograd: it runs only when no gradient is being recorded."""
@@ -456,29 +496,38 @@ class RecurrentLayer(nn.Module):
         return lengths
 
     def _initial_state(self, hx: State | None, N: int, x: torch.Tensor, batched: bool) -> State:
+        """hx checked (_check_state), unbatched parts given their batch axis; zeros of x's dtype and
+        device for None."""
+        if hx is None:
+            h0 = torch.zeros((self.num_layers * self.num_directions, N, self.output_size), dtype=x.dtype,
+                             device=x.device)
+            if not self.layout.has_cell_state:
+                return h0
+            return h0, torch.zeros((h0.shape[0], N, self.hidden_size), dtype=x.dtype, device=x.device)
+        self._check_state(hx, N, batched)
+        if batched:
+            return hx
+        return tuple(part.unsqueeze(1) for part in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
+
+    def _check_state(self, hx: State, N: int, batched: bool) -> None:
+        """Raise a ShapeError unless hx is a state of this layer for N sequences (batched) or one."""
         name = type(self).__name__
         rows = self.num_layers * self.num_directions
         h_shape = (rows, N, self.output_size)
         c_shape = (rows, N, self.hidden_size)
         is_lstm = self.layout.has_cell_state
-        if hx is None:
-            h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
-            return (h0, torch.zeros(c_shape, dtype=x.dtype, device=x.device)) if is_lstm else h0
         if is_lstm and not (isinstance(hx, tuple) and len(hx) == 2):
             raise ShapeError(f"{name}: hx must be a tuple (h_0, c_0) for an LSTM")
         if not is_lstm and not isinstance(hx, torch.Tensor):
             raise ShapeError(f"{name}: hx must be a tensor of shape {h_shape}, got {type(hx).__name__}")
         parts = hx if is_lstm else (hx,)
         expected = (h_shape, c_shape) if is_lstm else (h_shape,)
-        checked = []
         for label, part, shape in zip(("h_0", "c_0"), parts, expected):
             want = shape if batched else (shape[0], shape[2])
             if tuple(part.shape) != want:
                 raise ShapeError(f"{name}: {label} must have shape {want} (num_layers * num_directions, "
                                  f"{'batch, ' if batched else ''}features), got {tuple(part.shape)}; "
                                  "pass None for zeros or reshape the state")
-            checked.append(part if batched else part.unsqueeze(1))
-        return tuple(checked) if is_lstm else checked[0]
 
 
 def _outer_bias(params: dict) -> tuple[torch.Tensor | None, str]:

@@ -60,10 +60,10 @@ def _check(mode, gx, h0, c0, w_t, lengths, candidate, shape=None):
         raise ValueError(f"c0: expected ({B}, {H}) {dt}")
     rows = RECURRENT_ROWS[mode] * H
     if rows and (w_t is None or w_t.shape != (H, rows) or w_t.dtype != dt
-                 or not w_t.flags.c_contiguous):
+                 or not (w_t.flags.c_contiguous or w_t.flags.f_contiguous)):
         got = None if w_t is None else (w_t.shape, w_t.dtype)
-        raise ValueError(f"packed weight_hh: expected a C-contiguous ({H}, {rows}) {dt} array "
-                         f"(pack_weight of the ({rows}, {H}) weight), got {got}")
+        raise ValueError(f"packed weight_hh: expected a ({H}, {rows}) {dt} array (pack_weight of the "
+                         f"({rows}, {H}) weight, or its transposed view weight.T), got {got}")
     if lengths is None:
         return None
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
@@ -252,6 +252,95 @@ def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
     sources = bias_source if isinstance(bias_source, list) else [bias_source]
     grad_b = np.concatenate([s.reshape(-1, s.shape[-1]).sum(0) for s in sources])
     return grad_w, grad_b
+
+
+class StepStack:
+    """A stack of unidirectional layers, prepared for inference one step at a time on their
+    weights as stored: the compiled frames read them in place (W.T views, see
+    common.is_stored_view), so a step copies no weight and sees in-place updates of them.
+
+    layers: per layer (w_ih (G*H, I), the outer bias b_ih (G*H,) or None, weight_hh (R*H, H) or
+    None for minGRU, bias_hh or None), C-contiguous as a torch layer stores them. They are
+    checked here, once; :meth:`step` checks only its input and state. Not for MGU1-3, whose input
+    side is not one product over every gate.
+    """
+
+    def __init__(self, mode, layers, candidate="identity"):
+        if mode in ("MGU1", "MGU2", "MGU3") or mode not in GATES:
+            raise ValueError(f"mode: StepStack covers {tuple(m for m in MODES if m not in ('MGU1', 'MGU2', 'MGU3'))}, "
+                             f"got {mode!r}")
+        if candidate not in CANDIDATES:
+            raise ValueError(f"candidate: expected one of {CANDIDATES}, got {candidate!r}")
+        G = GATES[mode]
+        self.mode, self.layers = mode, len(layers)
+        self.hidden_size = H = layers[0][0].shape[0] // G
+        self.input_size = layers[0][0].shape[1]
+        self.dtype = dt = layers[0][0].dtype
+        self._frames = []
+        size = self.input_size
+        for index, (w_ih, b_ih, w_hh, bias_hh) in enumerate(layers):
+            if w_ih.shape != (G * H, size) or w_ih.dtype != dt or not w_ih.flags.c_contiguous:
+                raise ValueError(f"w_ih of layer {index}: expected a C-contiguous ({G * H}, {size}) {dt} array, "
+                                 f"got {w_ih.shape} {w_ih.dtype}")
+            rows = RECURRENT_ROWS[mode] * H
+            if rows and (w_hh is None or w_hh.shape != (rows, H) or w_hh.dtype != dt
+                         or not w_hh.flags.c_contiguous):
+                got = None if w_hh is None else (w_hh.shape, w_hh.dtype)
+                raise ValueError(f"weight_hh of layer {index}: expected a C-contiguous ({rows}, {H}) {dt} "
+                                 f"array, got {got}")
+            b_in = np.zeros(G * H, dt) if b_ih is None else b_ih
+            if b_in.shape != (G * H,) or b_in.dtype != dt or not b_in.flags.c_contiguous:
+                raise ValueError(f"b_ih of layer {index}: expected ({G * H},) {dt}, got {b_in.shape} {b_in.dtype}")
+            self._frames.append(_frame(mode, candidate, w_ih.T, b_in, None if w_hh is None else w_hh.T,
+                                       _bias(mode, bias_hh, G * H, dt)))
+            size = H
+
+    def step(self, x, h=None, c=None):
+        """x (B, I) C-contiguous; h (and c for LSTM): (L, B, H), left unchanged, or None for
+        zeros. Returns the last layer's output (B, H) and the new states h (and c, else None),
+        (L, B, H) each."""
+        shape = (self.layers, x.shape[0] if x.ndim == 2 else -1, self.hidden_size)
+        if x.ndim != 2 or x.shape[1] != self.input_size or x.dtype != self.dtype or not x.flags.c_contiguous:
+            raise ValueError(f"x: expected a C-contiguous (B, {self.input_size}) {self.dtype} array, "
+                             f"got {x.shape} {x.dtype}")
+        lstm_ = self.mode == "LSTM"
+        if h is None:
+            h_n = np.zeros(shape, self.dtype)
+            c_n = np.zeros(shape, self.dtype) if lstm_ else None
+        else:
+            for name, state in (("h", h), ("c", c)) if lstm_ else (("h", h),):
+                if state is None or state.shape != shape or state.dtype != self.dtype:
+                    raise ValueError(f"{name}: expected {shape} {self.dtype} states, one per layer, got "
+                                     f"{None if state is None else (state.shape, state.dtype)}")
+            h_n = np.array(h, copy=True, order="C")   # the frames update the states in place
+            c_n = np.array(c, copy=True, order="C") if lstm_ else None
+        B = shape[1]
+        gx = np.empty((1, B, GATES[self.mode] * self.hidden_size), self.dtype)
+        out = np.empty((1, B, self.hidden_size), self.dtype)
+        ones = np.ones(B, np.int64)
+        for index, frame in enumerate(self._frames):
+            frame(x, h_n[index], None if c_n is None else c_n[index], gx, out, ones)
+            x = h_n[index]
+        return x.copy(), h_n, c_n
+
+
+def _frame(mode, candidate, w_in_t, b_in, w_t, bias):
+    """The family's compiled frame for one layer, its weights bound: (x, h, c, gx, out, ones) ->
+    the state(s) updated in place."""
+    if mode in ("GRU", "GRU_RESET_BEFORE"):
+        w_a, w_b = gru.split_weight(w_t, mode == "GRU")
+        reset_after = mode == "GRU"
+        return lambda x, h, c, gx, out, ones: gru.frame(x, w_in_t, b_in, w_a, w_b, bias, reset_after, h, gx, out, ones)
+    if mode == "LSTM":
+        return lambda x, h, c, gx, out, ones: lstm.frame(x, w_in_t, b_in, w_t, bias, h, c, gx, out, ones)
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        relu = mode == "RNN_RELU"
+        return lambda x, h, c, gx, out, ones: rnn.frame(x, w_in_t, b_in, w_t, bias, relu, h, gx, out, ones)
+    if mode == "MINGRU":
+        use_g = candidate == "g"
+        return lambda x, h, c, gx, out, ones: mingru.frame(x, w_in_t, b_in, use_g, h, gx, out, ones)
+    w_f, w_n = mgu.split_weight(w_t, True)
+    return lambda x, h, c, gx, out, ones: mgu.frame(x, w_in_t, b_in, w_f, w_n, True, h, gx, out, ones)
 
 
 def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity"):

@@ -240,12 +240,84 @@ def matmul_acc(x, m, r0, c0, n, out):
         b += 1
 
 
+# A dot product may sum in any order (LLVM then keeps several partial sums in vector registers):
+# for the mat-vec on a weight as stored, where each output is a dot product of a row of W.
+JIT_DOT = {**JIT, "fastmath": FASTMATH | {"reassoc"}}
+
+
+@njit(**JIT_DOT)
+def _dot4(r0, r1, r2, r3, x):
+    """The dot products of four rows with x, in one pass over x."""
+    s0 = r0[0] * ZERO   # the rows' dtype (a plain 0 would sum float32 rows in float64)
+    s1 = s0
+    s2 = s0
+    s3 = s0
+    for k in range(x.shape[0]):
+        xk = x[k]
+        s0 += r0[k] * xk
+        s1 += r1[k] * xk
+        s2 += r2[k] * xk
+        s3 += r3[k] * xk
+    return s0, s1, s2, s3
+
+
+@njit(**JIT_DOT)
+def _dot(r, x):
+    s = r[0] * ZERO
+    for k in range(x.shape[0]):
+        s += r[k] * x[k]
+    return s
+
+
+@njit(**JIT)
+def dot_matvec(x, w, out):
+    """out[n] = w[n] . x for w (N, K) as stored and x (K,): one row of a product with W^T, read in
+    place. 2.5x the time of axpy_matvec on W^T (6 against 2.3 us at 384 x 128, float32), and far
+    less than transposing W first (18 us) or a BLAS call for one row (6.4 us)."""
+    N = w.shape[0]
+    n = 0
+    while n + 4 <= N:
+        out[n], out[n + 1], out[n + 2], out[n + 3] = _dot4(w[n], w[n + 1], w[n + 2], w[n + 3], x)
+        n += 4
+    while n < N:
+        out[n] = _dot(w[n], x)
+        n += 1
+
+
+def is_stored_view(m):
+    """True (at compile time) when ``m`` is the transposed view ``W.T`` of a weight W as stored:
+    Fortran order. api.step_stack passes a layer's weights so, with no copy."""
+
+
+@overload(is_stored_view, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _is_stored_view_overload(m):
+    stored = isinstance(m, types.Array) and m.layout == "F"
+    return lambda m: stored
+
+
+@njit(**JIT)
+def stored_product(x, w, out):
+    """out = x @ w.T for w (N, K) as stored: by dot products for one row of x, else one BLAS
+    call that reads w transposed."""
+    if x.shape[0] == 1:
+        dot_matvec(x[0], w, out[0])
+        return
+    out[:] = 0
+    blas_gemm_nt_acc(x, w, out)
+
+
 @njit(**JIT)
 def project_frame(x, w_in_t, b_in, gx):
     """gx[0] = x @ w_in_t + b_in for one frame of streaming: x (B, I), w_in_t (I, G*H),
     b_in (G*H,), gx (1, B, G*H). The input side of a frame is a handful of mat-vecs, too
-    small for a BLAS call to pay off."""
+    small for a BLAS call to pay off, unless w_in_t is the transposed view of the weight as
+    stored (is_stored_view): then one BLAS call reads it in place."""
     g = gx[0]
+    if is_stored_view(w_in_t):
+        stored_product(x, w_in_t.T, g)
+        for i in range(g.shape[0]):
+            g[i, :] += b_in
+        return
     for i in range(g.shape[0]):
         g[i, :] = b_in
     matmul_acc(x, w_in_t, 0, 0, g.shape[1], g)
@@ -277,6 +349,9 @@ def gemm(x, m, out):
     on row i of x only (so inactive rows of a block can ride along)."""
     R, K = x.shape
     N = m.shape[1]
+    if is_stored_view(m):   # W.T with W as stored: read in place
+        stored_product(x, m.T, out)
+        return
     if R < GEMM_MIN_ROWS:
         out[:] = 0
         matmul_acc(x, m, 0, 0, N, out)
@@ -305,6 +380,8 @@ def gemm_packed(x, m, packed, out):
 @njit(**JIT)
 def pack_weight_for(m, rows):
     """The packed form of a block's recurrent weight for :func:`gemm_packed` (may be empty)."""
+    if is_stored_view(m):
+        return np.empty(0, np.float32)   # pack_rows's type; empty: not packed
     return pack_rows(m, rows)
 
 

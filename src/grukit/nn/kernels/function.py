@@ -327,5 +327,26 @@ def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
     return torch.from_numpy(h_n)
 
 
-__all__ = ["fused_inference", "fused_projection", "fused_run_direction", "fused_step", "kept_empty", "supports",
-           "CALLS"]
+def fused_step_stack(mode: str, x: torch.Tensor, state, stack: api.StepStack, batched: bool = True):
+    """``layer.step()`` for inference as one call, :meth:`api.StepStack.step` on the layer's
+    weights as stored (recurrent.RecurrentLayer._step_plan).
+
+    x: (N, I), or (I,) when not ``batched``; state: (L, N, H) (or (L, H)), or (h, c) for LSTM, or
+    None for zeros, its shapes already checked. Returns (y, state) as ``layer.step()`` does.
+    """
+    x_np = _np(x)
+    states = None
+    if state is not None:
+        states = [_np(part) for part in (state if mode == "LSTM" else (state,))]
+        if not batched:
+            states = [part.reshape(part.shape[0], 1, part.shape[1]) for part in states]
+    y, h_n, c_n = stack.step(x_np if batched else x_np.reshape(1, -1), *(states or ()))
+    CALLS["step"] += stack.layers
+    if not batched:
+        y, h_n, c_n = y[0], h_n[:, 0], None if c_n is None else c_n[:, 0]
+    final = torch.from_numpy(h_n)
+    return torch.from_numpy(y), final if c_n is None else (final, torch.from_numpy(c_n))
+
+
+__all__ = ["fused_inference", "fused_projection", "fused_run_direction", "fused_step", "fused_step_stack", "kept_empty",
+           "supports", "CALLS"]

@@ -276,6 +276,8 @@ def split_weight(w_t, reset_after):
     if reset_after:
         return w_t, w_t
     H = w_t.shape[0]
+    if w_t.flags.f_contiguous:   # W.T of the weight as stored: its row blocks, no copy
+        return w_t[:, :2 * H], w_t[:, 2 * H:]
     return np.ascontiguousarray(w_t[:, :2 * H]), np.ascontiguousarray(w_t[:, 2 * H:])
 
 

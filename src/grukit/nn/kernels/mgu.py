@@ -177,6 +177,8 @@ def split_weight(w_t, has_uf):
     if not has_uf:
         return w_t, w_t
     H = w_t.shape[0]
+    if w_t.flags.f_contiguous:   # W.T of the weight as stored: its row blocks, no copy
+        return w_t[:, :H], w_t[:, H:]
     return np.ascontiguousarray(w_t[:, :H]), np.ascontiguousarray(w_t[:, H:])
 
 

@@ -1,0 +1,203 @@
+"""layer.step() in inference: one compiled call per layer on the weights as stored (api.StepStack),
+against the reference loop's full sequence; in-place updates are read at once, replaced or moved
+parameters are picked up, and nothing of it is pickled."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import grukit.nn as gnn
+from grukit.errors import ShapeError
+from grukit.nn.kernels import api, function
+from grukit.nn.kernels.common import gemm
+
+I, H, T = 5, 6, 7
+
+BUILDERS = {
+    "gru": lambda **o: gnn.GRU(I, H, **o),
+    "gru_reset_before": lambda **o: gnn.GRU(I, H, reset_after=False, **o),
+    "lstm": lambda **o: gnn.LSTM(I, H, **o),
+    "rnn_tanh": lambda **o: gnn.RNN(I, H, **o),
+    "rnn_relu": lambda **o: gnn.RNN(I, H, nonlinearity="relu", **o),
+    "mgu": lambda **o: gnn.MGU(I, H, **o),
+    "mingru": lambda **o: gnn.MinGRU(I, H, **o),
+    "mingru_g": lambda **o: gnn.MinGRU(I, H, candidate="g", **o),
+}
+
+
+def twins(kind, dtype, num_layers=2):
+    """The layer on its default kernel and a reference-loop copy with the same weights."""
+    torch.manual_seed(3)
+    layer = BUILDERS[kind](num_layers=num_layers, dtype=dtype).eval()
+    reference = BUILDERS[kind](num_layers=num_layers, dtype=dtype, kernel="reference").eval()
+    reference.load_state_dict(layer.state_dict())
+    return layer, reference
+
+
+def states_of(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("batch", [1, 3])     # one row: dot products; more: BLAS on W.T
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_steps_equal_the_reference_sequence(kind, batch, dtype, atol):
+    layer, reference = twins(kind, dtype)
+    x = torch.randn(T, batch, I, dtype=dtype)
+    want_out, want_state = reference(x)
+    calls = function.CALLS["step"]
+    state = None
+    with torch.no_grad():
+        for t in range(T):
+            y, state = layer.step(x[t], state)
+            torch.testing.assert_close(y, want_out[t], atol=atol, rtol=0)
+    assert function.CALLS["step"] == calls + 2 * T, "every step ran the fused stack (two layers)"
+    for got, want in zip(states_of(state), states_of(want_state)):
+        torch.testing.assert_close(got, want, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_unbatched_steps_and_a_given_state(kind):
+    layer, reference = twins(kind, torch.float64)
+    x = torch.randn(T, I, dtype=torch.float64)
+    start = tuple(torch.randn(2, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1))
+    start = start if kind == "lstm" else start[0]
+    want_out, want_state = reference(x, start)
+    kept = [part.clone() for part in states_of(start)]
+    state = start
+    with torch.no_grad():
+        for t in range(T):
+            y, state = layer.step(x[t], state)
+            assert y.shape == (H,)
+            torch.testing.assert_close(y, want_out[t], atol=1e-12, rtol=0)
+    for got, want in zip(states_of(state), states_of(want_state)):
+        assert got.shape == (2, H)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(states_of(start), kept)), "the given state is left as it was"
+
+
+def test_the_given_state_is_not_changed_and_the_result_is_new():
+    layer, _ = twins("gru", torch.float64)
+    state = torch.randn(2, 3, H, dtype=torch.float64)
+    kept = state.clone()
+    with torch.no_grad():
+        y, new = layer.step(torch.randn(3, I, dtype=torch.float64), state)
+        y.add_(1.0)
+    assert torch.equal(state, kept)
+    assert not torch.equal(new[-1], y), "the output is its own tensor, not a view of the state"
+
+
+@pytest.mark.parametrize("update", ["data", "fused_adam", "load_state_dict"])
+def test_in_place_updates_are_read_at_once(update):
+    """The kept arrays are views of the parameters: every in-place change is seen, also those
+    that do not bump the tensor's version (writes through .data, torch's fused Adam)."""
+    layer, reference = twins("gru", torch.float32)
+    x, state = torch.randn(2, I), torch.randn(2, 2, H)   # a state: from zeros weight_hh would not show
+    with torch.no_grad():
+        layer.step(x, state)                        # keeps the views
+    if update == "data":
+        layer.weight_hh_l0.data.mul_(-2.0)
+    elif update == "fused_adam":
+        for p in layer.parameters():
+            p.grad = torch.ones_like(p)
+        torch.optim.Adam(layer.parameters(), lr=0.5, fused=True).step()
+    else:
+        other, _ = twins("gru", torch.float32)
+        other.weight_ih_l1.data.normal_()
+        layer.load_state_dict(other.state_dict())
+    reference.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        got, _ = layer.step(x, state)
+    torch.testing.assert_close(got, reference(x[None], state)[0][0], atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("change", ["replace", "assign_data", "to_float64"])
+def test_replaced_or_moved_parameters_are_picked_up(change):
+    layer, reference = twins("lstm", torch.float32)
+    x, state = torch.randn(2, I), (torch.randn(2, 2, H), torch.randn(2, 2, H))
+    with torch.no_grad():
+        layer.step(x, state)
+    if change == "replace":
+        layer.weight_hh_l1 = torch.nn.Parameter(torch.randn_like(layer.weight_hh_l1))
+    elif change == "assign_data":
+        layer.bias_ih_l0.data = torch.randn_like(layer.bias_ih_l0)
+    else:
+        layer.double()
+        reference.double()
+        x, state = x.double(), tuple(part.double() for part in state)
+    reference.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        got, _ = layer.step(x, state)
+    torch.testing.assert_close(got, reference(x[None], state)[0][0], atol=2e-6, rtol=0)
+
+
+def test_the_kept_views_are_not_pickled_and_copies_use_their_own_weights():
+    layer, _ = twins("gru", torch.float32)
+    x = torch.randn(1, I)
+    with torch.no_grad():
+        before, _ = layer.step(x)
+    assert layer.__dict__.get("_step_plan_stack") is not None
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert "_step_plan_stack" not in loaded.__dict__
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.weight_ih_l0.mul_(0.5)   # (from a zero state, weight_hh would not show)
+        torch.testing.assert_close(loaded.step(x)[0], before, atol=0, rtol=0)
+        torch.testing.assert_close(layer.step(x)[0], before, atol=0, rtol=0)
+        assert not torch.equal(twin.step(x)[0], before)
+
+
+def test_a_bad_state_raises_the_layers_error():
+    layer, _ = twins("gru", torch.float32)
+    with torch.no_grad(), pytest.raises(ShapeError, match="h_0 must have shape"):
+        layer.step(torch.randn(3, I), torch.zeros(2, 4, H))
+    with torch.no_grad(), pytest.raises(ShapeError, match="tuple"):
+        gnn.LSTM(I, H).step(torch.randn(3, I), torch.zeros(1, 3, H))
+
+
+def test_step_stack_checks_its_arrays():
+    rng = np.random.default_rng(0)
+    w_ih = rng.standard_normal((3 * H, I))
+    w_hh = rng.standard_normal((3 * H, H))
+    with pytest.raises(ValueError, match="weight_hh of layer 0"):
+        api.StepStack("GRU", [(w_ih, None, np.asfortranarray(w_hh), None)])
+    with pytest.raises(ValueError, match="w_ih of layer 1"):
+        api.StepStack("GRU", [(w_ih, None, w_hh, None), (w_ih, None, w_hh, None)])
+    with pytest.raises(ValueError, match="MGU1"):
+        api.StepStack("MGU1", [(w_ih, None, w_hh, None)])
+    stack = api.StepStack("GRU", [(w_ih, None, w_hh, None)])
+    with pytest.raises(ValueError, match="x: expected"):
+        stack.step(np.zeros((2, I), np.float32))
+    with pytest.raises(ValueError, match="h: expected"):
+        stack.step(np.zeros((2, I)), np.zeros((1, 3, H)))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_products_read_a_weight_as_stored(rows, dtype):
+    """gemm on W.T (Fortran order, the stored weight read in place) equals x @ W.T."""
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal((3 * H + 1, H + 3)).astype(dtype)
+    x = rng.standard_normal((rows, H + 3)).astype(dtype)
+    out = np.full((rows, 3 * H + 1), np.nan, dtype)
+    gemm(x, w.T, out)
+    np.testing.assert_allclose(out, x @ w.T, atol=1e-5 if dtype == np.float32 else 1e-12, rtol=0)
+
+
+def test_forward_takes_the_transposed_view_of_the_weight():
+    rng = np.random.default_rng(1)
+    gx = rng.standard_normal((T, 3, 3 * H))
+    h0 = rng.standard_normal((3, H))
+    w = rng.standard_normal((3 * H, H)) * 0.3
+    packed = api.forward("GRU", gx, h0, w_t=api.pack_weight(w))
+    stored = api.forward("GRU", gx, h0, w_t=w.T)
+    for a, b in zip(packed[:2], stored[:2]):
+        np.testing.assert_allclose(a, b, atol=1e-12, rtol=0)
