@@ -10,6 +10,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import grukit.nn as gnn
 from grukit.errors import ShapeError
@@ -19,22 +21,23 @@ from grukit.nn.kernels.common import gemm
 I, H, T = 5, 6, 7
 
 BUILDERS = {
-    "gru": lambda **o: gnn.GRU(I, H, **o),
-    "gru_reset_before": lambda **o: gnn.GRU(I, H, reset_after=False, **o),
-    "lstm": lambda **o: gnn.LSTM(I, H, **o),
-    "rnn_tanh": lambda **o: gnn.RNN(I, H, **o),
-    "rnn_relu": lambda **o: gnn.RNN(I, H, nonlinearity="relu", **o),
-    "mgu": lambda **o: gnn.MGU(I, H, **o),
-    "mingru": lambda **o: gnn.MinGRU(I, H, **o),
-    "mingru_g": lambda **o: gnn.MinGRU(I, H, candidate="g", **o),
+    "gru": lambda i, h, **o: gnn.GRU(i, h, **o),
+    "gru_reset_before": lambda i, h, **o: gnn.GRU(i, h, reset_after=False, **o),
+    "lstm": lambda i, h, **o: gnn.LSTM(i, h, **o),
+    "rnn_tanh": lambda i, h, **o: gnn.RNN(i, h, **o),
+    "rnn_relu": lambda i, h, **o: gnn.RNN(i, h, nonlinearity="relu", **o),
+    "mgu": lambda i, h, **o: gnn.MGU(i, h, **o),
+    "mingru": lambda i, h, **o: gnn.MinGRU(i, h, **o),
+    "mingru_g": lambda i, h, **o: gnn.MinGRU(i, h, candidate="g", **o),
 }
 
 
-def twins(kind, dtype, num_layers=2):
+def twins(kind, dtype, num_layers=2, input_size=I, hidden_size=H, seed=3):
     """The layer on its default kernel and a reference-loop copy with the same weights."""
-    torch.manual_seed(3)
-    layer = BUILDERS[kind](num_layers=num_layers, dtype=dtype).eval()
-    reference = BUILDERS[kind](num_layers=num_layers, dtype=dtype, kernel="reference").eval()
+    torch.manual_seed(seed)
+    layer = BUILDERS[kind](input_size, hidden_size, num_layers=num_layers, dtype=dtype).eval()
+    reference = BUILDERS[kind](input_size, hidden_size, num_layers=num_layers, dtype=dtype,
+                               kernel="reference").eval()
     reference.load_state_dict(layer.state_dict())
     return layer, reference
 
@@ -59,6 +62,25 @@ def test_steps_equal_the_reference_sequence(kind, batch, dtype, atol):
     assert function.CALLS["step"] == calls + 2 * T, "every step ran the fused stack (two layers)"
     for got, want in zip(states_of(state), states_of(want_state)):
         torch.testing.assert_close(got, want, atol=atol, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(list(BUILDERS)), inputs=st.integers(1, 5), hidden=st.integers(1, 5),
+       batch=st.integers(1, 3), layers=st.integers(1, 2), seed=st.integers(0, 2 ** 16))
+def test_property_random_shapes(kind, inputs, hidden, batch, layers, seed):
+    """Down to one input, one unit and one sequence: where W.T is both C- and Fortran-ordered."""
+    layer, reference = twins(kind, torch.float64, layers, inputs, hidden, seed)
+    x = torch.randn(3, batch, inputs, dtype=torch.float64)
+    want_out, want_state = reference(x)
+    state = None
+    calls = function.CALLS["step"]
+    with torch.no_grad():
+        for t in range(3):
+            y, state = layer.step(x[t], state)
+            torch.testing.assert_close(y, want_out[t], atol=1e-12, rtol=0)
+    assert function.CALLS["step"] == calls + 3 * layers
+    for got, want in zip(states_of(state), states_of(want_state)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
