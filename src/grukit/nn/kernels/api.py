@@ -59,17 +59,22 @@ def _check(mode, gx, h0, c0, w_t, lengths, candidate, shape=None):
     if mode == "LSTM" and (c0 is None or c0.shape != (B, H) or c0.dtype != dt):
         raise ValueError(f"c0: expected ({B}, {H}) {dt}")
     rows = RECURRENT_ROWS[mode] * H
-    if rows and (w_t is None or w_t.shape != (H, rows) or w_t.dtype != dt
-                 or not (w_t.flags.c_contiguous or w_t.flags.f_contiguous)):
-        got = None if w_t is None else (w_t.shape, w_t.dtype)
-        raise ValueError(f"packed weight_hh: expected a ({H}, {rows}) {dt} array (pack_weight of the "
-                         f"({rows}, {H}) weight, or its transposed view weight.T), got {got}")
+    if rows:
+        _check_array("packed weight_hh", w_t, (H, rows), dt, f" (pack_weight of the ({rows}, {H}) weight)")
     if lengths is None:
         return None
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     if lengths.shape != (B,) or (B and (lengths.min() < 0 or lengths.max() > T)):
         raise ValueError(f"lengths: expected ({B},) values in [0, {T}], got {lengths}")
     return lengths
+
+
+def _check_array(label, a, shape, dt, hint=""):
+    """Raise unless ``a`` is a C-contiguous array of this shape and dtype (the compiled loops
+    check no bounds)."""
+    if a is None or a.shape != shape or a.dtype != dt or not a.flags.c_contiguous:
+        got = None if a is None else (a.shape, a.dtype)
+        raise ValueError(f"{label}: expected a C-contiguous {shape} {dt} array{hint}, got {got}")
 
 
 def _bias(mode, bias_hh, gh, dt):
@@ -256,8 +261,8 @@ def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
 
 class StepStack:
     """A stack of unidirectional layers, prepared for inference one step at a time on their
-    weights as stored: the compiled frames read them in place (W.T views, see
-    common.is_stored_view), so a step copies no weight and sees in-place updates of them.
+    weights as stored: each layer's compiled frame (the family's ``stored_frame``) reads them in
+    place, so a step copies no weight and sees in-place updates of them.
 
     layers: per layer (w_ih (G*H, I), the outer bias b_ih (G*H,) or None, weight_hh (R*H, H) or
     None for minGRU, bias_hh or None), C-contiguous as a torch layer stores them. They are
@@ -279,30 +284,22 @@ class StepStack:
         self._frames = []
         size = self.input_size
         for index, (w_ih, b_ih, w_hh, bias_hh) in enumerate(layers):
-            if w_ih.shape != (G * H, size) or w_ih.dtype != dt or not w_ih.flags.c_contiguous:
-                raise ValueError(f"w_ih of layer {index}: expected a C-contiguous ({G * H}, {size}) {dt} array, "
-                                 f"got {w_ih.shape} {w_ih.dtype}")
-            rows = RECURRENT_ROWS[mode] * H
-            if rows and (w_hh is None or w_hh.shape != (rows, H) or w_hh.dtype != dt
-                         or not w_hh.flags.c_contiguous):
-                got = None if w_hh is None else (w_hh.shape, w_hh.dtype)
-                raise ValueError(f"weight_hh of layer {index}: expected a C-contiguous ({rows}, {H}) {dt} "
-                                 f"array, got {got}")
+            _check_array(f"w_ih of layer {index}", w_ih, (G * H, size), dt)
+            if RECURRENT_ROWS[mode]:
+                _check_array(f"weight_hh of layer {index}", w_hh, (RECURRENT_ROWS[mode] * H, H), dt)
             b_in = np.zeros(G * H, dt) if b_ih is None else b_ih
-            if b_in.shape != (G * H,) or b_in.dtype != dt or not b_in.flags.c_contiguous:
-                raise ValueError(f"b_ih of layer {index}: expected ({G * H},) {dt}, got {b_in.shape} {b_in.dtype}")
-            self._frames.append(_frame(mode, candidate, w_ih.T, b_in, None if w_hh is None else w_hh.T,
-                                       _bias(mode, bias_hh, G * H, dt)))
+            _check_array(f"b_ih of layer {index}", b_in, (G * H,), dt)
+            self._frames.append(_stored_frame(mode, candidate, w_ih, b_in, w_hh, _bias(mode, bias_hh, G * H, dt)))
             size = H
 
     def step(self, x, h=None, c=None):
         """x (B, I) C-contiguous; h (and c for LSTM): (L, B, H), left unchanged, or None for
         zeros. Returns the last layer's output (B, H) and the new states h (and c, else None),
         (L, B, H) each."""
-        shape = (self.layers, x.shape[0] if x.ndim == 2 else -1, self.hidden_size)
         if x.ndim != 2 or x.shape[1] != self.input_size or x.dtype != self.dtype or not x.flags.c_contiguous:
             raise ValueError(f"x: expected a C-contiguous (B, {self.input_size}) {self.dtype} array, "
                              f"got {x.shape} {x.dtype}")
+        shape = (self.layers, x.shape[0], self.hidden_size)
         lstm_ = self.mode == "LSTM"
         if h is None:
             h_n = np.zeros(shape, self.dtype)
@@ -314,33 +311,27 @@ class StepStack:
                                      f"{None if state is None else (state.shape, state.dtype)}")
             h_n = np.array(h, copy=True, order="C")   # the frames update the states in place
             c_n = np.array(c, copy=True, order="C") if lstm_ else None
-        B = shape[1]
-        gx = np.empty((1, B, GATES[self.mode] * self.hidden_size), self.dtype)
-        out = np.empty((1, B, self.hidden_size), self.dtype)
-        ones = np.ones(B, np.int64)
         for index, frame in enumerate(self._frames):
-            frame(x, h_n[index], None if c_n is None else c_n[index], gx, out, ones)
+            frame(x, h_n[index], None if c_n is None else c_n[index])
             x = h_n[index]
         return x.copy(), h_n, c_n
 
 
-def _frame(mode, candidate, w_in_t, b_in, w_t, bias):
-    """The family's compiled frame for one layer, its weights bound: (x, h, c, gx, out, ones) ->
-    the state(s) updated in place."""
+def _stored_frame(mode, candidate, w_ih, b_in, w_hh, bias):
+    """The family's compiled frame on stored weights for one layer, its weights bound:
+    (x, h, c) -> the state(s) updated in place."""
     if mode in ("GRU", "GRU_RESET_BEFORE"):
-        w_a, w_b = gru.split_weight(w_t, mode == "GRU")
         reset_after = mode == "GRU"
-        return lambda x, h, c, gx, out, ones: gru.frame(x, w_in_t, b_in, w_a, w_b, bias, reset_after, h, gx, out, ones)
+        return lambda x, h, c: gru.stored_frame(x, w_ih, b_in, w_hh, bias, reset_after, h)
     if mode == "LSTM":
-        return lambda x, h, c, gx, out, ones: lstm.frame(x, w_in_t, b_in, w_t, bias, h, c, gx, out, ones)
+        return lambda x, h, c: lstm.stored_frame(x, w_ih, b_in, w_hh, bias, h, c)
     if mode in ("RNN_TANH", "RNN_RELU"):
         relu = mode == "RNN_RELU"
-        return lambda x, h, c, gx, out, ones: rnn.frame(x, w_in_t, b_in, w_t, bias, relu, h, gx, out, ones)
+        return lambda x, h, c: rnn.stored_frame(x, w_ih, b_in, w_hh, bias, relu, h)
     if mode == "MINGRU":
         use_g = candidate == "g"
-        return lambda x, h, c, gx, out, ones: mingru.frame(x, w_in_t, b_in, use_g, h, gx, out, ones)
-    w_f, w_n = mgu.split_weight(w_t, True)
-    return lambda x, h, c, gx, out, ones: mgu.frame(x, w_in_t, b_in, w_f, w_n, True, h, gx, out, ones)
+        return lambda x, h, c: mingru.stored_frame(x, w_ih, b_in, use_g, h)
+    return lambda x, h, c: mgu.stored_frame(x, w_ih, b_in, w_hh, h)
 
 
 def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity"):

@@ -284,21 +284,11 @@ def dot_matvec(x, w, out):
         n += 1
 
 
-def is_stored_view(m):
-    """True (at compile time) when ``m`` is the transposed view ``W.T`` of a weight W as stored:
-    Fortran order. api.step_stack passes a layer's weights so, with no copy."""
-
-
-@overload(is_stored_view, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _is_stored_view_overload(m):
-    stored = isinstance(m, types.Array) and m.layout == "F"
-    return lambda m: stored
-
-
 @njit(**JIT)
 def stored_product(x, w, out):
-    """out = x @ w.T for w (N, K) as stored: by dot products for one row of x, else one BLAS
-    call that reads w transposed."""
+    """out = x @ w.T for w (N, K) a weight as stored, read in place: by dot products for one row
+    of x, else one BLAS call that reads w transposed. The product of the frames on stored weights
+    (each family's ``stored_frame``, behind ``layer.step()``)."""
     if x.shape[0] == 1:
         dot_matvec(x[0], w, out[0])
         return
@@ -307,17 +297,19 @@ def stored_product(x, w, out):
 
 
 @njit(**JIT)
+def project_stored(x, w_ih, b_in, g):
+    """g = x @ w_ih.T + b_in for one frame, w_ih (G*H, I) as stored."""
+    stored_product(x, w_ih, g)
+    for i in range(g.shape[0]):
+        g[i, :] += b_in
+
+
+@njit(**JIT)
 def project_frame(x, w_in_t, b_in, gx):
     """gx[0] = x @ w_in_t + b_in for one frame of streaming: x (B, I), w_in_t (I, G*H),
     b_in (G*H,), gx (1, B, G*H). The input side of a frame is a handful of mat-vecs, too
-    small for a BLAS call to pay off, unless w_in_t is the transposed view of the weight as
-    stored (is_stored_view): then one BLAS call reads it in place."""
+    small for a BLAS call to pay off."""
     g = gx[0]
-    if is_stored_view(w_in_t):
-        stored_product(x, w_in_t.T, g)
-        for i in range(g.shape[0]):
-            g[i, :] += b_in
-        return
     for i in range(g.shape[0]):
         g[i, :] = b_in
     matmul_acc(x, w_in_t, 0, 0, g.shape[1], g)
@@ -349,9 +341,6 @@ def gemm(x, m, out):
     on row i of x only (so inactive rows of a block can ride along)."""
     R, K = x.shape
     N = m.shape[1]
-    if is_stored_view(m):   # W.T with W as stored: read in place
-        stored_product(x, m.T, out)
-        return
     if R < GEMM_MIN_ROWS:
         out[:] = 0
         matmul_acc(x, m, 0, 0, N, out)
@@ -380,8 +369,6 @@ def gemm_packed(x, m, packed, out):
 @njit(**JIT)
 def pack_weight_for(m, rows):
     """The packed form of a block's recurrent weight for :func:`gemm_packed` (may be empty)."""
-    if is_stored_view(m):
-        return np.empty(0, np.float32)   # pack_rows's type; empty: not packed
     return pack_rows(m, rows)
 
 

@@ -20,8 +20,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, run_forward,
-                     run_rows, run_step, sigmoid, tanh, time_index, tiny_gradient, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
+                     run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient, zero_tail)
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -270,14 +270,38 @@ def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
               out, out, out)
 
 
+@njit(**JIT)
+def stored_frame(x, w_ih, b_in, w, bhh, reset_after, h):
+    """One frame on the weights as stored, read in place (``layer.step()``): x (B, I), w_ih (3H, I),
+    b_in (3H,), w (3H, H) rows r, z, n, bhh (3H,); the state h (B, H) is updated in place. The same
+    gate passes as the forward loop, on products from common.stored_product."""
+    B, H = h.shape
+    g = np.empty((B, 3 * H), h.dtype)
+    project_stored(x, w_ih, b_in, g)
+    o = np.empty((B, H), h.dtype)
+    if reset_after:
+        gr = np.empty((B, 3 * H), h.dtype)
+        stored_product(h, w, gr)
+        for i in range(B):
+            _gates_after(g[i], gr[i], bhh, h[i], o[i], H)
+        return
+    gr = np.empty((B, 2 * H), h.dtype)
+    rh = np.empty((B, H), h.dtype)
+    gn = np.empty((B, H), h.dtype)
+    stored_product(h, w[:2 * H], gr)
+    for i in range(B):
+        _reset_before(g[i], gr[i], h[i], rh[i], H)
+    stored_product(rh, w[2 * H:], gn)
+    for i in range(B):
+        _gates_before(g[i], gr[i], gn[i], h[i], o[i], H)
+
+
 def split_weight(w_t, reset_after):
     """The forward loop's weights: (W^T, W^T) reset after (the second unused), else
     (W_rz^T, W_n^T) as two C-contiguous copies (one O(H^2) copy per call)."""
     if reset_after:
         return w_t, w_t
     H = w_t.shape[0]
-    if w_t.flags.f_contiguous:   # W.T of the weight as stored: its row blocks, no copy
-        return w_t[:, :2 * H], w_t[:, 2 * H:]
     return np.ascontiguousarray(w_t[:, :2 * H]), np.ascontiguousarray(w_t[:, 2 * H:])
 
 

@@ -13,8 +13,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, run_forward,
-                     run_rows, run_step, sigmoid, tanh, time_index, tiny_gradient, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
+                     run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient, zero_tail)
 
 
 # Per-row gate passes on 1-D row views: a flag test or a store into a 3-D workspace inside
@@ -169,6 +169,20 @@ def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
     _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, c, w_t, bhh, ones, False, False, out, h, c, out, out, out)
+
+
+@njit(**JIT)
+def stored_frame(x, w_ih, b_in, w, bhh, h, c):
+    """One frame on the weights as stored, read in place (``layer.step()``): x (B, I), w_ih (4H, I),
+    b_in (4H,), w (4H, H), bhh (4H,); the states h and c (B, H) are updated in place."""
+    B, H = h.shape
+    g = np.empty((B, 4 * H), h.dtype)
+    project_stored(x, w_ih, b_in, g)
+    gr = np.empty((B, 4 * H), h.dtype)
+    stored_product(h, w, gr)
+    o = np.empty((B, H), h.dtype)
+    for i in range(B):
+        _gates(g[i], gr[i], bhh, h[i], c[i], o[i], H)
 
 
 def step(gx_t, h, c, w_t, bhh):

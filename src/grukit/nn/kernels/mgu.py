@@ -14,15 +14,25 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, run_forward,
-                     run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
+                     run_rows, run_step, sigmoid, stored_product, tanh, time_index, zero_tail)
 
 
 # --- the per-row update pass ---------------------------------------------------------
 # One row's 1-D views, one function for inference and one for training: the training test
 # and the 3-D workspace stores inside the j loop kept LLVM from vectorising it (as in
-# gru.py). The other loops stay inline: split the same way (the f pass by has_uf, the
-# backward ones as they are), they ran no faster.
+# gru.py). The backward loops stay inline: split the same way, they ran no faster. The f pass
+# is one function, shared by the forward loop and the frame on stored weights.
+
+
+@njit(**JIT)
+def _forget(g, gf, h, fh, H, has_uf):
+    """f = sigmoid(gx_f + U_f h) into gf (U_f h in gf on entry; without U_f, sigmoid(gx_f)),
+    and f * h into fh: the operand of U_n."""
+    for j in range(H):
+        f = sigmoid(g[j] + gf[j]) if has_uf else sigmoid(g[j])
+        gf[j] = f
+        fh[j] = f * h[j]
 
 
 @njit(**JIT)
@@ -78,14 +88,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, lengths, reverse, has_uf, traini
             t = time_index(s, lengths[b0 + i], reverse)
             if t < 0:
                 continue
-            g = gx_row(gx, gidx, t, b0 + i)
-            f_ = gf[i]
-            h = hb[i]
-            x = fh[i]
-            for j in range(H):
-                f = sigmoid(g[j] + f_[j]) if has_uf else sigmoid(g[j])
-                f_[j] = f
-                x[j] = f * h[j]
+            _forget(gx_row(gx, gidx, t, b0 + i), gf[i], hb[i], fh[i], H, has_uf)
         gemm_packed(fh, w_nt, p_nt, gn)
         for i in range(R):
             b = b0 + i
@@ -171,14 +174,32 @@ def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
     _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, w_ft, w_nt, ones, False, has_uf, False, out, h, out, out, out)
 
 
+@njit(**JIT)
+def stored_frame(x, w_ih, b_in, w, h):
+    """One frame of the MGU with U_f (mode "MGU") on the weights as stored, read in place
+    (``layer.step()``): x (B, I), w_ih (2H, I), b_in (2H,), w (2H, H) rows U_f, U_n; the state
+    h (B, H) is updated in place."""
+    B, H = h.shape
+    g = np.empty((B, 2 * H), h.dtype)
+    project_stored(x, w_ih, b_in, g)
+    gf = np.empty((B, H), h.dtype)
+    fh = np.empty((B, H), h.dtype)
+    stored_product(h, w[:H], gf)
+    for i in range(B):
+        _forget(g[i], gf[i], h[i], fh[i], H, True)
+    gn = np.empty((B, H), h.dtype)
+    stored_product(fh, w[H:], gn)
+    o = np.empty((B, H), h.dtype)
+    for i in range(B):
+        _update(g[i], gf[i], gn[i], h[i], o[i], H)
+
+
 def split_weight(w_t, has_uf):
     """(U_f^T, U_n^T) as C-contiguous copies of the packed weight's column blocks (one
     O(H^2) copy per call); without U_f, (U_n^T, U_n^T) and the first goes unused."""
     if not has_uf:
         return w_t, w_t
     H = w_t.shape[0]
-    if w_t.flags.f_contiguous:   # W.T of the weight as stored: its row blocks, no copy
-        return w_t[:, :H], w_t[:, H:]
     return np.ascontiguousarray(w_t[:, :H]), np.ascontiguousarray(w_t[:, H:])
 
 

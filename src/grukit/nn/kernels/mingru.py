@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from .common import (HALF, JIT, ONE, fma, gx_row, gx_shape, no_gx_index, output_grad, project_frame,
-                     run_forward, run_rows, run_step, sigmoid, zero_tail)
+                     project_stored, run_forward, run_rows, run_step, sigmoid, zero_tail)
 
 
 # --- the per-row passes --------------------------------------------------------------
@@ -148,6 +148,21 @@ def frame(x, w_in_t, b_in, use_g, h, gx, out, ones):
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
     _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, ones, False, use_g, False, out, h, out)
+
+
+@njit(**JIT)
+def stored_frame(x, w_ih, b_in, use_g, h):
+    """One frame on the input weights as stored, read in place (``layer.step()``): x (B, I),
+    w_ih (2H, I), b_in (2H,); the state h (B, H) is updated in place."""
+    B, H = h.shape
+    g = np.empty((B, 2 * H), h.dtype)
+    project_stored(x, w_ih, b_in, g)
+    o = np.empty((B, H), h.dtype)
+    for i in range(B):
+        if use_g:
+            _scan_g(g[i], h[i], o[i], H)
+        else:
+            _scan_identity(g[i], h[i], o[i], H)
 
 
 def step(gx_t, h, use_g):

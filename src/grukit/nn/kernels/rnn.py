@@ -16,8 +16,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, run_forward,
-                     run_rows, run_step, tanh, time_index, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
+                     run_rows, run_step, stored_product, tanh, time_index, zero_tail)
 
 
 # --- the per-row forward passes ------------------------------------------------------
@@ -110,6 +110,23 @@ def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
     _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, w_t, bhh, ones, False, relu, False, out, h)
+
+
+@njit(**JIT)
+def stored_frame(x, w_ih, b_in, w, bhh, relu, h):
+    """One frame on the weights as stored, read in place (``layer.step()``): x (B, I), w_ih (H, I),
+    b_in (H,), w (H, H), bhh (H,); the state h (B, H) is updated in place."""
+    B, H = h.shape
+    g = np.empty((B, H), h.dtype)
+    project_stored(x, w_ih, b_in, g)
+    gr = np.empty((B, H), h.dtype)
+    stored_product(h, w, gr)
+    o = np.empty((B, H), h.dtype)
+    for i in range(B):
+        if relu:
+            _relu_row(g[i], gr[i], bhh, h[i], o[i], H)
+        else:
+            _tanh_row(g[i], gr[i], bhh, h[i], o[i], H)
 
 
 def step(gx_t, h, w_t, bhh, relu):
