@@ -225,12 +225,11 @@ class RecurrentLayer(nn.Module):
                             "impute the data first (check_finite=True asked for this check)")
         T, N = x.shape[0], x.shape[1]
         lengths = self._check_lengths(lengths, T, N)
-        directions = self._fused_inference_directions(x)
-        if directions is not None:   # inference on the fused kernels, all layers in one call
+        views = self._kernel_views(x)
+        if views is not None:   # inference on the fused kernels, all layers in one call
             from .kernels.function import fused_inference
             state = None if hx is None else self._initial_state(hx, N, x, batched)
-            output, final = fused_inference(self.mode, x, state, directions, lengths, self.candidate,
-                                            self.hidden_size)
+            output, final = fused_inference(self.mode, x, state, views, lengths, self.candidate, self.hidden_size)
         else:
             state = self._initial_state(hx, N, x, batched)
             output, final = self._run_layers(x, state, lengths)
@@ -400,38 +399,52 @@ class RecurrentLayer(nn.Module):
             final = _map_state(final, lambda s: s.squeeze(1))
         return layer_input, final
 
-    _STEP_PLAN = "_step_plan_stack"
+    _KEPT_VIEWS = "_kept_kernel_views"
 
-    def _step_plan(self, x: torch.Tensor):
-        """For step() in inference: (a kernels.api.StepStack on numpy views of the parameters, no
-        copies; kernels.function.fused_step_stack, which runs it); None where step() runs layer by
-        layer (see _fused_inference_directions).
+    def _kernel_views(self, x: torch.Tensor | EmbeddedTokens) -> list[list[tuple]] | None:
+        """Every layer's and direction's (weight_ih, outer bias, weight_hh, bias_hh) as numpy views of
+        the parameters, for the fused inference paths (``layer(x)`` through
+        kernels.function.fused_inference, step() through kernels.api.StepStack); None where they do
+        not apply (see _fused_inference_directions).
 
-        A frame's own work is some 10 us, and looking the parameters up, checking them and viewing
-        them as numpy arrays cost as much again per layer, so the views are kept. They are views,
-        so in-place updates of any kind (optimizers, load_state_dict, writes through .data) are
-        read at once; they are made anew when a parameter is replaced or moved (its object or its
-        data pointer changes), or when the kernel choice, training mode or x's dtype changes.
+        Looking the parameters up, checking them and viewing them as numpy arrays costs about as
+        much per layer as a streamed frame's own work (some 10 us), so the views are kept. Views,
+        not copies: in-place updates of any kind (optimizer steps, load_state_dict, writes through
+        .data, torch's fused Adam, which bumps no version counter) are read at once. They are made
+        anew when a parameter is replaced or moved (its object or its data pointer changes), or when
+        the kernel choice, training mode, dropout or x's dtype or device changes, and never pickled.
         """
         if torch.is_grad_enabled():
             return None
         params = tuple(self._parameters.values())
-        key = (self.kernel, self.training, x.dtype, x.is_cpu, *map(id, params), *(p.data_ptr() for p in params))
-        cached = self.__dict__.get(self._STEP_PLAN)
-        if cached is None or cached[0] != key:
+        key = (self.kernel, self.training, self.dropout, self.recurrent_dropout, x.dtype, x.device.type,
+               *map(id, params), *(p.data_ptr() for p in params))
+        kept = self.__dict__.get(self._KEPT_VIEWS)
+        if kept is None or kept[0] != key:
             directions = self._fused_inference_directions(x)
-            plan = None
+            views = None
             if directions is not None and all(p.is_contiguous() for p in params):
-                from .kernels.api import StepStack
-                from .kernels.function import fused_step_stack
-                views = [tuple(None if t is None else t.detach().numpy() for t in layer[0]) for layer in directions]
-                plan = StepStack(self.mode, views, self.candidate), fused_step_stack
-            cached = self.__dict__[self._STEP_PLAN] = (key, plan)
-        return cached[1]
+                views = [[tuple(None if t is None else t.detach().numpy() for t in direction) for direction in layer]
+                         for layer in directions]
+            kept = self.__dict__[self._KEPT_VIEWS] = (key, views, {})   # {}: what step() makes of them
+        return kept[1]
+
+    def _step_plan(self, x: torch.Tensor):
+        """For step() in inference: (a kernels.api.StepStack on the kept views, kernels.function.
+        fused_step_stack, which runs it); None where step() runs layer by layer."""
+        views = self._kernel_views(x)
+        if views is None or self.bidirectional:
+            return None
+        made = self.__dict__[self._KEPT_VIEWS][2]
+        if "step" not in made:
+            from .kernels.api import StepStack
+            from .kernels.function import fused_step_stack
+            made["step"] = StepStack(self.mode, [layer[0] for layer in views], self.candidate), fused_step_stack
+        return made["step"]
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop(self._STEP_PLAN, None)   # views of the parameters: made again after loading
+        state.pop(self._KEPT_VIEWS, None)   # views of the parameters: made again after loading
         return state
 
     def _step_path(self, gx: torch.Tensor, weights: DirectionWeights) -> str:

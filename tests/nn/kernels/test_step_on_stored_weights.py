@@ -1,6 +1,7 @@
 """layer.step() in inference: one compiled call per layer on the weights as stored (api.StepStack),
-against the reference loop's full sequence; in-place updates are read at once, replaced or moved
-parameters are picked up, and nothing of it is pickled."""
+against the reference loop's full sequence. The numpy views of the parameters that step() and
+layer(x) keep for inference: in-place updates are read at once, replaced or moved parameters are
+picked up, and nothing of it is pickled."""
 
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ def test_in_place_updates_are_read_at_once(update):
     x, state = torch.randn(2, I), torch.randn(2, 2, H)   # a state: from zeros weight_hh would not show
     with torch.no_grad():
         layer.step(x, state)                        # keeps the views
+        layer(x[None], state)
     if update == "data":
         layer.weight_hh_l0.data.mul_(-2.0)
     elif update == "fused_adam":
@@ -133,9 +135,18 @@ def test_in_place_updates_are_read_at_once(update):
         other.weight_ih_l1.data.normal_()
         layer.load_state_dict(other.state_dict())
     reference.load_state_dict(layer.state_dict())
+    check_step_and_sequence(layer, reference, x, state)
+
+
+def check_step_and_sequence(layer, reference, x, state):
+    """layer.step(x, state) and layer(sequence, state) under no_grad (both on the kept views) equal
+    the reference loop with the weights the layer has now."""
+    sequence = torch.cat([x[None], torch.randn(3, *x.shape, dtype=x.dtype)])
     with torch.no_grad():
         got, _ = layer.step(x, state)
+        got_sequence, _ = layer(sequence, state)
     torch.testing.assert_close(got, reference(x[None], state)[0][0], atol=2e-6, rtol=0)
+    torch.testing.assert_close(got_sequence, reference(sequence, state)[0], atol=2e-6, rtol=0)
 
 
 @pytest.mark.parametrize("change", ["replace", "assign_data", "to_float64"])
@@ -144,6 +155,7 @@ def test_replaced_or_moved_parameters_are_picked_up(change):
     x, state = torch.randn(2, I), (torch.randn(2, 2, H), torch.randn(2, 2, H))
     with torch.no_grad():
         layer.step(x, state)
+        layer(x[None], state)
     if change == "replace":
         layer.weight_hh_l1 = torch.nn.Parameter(torch.randn_like(layer.weight_hh_l1))
     elif change == "assign_data":
@@ -153,9 +165,7 @@ def test_replaced_or_moved_parameters_are_picked_up(change):
         reference.double()
         x, state = x.double(), tuple(part.double() for part in state)
     reference.load_state_dict(layer.state_dict())
-    with torch.no_grad():
-        got, _ = layer.step(x, state)
-    torch.testing.assert_close(got, reference(x[None], state)[0][0], atol=2e-6, rtol=0)
+    check_step_and_sequence(layer, reference, x, state)
 
 
 def test_the_kept_views_are_not_pickled_and_copies_use_their_own_weights():
@@ -163,12 +173,12 @@ def test_the_kept_views_are_not_pickled_and_copies_use_their_own_weights():
     x = torch.randn(1, I)
     with torch.no_grad():
         before, _ = layer.step(x)
-    assert layer.__dict__.get("_step_plan_stack") is not None
+    assert layer.__dict__.get("_kept_kernel_views") is not None
     buffer = io.BytesIO()
     torch.save(layer, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
-    assert "_step_plan_stack" not in loaded.__dict__
+    assert "_kept_kernel_views" not in loaded.__dict__
     twin = copy.deepcopy(layer)
     with torch.no_grad():
         twin.weight_ih_l0.mul_(0.5)   # (from a zero state, weight_hh would not show)

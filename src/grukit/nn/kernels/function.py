@@ -250,9 +250,10 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
     x: (T, N, I) time-major (a transposed view of a batch-first tensor is projected in place), or
     an :class:`grukit.nn.embedded.EmbeddedTokens`, whose first layer is projected per distinct token;
     state0: (L*D, N, H), or (h0, c0) for LSTM, or None for zeros; directions: one list per layer of
-    (weight_ih, outer bias or None, weight_hh or None, bias_hh or None) per direction, every
-    layer's input side a single projection (recurrent.single_projection). Returns the last layer's
-    output (T, N, D*H) and the final state(s) (L*D, N, H) as tensors.
+    (weight_ih, outer bias or None, weight_hh or None, bias_hh or None) per direction, numpy views
+    of the parameters (recurrent.RecurrentLayer._kernel_views), every layer's input side a single
+    projection (recurrent.single_projection). Returns the last layer's output (T, N, D*H) and the
+    final state(s) (L*D, N, H) as tensors.
     """
     T, N = x.shape[0], x.shape[1]
     if state0 is None:
@@ -265,9 +266,10 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
         (source, batch_first), first_gx = _time_major_source(x), None
     else:   # embedded tokens: torch's GEMM on the distinct tokens' rows, then the same loop
         source, batch_first = None, False
-        tables = [x.project_distinct(w_ih, bias) for w_ih, bias, _, _ in directions[0]]
+        tables = [x.project_distinct(torch.from_numpy(w_ih), None if bias is None else torch.from_numpy(bias))
+                  for w_ih, bias, _, _ in directions[0]]
         first_gx = [(_np(table), _index_np(index)) for table, index in tables]
-    arrays = [[(_np(w_ih), _np(bias), _packed(w_hh), _np(b_hh)) for w_ih, bias, w_hh, b_hh in layer]
+    arrays = [[(w_ih, bias, api.pack_weight(w_hh), b_hh) for w_ih, bias, w_hh, b_hh in layer]
               for layer in directions]
     set_threads(torch.get_num_threads())
     with one_blas_thread(N):
