@@ -496,13 +496,20 @@ def get_threads() -> int:
     return _threads
 
 
-def chunk_bounds(batch: int, work: int, min_work: int = MIN_PARALLEL_WORK) -> np.ndarray | None:
-    """Row bounds of the per-thread blocks, or None for a serial call (fewer than two rows or
-    threads, or less than ``min_work`` multiply-adds)."""
+def chunk_bounds(batch: int, work: int, min_work: int = MIN_PARALLEL_WORK) -> list[int] | None:
+    """Row bounds of the per-thread blocks, as even as whole rows allow, or None for a serial call
+    (fewer than two rows or threads, or less than ``min_work`` multiply-adds). Integer arithmetic:
+    numpy's linspace, round and astype cost some 10 us on every kernel call."""
     chunks = min(_threads, batch)
     if chunks < 2 or work < min_work:
         return None
-    return np.linspace(0, batch, chunks + 1).round().astype(np.int64)
+    return [_round_half_even(batch * i, chunks) for i in range(chunks + 1)]
+
+
+def _round_half_even(n: int, d: int) -> int:
+    """n / d rounded to the nearest integer, ties to even (as numpy rounds)."""
+    q, r = divmod(n, d)
+    return q + (2 * r > d or (2 * r == d and q % 2 == 1))
 
 
 # --- flush-to-zero --------------------------------------------------------------------
