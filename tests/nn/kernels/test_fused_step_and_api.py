@@ -111,14 +111,13 @@ def test_call_counter_proves_the_kernel_ran():
 def test_project_equals_numpy_in_both_layouts(dtype, atol, threads):
     """api.project (the inference input projection on the kernels' threads) against numpy, for
     the whole batch in one block, per-thread blocks of rows, chunks of rows within a block,
-    batch-first input and no bias."""
+    batch-first input (api.project_batch_first: a table of rows and its index) and no bias."""
     from grukit.nn.kernels import common
     rng = np.random.default_rng(3)
     old = common.get_threads()
     try:
         common.set_threads(threads)
         # the third goes parallel; the last two take several of project_rows' chunks of rows
-        # (time-major over the batch's rows, batch-first over each sequence's 900 steps)
         for T, B, I, G in ((4, 1, 3, 6), (9, 5, 7, 12), (300, 8, 40, 96), (900, 2, 8, 96)):
             x = rng.standard_normal((T, B, I)).astype(dtype)
             w = rng.standard_normal((G, I)).astype(dtype)
@@ -126,13 +125,16 @@ def test_project_equals_numpy_in_both_layouts(dtype, atol, threads):
             want = x @ w.T + b
             np.testing.assert_allclose(api.project(x, w, b), want, atol=atol, rtol=0)
             batch_first = np.ascontiguousarray(x.transpose(1, 0, 2))
-            np.testing.assert_allclose(api.project(batch_first, w, b, batch_first=True), want,
-                                       atol=atol, rtol=0)
+            table, index = api.project_batch_first(batch_first, w, b)
+            assert table.shape == (B * T, G) and index.shape == (T, B)
+            np.testing.assert_allclose(table[index], want, atol=atol, rtol=0)
             np.testing.assert_allclose(api.project(x, w), x @ w.T, atol=atol, rtol=0)
     finally:
         common.set_threads(old)
     with pytest.raises(ValueError, match="w_ih"):
         api.project(x, w[:, :-1].copy(), b)
+    with pytest.raises(ValueError, match="w_ih"):
+        api.project_batch_first(x, w[:, :-1].copy(), b)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

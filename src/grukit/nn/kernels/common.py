@@ -408,14 +408,6 @@ def project_rows(r0, r1, x, w_ih, b_ih, gx):
 
 
 @njit(**JIT)
-def project_sequences(b0, b1, x, w_ih, b_ih, gx):
-    """:func:`project_rows` for batch-first x (B, T, I) into time-major gx (T, B, G*H): one GEMM
-    over each sequence's T steps (its gx rows are B * G*H apart)."""
-    for b in range(b0, b1):
-        project_rows(0, gx.shape[0], x[b], w_ih, b_ih, gx[:, b])
-
-
-@njit(**JIT)
 def max_length(lengths, b0, b1):
     L = 0
     for b in range(b0, b1):

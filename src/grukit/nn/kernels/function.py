@@ -290,7 +290,8 @@ def _time_major_source(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor | None] | None):
     """gx = x @ weight_ih.T + bias for inference, on the kernels' threads (api.project), from
-    ``single = recurrent.single_projection(...)``; None where torch's GEMM runs instead: autograd
+    ``single = recurrent.single_projection(...)``; for a batch-first x (a transposed view), the
+    TableRows of api.project_batch_first. None where torch's GEMM runs instead: autograd
     records, the projection is not a single GEMM (MGU1-3), or dtypes differ. The projection of a
     small batch stays on this thread (api.PROJECTION_MIN_PARALLEL_WORK), so that a batch of one is
     projected as :func:`fused_inference` projects it."""
@@ -305,9 +306,13 @@ def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor |
     source, batch_first = _time_major_source(x)
     set_threads(torch.get_num_threads())
     with one_blas_thread(x.shape[1]):
-        gx = api.project(_np(source), _np(weight), _np(bias), batch_first)
+        if batch_first:   # the per-row table and its index (api.project_batch_first)
+            table, index = api.project_batch_first(_np(source), _np(weight), _np(bias))
+            gx = TableRows(torch.from_numpy(table), torch.from_numpy(index))
+        else:
+            gx = torch.from_numpy(api.project(_np(source), _np(weight), _np(bias)))
     CALLS["project"] += 1
-    return torch.from_numpy(gx)
+    return gx
 
 
 def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
