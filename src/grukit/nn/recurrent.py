@@ -413,21 +413,28 @@ class RecurrentLayer(nn.Module):
         .data, torch's fused Adam, which bumps no version counter) are read at once. They are made
         anew when a parameter is replaced or moved (its object or its data pointer changes), or when
         the kernel choice, training mode, dropout or x's dtype or device changes, and never pickled.
+        A layer with parametrizations (torch.nn.utils.parametrize: weight norm, ...) computes its
+        weights on every access, so its views are made on every call and not kept.
         """
         if torch.is_grad_enabled():
             return None
+        if self._modules.get("parametrizations") is not None:
+            return self._make_kernel_views(x)
         params = tuple(self._parameters.values())
         key = (self.kernel, self.training, self.dropout, self.recurrent_dropout, x.dtype, x.device.type,
                *map(id, params), *(p.data_ptr() for p in params))
         kept = self.__dict__.get(self._KEPT_VIEWS)
         if kept is None or kept[0] != key:
-            directions = self._fused_inference_directions(x)
-            views = None
-            if directions is not None and all(p.is_contiguous() for p in params):
-                views = [[tuple(None if t is None else t.detach().numpy() for t in direction) for direction in layer]
-                         for layer in directions]
-            kept = self.__dict__[self._KEPT_VIEWS] = (key, views, {})   # {}: what step() makes of them
+            kept = self.__dict__[self._KEPT_VIEWS] = (key, self._make_kernel_views(x), {})   # {}: for step()
         return kept[1]
+
+    def _make_kernel_views(self, x: torch.Tensor | EmbeddedTokens) -> list[list[tuple]] | None:
+        directions = self._fused_inference_directions(x)
+        if directions is None or any(t is not None and not t.is_contiguous()
+                                     for layer in directions for direction in layer for t in direction):
+            return None
+        return [[tuple(None if t is None else t.detach().numpy() for t in direction) for direction in layer]
+                for layer in directions]
 
     def _step_plan(self, x: torch.Tensor):
         """For step() in inference: (a kernels.api.StepStack on the kept views, kernels.function.
@@ -435,7 +442,8 @@ class RecurrentLayer(nn.Module):
         views = self._kernel_views(x)
         if views is None or self.bidirectional:
             return None
-        made = self.__dict__[self._KEPT_VIEWS][2]
+        kept = self.__dict__.get(self._KEPT_VIEWS)
+        made = kept[2] if kept is not None and kept[1] is views else {}   # not kept: parametrized
         if "step" not in made:
             from .kernels.api import StepStack
             from .kernels.function import fused_step_stack

@@ -168,6 +168,21 @@ def test_replaced_or_moved_parameters_are_picked_up(change):
     check_step_and_sequence(layer, reference, x, state)
 
 
+def test_parametrized_weights_are_computed_on_every_call():
+    """With torch.nn.utils.parametrizations (weight norm here) a weight is computed from other
+    parameters on every access: step() and layer(x) must follow in-place changes of those."""
+    layer, reference = twins("gru", torch.float32)
+    torch.nn.utils.parametrizations.weight_norm(layer, "weight_hh_l0")
+    x, state = torch.randn(2, I), torch.randn(2, 2, H)
+    with torch.no_grad():
+        layer.step(x, state)
+        layer(x[None], state)
+        layer.parametrizations.weight_hh_l0.original0.mul_(0.5)   # the norm g: the weight halves
+        reference.weight_hh_l0.copy_(layer.weight_hh_l0)
+    check_step_and_sequence(layer, reference, x, state)
+    assert "_kept_kernel_views" not in layer.__dict__
+
+
 def test_the_kept_views_are_not_pickled_and_copies_use_their_own_weights():
     layer, _ = twins("gru", torch.float32)
     x = torch.randn(1, I)
