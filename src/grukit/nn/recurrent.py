@@ -411,7 +411,8 @@ class RecurrentLayer(nn.Module):
         much per layer as a streamed frame's own work (some 10 us), so the views are kept. Views,
         not copies: in-place updates of any kind (optimizer steps, load_state_dict, writes through
         .data, torch's fused Adam, which bumps no version counter) are read at once. They are made
-        anew when a parameter is replaced or moved (its object or its data pointer changes), or when
+        anew when a parameter is replaced, moved or reshaped (its object, data pointer, shape or
+        strides change: ``param.data = param.data.t()`` keeps the pointer), or when
         the kernel choice, training mode, dropout or x's dtype or device changes, and never pickled.
         A layer with parametrizations (torch.nn.utils.parametrize: weight norm, ...) computes its
         weights on every access, so its views are made on every call and not kept.
@@ -422,7 +423,7 @@ class RecurrentLayer(nn.Module):
             return self._make_kernel_views(x)
         params = tuple(self._parameters.values())
         key = (self.kernel, self.training, self.dropout, self.recurrent_dropout, x.dtype, x.device.type,
-               *map(id, params), *(p.data_ptr() for p in params))
+               *map(id, params), *((p.data_ptr(), p.shape, p.stride()) for p in params))
         kept = self.__dict__.get(self._KEPT_VIEWS)
         if kept is None or kept[0] != key:
             kept = self.__dict__[self._KEPT_VIEWS] = (key, self._make_kernel_views(x), {})   # {}: for step()

@@ -149,7 +149,7 @@ def check_step_and_sequence(layer, reference, x, state):
     torch.testing.assert_close(got_sequence, reference(sequence, state)[0], atol=2e-6, rtol=0)
 
 
-@pytest.mark.parametrize("change", ["replace", "assign_data", "to_float64"])
+@pytest.mark.parametrize("change", ["replace", "assign_data", "transpose_data", "to_float64"])
 def test_replaced_or_moved_parameters_are_picked_up(change):
     layer, reference = twins("lstm", torch.float32)
     x, state = torch.randn(2, I), (torch.randn(2, 2, H), torch.randn(2, 2, H))
@@ -160,6 +160,8 @@ def test_replaced_or_moved_parameters_are_picked_up(change):
         layer.weight_hh_l1 = torch.nn.Parameter(torch.randn_like(layer.weight_hh_l1))
     elif change == "assign_data":
         layer.bias_ih_l0.data = torch.randn_like(layer.bias_ih_l0)
+    elif change == "transpose_data":   # the same memory read another way: only the strides change
+        layer.weight_hh_l0.data = layer.weight_hh_l0.data.view(H, 4 * H).t()
     else:
         layer.double()
         reference.double()
