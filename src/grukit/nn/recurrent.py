@@ -414,20 +414,31 @@ class RecurrentLayer(nn.Module):
         anew when a parameter is replaced, moved or reshaped (its object, data pointer, shape or
         strides change: ``param.data = param.data.t()`` keeps the pointer), or when
         the kernel choice, training mode, dropout or x's dtype or device changes, and never pickled.
-        A layer with parametrizations (torch.nn.utils.parametrize: weight norm, ...) computes its
-        weights on every access, so its views are made on every call and not kept.
+        Where a weight the layer reads is not one of its registered parameters (parametrizations
+        such as weight norm compute it on every access, pruning recomputes it before every call),
+        the views are made on every call and not kept.
         """
         if torch.is_grad_enabled():
             return None
-        if self._modules.get("parametrizations") is not None:
-            return self._make_kernel_views(x)
         params = tuple(self._parameters.values())
         key = (self.kernel, self.training, self.dropout, self.recurrent_dropout, x.dtype, x.device.type,
                *map(id, params), *((p.data_ptr(), p.shape, p.stride()) for p in params))
         kept = self.__dict__.get(self._KEPT_VIEWS)
-        if kept is None or kept[0] != key:
-            kept = self.__dict__[self._KEPT_VIEWS] = (key, self._make_kernel_views(x), {})   # {}: for step()
-        return kept[1]
+        if kept is not None and kept[0] == key and self._reads_parameters_only():
+            return kept[1]
+        views = self._make_kernel_views(x)
+        if self._reads_parameters_only():
+            self.__dict__[self._KEPT_VIEWS] = (key, views, {})   # {}: what step() makes of them
+        else:
+            self.__dict__.pop(self._KEPT_VIEWS, None)
+        return views
+
+    def _reads_parameters_only(self) -> bool:
+        """Whether every weight the layer has looked up (_layer_parameters) is a registered parameter
+        of its own, rather than an attribute computed from one."""
+        names = self.__dict__.get("_registered_names")
+        return names is not None and all(name in self._parameters for pairs in names.values()
+                                         for _, name in pairs)
 
     def _make_kernel_views(self, x: torch.Tensor | EmbeddedTokens) -> list[list[tuple]] | None:
         directions = self._fused_inference_directions(x)

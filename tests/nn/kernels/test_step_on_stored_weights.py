@@ -11,6 +11,7 @@ import io
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -182,6 +183,22 @@ def test_parametrized_weights_are_computed_on_every_call():
         layer.parametrizations.weight_hh_l0.original0.mul_(0.5)   # the norm g: the weight halves
         reference.weight_hh_l0.copy_(layer.weight_hh_l0)
     check_step_and_sequence(layer, reference, x, state)
+    assert "_kept_kernel_views" not in layer.__dict__
+
+
+def test_pruned_weights_are_read_as_recomputed():
+    """torch.nn.utils.prune keeps weight_orig as the parameter and recomputes the weight from it
+    and the mask before every call: layer(x) must follow in-place changes of weight_orig."""
+    layer, reference = twins("gru", torch.float32)
+    torch.nn.utils.prune.l1_unstructured(layer, "weight_hh_l0", amount=0.5)
+    sequence, state = torch.randn(4, 2, I), torch.randn(2, 2, H)
+    with torch.no_grad():
+        layer(sequence, state)
+        layer.weight_hh_l0_orig.mul_(-1.5)
+        got, _ = layer(sequence, state)   # the pre-hook recomputes weight_hh_l0 first
+        reference.weight_hh_l0.copy_(layer.weight_hh_l0)
+        want, _ = reference(sequence, state)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
     assert "_kept_kernel_views" not in layer.__dict__
 
 
