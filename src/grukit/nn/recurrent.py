@@ -424,9 +424,11 @@ class RecurrentLayer(nn.Module):
         key = (self.kernel, self.training, self.dropout, self.recurrent_dropout, x.dtype, x.device.type,
                *map(id, params), *((p.data_ptr(), p.shape, p.stride()) for p in params))
         kept = self.__dict__.get(self._KEPT_VIEWS)
-        if kept is not None and kept[0] == key and self._reads_parameters_only():
+        if kept is not None and kept[0] == key:
             return kept[1]
         views = self._make_kernel_views(x)
+        # Decided when the views are made: pruning or a parametrization takes the weight out of
+        # _parameters, which changes the key.
         if self._reads_parameters_only():
             self.__dict__[self._KEPT_VIEWS] = (key, views, {})   # {}: what step() makes of them
         else:
