@@ -209,8 +209,9 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
                         lengths: torch.Tensor | None = None, reverse: bool = False,
                         candidate: str = "identity"):
     """Same arguments and results as :func:`grukit.nn.reference.run_direction`; gx may also be a
-    :class:`grukit.nn.embedded.TableRows`, read row by row through its index (not for minGRU, whose
-    backward reads gx again)."""
+    :class:`grukit.nn.embedded.TableRows`, read row by row through its index (when gradients are
+    recorded, not for minGRU, whose backward reads gx again; fused_projection gives minGRU a
+    TableRows only in inference)."""
     if isinstance(gx, TableRows):
         gx, gx_index = gx.table, _index_np(gx.index)
         T, B = gx_index.shape
