@@ -144,13 +144,15 @@ def _fortran_gemm(x, m, out, m_transposed, beta):
 def blas_gemm(x, m, out):
     """out = x @ m for float32 or float64 arrays (R, K) @ (K, N) -> (R, N) whose rows are
     contiguous (any row stride)."""
-    _fortran_gemm(x, m, out, False, 0)
+    _fortran_gemm(x, m, out, np.bool_(False), np.int64(0))   # typed values: see blas_gemm_nt_acc
 
 
 @njit(cache=True, nogil=True)
 def blas_gemm_nt_acc(x, w, out):
     """out += x @ w.T for w (N, K) as stored (a torch Linear weight): no transposed copy needed."""
-    _fortran_gemm(x, w, out, True, 1)
+    # np.bool_/np.int64, not the literals True and 1: Numba would compile _fortran_gemm once per
+    # literal combination (0.45 s more of every first call on an empty cache)
+    _fortran_gemm(x, w, out, np.bool_(True), np.int64(1))
 
 
 @njit(cache=True, nogil=True)

@@ -240,6 +240,33 @@ def matmul_acc(x, m, r0, c0, n, out):
         b += 1
 
 
+# Array-to-array copies go through these loops, not slice assignment (``a[i, :] = b``): Numba
+# compiles a slice assignment between arrays together with its shape-mismatch error message, and
+# that string formatting cost 3.9 s of compile time on an empty cache (a 2-D assignment alone,
+# in a fresh process; 0.1 s for the loop), some 4 s of every cell's first call.
+
+
+@njit(**JIT)
+def copy_vector(dst, src):
+    """dst[j] = src[j] for 1-D arrays of one length."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@njit(**JIT)
+def copy_matrix(dst, src):
+    """dst[i, j] = src[i, j] for 2-D arrays of one shape."""
+    for i in range(dst.shape[0]):
+        copy_vector(dst[i], src[i])
+
+
+@njit(**JIT)
+def add_vector(dst, src):
+    """dst[j] += src[j] for 1-D arrays of one length."""
+    for j in range(dst.shape[0]):
+        dst[j] += src[j]
+
+
 # A dot product may sum in any order (LLVM then keeps several partial sums in vector registers):
 # for the mat-vec on a weight as stored, where each output is a dot product of a row of W.
 JIT_DOT = {**JIT, "fastmath": FASTMATH | {"reassoc"}}
@@ -301,7 +328,7 @@ def project_stored(x, w_ih, b_in, g):
     """g = x @ w_ih.T + b_in for one frame, w_ih (G*H, I) as stored."""
     stored_product(x, w_ih, g)
     for i in range(g.shape[0]):
-        g[i, :] += b_in
+        add_vector(g[i], b_in)
 
 
 @njit(**JIT)
@@ -311,7 +338,7 @@ def project_frame(x, w_in_t, b_in, gx):
     small for a BLAS call to pay off."""
     g = gx[0]
     for i in range(g.shape[0]):
-        g[i, :] = b_in
+        copy_vector(g[i], b_in)
     matmul_acc(x, w_in_t, 0, 0, g.shape[1], g)
 
 
@@ -403,7 +430,7 @@ def project_rows(r0, r1, x, w_ih, b_ih, gx):
         c1 = min(c0 + rows, r1)
         g = gx[c0:c1]
         for r in range(c1 - c0):
-            g[r, :] = b_ih
+            copy_vector(g[r], b_ih)
         blas_gemm_nt_acc(x[c0:c1], w_ih, g)
 
 

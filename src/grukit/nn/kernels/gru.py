@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
+from .common import (JIT, ONE, copy_matrix, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
                      no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
                      run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient, zero_tail)
 
@@ -152,7 +152,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, bhh, lengths, reverse, reset_afte
                                        ws_h[t, b], ws_x[t, b], rh[i])
             else:
                 _gates_before(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H)
-    h_n[b0:b1] = hb
+    copy_matrix(h_n[b0:b1], hb)
 
 
 @njit(**JIT)
@@ -258,7 +258,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
             gemm_add(dgb, w_rz, p_main, acc, dh)
         else:
             gemm_add(dgb, w, p_main, acc, dh)
-    dh0[b0:b1] = dh
+    copy_matrix(dh0[b0:b1], dh)
 
 
 @njit(**JIT)

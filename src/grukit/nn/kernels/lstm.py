@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
+from .common import (JIT, ONE, copy_matrix, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
                      no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
                      run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient, zero_tail)
 
@@ -98,8 +98,8 @@ def _fwd_rows(b0, b1, gx, gidx, h0, c0, w_t, bhh, lengths, reverse, training,
                                 ws_h[t, b], ws_c[t, b])
             else:
                 _gates(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H)
-    h_n[b0:b1] = hb
-    c_n[b0:b1] = cb
+    copy_matrix(h_n[b0:b1], hb)
+    copy_matrix(c_n[b0:b1], cb)
 
 
 @njit(**JIT)
@@ -159,8 +159,8 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
                 _bwd_row(output_grad(grad_out, t, b), ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i],
                          dc[i], H, bias_rows[b], tiny)
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
-    dh0[b0:b1] = dh
-    dc0[b0:b1] = dc
+    copy_matrix(dh0[b0:b1], dh)
+    copy_matrix(dc0[b0:b1], dc)
 
 
 @njit(**JIT)

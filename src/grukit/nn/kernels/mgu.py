@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
+from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
                      no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
                      run_rows, run_step, sigmoid, stored_product, tanh, time_index, zero_tail)
 
@@ -100,7 +100,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, lengths, reverse, has_uf, traini
                                  ws_g[t, b], ws_h[t, b], ws_x[t, b], fh[i])
             else:
                 _update(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H)
-    h_n[b0:b1] = hb
+    copy_matrix(h_n[b0:b1], hb)
 
 
 @njit(**JIT)
@@ -164,7 +164,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
                 dg[H + j] = dn_[j]
         if has_uf:
             gemm_add(dgf, u_f, p_f, acc, dh)   # rows past their end: dgf = 0, dh carried
-    dh0[b0:b1] = dh
+    copy_matrix(dh0[b0:b1], dh)
 
 @njit(**JIT)
 def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
@@ -186,7 +186,7 @@ def stored_frame(x, w_ih, b_in, w, h):
     fh = np.empty((B, H), h.dtype)
     stored_product(h, w[:H], gf)
     for i in range(B):
-        _forget(g[i], gf[i], h[i], fh[i], H, True)
+        _forget(g[i], gf[i], h[i], fh[i], H, np.bool_(True))   # not a literal: one compiled _forget
     gn = np.empty((B, H), h.dtype)
     stored_product(fh, w[H:], gn)
     o = np.empty((B, H), h.dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (HALF, JIT, ONE, fma, gx_row, gx_shape, no_gx_index, output_grad, project_frame,
+from .common import (HALF, JIT, ONE, copy_vector, fma, gx_row, gx_shape, no_gx_index, output_grad, project_frame,
                      project_stored, run_forward, run_rows, run_step, sigmoid, zero_tail)
 
 
@@ -78,7 +78,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, lengths, reverse, use_g, training, out, h_n,
     h = np.empty(H, dtype=h0.dtype)
     for b in range(b0, b1):
         L = lengths[b]
-        h[:] = h0[b]
+        copy_vector(h, h0[b])
         for s in range(L):
             t = L - 1 - s if reverse else s
             if use_g and training:
@@ -92,7 +92,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, lengths, reverse, use_g, training, out, h_n,
         zero_tail(out, b, L)
         if training:
             zero_tail(ws_h, b, L)
-        h_n[b] = h
+        copy_vector(h_n[b], h)
 
 
 @njit(**JIT)
@@ -127,7 +127,7 @@ def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx
     dh = np.empty(H, dtype=dgx.dtype)
     for b in range(b0, b1):
         L = lengths[b]
-        dh[:] = grad_h_n[b]
+        copy_vector(dh, grad_h_n[b])
         zero_tail(dgx, b, L)
         for s in range(L - 1, -1, -1):
             t = L - 1 - s if reverse else s
@@ -135,7 +135,7 @@ def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx
                 _bwd_g(output_grad(grad_out, t, b), gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
             else:
                 _bwd_identity(output_grad(grad_out, t, b), gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
-        dh0[b] = dh
+        copy_vector(dh0[b], dh)
 
 
 # The scan costs ~20 flops per element instead of ~2H per element of a matrix cell.

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, ZERO, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
+from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
                      no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
                      run_rows, run_step, stored_product, tanh, time_index, zero_tail)
 
@@ -70,7 +70,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, bhh, lengths, reverse, relu, training, 
                 _relu_row(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
             else:
                 _tanh_row(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
-    h_n[b0:b1] = hb
+    copy_matrix(h_n[b0:b1], hb)
 
 
 @njit(**JIT)
@@ -102,7 +102,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, out, dgx, d
                 dgb[i, j] = dg[j]
             dh[i, :] = 0
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
-    dh0[b0:b1] = dh
+    copy_matrix(dh0[b0:b1], dh)
 
 @njit(**JIT)
 def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
