@@ -48,10 +48,11 @@ def test_every_task_has_its_commands():
     names = {" ".join(prefix) for prefix, _ in LEAVES}
     assert {"text fit", "text predict", "text evaluate", "forecast fit", "forecast predict", "forecast evaluate",
             "charlm fit", "charlm generate", "charlm evaluate", "anomaly fit", "anomaly predict",
-            "anomaly evaluate"} <= names
+            "anomaly evaluate", "kernels compile", "kernels info"} <= names
 
 
-@pytest.mark.parametrize("prefix", [p for p, _ in LEAVES] + [[], ["text"], ["forecast"], ["charlm"], ["anomaly"]],
+@pytest.mark.parametrize("prefix", [p for p, _ in LEAVES] + [[], ["text"], ["forecast"], ["charlm"], ["anomaly"],
+                                                               ["kernels"]],
                          ids=lambda p: " ".join(p) or "grukit")
 def test_help_exits_0_and_names_the_options(prefix, capsys):
     assert main([*prefix, "--help"]) == 0
@@ -66,6 +67,23 @@ def test_help_exits_0_and_names_the_options(prefix, capsys):
         if prefix[-1] == "fit":
             for option in ("--cell", "--epochs", "--out", "--nproc", "--quiet", "--threads"):
                 assert option in shown
+
+
+def test_kernels_compile_reports_each_cell_and_info_names_the_cache(capsys):
+    """The wiring of `grukit kernels`; that precompile() leaves nothing to compile is tested in
+    tests/nn/kernels/test_cache_determinism.py."""
+    from grukit.nn.precompile import cache_location
+
+    assert main(["kernels", "compile", "--cells", "mingru,rnn", "--inference-only"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("compiling the kernels of mingru, rnn (float32; inference) into ")
+    assert lines[1].split()[:2] == ["mingru", "float32:"] and lines[2].split()[:2] == ["rnn", "float32:"]
+    assert lines[-1].startswith("done in ") and lines[-1].endswith(cache_location())
+    assert main(["kernels", "info"]) == 0
+    shown = capsys.readouterr().out
+    assert f"cache:   {cache_location()} (" in shown and "BLAS:" in shown and "threads:" in shown
+    assert main(["kernels", "compile", "--cells", "gru,transformer"]) == 2
+    assert "expected cells from gru, lstm, rnn, mgu, mingru" in capsys.readouterr().err
 
 
 def test_usage_error_exits_2(capsys):

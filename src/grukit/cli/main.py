@@ -13,11 +13,11 @@ import sys
 import traceback
 
 from grukit import __version__
-from grukit.cli import anomaly, charlm, forecast, launch, text
+from grukit.cli import anomaly, charlm, forecast, kernels, launch, text
 from grukit.cli.common import HelpFormatter, epilog
 from grukit.errors import GrukitError
 
-COMMANDS = (text, forecast, charlm, anomaly)
+COMMANDS = (text, forecast, charlm, anomaly, kernels)
 
 EXAMPLES = """
   grukit text fit --train reviews.csv --text-column text --label-column label --epochs 3 --out runs/mr
@@ -28,6 +28,7 @@ EXAMPLES = """
   grukit charlm fit corpus.txt --out runs/lm
   grukit charlm generate runs/lm --prompt "The " --length 200 --temperature 0.8 --top-k 20 --seed 0
   grukit anomaly fit temperatures.csv --date-column Date --value-column Temp --window 30 --out runs/temp
+  grukit kernels compile                compile the fused kernels now (e.g. in a container build)
   grukit <task> <action> --help         options of one command
 """
 

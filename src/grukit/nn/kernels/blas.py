@@ -151,7 +151,7 @@ def blas_gemm(x, m, out):
 def blas_gemm_nt_acc(x, w, out):
     """out += x @ w.T for w (N, K) as stored (a torch Linear weight): no transposed copy needed."""
     # np.bool_/np.int64, not the literals True and 1: Numba would compile _fortran_gemm once per
-    # literal combination (0.45 s more of every first call on an empty cache)
+    # literal combination (0.45 s more of every first call on an empty cache; see common.copy_vector)
     _fortran_gemm(x, w, out, np.bool_(True), np.int64(1))
 
 

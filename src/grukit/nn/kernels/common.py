@@ -240,10 +240,15 @@ def matmul_acc(x, m, r0, c0, n, out):
         b += 1
 
 
-# Array-to-array copies go through these loops, not slice assignment (``a[i, :] = b``): Numba
-# compiles a slice assignment between arrays together with its shape-mismatch error message, and
-# that string formatting cost 3.9 s of compile time on an empty cache (a 2-D assignment alone,
-# in a fresh process; 0.1 s for the loop), some 4 s of every cell's first call.
+# Two habits keep the first calls' compile time down (tests/nn/kernels/test_cache_determinism.py
+# checks both):
+# - Array-to-array copies go through these loops, not slice assignment (``a[i, :] = b``): Numba
+#   compiles a slice assignment between arrays together with its shape-mismatch error message, and
+#   that string formatting cost 3.9 s of compile time on an empty cache (a 2-D assignment alone,
+#   in a fresh process; 0.1 s for the loop), some 4 s of every cell's first call.
+# - A kernel calls another with typed values, ``np.int64(0)`` and ``np.bool_(False)``, not the
+#   literals ``0`` and ``False``: Numba compiles the callee once per literal value (each streamer
+#   frame compiled its family's whole forward loop a second time, 1-1.5 s).
 
 
 @njit(**JIT)

@@ -266,8 +266,8 @@ def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 3H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, w_t, w_nt, bhh, ones, False, reset_after, False, out, h,
-              out, out, out)
+    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, w_nt, bhh, ones, np.bool_(False), reset_after,
+              np.bool_(False), out, h, out, out, out)
 
 
 @njit(**JIT)

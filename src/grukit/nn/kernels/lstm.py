@@ -168,7 +168,8 @@ def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
     """One streaming frame: x (B, I) -> the states h and c updated in place. gx (1, B, 4H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, c, w_t, bhh, ones, False, False, out, h, c, out, out, out)
+    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, c, w_t, bhh, ones, np.bool_(False), np.bool_(False),
+              out, h, c, out, out, out)
 
 
 @njit(**JIT)

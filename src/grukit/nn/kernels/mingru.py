@@ -147,7 +147,8 @@ def frame(x, w_in_t, b_in, use_g, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, ones, False, use_g, False, out, h, out)
+    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, ones, np.bool_(False), use_g, np.bool_(False), out,
+              h, out)
 
 
 @njit(**JIT)

@@ -109,7 +109,8 @@ def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(0, h.shape[0], gx, no_gx_index(), h, w_t, bhh, ones, False, relu, False, out, h)
+    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, bhh, ones, np.bool_(False), relu,
+              np.bool_(False), out, h)
 
 
 @njit(**JIT)

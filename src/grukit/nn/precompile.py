@@ -1,0 +1,134 @@
+"""Compile the fused kernels into Numba's disk cache ahead of use.
+
+The kernels compile on their first use and are cached on disk: on a fresh install the first
+``layer(x)`` of a cell takes seconds (the benchmark's cold-start table), and every later process
+loads the machine code in milliseconds. :func:`precompile` pays that cost now, for a container
+image, a CI cache or a device image, so that no user call does: it runs each cell through every
+entry point of the kernels (inference batch-first and time-major, a batch of one, padded lengths,
+both directions, token ids with an embedding, ``step()``, the streamer, and training's forward and
+backward), each cell variant (both GRU reset placements, tanh and relu SimpleRNN, every MGU
+variant, both minGRU candidates), in the dtypes asked for.
+
+The cache is where Numba keeps it: beside the kernels' sources when that folder is writable, else
+in Numba's per-user cache, or in ``NUMBA_CACHE_DIR`` when that is set; :func:`cache_location`
+names it. The cached code is specific to this CPU and these versions of Python, Numba and
+grukit; a process on another machine compiles again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from numba.core import event
+
+from ..errors import ConfigError
+from .recurrent import GRU, LSTM, MGU, MGU_VARIANTS, RNN, MinGRU, RecurrentLayer
+
+CELLS = ("gru", "lstm", "rnn", "mgu", "mingru")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# small shapes: compiling does not depend on them, and they run in milliseconds
+_INPUT, _HIDDEN, _STEPS = 6, 8, 5
+
+
+def _variants(cell: str) -> Iterator[Callable[..., RecurrentLayer]]:
+    """Constructors (taking bidirectional=) of every variant of a cell the kernels specialise on."""
+    if cell == "gru":
+        yield lambda **kw: GRU(_INPUT, _HIDDEN, **kw)
+        yield lambda **kw: GRU(_INPUT, _HIDDEN, reset_after=False, **kw)
+    elif cell == "lstm":
+        yield lambda **kw: LSTM(_INPUT, _HIDDEN, **kw)
+    elif cell == "rnn":
+        yield lambda **kw: RNN(_INPUT, _HIDDEN, **kw)
+        yield lambda **kw: RNN(_INPUT, _HIDDEN, nonlinearity="relu", **kw)
+    elif cell == "mgu":
+        for variant in MGU_VARIANTS:
+            yield lambda variant=variant, **kw: MGU(_INPUT, _HIDDEN, variant=variant, **kw)
+    else:
+        yield lambda **kw: MinGRU(_INPUT, _HIDDEN, **kw)
+        yield lambda **kw: MinGRU(_INPUT, _HIDDEN, candidate="g", **kw)
+
+
+def _exercise(layer: RecurrentLayer, dtype: torch.dtype, training: bool) -> None:
+    """Call every kernel entry point a user call can reach, with inputs of ``dtype``."""
+    layer = layer.to(dtype)
+    x = torch.randn(3, _STEPS, _INPUT, dtype=dtype)                 # batch-first, as layer() takes it
+    lengths = torch.tensor([_STEPS, 2, 3])
+    ids = torch.randint(0, 4, (_STEPS, 3))
+    embedding = torch.randn(4, _INPUT, dtype=dtype)
+    layer.batch_first = True
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+        layer(x[:1])                                   # a batch of one: the mat-vec loops
+        layer(x, lengths=lengths)
+        layer.batch_first = False
+        layer(x.transpose(0, 1).contiguous())         # time-major
+        layer(ids, embedding=embedding)
+        if not layer.bidirectional:
+            layer.step(x[:, 0])
+            layer.step(x[0, 0])
+            streamer = layer.streamer(batch_size=3)
+            streamer.step(x[:, 0].numpy())
+            streamer.run(x.transpose(0, 1).numpy())
+    if training:
+        layer.train()
+        layer.batch_first = True
+        for inputs in ((x.requires_grad_(True),), (x, None, lengths)):
+            out = layer(*inputs)[0]
+            out.square().sum().backward()
+        layer.batch_first = False
+        layer(ids, embedding=embedding.requires_grad_(True))[0].sum().backward()
+
+
+def precompile(cells=CELLS, dtypes=("float32",), training: bool = True,
+               report: Callable[[dict], None] | None = None) -> list[dict]:
+    """Compile (or load from the cache) every kernel the given cells use, in the given dtypes.
+
+    cells: names from :data:`CELLS`; dtypes: "float32" and/or "float64"; training: also the
+    backward kernels. ``report`` is called with each cell's result as it finishes. Returns one
+    dict per cell and dtype: cell, dtype, seconds, and ``compiled``, the number of functions
+    Numba compiled (0 when everything came from the cache).
+    """
+    unknown = [c for c in cells if c not in CELLS] + [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        raise ConfigError(f"precompile: unknown {', '.join(map(repr, unknown))}; cells are {', '.join(CELLS)} "
+                          f"and dtypes {', '.join(DTYPES)}")
+    results = []
+    for cell in cells:
+        for dtype in dtypes:
+            listener = _CompiledNames()
+            start = time.perf_counter()
+            with event.install_listener("numba:compile", listener):
+                for make in _variants(cell):
+                    for bidirectional in (False, True):
+                        _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
+            result = {"cell": cell, "dtype": dtype, "seconds": time.perf_counter() - start,
+                      "compiled": len(listener.names)}
+            results.append(result)
+            if report is not None:
+                report(result)
+    return results
+
+
+def cache_location() -> str:
+    """The folder where this process reads and writes the kernels' compiled code."""
+    from .kernels import gru
+    return str(gru._fwd_rows._cache._cache_path)
+
+
+class _CompiledNames(event.Listener):
+    """A Numba event listener that records the functions compiled while it is installed."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def on_start(self, ev) -> None:
+        self.names.append(ev.data["dispatcher"].py_func.__qualname__)
+
+    def on_end(self, ev) -> None:
+        pass
+
+
+__all__ = ["CELLS", "DTYPES", "cache_location", "precompile"]

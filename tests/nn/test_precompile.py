@@ -1,0 +1,38 @@
+"""grukit.nn.precompile's API. That it leaves nothing for later calls to compile is tested where a fresh
+process compiles into an empty cache: tests/nn/kernels/test_cache_determinism.py."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from grukit.errors import ConfigError
+from grukit.nn.precompile import cache_location, precompile
+
+
+def test_precompile_reports_each_cell_and_dtype():
+    reported = []
+    results = precompile(["mingru"], ["float32", "float64"], training=False, report=reported.append)
+    assert results == reported
+    assert [(r["cell"], r["dtype"]) for r in results] == [("mingru", "float32"), ("mingru", "float64")]
+    assert all(r["seconds"] > 0 and r["compiled"] >= 0 for r in results)
+    again = precompile(["mingru"], ["float32"], training=False)
+    assert again[0]["compiled"] == 0, "a second run in the same process finds everything compiled"
+
+
+@pytest.mark.parametrize("cells, dtypes, named", [(["gru", "tcn"], ["float32"], "'tcn'"),
+                                                  (["gru"], ["bfloat16"], "'bfloat16'")])
+def test_unknown_names_raise_and_list_the_choices(cells, dtypes, named):
+    with pytest.raises(ConfigError, match=named) as error:
+        precompile(cells, dtypes)
+    assert "gru, lstm, rnn, mgu, mingru" in str(error.value) and "float32, float64" in str(error.value)
+
+
+def test_cache_location_follows_numba_cache_dir(tmp_path):
+    """Numba reads NUMBA_CACHE_DIR when it is imported: a fresh process."""
+    code = "from grukit.nn.precompile import cache_location; print(cache_location())"
+    shown = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)),
+                           capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    assert shown.startswith(str(tmp_path)), shown
+    assert cache_location() != shown      # this process keeps its own
