@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from grukit.errors import ConfigError
 from grukit.nn.precompile import cache_location, precompile
@@ -19,6 +20,14 @@ def test_precompile_reports_each_cell_and_dtype():
     assert all(r["seconds"] > 0 and r["compiled"] >= 0 for r in results)
     again = precompile(["mingru"], ["float32"], training=False)
     assert again[0]["compiled"] == 0, "a second run in the same process finds everything compiled"
+
+
+def test_precompile_leaves_the_random_state_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    precompile(["mingru"], training=False)
+    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("cells, dtypes, named", [(["gru", "tcn"], ["float32"], "'tcn'"),

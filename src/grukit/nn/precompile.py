@@ -96,20 +96,24 @@ def precompile(cells=CELLS, dtypes=("float32",), training: bool = True,
         raise ConfigError(f"precompile: unknown {', '.join(map(repr, unknown))}; cells are {', '.join(CELLS)} "
                           f"and dtypes {', '.join(DTYPES)}")
     results = []
-    for cell in cells:
-        for dtype in dtypes:
-            listener = _CompiledNames()
-            start = time.perf_counter()
-            with event.install_listener("numba:compile", listener):
-                for make in _variants(cell):
-                    for bidirectional in (False, True):
-                        _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
-            result = {"cell": cell, "dtype": dtype, "seconds": time.perf_counter() - start,
-                      "compiled": len(listener.names)}
-            results.append(result)
-            if report is not None:
-                report(result)
+    with torch.random.fork_rng(devices=[]):    # the layers and inputs made here leave the caller's RNG alone
+        for cell in cells:
+            for dtype in dtypes:
+                result = _compile_cell(cell, dtype, training)
+                results.append(result)
+                if report is not None:
+                    report(result)
     return results
+
+
+def _compile_cell(cell: str, dtype: str, training: bool) -> dict:
+    listener = _CompiledNames()
+    start = time.perf_counter()
+    with event.install_listener("numba:compile", listener):
+        for make in _variants(cell):
+            for bidirectional in (False, True):
+                _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
+    return {"cell": cell, "dtype": dtype, "seconds": time.perf_counter() - start, "compiled": len(listener.names)}
 
 
 def cache_location() -> str:

@@ -166,6 +166,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
             gemm_add(dgf, u_f, p_f, acc, dh)   # rows past their end: dgf = 0, dh carried
     copy_matrix(dh0[b0:b1], dh)
 
+
 @njit(**JIT)
 def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
