@@ -73,23 +73,21 @@ def register(tasks) -> None:
 
 def run_compile(args: argparse.Namespace) -> int:
     common.setup_threads(args)
-    from grukit.nn.precompile import cache_location, precompile
+    from grukit.nn.precompile import precompile
 
-    location = _checked_cache_location(cache_location)
+    location = _checked_cache_location()
     kinds = "inference" if args.inference_only else "inference and training"
     say(args, f"compiling the kernels of {', '.join(args.cells)} ({', '.join(args.dtypes)}; {kinds}) into "
               f"{location}")
-    total = {"seconds": 0.0, "compiled": 0}
 
     def report(result: dict) -> None:
-        total["seconds"] += result["seconds"]
-        total["compiled"] += result["compiled"]
         what = (f"compiled {result['compiled']} functions" if result["compiled"]
                 else "already in the cache, nothing compiled")
         say(args, f"  {result['cell']:<7} {result['dtype']}: {what} ({result['seconds']:.1f} s)")
 
-    precompile(args.cells, args.dtypes, training=not args.inference_only, report=report)
-    print(f"done in {total['seconds']:.1f} s: {total['compiled']} functions compiled into {location}")
+    results = precompile(args.cells, args.dtypes, training=not args.inference_only, report=report)
+    seconds, compiled = sum(r["seconds"] for r in results), sum(r["compiled"] for r in results)
+    print(f"done in {seconds:.1f} s: {compiled} functions compiled into {location}")
     return 0
 
 
@@ -100,9 +98,8 @@ def run_info(args: argparse.Namespace) -> int:
     import torch
 
     from grukit.nn.kernels import blas, team
-    from grukit.nn.precompile import cache_location
 
-    location = Path(_checked_cache_location(cache_location))
+    location = Path(_checked_cache_location())
     entries = len(list(location.glob("*.nbi"))) if location.is_dir() else 0
     print(f"cache:   {location} ({entries} cached functions)")
     print(f"BLAS:    {blas.PROVIDER}")
@@ -110,7 +107,10 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_cache_location(cache_location) -> str:
+def _checked_cache_location() -> str:
+    """precompile.cache_location(), or a ConfigError naming the fix where Numba can cache nowhere."""
+    from grukit.nn.precompile import cache_location
+
     try:
         return cache_location()
     except RuntimeError as error:       # Numba found no writable cache folder
