@@ -13,18 +13,16 @@ from grukit.cli.forecast import add_series_options, read, saved_series
 
 
 def register(tasks) -> None:
-    parser = tasks.add_parser(
-        "anomaly", help="flag anomalous time steps of a series by forecast or reconstruction error",
-        description="Learn what normal looks like from a series and flag the steps whose forecast error "
-                    "(--method forecast) or reconstruction error (--method reconstruction) exceeds a threshold "
-                    "calibrated on normal data the network never trained on.",
-        formatter_class=common.HelpFormatter, allow_abbrev=False,
-        epilog="examples:\n" + common.epilog("""
+    actions = common.add_task(
+        tasks, "anomaly", "flag anomalous time steps of a series by forecast or reconstruction error",
+        "Learn what normal looks like from a series and flag the steps whose forecast error "
+        "(--method forecast) or reconstruction error (--method reconstruction) exceeds a threshold "
+        "calibrated on normal data the network never trained on.",
+        """
           grukit anomaly fit normal.csv --date-column Date --value-column Temp --window 30 --out runs/temp
           grukit anomaly predict runs/temp new.csv
           grukit anomaly evaluate runs/temp labelled.csv --label-column anomaly
-        """))
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        """)
 
     fit = add_parser(actions, "fit", "train a detector on normal data and calibrate its threshold",
                      "Train an AnomalyDetector on SERIES, taken as normal, and save it in --out. The last "

@@ -11,18 +11,16 @@ from grukit.cli.common import add_parser, amount, positive_float, positive_int
 
 
 def register(tasks) -> None:
-    parser = tasks.add_parser(
-        "charlm", help="character language model: train on any UTF-8 text, generate, measure bits/char",
-        description="A character-level language model (Embedding -> GRU -> Dense per character): train it on a "
-                    "UTF-8 text file, measure it in bits per character beside unigram and bigram counts, and "
-                    "generate text one character at a time.",
-        formatter_class=common.HelpFormatter, allow_abbrev=False,
-        epilog="examples:\n" + common.epilog("""
+    actions = common.add_task(
+        tasks, "charlm", "character language model: train on any UTF-8 text, generate, measure bits/char",
+        "A character-level language model (Embedding -> GRU -> Dense per character): train it on a "
+        "UTF-8 text file, measure it in bits per character beside unigram and bigram counts, and "
+        "generate text one character at a time.",
+        """
           grukit charlm fit corpus.txt --epochs 5 --out runs/lm
           grukit charlm generate runs/lm --prompt "The " --length 200 --temperature 0.8 --top-k 20 --seed 0
           grukit charlm evaluate runs/lm held_out.txt
-        """))
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        """)
 
     fit = add_parser(actions, "fit", "train a character language model on a text file and save it",
                      "Train a CharLM on TEXT (UTF-8, may be .gz) and save it in --out. The last --validation "

@@ -48,6 +48,12 @@ def add_parser(subparsers, name: str, help: str, description: str, examples: str
     return parser
 
 
+def add_task(tasks, name: str, help: str, description: str, examples: str):
+    """A task's parser (``grukit NAME``) and the subparsers of its actions (``grukit NAME ACTION``)."""
+    return add_parser(tasks, name, help, description, examples).add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+
+
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """--threads, --quiet, --debug: on every leaf command, so they may follow the subcommand."""
     group = parser.add_argument_group("runtime")
@@ -255,7 +261,7 @@ def print_table(title: str, table: str) -> None:
     print(f"\n{title}\n{table}", flush=True)
 
 
-__all__ = ["HelpFormatter", "add_parser", "add_runtime_options", "add_training_options", "positive_int",
+__all__ = ["HelpFormatter", "add_parser", "add_task", "add_runtime_options", "add_training_options", "positive_int",
            "positive_float", "amount", "column_list", "options", "verbose", "say", "require_file",
            "check_run_directory", "run_directory", "read_run_record", "write_run_record", "history_record",
            "command_line", "setup_threads", "lines_from", "print_table", "RUN_FILE"]

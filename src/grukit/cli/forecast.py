@@ -23,18 +23,16 @@ def add_series_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def register(tasks) -> None:
-    parser = tasks.add_parser(
-        "forecast", help="forecast the next steps of a time series (CSV with a date column)",
-        description="Forecast the next --horizon steps of a series from its last --lookback steps with a GRU (or "
-                    "--cell), scored beside last-value, seasonal-naive and linear-autoregression baselines.",
-        formatter_class=common.HelpFormatter, allow_abbrev=False,
-        epilog="examples:\n" + common.epilog("""
+    actions = common.add_task(
+        tasks, "forecast", "forecast the next steps of a time series (CSV with a date column)",
+        "Forecast the next --horizon steps of a series from its last --lookback steps with a GRU (or "
+        "--cell), scored beside last-value, seasonal-naive and linear-autoregression baselines.",
+        """
           grukit forecast fit airline.csv --date-column Month --value-column Passengers --lookback 24 \\
               --horizon 12 --season 12 --log --predict-change --epochs 200 --test 24 --out runs/airline
           grukit forecast predict runs/airline airline.csv
           grukit forecast evaluate runs/airline airline.csv --test 24
-        """))
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        """)
 
     fit = add_parser(actions, "fit", "train a forecaster on a CSV series and save it",
                      "Train a Forecaster on SERIES (a CSV with a header, a date column and value columns) and "

@@ -29,18 +29,16 @@ def _choices(allowed: tuple[str, ...], what: str):
 
 
 def register(tasks) -> None:
-    parser = tasks.add_parser(
-        "kernels", help="compile the fused CPU kernels ahead of use, or show where their code is kept",
-        description="The fused kernels compile on first use (seconds per cell) and are cached on disk for "
-                    "every later process. `compile` does that now, e.g. while building a container image, "
-                    "so that no user call waits for it.",
-        formatter_class=common.HelpFormatter, allow_abbrev=False,
-        epilog="examples:\n" + common.epilog("""
+    actions = common.add_task(
+        tasks, "kernels", "compile the fused CPU kernels ahead of use, or show where their code is kept",
+        "The fused kernels compile on first use (seconds per cell) and are cached on disk for "
+        "every later process. `compile` does that now, e.g. while building a container image, "
+        "so that no user call waits for it.",
+        """
           grukit kernels compile
           grukit kernels compile --cells gru,lstm --dtypes float32,float64
           grukit kernels info
-        """))
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        """)
 
     compile_ = add_parser(actions, "compile", "compile every kernel the cells use into the on-disk cache",
                           "Run each cell (every variant: both GRU reset placements, tanh and relu SimpleRNN, "

@@ -14,18 +14,16 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".ndjson", ".json")
 
 
 def register(tasks) -> None:
-    parser = tasks.add_parser(
-        "text", help="text classification (sentiment, topics, intents) from raw strings",
-        description="Classify texts with a recurrent network: a tokenizer fitted on the training texts, an "
-                    "embedding, a GRU (or --cell) and a sigmoid/softmax output. Labels may be any strings or "
-                    "integers; predictions answer in the same names.",
-        formatter_class=common.HelpFormatter, allow_abbrev=False,
-        epilog="examples:\n" + common.epilog("""
+    actions = common.add_task(
+        tasks, "text", "text classification (sentiment, topics, intents) from raw strings",
+        "Classify texts with a recurrent network: a tokenizer fitted on the training texts, an "
+        "embedding, a GRU (or --cell) and a sigmoid/softmax output. Labels may be any strings or "
+        "integers; predictions answer in the same names.",
+        """
           grukit text fit --train train.csv --text-column text --label-column label --test test.csv --out runs/mr
           grukit text predict runs/mr "what a fine film" "a dull mess"
           grukit text evaluate runs/mr --test test.csv
-        """))
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        """)
 
     fit = add_parser(actions, "fit", "train a classifier on a labelled CSV/TSV/JSONL file and save it",
                      "Train a TextClassifier on the labelled texts of --train (CSV, TSV or JSONL, optionally "
