@@ -229,7 +229,8 @@ class RecurrentLayer(nn.Module):
         if views is not None:   # inference on the fused kernels, all layers in one call
             from .kernels.function import fused_inference
             state = None if hx is None else self._initial_state(hx, N, x, batched)
-            output, final = fused_inference(self.mode, x, state, views, lengths, self.candidate, self.hidden_size)
+            output, final = fused_inference(self.mode, x, state, views, lengths, self.candidate, self.hidden_size,
+                                            self._made_of(views))
         else:
             state = self._initial_state(hx, N, x, batched)
             output, final = self._run_layers(x, state, lengths)
@@ -430,7 +431,7 @@ class RecurrentLayer(nn.Module):
         # Decided when the views are made: pruning or a parametrization takes the weight out of
         # _parameters, which changes the key.
         if self._reads_parameters_only():
-            self.__dict__[self._KEPT_VIEWS] = (key, views, {})   # {}: what step() makes of them
+            self.__dict__[self._KEPT_VIEWS] = (key, views, {})   # {}: what the fused paths make of them
         else:
             self.__dict__.pop(self._KEPT_VIEWS, None)
         return views
@@ -456,13 +457,19 @@ class RecurrentLayer(nn.Module):
         views = self._kernel_views(x)
         if views is None or self.bidirectional:
             return None
-        kept = self.__dict__.get(self._KEPT_VIEWS)
-        made = kept[2] if kept is not None and kept[1] is views else {}   # not kept: parametrized
+        made = self._made_of(views)
         if "step" not in made:
             from .kernels.api import StepStack
             from .kernels.function import fused_step_stack
             made["step"] = StepStack(self.mode, [layer[0] for layer in views], self.candidate), fused_step_stack
         return made["step"]
+
+    def _made_of(self, views) -> dict:
+        """What the fused paths make of the kept views and keep with them (step()'s StepStack,
+        layer(x)'s SequenceStack for a batch of one); a fresh dict when the views are not kept
+        (a parametrized or pruned layer makes them on every call)."""
+        kept = self.__dict__.get(self._KEPT_VIEWS)
+        return kept[2] if kept is not None and kept[1] is views else {}
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -59,9 +59,13 @@ class Streamer:
             bias_hh = params["bias_hh"] if params["bias_hh"] is not None else np.zeros(
                 len(layer.layout.gates) * H, self.dtype)
             self._weights.append((input_t, input_bias, api.pack_weight(params["weight_hh"]), bias_hh))
-        # run()'s layers for api.forward_stack, whose projection reads W_ih as stored, (G*H, I)
+        # run()'s layers for api.forward_stack, whose projection reads W_ih as stored, (G*H, I); for a
+        # batch of one, an api.SequenceStack, which reads W_hh as stored too
         self._stack = [[(np.ascontiguousarray(input_t.T), input_bias, w_t, bias_hh)]
                        for input_t, input_bias, w_t, bias_hh in self._weights]
+        self._sequence = None if batch_size != 1 else api.SequenceStack(
+            self.mode, [[(w_ih, input_bias, None if w_t is None else np.ascontiguousarray(w_t.T), bias_hh)]
+                        for ((w_ih, input_bias, w_t, bias_hh),) in self._stack], self.candidate)
         shape = (batch_size, H)
         self.h = [np.zeros(shape, self.dtype) for _ in self._weights]
         self.c = [np.zeros(shape, self.dtype) for _ in self._weights] if self.mode == "LSTM" else None
@@ -140,10 +144,14 @@ class Streamer:
             raise ShapeError(f"{self.layer_type} streamer: run() takes at least one frame, as "
                              f"(T, {self.input_size}) or (T, {self.batch_size}, {self.input_size}) "
                              f"with time first, got {np.shape(frames)}")
-        set_threads(torch.get_num_threads())
-        with one_blas_thread(x.shape[0] * x.shape[1]):    # the projection's rows and the steps' GEMMs
-            out, h_n, c_n = api.forward_stack(self.mode, np.ascontiguousarray(x), self._stack, self.h,
-                                              self.c, candidate=self.candidate)
+        x = np.ascontiguousarray(x)
+        if self._sequence is not None:   # one compiled call per layer (api.SequenceStack)
+            out, h_n, c_n = self._sequence.run(x, np.stack(self.h), None if self.c is None else np.stack(self.c))
+        else:
+            set_threads(torch.get_num_threads())
+            with one_blas_thread(x.shape[0] * x.shape[1]):    # the projection's rows and the steps' GEMMs
+                out, h_n, c_n = api.forward_stack(self.mode, x, self._stack, self.h, self.c,
+                                                  candidate=self.candidate)
         for state, final in zip(self.h, h_n):
             state[...] = final       # in place: the frame functions hold these arrays
         for state, final in zip(self.c or (), c_n if c_n is not None else ()):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import gru, lstm, mgu, mingru, rnn
-from .common import full_lengths, gx_shape, pack_transposed, project_rows, run_rows
+from .common import flushing_subnormals, full_lengths, gx_shape, pack_transposed, project_rows, run_rows
 
 GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1,
          "MGU": 2, "MGU1": 2, "MGU2": 2, "MGU3": 2, "MINGRU": 2}
@@ -344,6 +344,83 @@ class StepStack:
         return x.copy(), h_n, c_n
 
 
+class SequenceStack:
+    """A stack of layers prepared for inference over whole sequences on their weights as stored:
+    per layer and direction, one compiled call (the family's ``stored_sequence``) projects the
+    sequence and runs its steps, reading weight_hh in place, with no packed copy of it and no
+    Python between the two. The weights are checked here, once; :meth:`run` checks only its
+    input and states.
+
+    For a batch of one (``layer(x)`` and ``streamer.run``), which runs on one thread anyway and
+    where the calls around the loops cost as much as the loops: a GRU layer at S1 (T=100, I=64,
+    H=128), called between torch and ONNX Runtime calls as the benchmark does, took 1.34-1.39 ms
+    through :func:`forward_stack` and 0.56-0.58 ms in one such call. The steps' products are dot
+    products with the stored rows (common.dot_matvec), so outputs may differ from
+    :func:`forward_stack`'s in the last bits (summation order).
+
+    layers: one list per layer of (w_ih (G*H, I), the outer bias b_ih (G*H,) or None, weight_hh
+    (R*H, H) or None for minGRU, bias_hh or None) per direction, C-contiguous as a torch layer
+    stores them; for MGU1-3, w_ih covers both gates (zero rows where the variant has none).
+    """
+
+    def __init__(self, mode, layers, candidate="identity"):
+        if mode not in GATES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if candidate not in CANDIDATES:
+            raise ValueError(f"candidate: expected one of {CANDIDATES}, got {candidate!r}")
+        G, R = GATES[mode], RECURRENT_ROWS[mode]
+        self.mode = mode
+        self.hidden_size = H = layers[0][0][0].shape[0] // G
+        self.input_size = size = layers[0][0][0].shape[1]
+        self.dtype = dt = layers[0][0][0].dtype
+        self.shape = (sum(len(layer) for layer in layers), H)   # the states' (L*D, H)
+        self._layers = []
+        for number, layer in enumerate(layers):
+            runs = []
+            for direction, (w_ih, b_ih, w_hh, bias_hh) in enumerate(layer):
+                label = f"of layer {number}, direction {direction}"
+                _check_array(f"w_ih {label}", w_ih, (G * H, size), dt)
+                if R:
+                    _check_array(f"weight_hh {label}", w_hh, (R * H, H), dt)
+                b_in = np.zeros(G * H, dt) if b_ih is None else b_ih
+                _check_array(f"b_ih {label}", b_in, (G * H,), dt)
+                runs.append(_stored_sequence(mode, candidate, w_ih, b_in, w_hh, _bias(mode, bias_hh, G * H, dt)))
+            self._layers.append(runs)
+            size = len(layer) * H
+
+    def run(self, x, h0=None, c0=None):
+        """x (T, B, I) C-contiguous, time-major; h0 (and c0 for LSTM): (L*D, B, H), left unchanged,
+        or None for zeros. Returns the last layer's output (T, B, D*H) and the final states h_n
+        (and c_n, else None), (L*D, B, H) each."""
+        dt = self.dtype
+        if x.ndim != 3 or x.shape[2] != self.input_size or x.dtype != dt or not x.flags.c_contiguous:
+            raise ValueError(f"x: expected a C-contiguous (T, B, {self.input_size}) {dt} array, "
+                             f"got {x.shape} {x.dtype}")
+        T, B, _ = x.shape
+        shape = (self.shape[0], B, self.shape[1])
+        lstm_ = self.mode == "LSTM"
+        states = []   # copies: the loops update the states in place
+        for name, state in (("h0", h0), ("c0", c0)) if lstm_ else (("h0", h0),):
+            if h0 is None:
+                states.append(np.zeros(shape, dt))
+            elif state is None or state.shape != shape or state.dtype != dt:
+                raise ValueError(f"{name}: expected {shape} {dt}, got "
+                                 f"{None if state is None else (state.shape, state.dtype)}")
+            else:
+                states.append(np.array(state, order="C"))
+        h_n, c_n = states if lstm_ else (states[0], None)
+        index = 0
+        for layer in self._layers:
+            outputs = []
+            for direction, sequence in enumerate(layer):
+                out = np.empty((T, B, self.hidden_size), dt)
+                flushing_subnormals(sequence, x, direction == 1, h_n[index], None if c_n is None else c_n[index], out)
+                outputs.append(out)
+                index += 1
+            x = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+        return x, h_n, c_n
+
+
 def _stored_frame(mode, candidate, w_ih, b_in, w_hh, bias):
     """The family's compiled frame on stored weights for one layer, its weights bound:
     (x, h, c) -> the state(s) updated in place."""
@@ -359,6 +436,25 @@ def _stored_frame(mode, candidate, w_ih, b_in, w_hh, bias):
         use_g = candidate == "g"
         return lambda x, h, c: mingru.stored_frame(x, w_ih, b_in, use_g, h)
     return lambda x, h, c: mgu.stored_frame(x, w_ih, b_in, w_hh, h)
+
+
+def _stored_sequence(mode, candidate, w_ih, b_in, w_hh, bias):
+    """The family's compiled ``stored_sequence`` for one layer and direction, its weights bound:
+    (x, reverse, h, c, out) -> the state(s) updated in place, out filled."""
+    if mode in ("GRU", "GRU_RESET_BEFORE"):
+        reset_after = mode == "GRU"
+        return lambda x, reverse, h, c, out: gru.stored_sequence(x, w_ih, b_in, w_hh, bias, reset_after, reverse,
+                                                                 h, out)
+    if mode == "LSTM":
+        return lambda x, reverse, h, c, out: lstm.stored_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, c, out)
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        relu = mode == "RNN_RELU"
+        return lambda x, reverse, h, c, out: rnn.stored_sequence(x, w_ih, b_in, w_hh, bias, relu, reverse, h, out)
+    if mode == "MINGRU":
+        use_g = candidate == "g"
+        return lambda x, reverse, h, c, out: mingru.stored_sequence(x, w_ih, b_in, use_g, reverse, h, out)
+    has_uf = mode != "MGU3"
+    return lambda x, reverse, h, c, out: mgu.stored_sequence(x, w_ih, b_in, w_hh, has_uf, reverse, h, out)
 
 
 def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity"):

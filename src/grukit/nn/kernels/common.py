@@ -440,6 +440,17 @@ def project_rows(r0, r1, x, w_ih, b_ih, gx):
 
 
 @njit(**JIT)
+def project_sequence(x, w_ih, b_in):
+    """g (T, B, G*H) = x @ w_ih.T + b_in on this thread, for a whole sequence x (T, B, I)
+    C-contiguous; w_ih (G*H, I) as stored. The input side of each family's ``stored_sequence``."""
+    T, B, I = x.shape
+    G = w_ih.shape[0]
+    g = np.empty((T, B, G), x.dtype)
+    project_rows(np.int64(0), T * B, x.reshape((T * B, I)), w_ih, b_in, g.reshape((T * B, G)))
+    return g
+
+
+@njit(**JIT)
 def max_length(lengths, b0, b1):
     L = 0
     for b in range(b0, b1):

@@ -238,7 +238,7 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
 
 
 def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: torch.Tensor | None,
-                    candidate: str, hidden_size: int):
+                    candidate: str, hidden_size: int, made: dict | None = None):
     """A whole stack of layers for inference, when nothing records gradients: api.forward_stack
     (per layer and direction, api.project and api.forward) on numpy views of the tensors.
 
@@ -247,6 +247,9 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
     between them. Measured in the benchmark's round-robin, where the calls before it leave the
     caches cold, each such call cost 10-16 us and a batch-of-one GRU layer call (S1) made about
     fifty of them (1.5-1.6 ms in all, against 1.0 ms for the same work on numpy arrays directly).
+    A batch of one without lengths goes further: an api.SequenceStack runs each layer and direction
+    as one compiled call on the weights as stored (no packed copy of weight_hh); ``made``, the dict
+    the layer keeps with its views, keeps the stack between calls.
 
     x: (T, N, I) time-major (a transposed view of a batch-first tensor is projected in place), or
     an :class:`grukit.nn.embedded.EmbeddedTokens`, whose first layer is projected per distinct token;
@@ -257,12 +260,19 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
     final state(s) (L*D, N, H) as tensors.
     """
     T, N = x.shape[0], x.shape[1]
-    if state0 is None:
-        shape = (sum(len(layer) for layer in directions), N, hidden_size)
-        h0 = np.zeros(shape, _DTYPES_NP[x.dtype])
-        c0 = np.zeros_like(h0) if mode == "LSTM" else None
+    if mode == "LSTM" and state0 is not None:
+        h0, c0 = _np(state0[0]), _np(state0[1])
     else:
-        h0, c0 = (_np(state0[0]), _np(state0[1])) if mode == "LSTM" else (_np(state0), None)
+        h0, c0 = (None if state0 is None else _np(state0)), None
+    if isinstance(x, torch.Tensor) and N == 1 and lengths is None:
+        made = {} if made is None else made
+        stack = made.get("sequence")
+        if stack is None:
+            stack = made["sequence"] = api.SequenceStack(mode, directions, candidate)
+        return _stack_results(*stack.run(_np(x), h0, c0))
+    if h0 is None:
+        h0 = np.zeros((sum(len(layer) for layer in directions), N, hidden_size), _DTYPES_NP[x.dtype])
+        c0 = np.zeros_like(h0) if mode == "LSTM" else None
     if isinstance(x, torch.Tensor):
         (source, batch_first), first_gx = _time_major_source(x), None
     else:   # embedded tokens: torch's GEMM on the distinct tokens' rows, then the same loop
@@ -276,6 +286,11 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
     with one_blas_thread(N):
         out, h_n, c_n = api.forward_stack(mode, _np(source), arrays, h0, c0, _lengths_np(lengths, T, N),
                                           candidate, batch_first, first_gx)
+    return _stack_results(out, h_n, c_n)
+
+
+def _stack_results(out, h_n, c_n):
+    """fused_inference's results as tensors, the kernel calls counted."""
     CALLS["project"] += len(h_n)
     CALLS["run"] += len(h_n)
     final = torch.from_numpy(h_n)

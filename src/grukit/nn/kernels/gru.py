@@ -20,8 +20,9 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, copy_matrix, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
-                     run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence, project_stored,
+                     run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient,
+                     zero_tail)
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -271,29 +272,54 @@ def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
 
 
 @njit(**JIT)
-def stored_frame(x, w_ih, b_in, w, bhh, reset_after, h):
-    """One frame on the weights as stored, read in place (``layer.step()``): x (B, I), w_ih (3H, I),
-    b_in (3H,), w (3H, H) rows r, z, n, bhh (3H,); the state h (B, H) is updated in place. The same
-    gate passes as the forward loop, on products from common.stored_product."""
+def _stored_step(g, w, bhh, reset_after, h, o, gr, rh, gn):
+    """One step on the weights as stored, read in place: g (B, 3H) the step's input side,
+    w (3H, H) rows r, z, n, bhh (3H,); the state h (B, H) is updated in place and copied to o.
+    Scratch: gr (B, 3H) reset after, (B, 2H) before; rh and gn (B, H). The same gate passes as
+    the forward loop, on products from common.stored_product."""
     B, H = h.shape
-    g = np.empty((B, 3 * H), h.dtype)
-    project_stored(x, w_ih, b_in, g)
-    o = np.empty((B, H), h.dtype)
     if reset_after:
-        gr = np.empty((B, 3 * H), h.dtype)
         stored_product(h, w, gr)
         for i in range(B):
             _gates_after(g[i], gr[i], bhh, h[i], o[i], H)
         return
-    gr = np.empty((B, 2 * H), h.dtype)
-    rh = np.empty((B, H), h.dtype)
-    gn = np.empty((B, H), h.dtype)
     stored_product(h, w[:2 * H], gr)
     for i in range(B):
         _reset_before(g[i], gr[i], h[i], rh[i], H)
     stored_product(rh, w[2 * H:], gn)
     for i in range(B):
         _gates_before(g[i], gr[i], gn[i], h[i], o[i], H)
+
+
+@njit(**JIT)
+def _stored_scratch(h, reset_after):
+    B, H = h.shape
+    gr = np.empty((B, (3 if reset_after else 2) * H), h.dtype)
+    return gr, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype)
+
+
+@njit(**JIT)
+def stored_frame(x, w_ih, b_in, w, bhh, reset_after, h):
+    """One frame on the weights as stored, read in place (``layer.step()``): x (B, I), w_ih (3H, I),
+    b_in (3H,), w (3H, H) rows r, z, n, bhh (3H,); the state h (B, H) is updated in place."""
+    B, H = h.shape
+    g = np.empty((B, 3 * H), h.dtype)
+    project_stored(x, w_ih, b_in, g)
+    gr, rh, gn = _stored_scratch(h, reset_after)
+    _stored_step(g, w, bhh, reset_after, h, np.empty((B, H), h.dtype), gr, rh, gn)
+
+
+@njit(**JIT)
+def stored_sequence(x, w_ih, b_in, w, bhh, reset_after, reverse, h, out):
+    """A whole sequence on the weights as stored, in one call (a batch of one: see
+    api.forward_stack_stored): x (T, B, I) C-contiguous, out (T, B, H); the state h (B, H) is
+    updated in place. Shapes as in :func:`stored_frame`."""
+    T = x.shape[0]
+    g = project_sequence(x, w_ih, b_in)
+    gr, rh, gn = _stored_scratch(h, reset_after)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        _stored_step(g[t], w, bhh, reset_after, h, out[t], gr, rh, gn)
 
 
 def split_weight(w_t, reset_after):

@@ -13,8 +13,9 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, copy_matrix, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
-                     run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence, project_stored,
+                     run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient,
+                     zero_tail)
 
 
 # Per-row gate passes on 1-D row views: a flag test or a store into a 3-D workspace inside
@@ -173,17 +174,36 @@ def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
 
 
 @njit(**JIT)
+def _stored_step(g, w, bhh, h, c, o, gr):
+    """One step on the weights as stored, read in place: g (B, 4H) the step's input side,
+    w (4H, H), bhh (4H,); the states h and c (B, H) are updated in place and h copied to o.
+    gr (B, 4H) is scratch."""
+    H = h.shape[1]
+    stored_product(h, w, gr)
+    for i in range(h.shape[0]):
+        _gates(g[i], gr[i], bhh, h[i], c[i], o[i], H)
+
+
+@njit(**JIT)
 def stored_frame(x, w_ih, b_in, w, bhh, h, c):
     """One frame on the weights as stored, read in place (``layer.step()``): x (B, I), w_ih (4H, I),
     b_in (4H,), w (4H, H), bhh (4H,); the states h and c (B, H) are updated in place."""
     B, H = h.shape
     g = np.empty((B, 4 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    gr = np.empty((B, 4 * H), h.dtype)
-    stored_product(h, w, gr)
-    o = np.empty((B, H), h.dtype)
-    for i in range(B):
-        _gates(g[i], gr[i], bhh, h[i], c[i], o[i], H)
+    _stored_step(g, w, bhh, h, c, np.empty((B, H), h.dtype), np.empty((B, 4 * H), h.dtype))
+
+
+@njit(**JIT)
+def stored_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out):
+    """A whole sequence on the weights as stored, in one call: x (T, B, I) C-contiguous,
+    out (T, B, H); the states h and c (B, H) are updated in place."""
+    T = x.shape[0]
+    g = project_sequence(x, w_ih, b_in)
+    gr = np.empty((h.shape[0], 4 * h.shape[1]), h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        _stored_step(g[t], w, bhh, h, c, out[t], gr)
 
 
 def step(gx_t, h, c, w_t, bhh):

@@ -14,8 +14,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
-                     run_rows, run_step, sigmoid, stored_product, tanh, time_index, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence, project_stored,
+                     run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index, zero_tail)
 
 
 # --- the per-row update pass ---------------------------------------------------------
@@ -177,6 +177,21 @@ def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
 
 
 @njit(**JIT)
+def _stored_step(g, w, has_uf, h, o, gf, fh, gn):
+    """One step on the weights as stored, read in place: g (B, 2H) the step's input side, w
+    (2H, H) rows U_f, U_n (without U_f, (H, H): U_n); the state h (B, H) is updated in place and
+    copied to o. gf, fh and gn (B, H) are scratch."""
+    B, H = h.shape
+    if has_uf:
+        stored_product(h, w[:H], gf)
+    for i in range(B):
+        _forget(g[i], gf[i], h[i], fh[i], H, has_uf)
+    stored_product(fh, w[H:] if has_uf else w, gn)
+    for i in range(B):
+        _update(g[i], gf[i], gn[i], h[i], o[i], H)
+
+
+@njit(**JIT)
 def stored_frame(x, w_ih, b_in, w, h):
     """One frame of the MGU with U_f (mode "MGU") on the weights as stored, read in place
     (``layer.step()``): x (B, I), w_ih (2H, I), b_in (2H,), w (2H, H) rows U_f, U_n; the state
@@ -184,16 +199,23 @@ def stored_frame(x, w_ih, b_in, w, h):
     B, H = h.shape
     g = np.empty((B, 2 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    gf = np.empty((B, H), h.dtype)
-    fh = np.empty((B, H), h.dtype)
-    stored_product(h, w[:H], gf)
-    for i in range(B):
-        _forget(g[i], gf[i], h[i], fh[i], H, np.bool_(True))   # not a literal: one compiled _forget
-    gn = np.empty((B, H), h.dtype)
-    stored_product(fh, w[H:], gn)
-    o = np.empty((B, H), h.dtype)
-    for i in range(B):
-        _update(g[i], gf[i], gn[i], h[i], o[i], H)
+    _stored_step(g, w, np.bool_(True), h, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype),
+                 np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
+
+
+@njit(**JIT)
+def stored_sequence(x, w_ih, b_in, w, has_uf, reverse, h, out):
+    """A whole sequence on the weights as stored, in one call: x (T, B, I) C-contiguous, w_ih
+    (2H, I) over both gates (zero rows where a variant has no input weights), out (T, B, H); the
+    state h (B, H) is updated in place."""
+    T = x.shape[0]
+    g = project_sequence(x, w_ih, b_in)
+    gf = np.empty(h.shape, h.dtype)
+    fh = np.empty(h.shape, h.dtype)
+    gn = np.empty(h.shape, h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        _stored_step(g[t], w, has_uf, h, out[t], gf, fh, gn)
 
 
 def split_weight(w_t, has_uf):

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from .common import (HALF, JIT, ONE, copy_vector, fma, gx_row, gx_shape, no_gx_index, output_grad, project_frame,
-                     project_stored, run_forward, run_rows, run_step, sigmoid, zero_tail)
+                     project_sequence, project_stored, run_forward, run_rows, run_step, sigmoid, zero_tail)
 
 
 # --- the per-row passes --------------------------------------------------------------
@@ -152,18 +152,35 @@ def frame(x, w_in_t, b_in, use_g, h, gx, out, ones):
 
 
 @njit(**JIT)
+def _stored_step(g, use_g, h, o):
+    """One step: g (B, 2H) the step's input side; h (B, H) updated in place and copied to o."""
+    H = h.shape[1]
+    for i in range(h.shape[0]):
+        if use_g:
+            _scan_g(g[i], h[i], o[i], H)
+        else:
+            _scan_identity(g[i], h[i], o[i], H)
+
+
+@njit(**JIT)
 def stored_frame(x, w_ih, b_in, use_g, h):
     """One frame on the input weights as stored, read in place (``layer.step()``): x (B, I),
     w_ih (2H, I), b_in (2H,); the state h (B, H) is updated in place."""
     B, H = h.shape
     g = np.empty((B, 2 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    o = np.empty((B, H), h.dtype)
-    for i in range(B):
-        if use_g:
-            _scan_g(g[i], h[i], o[i], H)
-        else:
-            _scan_identity(g[i], h[i], o[i], H)
+    _stored_step(g, use_g, h, np.empty((B, H), h.dtype))
+
+
+@njit(**JIT)
+def stored_sequence(x, w_ih, b_in, use_g, reverse, h, out):
+    """A whole sequence in one call: x (T, B, I) C-contiguous, out (T, B, H); the state h (B, H)
+    is updated in place."""
+    T = x.shape[0]
+    g = project_sequence(x, w_ih, b_in)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        _stored_step(g[t], use_g, h, out[t])
 
 
 def step(gx_t, h, use_g):

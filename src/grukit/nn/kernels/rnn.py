@@ -16,8 +16,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, project_stored, run_forward,
-                     run_rows, run_step, stored_product, tanh, time_index, zero_tail)
+                     no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence, project_stored,
+                     run_forward, run_rows, run_step, stored_product, tanh, time_index, zero_tail)
 
 
 # --- the per-row forward passes ------------------------------------------------------
@@ -115,20 +115,38 @@ def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
 
 
 @njit(**JIT)
+def _stored_step(g, w, bhh, relu, h, o, gr):
+    """One step on the weights as stored, read in place: g (B, H) the step's input side, w (H, H),
+    bhh (H,); the state h (B, H) is updated in place and copied to o. gr (B, H) is scratch."""
+    H = h.shape[1]
+    stored_product(h, w, gr)
+    for i in range(h.shape[0]):
+        if relu:
+            _relu_row(g[i], gr[i], bhh, h[i], o[i], H)
+        else:
+            _tanh_row(g[i], gr[i], bhh, h[i], o[i], H)
+
+
+@njit(**JIT)
 def stored_frame(x, w_ih, b_in, w, bhh, relu, h):
     """One frame on the weights as stored, read in place (``layer.step()``): x (B, I), w_ih (H, I),
     b_in (H,), w (H, H), bhh (H,); the state h (B, H) is updated in place."""
     B, H = h.shape
     g = np.empty((B, H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    gr = np.empty((B, H), h.dtype)
-    stored_product(h, w, gr)
-    o = np.empty((B, H), h.dtype)
-    for i in range(B):
-        if relu:
-            _relu_row(g[i], gr[i], bhh, h[i], o[i], H)
-        else:
-            _tanh_row(g[i], gr[i], bhh, h[i], o[i], H)
+    _stored_step(g, w, bhh, relu, h, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
+
+
+@njit(**JIT)
+def stored_sequence(x, w_ih, b_in, w, bhh, relu, reverse, h, out):
+    """A whole sequence on the weights as stored, in one call: x (T, B, I) C-contiguous,
+    out (T, B, H); the state h (B, H) is updated in place."""
+    T = x.shape[0]
+    g = project_sequence(x, w_ih, b_in)
+    gr = np.empty(h.shape, h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        _stored_step(g[t], w, bhh, relu, h, out[t], gr)
 
 
 def step(gx_t, h, w_t, bhh, relu):

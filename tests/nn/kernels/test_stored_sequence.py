@@ -1,0 +1,180 @@
+"""A batch of one in inference: ``layer(x)`` and ``streamer.run`` run each layer and direction as one
+compiled call on the weights as stored (api.SequenceStack), against the reference loop,
+torch.nn and the packed-weight path (api.forward_stack)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import grukit.nn as gnn
+from grukit.nn.kernels import api
+
+I, H, T = 5, 6, 7
+
+BUILDERS = {
+    "gru": lambda **o: gnn.GRU(I, H, **o),
+    "gru_reset_before": lambda **o: gnn.GRU(I, H, reset_after=False, **o),
+    "lstm": lambda **o: gnn.LSTM(I, H, **o),
+    "rnn_tanh": lambda **o: gnn.RNN(I, H, **o),
+    "rnn_relu": lambda **o: gnn.RNN(I, H, nonlinearity="relu", **o),
+    "mgu": lambda **o: gnn.MGU(I, H, **o),
+    "mingru": lambda **o: gnn.MinGRU(I, H, **o),
+    "mingru_g": lambda **o: gnn.MinGRU(I, H, candidate="g", **o),
+}
+MGU_VARIANTS = ("mgu1", "mgu2", "mgu3")
+
+
+@pytest.fixture
+def stored_calls(monkeypatch):
+    """A list that gets the stack's mode for every SequenceStack.run call."""
+    calls = []
+    real = api.SequenceStack.run
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.mode)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(api.SequenceStack, "run", spy)
+    return calls
+
+
+def twins(build, dtype, **options):
+    torch.manual_seed(7)
+    layer = build(num_layers=2, dtype=dtype, **options).eval()
+    reference = build(num_layers=2, dtype=dtype, kernel="reference", **options).eval()
+    reference.load_state_dict(layer.state_dict())
+    return layer, reference
+
+
+def parts(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_layer_call_on_a_batch_of_one_equals_the_reference(kind, bidirectional, dtype, atol, stored_calls):
+    layer, reference = twins(BUILDERS[kind], dtype, bidirectional=bidirectional, batch_first=True)
+    x = torch.randn(1, T, I, dtype=dtype)
+    shape = (4 if bidirectional else 2, 1, H)
+    h0 = tuple(torch.randn(shape, dtype=dtype) for _ in range(2)) if kind == "lstm" else torch.randn(shape, dtype=dtype)
+    kept = [part.clone() for part in parts(h0)]
+    with torch.no_grad():
+        for state in (None, h0):
+            out, final = layer(x, state)
+            want_out, want_final = reference(x, state)
+            torch.testing.assert_close(out, want_out, atol=atol, rtol=0)
+            for got, want in zip(parts(final), parts(want_final)):
+                torch.testing.assert_close(got, want, atol=atol, rtol=0)
+    assert len(stored_calls) == 2, "both calls ran the stored-weight stack"
+    assert all(torch.equal(a, b) for a, b in zip(parts(h0), kept)), "the given state is left as it was"
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm", "rnn_tanh"])
+def test_batch_of_one_matches_torch_nn(kind, stored_calls):
+    twin_type = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM, "rnn_tanh": torch.nn.RNN}[kind]
+    torch.manual_seed(0)
+    theirs = twin_type(I, H, num_layers=2, bidirectional=True).eval()
+    ours = BUILDERS[kind](num_layers=2, bidirectional=True).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(T, I)          # unbatched: a batch of one as well
+    with torch.no_grad():
+        got, want = ours(x), theirs(x)
+    torch.testing.assert_close(got[0], want[0], atol=2e-6, rtol=0)
+    for a, b in zip(parts(got[1]), parts(want[1])):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=0)
+    assert stored_calls == [ours.mode]
+
+
+def test_same_numbers_as_the_packed_weight_stack_up_to_summation_order():
+    """SequenceStack against forward_stack (pack_weight, the batched path's loops) on
+    the same arrays, every mode, two layers, both directions, float64."""
+    rng = np.random.default_rng(0)
+    for mode in api.MODES:
+        for candidate in ("identity", "g") if mode == "MINGRU" else ("identity",):
+            G, R = api.GATES[mode], api.RECURRENT_ROWS[mode]
+            directions = [[(rng.standard_normal((G * H, size)) * 0.4, rng.standard_normal(G * H) * 0.1,
+                            rng.standard_normal((R * H, H)) * 0.4 if R else None, rng.standard_normal(G * H) * 0.1)
+                           for _ in range(2)] for size in (I, 2 * H)]
+            packed = [[(w, b, api.pack_weight(w_hh), b_hh) for w, b, w_hh, b_hh in layer] for layer in directions]
+            x = rng.standard_normal((T, 1, I))
+            h0 = rng.standard_normal((4, 1, H))
+            c0 = rng.standard_normal((4, 1, H)) if mode == "LSTM" else None
+            want = api.forward_stack(mode, x, packed, h0, c0, candidate=candidate)
+            got = api.SequenceStack(mode, directions, candidate).run(x, h0, c0)
+            for a, b in zip(got, want):
+                assert (a is None and b is None) or np.allclose(a, b, rtol=0, atol=1e-13), (mode, candidate)
+
+
+def test_lengths_take_the_batched_path(stored_calls):
+    layer, reference = twins(BUILDERS["gru"], torch.float64)
+    x = torch.randn(T, 1, I, dtype=torch.float64)
+    with torch.no_grad():
+        out, final = layer(x, lengths=torch.tensor([4]))
+        want_out, want_final = reference(x, lengths=torch.tensor([4]))
+    torch.testing.assert_close(out, want_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(final, want_final, atol=1e-12, rtol=0)
+    assert stored_calls == []
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS) + list(MGU_VARIANTS))
+def test_streamer_run_on_a_batch_of_one_equals_its_frames(kind, stored_calls):
+    """run() in two chunks carries the state and gives what frame-by-frame step() gives, float64;
+    and the reference loop's output over the whole sequence."""
+    build = (lambda **o: gnn.MGU(I, H, variant=kind, **o)) if kind in MGU_VARIANTS else BUILDERS[kind]
+    layer, reference = twins(build, torch.float64)
+    x = torch.randn(T, I, dtype=torch.float64)
+    chunked, framed = layer.streamer(), layer.streamer()
+    got = np.concatenate([chunked.run(x[:3].numpy()), chunked.run(x[3:].numpy())])
+    frames = np.stack([framed.step(frame) for frame in x.numpy()])
+    with torch.no_grad():
+        want = reference(x)[0].numpy()
+    np.testing.assert_allclose(got, frames, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
+    for mine, theirs in zip(chunked.h + (chunked.c or []), framed.h + (framed.c or [])):
+        np.testing.assert_allclose(mine, theirs, atol=1e-12, rtol=0)
+    assert len(stored_calls) == 2
+
+
+def test_bad_arrays_name_what_is_wrong():
+    rng = np.random.default_rng(1)
+    layer = [(rng.standard_normal((3 * H, I)), None, rng.standard_normal((3 * H, H)), None)]
+    stack = api.SequenceStack("GRU", [layer])
+    x = rng.standard_normal((T, 1, I))
+    with pytest.raises(ValueError, match="h0: expected"):
+        stack.run(x, np.zeros((2, 1, H)))
+    with pytest.raises(ValueError, match=r"x: expected a C-contiguous \(T, B, 5\)"):
+        stack.run(x[..., :2].copy())
+    with pytest.raises(ValueError, match="x: expected"):
+        stack.run(x.astype(np.float32))
+    with pytest.raises(ValueError, match="weight_hh of layer 0"):
+        api.SequenceStack("GRU", [[(layer[0][0], None, np.zeros((H, H)), None)]])
+    with pytest.raises(ValueError, match="w_ih of layer 1"):
+        api.SequenceStack("GRU", [layer, layer])
+    lstm = api.SequenceStack("LSTM", [[(rng.standard_normal((4 * H, I)), None, rng.standard_normal((4 * H, H)), None)]])
+    with pytest.raises(ValueError, match="c0: expected"):
+        lstm.run(x, np.zeros((1, 1, H)))
+    with pytest.raises(ValueError, match="mode"):
+        api.SequenceStack("GRU2", [layer])
+
+
+def test_the_stack_is_kept_and_follows_weight_updates():
+    """layer(x) makes its SequenceStack once; an in-place update of the weights is read at once,
+    a replaced parameter gets a new stack."""
+    layer, reference = twins(BUILDERS["gru"], torch.float64)
+    x = torch.randn(T, 1, I, dtype=torch.float64)
+    with torch.no_grad():
+        layer(x)
+        stack = layer._made_of(layer._kernel_views(x))["sequence"]
+        layer(x)
+        assert layer._made_of(layer._kernel_views(x))["sequence"] is stack
+        for ours, theirs in zip(layer.parameters(), reference.parameters()):
+            ours.mul_(0.5)
+            theirs.mul_(0.5)
+        torch.testing.assert_close(layer(x)[0], reference(x)[0], atol=1e-12, rtol=0)
+        layer.weight_hh_l0 = torch.nn.Parameter(torch.randn(3 * H, H, dtype=torch.float64))
+        reference.weight_hh_l0 = torch.nn.Parameter(layer.weight_hh_l0.detach().clone())
+        torch.testing.assert_close(layer(x)[0], reference(x)[0], atol=1e-12, rtol=0)
+        assert layer._made_of(layer._kernel_views(x))["sequence"] is not stack
