@@ -216,7 +216,8 @@ def test_kernel_modules_import_numpy_and_numba_only():
     lambda: gnn.GRU(4, 8, kernel="fused", reset_after=False),
     lambda: gnn.LSTM(4, 8, kernel="fused"),
     lambda: gnn.RNN(4, 8, kernel="fused"),                      # flushed after the kernel
-], ids=["gru", "gru-reset-before", "lstm", "rnn"])
+    lambda: gnn.MGU(4, 8, kernel="fused"),
+], ids=["gru", "gru-reset-before", "lstm", "rnn", "mgu"])
 def test_backward_flushes_subnormals_without_changing_results(make):
     """Loss on the last step: gradients shrink towards t = 0 and would be subnormal in float32.
     The kernels flush them (FTZ/DAZ) and restore the caller's floating-point mode afterwards."""

@@ -177,9 +177,11 @@ class _FusedDirection(torch.autograd.Function):
                 ctx.mode, ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
                 ctx.lengths, ctx.reverse, ctx.candidate)
         CALLS["backward"] += 1
-        # torch's GEMMs below must not meet tiny values (see common.py)
+        # torch's GEMMs below must not meet tiny values (see common.py). The weight terms' gradients
+        # are mostly views of dgx, flushed with it (checking .base missed them: a view of a kept
+        # buffer's view has the buffer as its base, and S3's SimpleRNN flushed dgx three times).
         if dgx.dtype == np.float32 and ctx.mode not in api.FLUSHES_IN_KERNEL:
-            for gradient in (dgx, *(term[2] for term in terms or () if term[2].base is not dgx)):
+            for gradient in (dgx, *(term[2] for term in terms or () if not np.may_share_memory(term[2], dgx))):
                 flush_tiny(gradient, TINY_GRADIENT_FLOAT32)
         grad_w = grad_b = None
         if terms and (ctx.needs_input_grad[8] or ctx.needs_input_grad[9]):
