@@ -66,9 +66,12 @@ class Streamer:
         self._sequence = None if batch_size != 1 else api.SequenceStack(
             self.mode, [[(w_ih, input_bias, None if w_t is None else np.ascontiguousarray(w_t.T), bias_hh)]
                         for ((w_ih, input_bias, w_t, bias_hh),) in self._stack], self.candidate)
-        shape = (batch_size, H)
-        self.h = [np.zeros(shape, self.dtype) for _ in self._weights]
-        self.c = [np.zeros(shape, self.dtype) for _ in self._weights] if self.mode == "LSTM" else None
+        # the states, one (batch_size, H) view per layer of one (L, batch_size, H) array each, which
+        # run() advances in place on a batch of one
+        self._h = np.zeros((len(self._weights), batch_size, H), self.dtype)
+        self._c = np.zeros_like(self._h) if self.mode == "LSTM" else None
+        self.h = list(self._h)
+        self.c = None if self._c is None else list(self._c)
         self._frames = [self._frame_function(index) for index in range(len(self._weights))]
 
     @staticmethod
@@ -145,17 +148,15 @@ class Streamer:
                              f"(T, {self.input_size}) or (T, {self.batch_size}, {self.input_size}) "
                              f"with time first, got {np.shape(frames)}")
         x = np.ascontiguousarray(x)
-        if self._sequence is not None:   # one compiled call per layer (api.SequenceStack)
-            out, h_n, c_n = self._sequence.run(x, np.stack(self.h), None if self.c is None else np.stack(self.c))
-        else:
-            set_threads(torch.get_num_threads())
-            with one_blas_thread(x.shape[0] * x.shape[1]):    # the projection's rows and the steps' GEMMs
-                out, h_n, c_n = api.forward_stack(self.mode, x, self._stack, self.h, self.c,
-                                                  candidate=self.candidate)
-        for state, final in zip(self.h, h_n):
-            state[...] = final       # in place: the frame functions hold these arrays
-        for state, final in zip(self.c or (), c_n if c_n is not None else ()):
-            state[...] = final
+        if self._sequence is not None:   # one compiled call per layer (api.SequenceStack), states in place
+            out = self._sequence.advance(x, self._h, self._c)
+            return out[:, 0] if single else out
+        set_threads(torch.get_num_threads())
+        with one_blas_thread(x.shape[0] * x.shape[1]):    # the projection's rows and the steps' GEMMs
+            out, h_n, c_n = api.forward_stack(self.mode, x, self._stack, self.h, self.c, candidate=self.candidate)
+        self._h[...] = h_n       # in place: the frame functions hold views of these arrays
+        if c_n is not None:
+            self._c[...] = c_n
         return out[:, 0] if single else out
 
 

@@ -28,15 +28,15 @@ MGU_VARIANTS = ("mgu1", "mgu2", "mgu3")
 
 @pytest.fixture
 def stored_calls(monkeypatch):
-    """A list that gets the stack's mode for every SequenceStack.run call."""
+    """A list that gets the stack's mode whenever a SequenceStack runs (run or advance)."""
     calls = []
-    real = api.SequenceStack.run
+    real = api.SequenceStack._advance
 
     def spy(self, *args, **kwargs):
         calls.append(self.mode)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(api.SequenceStack, "run", spy)
+    monkeypatch.setattr(api.SequenceStack, "_advance", spy)
     return calls
 
 
@@ -156,6 +156,10 @@ def test_bad_arrays_name_what_is_wrong():
     lstm = api.SequenceStack("LSTM", [[(rng.standard_normal((4 * H, I)), None, rng.standard_normal((4 * H, H)), None)]])
     with pytest.raises(ValueError, match="c0: expected"):
         lstm.run(x, np.zeros((1, 1, H)))
+    with pytest.raises(ValueError, match="c: expected"):
+        lstm.advance(x, np.zeros((1, 1, H)))
+    with pytest.raises(ValueError, match="h: expected a C-contiguous array"):
+        stack.advance(x, np.zeros((1, 1, 2 * H))[..., ::2])
     with pytest.raises(ValueError, match="mode"):
         api.SequenceStack("GRU2", [layer])
 

@@ -392,33 +392,52 @@ class SequenceStack:
         """x (T, B, I) C-contiguous, time-major; h0 (and c0 for LSTM): (L*D, B, H), left unchanged,
         or None for zeros. Returns the last layer's output (T, B, D*H) and the final states h_n
         (and c_n, else None), (L*D, B, H) each."""
-        dt = self.dtype
-        if x.ndim != 3 or x.shape[2] != self.input_size or x.dtype != dt or not x.flags.c_contiguous:
-            raise ValueError(f"x: expected a C-contiguous (T, B, {self.input_size}) {dt} array, "
-                             f"got {x.shape} {x.dtype}")
-        T, B, _ = x.shape
-        shape = (self.shape[0], B, self.shape[1])
+        self._check_input(x)
+        shape = (self.shape[0], x.shape[1], self.shape[1])
         lstm_ = self.mode == "LSTM"
         states = []   # copies: the loops update the states in place
         for name, state in (("h0", h0), ("c0", c0)) if lstm_ else (("h0", h0),):
             if h0 is None:
-                states.append(np.zeros(shape, dt))
-            elif state is None or state.shape != shape or state.dtype != dt:
-                raise ValueError(f"{name}: expected {shape} {dt}, got "
-                                 f"{None if state is None else (state.shape, state.dtype)}")
+                states.append(np.zeros(shape, self.dtype))
             else:
+                self._check_state(name, state, shape)
                 states.append(np.array(state, order="C"))
         h_n, c_n = states if lstm_ else (states[0], None)
+        return self._advance(x, h_n, c_n), h_n, c_n
+
+    def advance(self, x, h, c=None):
+        """As :meth:`run`, on states (L*D, B, H) C-contiguous that are updated in place to the
+        final states (``streamer.run`` keeps its state so). Returns the last layer's output."""
+        self._check_input(x)
+        shape = (self.shape[0], x.shape[1], self.shape[1])
+        for name, state in (("h", h), ("c", c)) if self.mode == "LSTM" else (("h", h),):
+            self._check_state(name, state, shape)
+            if not state.flags.c_contiguous:
+                raise ValueError(f"{name}: expected a C-contiguous array, updated in place")
+        return self._advance(x, h, c)
+
+    def _check_input(self, x):
+        if x.ndim != 3 or x.shape[2] != self.input_size or x.dtype != self.dtype or not x.flags.c_contiguous:
+            raise ValueError(f"x: expected a C-contiguous (T, B, {self.input_size}) {self.dtype} array, "
+                             f"got {x.shape} {x.dtype}")
+
+    def _check_state(self, name, state, shape):
+        if state is None or state.shape != shape or state.dtype != self.dtype:
+            raise ValueError(f"{name}: expected {shape} {self.dtype}, got "
+                             f"{None if state is None else (state.shape, state.dtype)}")
+
+    def _advance(self, x, h, c):
+        T, B, _ = x.shape
         index = 0
         for layer in self._layers:
             outputs = []
             for direction, sequence in enumerate(layer):
-                out = np.empty((T, B, self.hidden_size), dt)
-                flushing_subnormals(sequence, x, direction == 1, h_n[index], None if c_n is None else c_n[index], out)
+                out = np.empty((T, B, self.hidden_size), self.dtype)
+                flushing_subnormals(sequence, x, direction == 1, h[index], None if c is None else c[index], out)
                 outputs.append(out)
                 index += 1
             x = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
-        return x, h_n, c_n
+        return x
 
 
 def _stored_frame(mode, candidate, w_ih, b_in, w_hh, bias):
