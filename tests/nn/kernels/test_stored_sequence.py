@@ -7,22 +7,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import grukit.nn as gnn
 from grukit.nn.kernels import api
 
 I, H, T = 5, 6, 7
 
-BUILDERS = {
-    "gru": lambda **o: gnn.GRU(I, H, **o),
-    "gru_reset_before": lambda **o: gnn.GRU(I, H, reset_after=False, **o),
-    "lstm": lambda **o: gnn.LSTM(I, H, **o),
-    "rnn_tanh": lambda **o: gnn.RNN(I, H, **o),
-    "rnn_relu": lambda **o: gnn.RNN(I, H, nonlinearity="relu", **o),
-    "mgu": lambda **o: gnn.MGU(I, H, **o),
-    "mingru": lambda **o: gnn.MinGRU(I, H, **o),
-    "mingru_g": lambda **o: gnn.MinGRU(I, H, candidate="g", **o),
+CELLS = {   # kind: (layer class, options)
+    "gru": (gnn.GRU, {}),
+    "gru_reset_before": (gnn.GRU, {"reset_after": False}),
+    "lstm": (gnn.LSTM, {}),
+    "rnn_tanh": (gnn.RNN, {}),
+    "rnn_relu": (gnn.RNN, {"nonlinearity": "relu"}),
+    "mgu": (gnn.MGU, {}),
+    "mingru": (gnn.MinGRU, {}),
+    "mingru_g": (gnn.MinGRU, {"candidate": "g"}),
 }
+BUILDERS = {kind: (lambda cls=cls, fixed=fixed, **o: cls(I, H, **fixed, **o)) for kind, (cls, fixed) in CELLS.items()}
 MGU_VARIANTS = ("mgu1", "mgu2", "mgu3")
 
 
@@ -106,6 +109,25 @@ def test_same_numbers_as_the_packed_weight_stack_up_to_summation_order():
             got = api.SequenceStack(mode, directions, candidate).run(x, h0, c0)
             for a, b in zip(got, want):
                 assert (a is None and b is None) or np.allclose(a, b, rtol=0, atol=1e-13), (mode, candidate)
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(list(CELLS)), inputs=st.integers(1, 5), hidden=st.integers(1, 5),
+       steps=st.integers(1, 4), layers=st.integers(1, 2), bidirectional=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_property_random_shapes(kind, inputs, hidden, steps, layers, bidirectional, seed):
+    """Down to one step, one input and one unit: layer(x) on a batch of one against the reference."""
+    cls, options = CELLS[kind]
+    torch.manual_seed(seed)
+    options = dict(options, num_layers=layers, bidirectional=bidirectional, dtype=torch.float64)
+    layer = cls(inputs, hidden, **options).eval()
+    reference = cls(inputs, hidden, kernel="reference", **options).eval()
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(steps, 1, inputs, dtype=torch.float64)
+    with torch.no_grad():
+        got, want = layer(x), reference(x)
+    torch.testing.assert_close(got[0], want[0], atol=1e-12, rtol=0)
+    for a, b in zip(parts(got[1]), parts(want[1])):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
 def test_lengths_take_the_batched_path(stored_calls):
