@@ -177,7 +177,10 @@ def test_bad_arrays_name_what_is_wrong():
         api.SequenceStack("GRU", [layer, layer])
     lstm = api.SequenceStack("LSTM", [[(rng.standard_normal((4 * H, I)), None, rng.standard_normal((4 * H, H)), None)]])
     with pytest.raises(ValueError, match="c0: expected"):
-        lstm.run(x, np.zeros((1, 1, H)))
+        lstm.run(x, np.zeros((1, 1, H)), np.zeros((1, 2, H)))
+    zeros = lstm.run(x)
+    for h0, c0 in ((np.zeros((1, 1, H)), None), (None, np.zeros((1, 1, H)))):   # None: zeros, each on its own
+        assert all(np.array_equal(a, b) for a, b in zip(lstm.run(x, h0, c0), zeros))
     with pytest.raises(ValueError, match="c: expected"):
         lstm.advance(x, np.zeros((1, 1, H)))
     with pytest.raises(ValueError, match="h: expected a C-contiguous array"):

@@ -390,14 +390,14 @@ class SequenceStack:
 
     def run(self, x, h0=None, c0=None):
         """x (T, B, I) C-contiguous, time-major; h0 (and c0 for LSTM): (L*D, B, H), left unchanged,
-        or None for zeros. Returns the last layer's output (T, B, D*H) and the final states h_n
-        (and c_n, else None), (L*D, B, H) each."""
+        or None for zeros (each on its own). Returns the last layer's output (T, B, D*H) and the
+        final states h_n (and c_n, else None), (L*D, B, H) each."""
         self._check_input(x)
         shape = (self.shape[0], x.shape[1], self.shape[1])
         lstm_ = self.mode == "LSTM"
         states = []   # copies: the loops update the states in place
         for name, state in (("h0", h0), ("c0", c0)) if lstm_ else (("h0", h0),):
-            if h0 is None:
+            if state is None:
                 states.append(np.zeros(shape, self.dtype))
             else:
                 self._check_state(name, state, shape)
