@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,62 @@ def test_one_zero_row_stands_for_an_unused_output_sequences_gradient(mode):
         assert (a is None and b is None) or np.array_equal(a, b)
     with pytest.raises(ValueError, match="unused output"):
         api.backward(mode, ws, gx, w, np.zeros((1, 2, out.shape[2])), grad_h_n, grad_c_n, lengths, True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batch_first_output_gradient_is_read_in_place(mode):
+    """api.backward on a (B, T, H) grad_out with grad_out_batch_first gives the same bits as on
+    its time-major copy; the time-major shape is then refused."""
+    gx, state0, weights, lengths, _ = make_case(mode, 6, 3, 4, ragged=True, seed=4)
+    h0, c0 = (t.detach().numpy() for t in state0) if mode == "LSTM" else (state0.detach().numpy(), None)
+    w = None if weights.weight_hh is None else weights.weight_hh.detach().numpy()
+    bias = None if weights.bias_hh is None else weights.bias_hh.detach().numpy()
+    gx, lengths = gx.detach().numpy(), lengths.numpy()
+    out, h_n, c_n, ws = api.forward(mode, gx, h0, c0, None if w is None else api.pack_weight(w), bias, lengths,
+                                    reverse=True, training=True)
+    rng = np.random.default_rng(2)
+    batch_first = rng.standard_normal((out.shape[1], out.shape[0], out.shape[2]))
+    grad_h_n = rng.standard_normal(h_n.shape)
+    grad_c_n = None if c_n is None else np.ones_like(c_n)
+    in_place = api.backward(mode, ws, gx, w, batch_first, grad_h_n, grad_c_n, lengths, True,
+                            grad_out_batch_first=True)
+    copied = api.backward(mode, ws, gx, w, np.ascontiguousarray(batch_first.transpose(1, 0, 2)), grad_h_n,
+                          grad_c_n, lengths, True)
+    flat = [list(_leaves(g)) for g in (in_place, copied)]
+    assert len(flat[0]) == len(flat[1]) and all(
+        (x is None and y is None) or np.array_equal(x, y) for x, y in zip(*flat))
+    with pytest.raises(ValueError, match=r"\(batch-first\)"):
+        api.backward(mode, ws, gx, w, out, grad_h_n, grad_c_n, lengths, True, grad_out_batch_first=True)
+
+
+@pytest.mark.parametrize("make", [lambda: gnn.GRU(3, 4, batch_first=True, dtype=torch.float64),
+                                  lambda: gnn.LSTM(3, 4, batch_first=True, dtype=torch.float64),
+                                  lambda: gnn.MinGRU(3, 4, batch_first=True, num_layers=2, dtype=torch.float64)],
+                         ids=["gru", "lstm", "mingru-2-layers"])
+def test_batch_first_layers_hand_the_kernels_their_output_gradient_as_it_is(make, monkeypatch):
+    """Training a batch-first layer with a loss on its whole output sequence: the kernels get the
+    last layer's (B, T, H) output gradient in place (a spy on api.backward; autograd runs the last
+    layer first, and the layers below get time-major gradients), and every gradient equals the
+    reference loop's."""
+    torch.manual_seed(0)
+    layer = make()
+    reference = copy.deepcopy(layer)
+    reference.kernel = "reference"
+    seen = []
+    real = api.backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("grad_out_batch_first", args[10] if len(args) > 10 else False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "backward", spy)
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    weights = torch.randn(3, 5, layer.hidden_size, dtype=torch.float64)
+    for model in (layer, reference):
+        (model(x)[0] * weights).sum().backward()
+    assert seen[0] is True and seen[1:] == [False] * (layer.num_layers - 1), seen
+    for (name, ours), theirs in zip(layer.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-12, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize("mode", MODES)

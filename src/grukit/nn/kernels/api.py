@@ -223,14 +223,14 @@ def _projection_bias(x, w_ih, b_ih):
 
 
 def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, reverse=False,
-             candidate="identity"):
+             candidate="identity", grad_out_batch_first=False):
     """Gradients through one forward call (its workspace ``ws``).
 
     ``gx`` is read by minGRU only (which recomputes its gates from it); other modes take None,
     so the caller need not keep the (T, B, G*H) pre-activations alive between the passes.
-    ``grad_out`` is (T, B, H), or (1, 1, H) zeros when the loss does not read the output sequence
-    (common.output_grad). Returns (grad_gx, grad_h0, grad_c0 or None, terms, bias_source): see
-    :func:`weight_grads`.
+    ``grad_out`` is (T, B, H), or (B, T, H) with ``grad_out_batch_first`` (read in place), or
+    (1, 1, H) zeros when the loss does not read the output sequence (common.output_grad).
+    Returns (grad_gx, grad_h0, grad_c0 or None, terms, bias_source): see :func:`weight_grads`.
     """
     T, B = ws[0].shape[:2]   # every mode's first workspace array is (T, B, ...)
     dtype = ws[0].dtype
@@ -238,28 +238,30 @@ def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, r
     grad_out = np.ascontiguousarray(grad_out, dtype=dtype)
     grad_h_n = np.ascontiguousarray(grad_h_n, dtype=dtype)
     H = grad_h_n.shape[1]
-    if grad_out.shape not in ((T, B, H), (1, 1, H)):
-        raise ValueError(f"grad_out: expected {(T, B, H)}, or (1, 1, {H}) zeros for an unused output "
-                         f"sequence, got {grad_out.shape}")
+    bf = bool(grad_out_batch_first)
+    expected = (B, T, H) if bf else (T, B, H)
+    if grad_out.shape not in (expected, (1, 1, H)):
+        raise ValueError(f"grad_out: expected {expected}{' (batch-first)' if bf else ''}, or (1, 1, {H}) zeros "
+                         f"for an unused output sequence, got {grad_out.shape}")
     reverse = bool(reverse)
     w = None if w is None else np.ascontiguousarray(w)
     dc0 = None
     if mode in ("GRU", "GRU_RESET_BEFORE"):
         dgx, dh0, terms, bias_src = gru.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
-                                                 mode == "GRU")
+                                                 mode == "GRU", bf)
     elif mode == "LSTM":
         grad_c_n = np.ascontiguousarray(grad_c_n, dtype=dtype)
         dgx, dh0, dc0, terms, bias_src = lstm.backward(ws, w, grad_out, grad_h_n, grad_c_n,
-                                                       lengths, reverse)
+                                                       lengths, reverse, bf)
     elif mode in ("RNN_TANH", "RNN_RELU"):
         dgx, dh0, terms, bias_src = rnn.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
-                                                 mode == "RNN_RELU")
+                                                 mode == "RNN_RELU", bf)
     elif mode == "MINGRU":
         dgx, dh0, terms, bias_src = mingru.backward(ws, gx, grad_out, grad_h_n, lengths, reverse,
-                                                    candidate == "g")
+                                                    candidate == "g", bf)
     else:
         dgx, dh0, terms, bias_src = mgu.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
-                                                 mode != "MGU3")
+                                                 mode != "MGU3", bf)
     return dgx, dh0, dc0, terms, bias_src
 
 

@@ -487,13 +487,16 @@ def no_gx_index():
 
 
 @njit(**JIT)
-def output_grad(grad_out, t, b):
-    """grad_out[t, b], the gradient reaching step t's output of sequence b. A (1, 1, H) grad_out
-    stands for zeros at every step: the loss did not read the output sequence (a model that keeps
-    only the last state), and a (T, B, H) array of zeros would be written and read for nothing."""
+def output_grad(grad_out, t, b, batch_first):
+    """grad_out[t, b] (grad_out[b, t] when ``batch_first``), the gradient reaching step t's output of
+    sequence b. Batch-first: the (B, T, H) gradient of a batch-first layer's output, read in place
+    rather than copied to time-major first (one (T, B, H) array less at the step's peak). A
+    (1, 1, H) grad_out stands for zeros at every step: the loss did not read the output sequence (a
+    model that keeps only the last state), and an array of zeros would be written and read for
+    nothing."""
     if grad_out.shape[0] == 1 and grad_out.shape[1] == 1:
         return grad_out[0, 0]
-    return grad_out[t, b]
+    return grad_out[b, t] if batch_first else grad_out[t, b]
 
 
 @njit(**JIT)

@@ -172,10 +172,13 @@ class _FusedDirection(torch.autograd.Function):
         ws = tuple(_np(t) for t in output_and_h0) if output_and_h0 else ctx.ws
         set_threads(torch.get_num_threads())
         w = _np(weight_hh)
+        # A batch-first layer's output is a transposed view, and so is its gradient: the kernels read
+        # it in place (B, T, H) instead of a time-major copy (S2: 3.3 MB less at the step's peak).
+        batch_first = not grad_out.is_contiguous() and grad_out.transpose(0, 1).is_contiguous()
         with one_blas_thread(grad_out.shape[1]):
             dgx, dh0, dc0, terms, bias_src = api.backward(
-                ctx.mode, ws, _np(gx), w, _np(grad_out), _np(grad_h_n), _np(grad_c_n),
-                ctx.lengths, ctx.reverse, ctx.candidate)
+                ctx.mode, ws, _np(gx), w, _np(grad_out.transpose(0, 1) if batch_first else grad_out),
+                _np(grad_h_n), _np(grad_c_n), ctx.lengths, ctx.reverse, ctx.candidate, batch_first)
         CALLS["backward"] += 1
         # torch's GEMMs below must not meet tiny values (see common.py). The weight terms' gradients
         # are mostly views of dgx, flushed with it (checking .base missed them: a view of a kept

@@ -211,7 +211,7 @@ def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H, tiny):
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h,
+def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h,
               dgx, dgh_n, dh0, bias_rows, tiny):
     """Per step: the pointwise pass over the block's rows, then dh_{t-1} += dgates @ W as
     one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows).
@@ -244,10 +244,10 @@ def _bwd_rows(b0, b1, w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g
                 dgb[i, :] = 0
                 dgn[i, :] = 0
             elif reset_after:
-                _bwd_after(output_grad(grad_out, t, b), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                _bwd_after(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
                            dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
             else:
-                _bwd_before(output_grad(grad_out, t, b), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                _bwd_before(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
                             dgn[i], dh[i], H, tiny)
         if not reset_after:
             gemm_packed(dgn, w_n, p_n, d_rh)
@@ -347,7 +347,7 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training, gx_index=
     return out, h_n, ws
 
 
-def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=False):
     """Returns grad_gx (T, B, 3H), grad_h0 (B, H), the weight-gradient terms and the
     bias-gradient source (see :func:`grukit.nn.kernels.api.weight_grads`)."""
     ws_g, ws_h, ws_x = ws
@@ -357,7 +357,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after):
     dgh_n = buffers.empty((T, B, H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 3 * H) if reset_after else (1, 1), dt)
-    args = (w, lengths, reverse, reset_after, grad_out, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows,
+    args = (w, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows,
             tiny_gradient(dt))
     run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)
     if reset_after:

@@ -136,7 +136,7 @@ def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H, gsum, tiny):
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c,
+def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_bf, grad_h_n, grad_c_n, ws_g, ws_c,
               dgx, dh0, dc0, bias_rows, tiny):
     """Per step: the pointwise pass over the block's rows, then dh_{t-1} = dgates @ W as one
     GEMM. bias_rows (B, 4H) receives each sequence's gate gradients summed over time. Gate
@@ -157,7 +157,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, w
             if t < 0:            # past this sequence's end: h and c carried
                 dgb[i, :] = 0
             else:
-                _bwd_row(output_grad(grad_out, t, b), ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i],
+                _bwd_row(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_c[t, b], dgx[t, b], dgb[i], dh[i],
                          dc[i], H, bias_rows[b], tiny)
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried
     copy_matrix(dh0[b0:b1], dh)
@@ -220,7 +220,7 @@ def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training, gx_index=None):
     return out, h_n, c_n, ws
 
 
-def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
+def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse, grad_bf=False):
     """Returns grad_gx (T, B, 4H), grad_h0, grad_c0, the weight terms and the bias source."""
     ws_g, ws_h, ws_c = ws
     T, B, H = ws_h.shape
@@ -229,7 +229,7 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse):
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 4 * H), dt)
-    args = (w, lengths, reverse, grad_out, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0, bias_rows,
+    args = (w, lengths, reverse, grad_out, grad_bf, grad_h_n, grad_c_n, ws_g, ws_c, dgx, dh0, dc0, bias_rows,
             tiny_gradient(dt))
     run_rows(_bwd_rows, B, T * B * 4 * H * H, args)
     return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], bias_rows

@@ -104,7 +104,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, lengths, reverse, has_uf, traini
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0):
+def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dh0):
     """Per step: the pointwise pass, d(f * h) = dn @ U_n (one GEMM), the f pass, then
     dh_{t-1} += df @ U_f (one GEMM, with U_f)."""
     H = grad_out.shape[2]
@@ -130,7 +130,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_
                 dgf[i, :] = 0
                 dgn[i, :] = 0
                 continue
-            go = output_grad(grad_out, t, b)
+            go = output_grad(grad_out, t, b, grad_bf)
             gs = ws_g[t, b]
             hp = ws_h[t, b]
             df_ = dgf[i]
@@ -240,13 +240,13 @@ def forward(gx, h0, w_t, lengths, reverse, has_uf, training, gx_index=None):
     return out, h_n, ws
 
 
-def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf):
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf, grad_bf=False):
     ws_g, ws_h, ws_x = ws
     T, B, H = ws_h.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
-    args = (w, lengths, reverse, has_uf, grad_out, grad_h_n, ws_g, ws_h, dgx, dh0)
+    args = (w, lengths, reverse, has_uf, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args)
     if has_uf:
         terms = [(0, H, dgx[..., :H], ws_h), (H, 2 * H, dgx[..., H:], ws_x)]

@@ -122,7 +122,7 @@ def _bwd_g(go, g, hp, dg, dh, H):
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0):
+def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_bf, grad_h_n, ws_h, dgx, dh0):
     H = grad_out.shape[2]
     dh = np.empty(H, dtype=dgx.dtype)
     for b in range(b0, b1):
@@ -132,9 +132,9 @@ def _bwd_rows(b0, b1, gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx
         for s in range(L - 1, -1, -1):
             t = L - 1 - s if reverse else s
             if use_g:
-                _bwd_g(output_grad(grad_out, t, b), gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
+                _bwd_g(output_grad(grad_out, t, b, grad_bf), gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
             else:
-                _bwd_identity(output_grad(grad_out, t, b), gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
+                _bwd_identity(output_grad(grad_out, t, b, grad_bf), gx[t, b], ws_h[t, b], dgx[t, b], dh, H)
         copy_vector(dh0[b], dh)
 
 
@@ -196,12 +196,12 @@ def forward(gx, h0, lengths, reverse, use_g, training, gx_index=None):
     return out, h_n, ws
 
 
-def backward(ws, gx, grad_out, grad_h_n, lengths, reverse, use_g):
+def backward(ws, gx, grad_out, grad_h_n, lengths, reverse, use_g, grad_bf=False):
     (ws_h,) = ws
     T, B, H = ws_h.shape
     dt = grad_out.dtype
     dgx = np.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
-    args = (gx, lengths, reverse, use_g, grad_out, grad_h_n, ws_h, dgx, dh0)
+    args = (gx, lengths, reverse, use_g, grad_out, grad_bf, grad_h_n, ws_h, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * H * _WORK_PER_ELEMENT, args)
     return dgx, dh0, [], None

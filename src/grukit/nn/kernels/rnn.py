@@ -74,7 +74,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, bhh, lengths, reverse, relu, training, 
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, out, dgx, dh0):
+def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out, dgx, dh0):
     H = grad_out.shape[2]
     R = b1 - b0
     dh = grad_h_n[b0:b1].copy()
@@ -90,7 +90,7 @@ def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_h_n, out, dgx, d
             if t < 0:            # past this sequence's end: state carried
                 dgb[i, :] = 0
                 continue
-            go = output_grad(grad_out, t, b)
+            go = output_grad(grad_out, t, b, grad_bf)
             hs = out[t, b]
             dg = dgx[t, b]
             for j in range(H):
@@ -177,12 +177,12 @@ def _previous_states(out, h0, dgx, lengths, reverse):
     return [(0, H, dgx[:-1], out[1:]), (0, H, first, h0[None])]
 
 
-def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu):
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu, grad_bf=False):
     out, h0 = ws
     T, B, H = out.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, H), dt)
     dh0 = np.empty((B, H), dt)
-    args = (w, lengths, reverse, relu, grad_out, grad_h_n, out, dgx, dh0)
+    args = (w, lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * H * H, args)
     return dgx, dh0, _previous_states(out, np.ascontiguousarray(h0, dt), dgx, lengths, reverse), dgx
