@@ -281,17 +281,23 @@ def test_rnn_backward_reads_the_output_and_guards_it(mode):
         (out.sum() + h_n.sum()).backward()
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_one_zero_row_stands_for_an_unused_output_sequences_gradient(mode):
-    """api.backward with grad_out (1, 1, H) zeros gives the same bits as with (T, B, H) zeros,
-    and any other shape is refused."""
-    gx, state0, weights, lengths, _ = make_case(mode, 6, 3, 4, ragged=True)
+def reversed_training_forward(mode, seed=0):
+    """A ragged batch (T=6, B=3, H=4) through api.forward in reverse, training: (gx, weight_hh as
+    stored, lengths, (out, h_n, c_n, workspace)) as numpy arrays."""
+    gx, state0, weights, lengths, _ = make_case(mode, 6, 3, 4, ragged=True, seed=seed)
     h0, c0 = (t.detach().numpy() for t in state0) if mode == "LSTM" else (state0.detach().numpy(), None)
     w = None if weights.weight_hh is None else weights.weight_hh.detach().numpy()
     bias = None if weights.bias_hh is None else weights.bias_hh.detach().numpy()
     gx, lengths = gx.detach().numpy(), lengths.numpy()
-    out, h_n, c_n, ws = api.forward(mode, gx, h0, c0, None if w is None else api.pack_weight(w), bias, lengths,
-                                    reverse=True, training=True)
+    return gx, w, lengths, api.forward(mode, gx, h0, c0, None if w is None else api.pack_weight(w), bias, lengths,
+                                       reverse=True, training=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_zero_row_stands_for_an_unused_output_sequences_gradient(mode):
+    """api.backward with grad_out (1, 1, H) zeros gives the same bits as with (T, B, H) zeros,
+    and any other shape is refused."""
+    gx, w, lengths, (out, h_n, c_n, ws) = reversed_training_forward(mode)
     grad_h_n = np.random.default_rng(0).standard_normal(h_n.shape)
     grad_c_n = None if c_n is None else np.ones_like(c_n)
     full, row = (api.backward(mode, ws, gx, w, np.zeros(shape), grad_h_n, grad_c_n, lengths, True)
@@ -306,13 +312,7 @@ def test_one_zero_row_stands_for_an_unused_output_sequences_gradient(mode):
 def test_a_batch_first_output_gradient_is_read_in_place(mode):
     """api.backward on a (B, T, H) grad_out with grad_out_batch_first gives the same bits as on
     its time-major copy; the time-major shape is then refused."""
-    gx, state0, weights, lengths, _ = make_case(mode, 6, 3, 4, ragged=True, seed=4)
-    h0, c0 = (t.detach().numpy() for t in state0) if mode == "LSTM" else (state0.detach().numpy(), None)
-    w = None if weights.weight_hh is None else weights.weight_hh.detach().numpy()
-    bias = None if weights.bias_hh is None else weights.bias_hh.detach().numpy()
-    gx, lengths = gx.detach().numpy(), lengths.numpy()
-    out, h_n, c_n, ws = api.forward(mode, gx, h0, c0, None if w is None else api.pack_weight(w), bias, lengths,
-                                    reverse=True, training=True)
+    gx, w, lengths, (out, h_n, c_n, ws) = reversed_training_forward(mode, seed=4)
     rng = np.random.default_rng(2)
     batch_first = rng.standard_normal((out.shape[1], out.shape[0], out.shape[2]))
     grad_h_n = rng.standard_normal(h_n.shape)
