@@ -10,7 +10,7 @@ import pytest
 
 from grukit.nn.kernels import blas, common
 
-SHAPES = list(itertools.product((1, 2, 3, 5, 33), (1, 2, 7, 16), (1, 3, 12, 48)))
+SHAPES = list(itertools.product((1, 2, 3, 5, 6, 33), (1, 2, 7, 16), (1, 3, 12, 48)))   # 5 | 6: loop | BLAS
 
 
 @pytest.mark.parametrize("dtype,atol", [(np.float32, 1e-4), (np.float64, 1e-12)])

@@ -318,11 +318,13 @@ def dot_matvec(x, w, out):
 
 @njit(**JIT)
 def stored_product(x, w, out):
-    """out = x @ w.T for w (N, K) a weight as stored, read in place: by dot products for one row
-    of x, else one BLAS call that reads w transposed. The product of the frames on stored weights
-    (each family's ``stored_frame``, behind ``layer.step()``)."""
-    if x.shape[0] == 1:
-        dot_matvec(x[0], w, out[0])
+    """out = x @ w.T for w (N, K) a weight as stored, read in place: by dot products for up to
+    GEMM_MIN_ROWS - 1 rows of x (H=128: 2 rows 6.4 against 14.3 us for the BLAS call, 4 rows 12.5
+    against 13.5), else one BLAS call that reads w transposed. The product of the frames and
+    sequences on stored weights (each family's ``stored_frame`` and ``stored_sequence``)."""
+    if x.shape[0] < GEMM_MIN_ROWS:
+        for r in range(x.shape[0]):
+            dot_matvec(x[r], w, out[r])
         return
     out[:] = 0
     blas_gemm_nt_acc(x, w, out)
@@ -348,8 +350,12 @@ def project_frame(x, w_in_t, b_in, gx):
 
 
 # The per-step recurrent products are BLAS GEMMs (blas.blas_gemm: MKL from torch's build, else
-# scipy's OpenBLAS): 2-4x the loops above. A single row stays on the mat-vec loop, where
-# a BLAS call costs more than it saves. Under OpenBLAS, float32 GEMMs of at most
+# scipy's OpenBLAS): 2-4x the loops above. Blocks of up to GEMM_MIN_ROWS - 1 rows stay on the
+# mat-vec loop (axpy_matvec per row), where a BLAS call costs more than it saves. MKL float32,
+# 3H x H weights, one thread, per product: H=128, 2 rows 6.4 us on the loop against 11.4-11.7 us
+# (plain or packed GEMM), 4 rows 8.4 against 13.3-15.6, 6 rows 18.7 against 18.5-20.5, 8 rows 23.8
+# against 19.1-20.1; H=64, 4 rows 2.4 against 3.7-3.8; H=512, 4 rows 161 against 209-316 us, 8 rows
+# 461 against 298-370. Under OpenBLAS, float32 GEMMs of at most
 # GEMM_SMALL_MNK multiply-adds take its small-matrix kernel (no packing; ~40 GMAC/s a core
 # here for H = 64..128, against ~20 for the packed path at the same size), so a block's rows
 # go in chunks under that size, unless a chunk would have fewer than GEMM_MIN_CHUNK rows
@@ -362,7 +368,7 @@ def project_frame(x, w_in_t, b_in, gx):
 # blocks with one BLAS thread each beat one block with two BLAS threads (B=32, H=128:
 # 58-76 ms vs 80-105; B=128, H=512: 1.37-1.57 s vs 1.44-1.69) and, at H=512, one serial
 # block (1.7-1.9 s), although the serial block wins when the kernel is timed alone.
-GEMM_MIN_ROWS = 2
+GEMM_MIN_ROWS = 6
 GEMM_SMALL_MNK = 1_000_000
 GEMM_MIN_CHUNK = 4
 
@@ -400,8 +406,9 @@ def gemm_packed(x, m, packed, out):
 
 @njit(**JIT)
 def pack_weight_for(m, rows):
-    """The packed form of a block's recurrent weight for :func:`gemm_packed` (may be empty)."""
-    return pack_rows(m, rows)
+    """The packed form of a block's recurrent weight for :func:`gemm_packed` (may be empty: no
+    packing for the blocks that stay on the mat-vec loop)."""
+    return pack_rows(m, rows if rows >= GEMM_MIN_ROWS else 0)
 
 
 @njit(**JIT)
