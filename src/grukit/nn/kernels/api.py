@@ -312,13 +312,9 @@ class StepStack:
         self.dtype = dt = layers[0][0].dtype
         self._frames = []
         size = self.input_size
-        for index, (w_ih, b_ih, w_hh, bias_hh) in enumerate(layers):
-            _check_array(f"w_ih of layer {index}", w_ih, (G * H, size), dt)
-            if RECURRENT_ROWS[mode]:
-                _check_array(f"weight_hh of layer {index}", w_hh, (RECURRENT_ROWS[mode] * H, H), dt)
-            b_in = np.zeros(G * H, dt) if b_ih is None else b_ih
-            _check_array(f"b_ih of layer {index}", b_in, (G * H,), dt)
-            self._frames.append(_stored_frame(mode, candidate, w_ih, b_in, w_hh, _bias(mode, bias_hh, G * H, dt)))
+        for index, weights in enumerate(layers):
+            self._frames.append(_stored_frame(mode, candidate,
+                                              *_stored_weights(mode, weights, size, H, dt, f"of layer {index}")))
             size = H
 
     def step(self, x, h=None, c=None):
@@ -370,24 +366,16 @@ class SequenceStack:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if candidate not in CANDIDATES:
             raise ValueError(f"candidate: expected one of {CANDIDATES}, got {candidate!r}")
-        G, R = GATES[mode], RECURRENT_ROWS[mode]
         self.mode = mode
-        self.hidden_size = H = layers[0][0][0].shape[0] // G
+        self.hidden_size = H = layers[0][0][0].shape[0] // GATES[mode]
         self.input_size = size = layers[0][0][0].shape[1]
         self.dtype = dt = layers[0][0][0].dtype
         self.shape = (sum(len(layer) for layer in layers), H)   # the states' (L*D, H)
         self._layers = []
         for number, layer in enumerate(layers):
-            runs = []
-            for direction, (w_ih, b_ih, w_hh, bias_hh) in enumerate(layer):
-                label = f"of layer {number}, direction {direction}"
-                _check_array(f"w_ih {label}", w_ih, (G * H, size), dt)
-                if R:
-                    _check_array(f"weight_hh {label}", w_hh, (R * H, H), dt)
-                b_in = np.zeros(G * H, dt) if b_ih is None else b_ih
-                _check_array(f"b_ih {label}", b_in, (G * H,), dt)
-                runs.append(_stored_sequence(mode, candidate, w_ih, b_in, w_hh, _bias(mode, bias_hh, G * H, dt)))
-            self._layers.append(runs)
+            self._layers.append([_stored_sequence(mode, candidate, *_stored_weights(
+                mode, weights, size, H, dt, f"of layer {number}, direction {direction}"))
+                for direction, weights in enumerate(layer)])
             size = len(layer) * H
 
     def run(self, x, h0=None, c0=None):
@@ -440,6 +428,20 @@ class SequenceStack:
                 index += 1
             x = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
         return x
+
+
+def _stored_weights(mode, weights, size, H, dt, label):
+    """One layer's (and direction's) weights as stored, (w_ih, b_ih or None, weight_hh or None,
+    bias_hh or None), checked once for the compiled loops, which check no bounds: returns (w_ih,
+    b_in, weight_hh, bias), b_in zeros for no b_ih and bias what the family reads (_bias)."""
+    w_ih, b_ih, w_hh, bias_hh = weights
+    G, R = GATES[mode], RECURRENT_ROWS[mode]
+    _check_array(f"w_ih {label}", w_ih, (G * H, size), dt)
+    if R:
+        _check_array(f"weight_hh {label}", w_hh, (R * H, H), dt)
+    b_in = np.zeros(G * H, dt) if b_ih is None else b_ih
+    _check_array(f"b_ih {label}", b_in, (G * H,), dt)
+    return w_ih, b_in, w_hh, _bias(mode, bias_hh, G * H, dt)
 
 
 def _stored_frame(mode, candidate, w_ih, b_in, w_hh, bias):
