@@ -174,11 +174,11 @@ class _FusedDirection(torch.autograd.Function):
         w = _np(weight_hh)
         # A batch-first layer's output is a transposed view, and so is its gradient: the kernels read
         # it in place (B, T, H) instead of a time-major copy (S2: 3.3 MB less at the step's peak).
-        batch_first = not grad_out.is_contiguous() and grad_out.transpose(0, 1).is_contiguous()
+        grad_rows, batch_first = _time_major_source(grad_out)
         with one_blas_thread(grad_out.shape[1]):
             dgx, dh0, dc0, terms, bias_src = api.backward(
-                ctx.mode, ws, _np(gx), w, _np(grad_out.transpose(0, 1) if batch_first else grad_out),
-                _np(grad_h_n), _np(grad_c_n), ctx.lengths, ctx.reverse, ctx.candidate, batch_first)
+                ctx.mode, ws, _np(gx), w, _np(grad_rows), _np(grad_h_n), _np(grad_c_n), ctx.lengths,
+                ctx.reverse, ctx.candidate, batch_first)
         CALLS["backward"] += 1
         # torch's GEMMs below must not meet tiny values (see common.py). The weight terms' gradients
         # are mostly views of dgx, flushed with it (checking .base missed them: a view of a kept
@@ -304,7 +304,8 @@ def _stack_results(out, h_n, c_n):
 
 def _time_major_source(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """(x, False) for time-major x (T, N, I); (the contiguous (N, T, I) tensor, True) when x is
-    the transposed view of a batch-first input, which api.project reads in place."""
+    the transposed view of a batch-first tensor, which the kernels read in place (api.project an
+    input, api.backward an output's gradient)."""
     batch_first = not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
     return (x.transpose(0, 1) if batch_first else x), batch_first
 
