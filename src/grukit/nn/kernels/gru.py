@@ -19,10 +19,10 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, copy_matrix, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence, project_stored,
-                     run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient,
-                     zero_tail)
+from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed, gx_row,
+                     gx_shape, max_length, no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence,
+                     project_stored, run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index,
+                     tiny_gradient, zero_tail)
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -54,21 +54,19 @@ def _gates_after(g, gr, bhh, h, o, H):
 
 @njit(**JIT)
 def _gates_after_training(g, gr, bhh, h, o, H, wg, wh):
-    """As _gates_after, keeping h_{t-1} in wh and (r, z, n, W_hn h + b_hn) in wg."""
-    for j in range(H):
-        wh[j] = h[j]
+    """As _gates_after, keeping h_{t-1} in wh and (r, z, n, W_hn h + b_hn) in wg. The main loop
+    writes h and the two blocks it computes; the copies get loops of their own (common.GATE_LOOPS)."""
+    copy_vector(wh, h)
     _update_and_reset(g, gr, bhh, H)
     for j in range(H):
         z = gr[H + j]
         ghn = gr[2 * H + j] + bhh[2 * H + j]
         n = tanh(g[2 * H + j] + gr[j] * ghn)
-        hj = fma(z, h[j], (ONE - z) * n)
-        h[j] = hj
-        o[j] = hj
-        wg[j] = gr[j]
-        wg[H + j] = z
+        h[j] = fma(z, h[j], (ONE - z) * n)
         wg[2 * H + j] = n
         wg[3 * H + j] = ghn
+    copy_vector(o, h)
+    copy_vector(wg[:2 * H], gr)
 
 
 @njit(**JIT)
@@ -158,29 +156,22 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, bhh, lengths, reverse, reset_afte
 
 @njit(**JIT)
 def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
-    """Reset after, one row: dgx row (dr, dz, dn), the recurrent side's (dr, dz, dn * r)
-    into gb (and dn * r into dn_r, and summed over time into gsum: grad bias_hh),
-    dh_{t-1}'s direct part d * z into dhi."""
+    """Reset after, one row: dgx row (dr, dz, dn) into dg, dn * r into dn_r, dh_{t-1}'s direct
+    part d * z into dhi; then the recurrent side's (dr, dz, dn * r) into gb and summed over time
+    into gsum (grad bias_hh), in loops of their own (common.GATE_LOOPS)."""
     for j in range(H):
         d = dhi[j] + go[j]
         r = gs[j]
         z = gs[H + j]
         n = gs[2 * H + j]
         dn = flushed(d * (ONE - z) * (ONE - n * n), tiny)
-        dr = flushed(dn * gs[3 * H + j] * r * (ONE - r), tiny)
-        dz = flushed(d * (hp[j] - n) * z * (ONE - z), tiny)
-        dg[j] = dr
-        dg[H + j] = dz
+        dg[j] = flushed(dn * gs[3 * H + j] * r * (ONE - r), tiny)
+        dg[H + j] = flushed(d * (hp[j] - n) * z * (ONE - z), tiny)
         dg[2 * H + j] = dn
-        gb[j] = dr
-        gb[H + j] = dz
-        dnr = flushed(dn * r, tiny)
-        gb[2 * H + j] = dnr
-        dn_r[j] = dnr
+        dn_r[j] = flushed(dn * r, tiny)
         dhi[j] = d * z
-        gsum[j] += dr
-        gsum[H + j] += dz
-        gsum[2 * H + j] += dnr
+    copy_and_sum(dg, gb[:2 * H], gsum)
+    copy_and_sum(dn_r, gb[2 * H:], gsum[2 * H:])
 
 
 @njit(**JIT)

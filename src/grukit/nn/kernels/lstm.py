@@ -12,10 +12,10 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, copy_matrix, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence, project_stored,
-                     run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient,
-                     zero_tail)
+from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed, gx_row, gx_shape,
+                     max_length, no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence,
+                     project_stored, run_forward, run_rows, run_step, sigmoid, stored_product, tanh,
+                     time_index, tiny_gradient, zero_tail, zero_vector)
 
 
 # Per-row gate passes on 1-D row views: a flag test or a store into a 3-D workspace inside
@@ -53,23 +53,20 @@ def _gates(g, gr, bhh, h, c, o, H):
 
 @njit(**JIT)
 def _gates_training(g, gr, bhh, h, c, o, H, wg, wh, wc):
-    """As _gates, keeping h_{t-1}, c_{t-1} in wh, wc and (i, f, g, o, tanh(c')) in wg."""
-    for j in range(H):
-        wh[j] = h[j]
-        wc[j] = c[j]
+    """As _gates, keeping h_{t-1}, c_{t-1} in wh, wc and (i, f, g, o, tanh(c')) in wg. Each loop
+    writes at most two arrays, so that it vectorizes (see common.GATE_LOOPS)."""
+    copy_vector(wh, h)
+    copy_vector(wc, c)
     _activate(g, gr, bhh, H)
+    copy_vector(wg[:4 * H], gr)
     for j in range(H):
         cj = fma(gr[H + j], c[j], gr[j] * gr[2 * H + j])
-        tc = tanh(cj)
-        hj = gr[3 * H + j] * tc
         c[j] = cj
+        wg[4 * H + j] = tanh(cj)
+    for j in range(H):
+        hj = gr[3 * H + j] * wg[4 * H + j]
         h[j] = hj
         o[j] = hj
-        wg[j] = gr[j]
-        wg[H + j] = gr[H + j]
-        wg[2 * H + j] = gr[2 * H + j]
-        wg[3 * H + j] = gr[3 * H + j]
-        wg[4 * H + j] = tc
 
 
 @njit(**JIT)
@@ -105,8 +102,9 @@ def _fwd_rows(b0, b1, gx, gidx, h0, c0, w_t, bhh, lengths, reverse, training,
 
 @njit(**JIT)
 def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H, gsum, tiny):
-    """One row: the four gates' gradients into dg and gb (and summed over time into gsum:
-    grad bias_hh), dc_{t-1} into dci, dhi cleared (the GEMM after the pass adds dgates @ W)."""
+    """One row: the four gates' gradients into dg and dc_{t-1} into dci; then their
+    copy into gb, their sum over time into gsum (grad bias_hh), and dhi cleared (the GEMM after
+    the pass adds dgates @ W)."""
     for j in range(H):
         d = dhi[j] + go[j]
         ig = gs[j]
@@ -123,16 +121,9 @@ def _bwd_row(go, gs, cp, dg, gb, dhi, dci, H, gsum, tiny):
         dg[H + j] = df
         dg[2 * H + j] = dgg
         dg[3 * H + j] = do
-        gb[j] = di
-        gb[H + j] = df
-        gb[2 * H + j] = dgg
-        gb[3 * H + j] = do
         dci[j] = dct * fg
-        dhi[j] = 0
-        gsum[j] += di
-        gsum[H + j] += df
-        gsum[2 * H + j] += dgg
-        gsum[3 * H + j] += do
+    copy_and_sum(dg, gb, gsum)
+    zero_vector(dhi)
 
 
 @njit(**JIT)
