@@ -98,7 +98,7 @@ class _DistinctTokenProjection(torch.autograd.Function):
         u, rows, weight_ih = ctx.saved_tensors
         grad_weight = grad_weight_ih = grad_bias = None
         if ctx.needs_input_grad[1]:
-            grad_weight = _kept_empty((ctx.vocabulary, rows.shape[1]), per_token).zero_()
+            grad_weight = kept_empty((ctx.vocabulary, rows.shape[1]), per_token).zero_()
             grad_weight.index_copy_(0, u, per_token @ weight_ih)
         if ctx.needs_input_grad[2]:
             grad_weight_ih = per_token.t() @ rows
@@ -115,7 +115,7 @@ class _GatherRows(torch.autograd.Function):
     def forward(ctx, table, index):
         ctx.save_for_backward(index)
         ctx.rows = table.shape[0]
-        return torch.index_select(table, 0, index, out=_kept_empty((index.shape[0], table.shape[1]), table))
+        return torch.index_select(table, 0, index, out=kept_empty((index.shape[0], table.shape[1]), table))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -132,17 +132,17 @@ def row_sums(index: torch.Tensor, grad: torch.Tensor, rows: int) -> torch.Tensor
     return out
 
 
-def _kept_empty(shape: tuple, like: torch.Tensor) -> torch.Tensor:
+def kept_empty(shape: tuple, like: torch.Tensor) -> torch.Tensor:
     """torch.empty(shape) like ``like``; on the CPU one of the kernels' kept arrays
     (kernels.function.kept_empty), so that the next batch does not touch fresh pages for it (gx
     and the embedding's gradient are 7.7 and 5 MB for the tutorial IMDB model)."""
     if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64):
         try:
-            from .kernels.function import kept_empty
+            from .kernels.function import kept_empty as kept_array
         except ImportError:  # numba missing: torch's allocator
             pass
         else:
-            return kept_empty(shape, like.dtype)
+            return kept_array(shape, like.dtype)
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 

@@ -44,7 +44,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..errors import ConfigError, DataError, ShapeError
 from . import dispatch
 from .cells import LAYOUTS, CellLayout, State, activation_function
-from .embedded import EmbeddedTokens, TableRows, check_tokens
+from .embedded import EmbeddedTokens, TableRows, check_tokens, kept_empty
 from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
 
 
@@ -591,24 +591,38 @@ def single_projection(layout: CellLayout, params: dict) -> tuple[torch.Tensor, t
 NARROW_INPUT = 16
 
 
-class _NarrowInputProjection(torch.autograd.Function):
-    """rows @ weight^T + bias for inputs of at most NARROW_INPUT features. torch's own backward
-    (linear's) forms grad weight as grad^T @ rows, to match the transposed view of the weight, and
-    MKL runs that (G, R) x (R, I) product 4-5x slower than (rows^T @ grad)^T here: 1.53 against
-    0.30 ms for the S3 LSTM's 3200 rows, G = 256, I = 10 (0.86 against 0.20 for the GRU's G = 192).
-    From I = 32 on the two orders cost the same, and at I = 40 the transposed one is slower."""
+class _InputProjection(torch.autograd.Function):
+    """rows @ weight^T + bias, recorded for backward, into one of the kernels' kept arrays.
+
+    The forward: torch's addmm writes its result to a fresh (rows, G) tensor, several MB that glibc
+    hands back to the system when the step frees them, so each step touched fresh pages (LSTM S3:
+    up to 200 page faults per step; profiled, the bias fill that first touches the output took
+    0.6-0.9 ms of a 4.6 ms step). Into a kept array (kernels/buffers.py) instead, reused once
+    nothing holds it. (The inference path's chunked projection, api.project's, took longer here: 212
+    against 167 us at S3's 3200 x 10 rows and G = 256, 3.3 against 3.2 ms at S2's GRU.)
+
+    The backward: torch's own (linear's) forms grad weight as grad^T @ rows, to match the
+    transposed view of the weight, and MKL runs that (G, R) x (R, I) product 4-5x slower than
+    (rows^T @ grad)^T for narrow inputs: 1.53 against 0.30 ms for the S3 LSTM's 3200 rows, G = 256,
+    I = 10 (0.86 against 0.20 for the GRU's G = 192). From I = 32 on the two orders cost the same,
+    and at I = 40 the transposed one is slower: inputs wider than NARROW_INPUT take linear's order."""
 
     @staticmethod
     def forward(ctx, rows, weight, bias):
         ctx.save_for_backward(rows, weight)
         ctx.has_bias = bias is not None
-        return torch.addmm(bias, rows, weight.t()) if bias is not None else rows @ weight.t()
+        out = kept_empty((rows.shape[0], weight.shape[0]), rows)
+        if bias is None:
+            return torch.mm(rows, weight.t(), out=out)
+        return torch.addmm(bias, rows, weight.t(), out=out)
 
     @staticmethod
     def backward(ctx, grad):
         rows, weight = ctx.saved_tensors
         grad_rows = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = (rows.t() @ grad).t() if ctx.needs_input_grad[1] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (rows.t() @ grad).t() if rows.shape[1] <= NARROW_INPUT else grad.t() @ rows
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_rows, grad_weight, grad_bias
 
@@ -620,8 +634,8 @@ def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidd
         # one fused GEMM + bias (addmm): no separate pass over gx for the bias.
         # Flattened to 2-D first: linear on a 3-D batch-first view runs mm, then the bias add.
         rows = x.reshape(-1, x.shape[-1])
-        if x.shape[-1] <= NARROW_INPUT and dispatch.records_gradient(rows, *single):
-            flat = _NarrowInputProjection.apply(rows, *single)
+        if dispatch.records_gradient(rows, *single):
+            flat = _InputProjection.apply(rows, *single)
         else:
             flat = nn.functional.linear(rows, *single)
         return flat.view(*x.shape[:-1], flat.shape[-1])
