@@ -492,6 +492,16 @@ def max_length(lengths, b0, b1):
 
 
 @njit(**JIT)
+def one_length(lengths, b0, b1):
+    """True when the sequences b0 <= b < b1 all have the same length: then every step's rows lie
+    side by side in a (T, B, ...) array (step t's rows b0..b1 are one C-contiguous block)."""
+    for b in range(b0 + 1, b1):
+        if lengths[b] != lengths[b0]:
+            return False
+    return True
+
+
+@njit(**JIT)
 def time_index(s, L, reverse):
     """The time index of processing step s of a sequence of length L, or -1 past its end.
 
