@@ -55,3 +55,27 @@ def test_a_step_reuses_the_kept_output_of_the_step_before():
     again = recurrent._InputProjection.apply(rows, weight, None)
     assert again.data_ptr() == address
     torch.testing.assert_close(again, held, rtol=0, atol=0)
+
+
+def test_a_batch_first_input_is_copied_to_time_major_rows_in_a_kept_array(monkeypatch):
+    """Training a batch-first layer: the transposed input becomes time-major rows in a kept array
+    (recurrent._time_major_rows), and the input's gradient flows back through that copy. The oracle
+    is torch.nn.GRU: grukit's reference loop projects through the same function."""
+    kept = []
+    original = recurrent.kept_empty
+    monkeypatch.setattr(recurrent, "kept_empty", lambda shape, like: kept.append(shape) or original(shape, like))
+    torch.manual_seed(0)
+    fused = gnn.GRU(8, 16, batch_first=True, dtype=torch.float64)
+    theirs = torch.nn.GRU(8, 16, batch_first=True, dtype=torch.float64)
+    theirs.load_state_dict(fused.state_dict())
+    x = torch.randn(8, 600, 8, dtype=torch.float64, requires_grad=True)   # 307 KB: kept (buffers.MIN_BYTES)
+    x_theirs = x.detach().clone().requires_grad_(True)
+    ours_out = fused(x)[0]
+    theirs_out = theirs(x_theirs)[0]
+    torch.testing.assert_close(ours_out, theirs_out, rtol=0, atol=1e-12)
+    ours_out[:, -1].sum().backward()
+    theirs_out[:, -1].sum().backward()
+    assert (600, 8, 8) in kept
+    torch.testing.assert_close(x.grad, x_theirs.grad, rtol=0, atol=1e-12)
+    for a, b in zip(fused.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
