@@ -309,7 +309,7 @@ def stored_sequence(x, w_ih, b_in, w, bhh, reset_after, reverse, h, out):
     g = project_sequence(x, w_ih, b_in)
     gr, rh, gn = _stored_scratch(h, reset_after)
     for s in range(T):
-        t = T - 1 - s if reverse else s
+        t = time_index(s, T, reverse)
         _stored_step(g[t], w, bhh, reset_after, h, out[t], gr, rh, gn)
 
 

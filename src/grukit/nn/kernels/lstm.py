@@ -202,7 +202,7 @@ def stored_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out):
     g = project_sequence(x, w_ih, b_in)
     gr = np.empty((h.shape[0], 4 * h.shape[1]), h.dtype)
     for s in range(T):
-        t = T - 1 - s if reverse else s
+        t = time_index(s, T, reverse)
         _stored_step(g[t], w, bhh, h, c, out[t], gr)
 
 

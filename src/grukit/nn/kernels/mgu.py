@@ -214,7 +214,7 @@ def stored_sequence(x, w_ih, b_in, w, has_uf, reverse, h, out):
     fh = np.empty(h.shape, h.dtype)
     gn = np.empty(h.shape, h.dtype)
     for s in range(T):
-        t = T - 1 - s if reverse else s
+        t = time_index(s, T, reverse)
         _stored_step(g[t], w, has_uf, h, out[t], gf, fh, gn)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from .common import (HALF, JIT, ONE, copy_vector, fma, gx_row, gx_shape, no_gx_index, output_grad, project_frame,
-                     project_sequence, project_stored, run_forward, run_rows, run_step, sigmoid, zero_tail)
+                     project_sequence, project_stored, run_forward, run_rows, run_step, sigmoid, time_index, zero_tail)
 
 
 # --- the per-row passes --------------------------------------------------------------
@@ -179,7 +179,7 @@ def stored_sequence(x, w_ih, b_in, use_g, reverse, h, out):
     T = x.shape[0]
     g = project_sequence(x, w_ih, b_in)
     for s in range(T):
-        t = T - 1 - s if reverse else s
+        t = time_index(s, T, reverse)
         _stored_step(g[t], use_g, h, out[t])
 
 

@@ -145,7 +145,7 @@ def stored_sequence(x, w_ih, b_in, w, bhh, relu, reverse, h, out):
     g = project_sequence(x, w_ih, b_in)
     gr = np.empty(h.shape, h.dtype)
     for s in range(T):
-        t = T - 1 - s if reverse else s
+        t = time_index(s, T, reverse)
         _stored_step(g[t], w, bhh, relu, h, out[t], gr)
 
 
