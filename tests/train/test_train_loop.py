@@ -309,6 +309,7 @@ def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     ({"class_weight": {0: 1.0}, "sample_weight": np.ones(96)}, ConfigError, "not both"),
     ({"sample_weight": np.ones(95)}, DataError, "sample_weight has 95"),
     ({"verbose": 3}, ConfigError, "verbose"),
+    ({"precision": "bfloat16"}, ConfigError, "mixed_bfloat16"),
 ])
 def test_bad_arguments_raise_helpful_errors(kwargs, error, fragment):
     x, y = make_data()
@@ -444,3 +445,55 @@ def test_positional_arguments_follow_keras_order():
     assert SGD(0.1, 0.9) == SGD(learning_rate=0.1, momentum=0.9)
     assert AdamW(1e-3, 0.01).weight_decay == 0.01
     assert RMSprop(1e-3, 0.8).rho == 0.8
+
+
+class _Forecaster(torch.nn.Module):
+    """GRU(16) -> Linear(1) on the last step, on (N, T, 1) windows."""
+
+    def __init__(self):
+        super().__init__()
+        from grukit.nn import GRU
+        torch.manual_seed(0)
+        self.gru = GRU(1, 16, batch_first=True)
+        self.head = torch.nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(self.gru(x)[0][:, -1])
+
+
+def test_mixed_bfloat16_fit_equals_a_hand_written_loop_in_the_mode_and_differs_from_float32():
+    """``precision="mixed_bfloat16"`` is exactly the hand-written loop with the forward inside
+    grukit.nn.bfloat16.mode(); float32 training gives other weights; predict and evaluate follow."""
+    from grukit.nn import bfloat16
+    g = np.random.default_rng(0)
+    series = np.sin(np.arange(400) / 6.0) + 0.1 * g.normal(size=400)
+    x = np.stack([series[i:i + 20] for i in range(300)])[..., None].astype(np.float32)
+    y = series[20:320, None].astype(np.float32)
+    seed, epochs, batch_size = 5, 2, 32
+    mixed = _Forecaster()
+    fit(mixed, x, y, loss="mse", optimizer=SGD(learning_rate=0.1), epochs=epochs, batch_size=batch_size, seed=seed,
+        verbose=0, precision="mixed_bfloat16")
+    plain = _Forecaster()
+    fit(plain, x, y, loss="mse", optimizer=SGD(learning_rate=0.1), epochs=epochs, batch_size=batch_size, seed=seed,
+        verbose=0)
+
+    reference = _Forecaster()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+        for index in order.split(batch_size):
+            optimizer.zero_grad()
+            with bfloat16.mode():
+                prediction = reference(xt[index])
+            ((prediction - yt[index]) ** 2).mean().backward()
+            optimizer.step()
+    assert_same_weights(weights(mixed), weights(reference), atol=0)
+    difference = max((a - b).abs().max().item() for a, b in zip(weights(mixed).values(), weights(plain).values()))
+    assert difference > 1e-5
+    with bfloat16.mode():
+        expected = reference(xt).detach().numpy()
+    np.testing.assert_array_equal(predict(mixed, x, precision="mixed_bfloat16"), expected)
+    assert not np.array_equal(predict(mixed, x), expected)
+    loss = evaluate(mixed, x, y, loss="mse", precision="mixed_bfloat16", batch_size=len(x))["loss"]
+    assert loss == pytest.approx(float(((expected - y) ** 2).mean()), rel=1e-6)

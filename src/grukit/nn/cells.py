@@ -75,6 +75,7 @@ import torch
 from torch.nn import functional
 
 from ..errors import ConfigError
+from . import bfloat16
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 Activation = Callable[[torch.Tensor], torch.Tensor]
@@ -179,6 +180,13 @@ def recurrent_products(h: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor
     With a recurrent-dropout ``mask`` (B, G*H_h), gate block g reads its own masked state:
     ``(mask_g * h) @ W_g^T`` (Keras's ``h_tm1_z``, ``h_tm1_r``, ``h_tm1_h``).
     """
+    if bfloat16.enabled():   # grad W_hh with bfloat16 operands, as the fused kernels compute it
+        if mask is None:
+            return bfloat16.RecurrentWeightGradient.apply(h, weight)
+        width = h.shape[1]
+        blocks = mask.split(width, dim=-1)
+        return torch.cat([bfloat16.RecurrentWeightGradient.apply(h * m, w)
+                          for m, w in zip(blocks, weight.split(weight.shape[0] // len(blocks)))], dim=-1)
     if mask is None:
         return h @ weight.t()
     batch, width = h.shape

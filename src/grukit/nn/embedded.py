@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, ShapeError
+from . import bfloat16
 
 
 class TableRows(NamedTuple):
@@ -72,14 +73,18 @@ class EmbeddedTokens:
     def project(self, weight_ih: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """gx (T, N, G) = E[tokens] @ weight_ih^T + bias, through the distinct tokens."""
         u, inverse = self.distinct()
-        table = _DistinctTokenProjection.apply(u, self.weight, weight_ih, bias)
+        table = self._table(u, weight_ih, bias)
         return _GatherRows.apply(table, inverse).view(*self.tokens.shape, weight_ih.shape[0])
 
     def project_distinct(self, weight_ih: torch.Tensor, bias: torch.Tensor | None) -> TableRows:
         """The same gx as :meth:`project`, as the per-token table and the tokens' index into it."""
         u, inverse = self.distinct()
-        table = _DistinctTokenProjection.apply(u, self.weight, weight_ih, bias)
-        return TableRows(table, inverse.view(self.tokens.shape))
+        return TableRows(self._table(u, weight_ih, bias), inverse.view(self.tokens.shape))
+
+    def _table(self, u: torch.Tensor, weight_ih: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if bfloat16.enabled():   # the distinct rows gathered, then the bfloat16 mode's projection
+            return bfloat16.linear(self.weight.index_select(0, u), weight_ih, bias)
+        return _DistinctTokenProjection.apply(u, self.weight, weight_ih, bias)
 
 
 class _DistinctTokenProjection(torch.autograd.Function):
@@ -94,6 +99,7 @@ class _DistinctTokenProjection(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @bfloat16.without_autocast
     def backward(ctx, per_token):
         u, rows, weight_ih = ctx.saved_tensors
         grad_weight = grad_weight_ih = grad_bias = None

@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ConfigError, DataError, ShapeError
-from . import dispatch
+from . import bfloat16, dispatch
 from .cells import LAYOUTS, CellLayout, State, activation_function
 from .embedded import EmbeddedTokens, TableRows, check_tokens, kept_empty
 from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
@@ -198,7 +198,13 @@ class RecurrentLayer(nn.Module):
         ``layer(embedding[input])``, with the first layer's input projection run once per
         distinct token (see :mod:`grukit.nn.embedded`; gradients reach the embedding too).
         Returns (output, h_n) (for LSTM (output, (h_n, c_n))) with torch.nn's shapes.
+        Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer runs grukit's bfloat16
+        mode (:mod:`grukit.nn.bfloat16`: bfloat16 products, float32 accumulation and outputs).
         """
+        scope = bfloat16.autocast_scope(self._parameter_dtype())
+        if scope is not None:   # again, with autocast off inside and the bfloat16 mode on or off
+            with scope:
+                return self.forward(input, hx, lengths, embedding=embedding)
         packed = isinstance(input, PackedSequence)
         if embedding is not None:
             if packed:
@@ -335,7 +341,7 @@ class RecurrentLayer(nn.Module):
             if single is not None:
                 return x.project_distinct(*single) if fused and self.mode != "MINGRU" else x.project(*single)
             x = x.materialize()   # MGU1-3: some gates have no input weights
-        if fused:
+        if fused and not bfloat16.enabled():
             from .kernels.function import fused_projection
             gx = fused_projection(x, single)
             if gx is not None:
@@ -369,6 +375,10 @@ class RecurrentLayer(nn.Module):
             raise ConfigError(f"{type(self).__name__}.step(): recurrent_dropout={self.recurrent_dropout} "
                               "needs one mask over the whole sequence, which step() does not keep; call "
                               ".eval() for streaming inference, or train with forward() over whole sequences")
+        scope = bfloat16.autocast_scope(self._parameter_dtype())
+        if scope is not None:
+            with scope:
+                return self.step(x_t, state)
         batched = x_t.dim() == 2
         plan = self._step_plan(x_t)
         if plan is not None:   # inference on the fused kernels: the whole stack in one call
@@ -419,7 +429,7 @@ class RecurrentLayer(nn.Module):
         such as weight norm compute it on every access, pruning recomputes it before every call),
         the views are made on every call and not kept.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or bfloat16.enabled():   # the bfloat16 mode: per direction, below
             return None
         params = tuple(self._parameters.values())
         key = (self.kernel, self.training, self.dropout, self.recurrent_dropout, x.dtype, x.device.type,
@@ -463,6 +473,11 @@ class RecurrentLayer(nn.Module):
             from .kernels.function import fused_step_stack
             made["step"] = StepStack(self.mode, [layer[0] for layer in views], self.candidate), fused_step_stack
         return made["step"]
+
+    def _parameter_dtype(self) -> torch.dtype:
+        """The dtype of the layer's weights (float32 unless made or converted otherwise)."""
+        weight = next(iter(self._parameters.values()), None)
+        return torch.float32 if weight is None else weight.dtype
 
     def _made_of(self, views) -> dict:
         """What the fused paths make of the kept views and keep with them (step()'s StepStack,
@@ -617,6 +632,7 @@ class _InputProjection(torch.autograd.Function):
         return torch.addmm(bias, rows, weight.t(), out=out)
 
     @staticmethod
+    @bfloat16.without_autocast
     def backward(ctx, grad):
         rows, weight = ctx.saved_tensors
         grad_rows = grad @ weight if ctx.needs_input_grad[0] else None
@@ -645,13 +661,15 @@ def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidd
     if single is not None:
         # one fused GEMM + bias (addmm): no separate pass over gx for the bias.
         # Flattened to 2-D first: linear on a 3-D batch-first view runs mm, then the bias add.
-        if dispatch.records_gradient(x, *single):
+        if bfloat16.enabled():
+            flat = bfloat16.Projection.apply(_time_major_rows(x), *single)
+        elif dispatch.records_gradient(x, *single):
             flat = _InputProjection.apply(_time_major_rows(x), *single)
         else:
             flat = nn.functional.linear(x.reshape(-1, x.shape[-1]), *single)
         return flat.view(*x.shape[:-1], flat.shape[-1])
     outer_bias, bias_name = _outer_bias(params)
-    projected = x @ params["weight_ih"].t()
+    projected = bfloat16.linear(x, params["weight_ih"]) if bfloat16.enabled() else x @ params["weight_ih"].t()
     if layout.input_gates == layout.gates:
         gx = projected
     else:  # some gates have no input weights (MGU1-3): their input side is zero

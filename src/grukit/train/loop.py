@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, TrainingError
+from ..nn import bfloat16
 from . import distributed as distributed_module
 from .batches import ArrayData, batch_indices, check_batch_size, epoch_seed, prepare, sequence_lengths
 from .callbacks import Callback, CallbackList, History, ProgressLogger
@@ -161,6 +162,18 @@ def _check_fit_arguments(epochs, initial_epoch, validation_split, verbose) -> No
         raise ConfigError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (one line per epoch), got {verbose!r}")
 
 
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def _precision(precision: str):
+    """The context for the model's forward passes: ``"mixed_bfloat16"`` (Keras's policy name) runs
+    grukit's recurrent layers in their bfloat16 mode (grukit.nn.bfloat16: bfloat16 products, float32
+    accumulation, outputs and weights); torch's layers around them stay float32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return bfloat16.mode(precision == "mixed_bfloat16")
+
+
 def _validation_set(validation_data) -> ArrayData:
     if isinstance(validation_data, ArrayData):
         return validation_data
@@ -174,7 +187,7 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
         class_weight: dict | None = None, sample_weight=None, callbacks: Iterable[Callback] = (), verbose: int = 1,
         seed: int | None = None, initial_epoch: int = 0, bucket_by_length: bool = False,
         forward: Forward | None = None, history: History | dict | None = None,
-        distributed: bool = False) -> History:
+        distributed: bool = False, precision: str = "float32") -> History:
     """Train ``model`` on ``(x, y)`` from epoch ``initial_epoch`` up to (not including) ``epochs``.
 
     ``loss``: a name or callable (:func:`grukit.train.losses.get_loss`); ``optimizer``: a name, a spec
@@ -182,10 +195,12 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
     ready ``torch.optim.Optimizer`` (kept across calls: pass the same one to continue training);
     ``metrics``: names or callables. ``history``: a History (or its ``.history`` dict) to extend
     when resuming. ``distributed=True``: data-parallel training across the processes of a torchrun
-    launch (see :mod:`grukit.train.distributed`). Returns the History; ``history.optimizer`` is the
-    torch optimizer used.
+    launch (see :mod:`grukit.train.distributed`). ``precision="mixed_bfloat16"``: grukit's recurrent
+    layers train (and validate) in their bfloat16 mode (:func:`_precision`). Returns the History;
+    ``history.optimizer`` is the torch optimizer used.
     """
     _check_fit_arguments(epochs, initial_epoch, validation_split, verbose)
+    precision_scope = _precision(precision)
     batch_size = check_batch_size(batch_size)
     forward = forward or default_forward
     loss_fn = get_loss(loss)
@@ -236,7 +251,7 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
 
     try:
         callback_list.call("on_train_begin", {})
-        with _mode(model, training=True), torch.random.fork_rng(devices=[]):
+        with _mode(model, training=True), torch.random.fork_rng(devices=[]), precision_scope:
             for epoch in range(int(initial_epoch), int(epochs)):
                 torch.manual_seed(epoch_seed(seed, epoch))
                 generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
@@ -299,23 +314,28 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
 
 
 def evaluate(model: torch.nn.Module, x, y=None, *, loss, metrics: Iterable = (), batch_size: int = 32,
-             sample_weight=None, verbose: int = 0, forward: Forward | None = None) -> dict[str, float]:
+             sample_weight=None, verbose: int = 0, forward: Forward | None = None,
+             precision: str = "float32") -> dict[str, float]:
     """``{"loss": ..., <metric>: ...}`` over ``(x, y)`` in eval mode, without gradients; the loss is
-    the batch losses averaged with batch sizes as weights (Keras's evaluate)."""
+    the batch losses averaged with batch sizes as weights (Keras's evaluate). ``precision`` as for fit."""
     batch_size = check_batch_size(batch_size)
     loss_fn = get_loss(loss)
     data = prepare(x, y, sample_weight)
-    result = _run_eval(model, data, loss_fn, get_metrics(metrics, loss_fn), batch_size, forward or default_forward)
+    with _precision(precision):
+        result = _run_eval(model, data, loss_fn, get_metrics(metrics, loss_fn), batch_size,
+                           forward or default_forward)
     if verbose:
         print(" - ".join(f"{k}: {v:.4f}" for k, v in result.items()), flush=True)
     return result
 
 
 def predict(model: torch.nn.Module, x, *, batch_size: int = 32, forward: Forward | None = None,
-            return_tensor: bool | None = None, verbose: int = 0):
+            return_tensor: bool | None = None, verbose: int = 0, precision: str = "float32"):
     """The model's outputs for ``x`` in batches, eval mode, no gradients. A numpy array when ``x`` is
-    numpy (Keras), a CPU tensor when ``x`` is a torch tensor; ``return_tensor`` forces either."""
+    numpy (Keras), a CPU tensor when ``x`` is a torch tensor; ``return_tensor`` forces either.
+    ``precision`` as for fit."""
     batch_size = check_batch_size(batch_size)
+    precision_scope = _precision(precision)
     forward = forward or default_forward
     data = prepare(x, need_y=False)
     if return_tensor is None:
@@ -323,7 +343,7 @@ def predict(model: torch.nn.Module, x, *, batch_size: int = 32, forward: Forward
         return_tensor = isinstance(first, torch.Tensor)
     device, dtype = _model_device_dtype(model)
     outputs = []
-    with torch.no_grad(), _mode(model, training=False):
+    with torch.no_grad(), _mode(model, training=False), precision_scope:
         for index in batch_indices(len(data), batch_size, shuffle=False):
             xs = tuple(_to_model(t[index], device, dtype) for t in data.inputs)
             outputs.append(forward(model, xs).detach().cpu())

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
+from .. import bfloat16
 from ..dispatch import records_gradient
 from ..embedded import TableRows, row_sums
 from ..reference import DirectionWeights
@@ -146,6 +147,7 @@ class _FusedDirection(torch.autograd.Function):
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
         ctx.gx_index, ctx.gx_rows = gx_index, gx.shape[0]
         ctx.has_bias = bias_hh is not None
+        ctx.bf16 = bfloat16.enabled()   # grad weight_hh with bfloat16 operands (nn/bfloat16.py)
         # Only minGRU's backward reads gx: other modes let the (T, B, G*H) pre-activations go.
         # RNN's workspace is its output and h0 (rnn.py): saved as tensors, so that changing either
         # in place before backward raises torch's usual error instead of giving wrong gradients.
@@ -161,6 +163,7 @@ class _FusedDirection(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @bfloat16.without_autocast
     def backward(ctx, grad_out, grad_h_n, grad_c_n=None):
         gx, weight_hh, *output_and_h0 = ctx.saved_tensors
         # An unused output sequence's gradient is one zero row the kernels read at every step
@@ -189,7 +192,7 @@ class _FusedDirection(torch.autograd.Function):
         grad_w = grad_b = None
         if terms and (ctx.needs_input_grad[8] or ctx.needs_input_grad[9]):
             grad_w, grad_b = api.weight_grads(terms, bias_src if ctx.has_bias else None,
-                                              w.shape, matmul=_torch_matmul)
+                                              w.shape, matmul=bfloat16.numpy_matmul if ctx.bf16 else _torch_matmul)
             grad_w = torch.from_numpy(grad_w)
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
         grad_gx = torch.from_numpy(dgx)

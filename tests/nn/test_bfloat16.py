@@ -1,0 +1,285 @@
+"""grukit's bfloat16 mode (grukit.nn.bfloat16, kernels/bf16.py): a float32 layer under
+``torch.autocast("cpu", dtype=torch.bfloat16)``.
+
+Oracles: torch's own float32 -> bfloat16 conversion for the rounding; float64 matmuls of the
+widened bfloat16 values for the GEMM (a product of two bfloat16 values is exact in float32); the
+reference loop run in float64 with the mode forced, and a literal float64 transcription of the
+GRU equations with the mode's roundings written out, for whole layers.
+
+Rounding makes the comparison of whole layers statistical. The oracle in float64 and the fused
+kernels in float32 round values that differ by ~1e-7, so now and then one value lands on the other
+side of a bfloat16 rounding boundary (one part in 256). At these sizes that moved a gradient's
+norm-relative difference up to 6e-5 for one layer (3e-4 for a two-layer bidirectional stack; sweeps
+of 12 seeds), while running without the mode moves it 1.2e-3 or more: the tolerances sit between.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from grukit import nn as gnn
+from grukit.nn import bfloat16
+from grukit.nn.kernels import bf16
+from grukit.nn.kernels.function import CALLS
+
+I, H, T, B = 10, 24, 12, 6
+ONE_LAYER, STACK = 2e-4, 6e-4   # norm-relative tolerances, see the module docstring
+WITHOUT_THE_MODE = 1e-3          # what running in plain float32 differs by, at least
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def _build(kind, **options):
+    if kind == "gru_reset_before":
+        return gnn.GRU(I, H, reset_after=False, **options)
+    if kind.startswith("mgu"):
+        return gnn.MGU(I, H, variant=kind, **options)
+    if kind.startswith("mingru"):
+        return gnn.MinGRU(I, H, candidate="g" if kind == "mingru_g" else "identity", **options)
+    if kind == "rnn_relu":
+        return gnn.RNN(I, H, nonlinearity="relu", **options)
+    return {"gru": gnn.GRU, "lstm": gnn.LSTM, "rnn": gnn.RNN}[kind](I, H, **options)
+
+
+def _run(layer, x, how, lengths=None):
+    """Output, final state(s), grad x and every parameter's gradient of a fixed loss."""
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    if how == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, state = layer(x, lengths=lengths)
+    elif how == "forced":
+        with bfloat16.mode():
+            out, state = layer(x, lengths=lengths)
+    else:
+        out, state = layer(x, lengths=lengths)
+    states = state if isinstance(state, tuple) else (state,)
+    (out.sin().sum() + sum((s * s).sum() for s in states)).backward()
+    return [out.detach(), *[s.detach() for s in states], x.grad, *[p.grad for p in layer.parameters()]]
+
+
+# -- the rounding and the GEMM ------------------------------------------------------------
+
+def test_rounding_matches_torch_bit_for_bit():
+    torch.manual_seed(0)
+    values = torch.cat([torch.randn(10000) * 10.0 ** torch.randint(-40, 38, (10000,)),
+                        torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 3.4e38, -3.4e38, 1e-45, 1e-39,
+                                      1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 1 + 2 ** -8 + 2 ** -20])])
+    ours = bf16.from_float32(values.numpy())
+    theirs = values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(bf16.to_float32(ours), values.to(torch.bfloat16).float().numpy())
+    assert np.isnan(bf16.to_float32(bf16.from_float32(np.array([np.nan], np.float32))))[0]
+
+
+@pytest.mark.parametrize("transpose_a,transpose_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("provider", ["default", "fallback"])
+def test_gemm_equals_float64_product_of_widened_values(transpose_a, transpose_b, provider, monkeypatch):
+    if provider == "fallback":
+        monkeypatch.setattr(bf16, "_GEMM", None)
+    rng = np.random.default_rng(0)
+    M, K, N = 37, 130, 21
+    a = bf16.from_float32(rng.standard_normal((K, M) if transpose_a else (M, K)).astype(np.float32))
+    b = bf16.from_float32(rng.standard_normal((N, K) if transpose_b else (K, N)).astype(np.float32))
+    a, b = (a.T if transpose_a else a), (b.T if transpose_b else b)
+    exact = bf16.to_float32(a).astype(np.float64) @ bf16.to_float32(b).astype(np.float64)
+    product = bf16.matmul(a, b)
+    assert product.dtype == np.float32
+    np.testing.assert_allclose(product, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    start = rng.standard_normal((M, N)).astype(np.float32)
+    np.testing.assert_allclose(bf16.matmul(a, b, start.copy(), accumulate=True), start + exact, rtol=0,
+                               atol=1e-5 * np.abs(exact).max())
+
+
+def test_gemm_rejects_what_it_cannot_multiply():
+    a = np.zeros((3, 4), np.uint16)
+    with pytest.raises(ValueError, match="uint16"):
+        bf16.matmul(a.astype(np.float32), a.T)
+    with pytest.raises(ValueError, match="expected uint16"):
+        bf16.matmul(a, a)
+    with pytest.raises(ValueError, match="out must be float32"):
+        bf16.matmul(a, a.T, out=np.zeros((3, 3), np.float64))
+
+
+def test_projection_is_the_rounded_linear_map_and_its_gradients():
+    torch.manual_seed(0)
+    rows = torch.randn(50, 10, requires_grad=True)
+    weight = torch.randn(24, 10, requires_grad=True)
+    bias = torch.randn(24, requires_grad=True)
+    grad = torch.randn(50, 24)
+    bfloat16.Projection.apply(rows, weight, bias).backward(grad)
+
+    def r(t):
+        return t.detach().to(torch.bfloat16).double()
+    out = bfloat16.Projection.apply(rows, weight, bias)
+    expected = r(rows) @ r(weight).t() + bias.detach().double()
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rows.grad.double(), r(grad) @ r(weight), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(weight.grad.double(), r(grad).t() @ r(rows), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bias.grad, grad.sum(0))
+
+
+# -- whole layers -------------------------------------------------------------------------
+
+KINDS = ["gru", "gru_reset_before", "lstm", "rnn", "rnn_relu", "mgu", "mgu1", "mgu3", "mingru", "mingru_g"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("options,tolerance", [
+    ({}, ONE_LAYER), ({"num_layers": 2, "bidirectional": True, "batch_first": True}, STACK)])
+def test_fused_layer_under_autocast_equals_the_float64_reference_in_the_mode(kind, options, tolerance):
+    """Fused kernels in float32 under autocast against grukit's reference loop in float64 with the
+    mode forced (its products rounded the same way); padded lengths in the stacked case."""
+    torch.manual_seed(1)
+    layer = _build(kind, kernel="auto", **options)
+    oracle = copy.deepcopy(layer).double()
+    oracle.kernel = "reference"
+    x = torch.randn(B, T, I) if options.get("batch_first") else torch.randn(T, B, I)
+    lengths = torch.tensor([T, 5, 1, T, 9, 3]) if options else None
+    CALLS.clear()
+    ours = _run(layer, x, "autocast", lengths)
+    assert CALLS["run"] > 0 and CALLS["backward"] > 0 or kind.startswith("mgu") and CALLS["backward"] > 0
+    expected = _run(oracle, x.double(), "forced", lengths)
+    plain = _run(layer, x, "plain", lengths)
+    for got, want in zip(ours, expected):
+        assert got.dtype == torch.float32
+        assert _rel(got, want) < tolerance
+    # the comparison can tell the mode from plain float32: the gradients differ by far more
+    assert max(_rel(got, want) for got, want in zip(plain[2:], expected[2:])) > WITHOUT_THE_MODE
+
+
+def _rounded_linear(a, weight):
+    """r(a) @ r(W)^T, whose gradients take the rounded output gradient: a literal float64
+    transcription of the mode's input projection."""
+    class RoundedLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, weight):
+            ctx.save_for_backward(a, weight)
+            return _r(a) @ _r(weight).t()
+
+        @staticmethod
+        def backward(ctx, grad):
+            a, weight = ctx.saved_tensors
+            return _r(grad) @ _r(weight), _r(grad).t() @ _r(a)
+    return RoundedLinear.apply(a, weight)
+
+
+def _recurrent(h, weight):
+    """h @ W^T at full precision, grad W = r(grad)^T @ r(h): the mode's recurrent product."""
+    class Recurrent(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h, weight):
+            ctx.save_for_backward(h, weight)
+            return h @ weight.t()
+
+        @staticmethod
+        def backward(ctx, grad):
+            h, weight = ctx.saved_tensors
+            return grad @ weight, _r(grad).t() @ _r(h)
+    return Recurrent.apply(h, weight)
+
+
+def _r(t):
+    return t.to(torch.bfloat16).double()
+
+
+def test_fused_gru_under_autocast_equals_a_literal_transcription():
+    """torch.nn.GRU's equations (reset after), written out in float64 with the mode's roundings."""
+    torch.manual_seed(2)
+    layer = gnn.GRU(I, H)
+    x = torch.randn(T, B, I)
+    ours = _run(layer, x, "autocast")
+    w_ih, w_hh, b_ih, b_hh = (p.detach().double().requires_grad_(True) for p in
+                              (layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0))
+    xs = x.double().requires_grad_(True)
+    gx = _rounded_linear(xs.reshape(-1, I), w_ih).view(T, B, 3 * H) + b_ih
+    h = torch.zeros(B, H, dtype=torch.float64)
+    outs = []
+    for t in range(T):
+        gh = _recurrent(h, w_hh) + b_hh
+        r = torch.sigmoid(gx[t, :, :H] + gh[:, :H])
+        z = torch.sigmoid(gx[t, :, H:2 * H] + gh[:, H:2 * H])
+        n = torch.tanh(gx[t, :, 2 * H:] + r * gh[:, 2 * H:])
+        h = (1 - z) * n + z * h
+        outs.append(h)
+    out = torch.stack(outs)
+    (out.sin().sum() + (h * h).sum()).backward()
+    expected = [out.detach(), h.detach(), xs.grad, w_ih.grad, w_hh.grad, b_ih.grad, b_hh.grad]
+    for got, want in zip(ours, expected):
+        assert _rel(got, want) < ONE_LAYER
+
+
+def test_inference_step_and_embedding_under_autocast_give_the_training_numbers():
+    torch.manual_seed(3)
+    layer = gnn.GRU(I, H, batch_first=True)
+    x = torch.randn(B, T, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained, _ = layer(x)
+        with torch.no_grad():
+            inferred, _ = layer(x)
+            state, steps = None, []
+            for t in range(T):
+                y_t, state = layer.step(x[:, t], state)
+                steps.append(y_t)
+    torch.testing.assert_close(inferred, trained.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.stack(steps, 1), inferred, rtol=0, atol=1e-6)
+
+    embedding = torch.randn(30, I, requires_grad=True)
+    tokens = torch.randint(0, 30, (B, T))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        through_ids, _ = layer(tokens, embedding=embedding)
+        looked_up, _ = layer(embedding[tokens])
+    torch.testing.assert_close(through_ids, looked_up, rtol=0, atol=1e-6)
+    (grad_ids,) = torch.autograd.grad(through_ids.sin().sum(), embedding)
+    (grad_looked_up,) = torch.autograd.grad(looked_up.sin().sum(), embedding)
+    # The distinct-token path rounds each token's summed gradient, the looked-up one each position's
+    # before the sum: the same up to bfloat16's rounding, not closer.
+    assert _rel(grad_ids, grad_looked_up) < 1e-2
+
+
+def test_backward_inside_autocast_and_outside_give_the_same_gradients():
+    """Backward may run inside the autocast block (it once raised there: the weight-gradient GEMM
+    met bfloat16 tensors it could not read)."""
+    torch.manual_seed(4)
+    layer = gnn.LSTM(I, H)
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x)
+        out.sum().backward()
+    inside = [p.grad.clone() for p in layer.parameters()]
+    outside = _run(layer, x, "autocast")
+    layer.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x)
+    out.sum().backward()
+    for a, b in zip(inside, [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert outside[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("autocast_dtype,layer_dtype", [(torch.float16, torch.float32),
+                                                        (torch.bfloat16, torch.float64)])
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_other_autocast_requests_leave_the_layer_in_its_own_dtype(autocast_dtype, layer_dtype, kind):
+    """Outputs and gradients as without autocast, the backward run inside the block too (the fused
+    path's own backward GEMMs once ran there in float16)."""
+    torch.manual_seed(5)
+    layer = _build(kind, dtype=layer_dtype, batch_first=True)
+    x = torch.randn(B, T, I, dtype=layer_dtype)
+    plain = _run(layer, x, "plain")
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        out, state = layer(x)
+        states = state if isinstance(state, tuple) else (state,)
+        (out.sin().sum() + sum((s * s).sum() for s in states)).backward()   # _run's loss
+    assert out.dtype == layer_dtype
+    torch.testing.assert_close(out, plain[0], rtol=0, atol=0)
+    for got, want in zip([x.grad, *[p.grad for p in layer.parameters()]], plain[len(states) + 1:]):
+        assert got.dtype == layer_dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
