@@ -50,6 +50,20 @@ def test_the_streamers_chunk_call_is_compared_with_the_peers_inference_against_i
     assert "| inference via `streamer.run` | 0.500 ms |" in markdown(result)
 
 
+def test_the_bfloat16_training_step_is_compared_with_the_peers_float32_step_against_2x():
+    def training(impl, mode, median, cell="gru"):
+        return {**_measurement(impl, mode, median, cell), "scenario": "S4"}
+    measurements = [training("grukit", "training", 600.0), training("grukit", "training-bf16", 400.0),
+                    training("torch", "training", 900.0), training("grukit", "training-bf16", 500.0, "lstm"),
+                    training("torch", "training", 800.0, "lstm")]
+    rows = {(r["cell"], r["mode"]): r for r in comparisons(measurements, [], None)}
+    bf16 = rows[("gru", "training-bf16")]
+    assert bf16["peer"] == "torch" and bf16["ratio"] == pytest.approx(2.25)
+    assert bf16["target"] == ">=2x" and bf16["met"] is True
+    assert rows[("gru", "training")]["target"] == ">=1.15x"
+    assert rows[("lstm", "training-bf16")]["target"] is None and rows[("lstm", "training-bf16")]["met"] is None
+
+
 def test_the_weight_read_floor_is_the_weights_bytes_over_the_measured_read_rate():
     from benchmarks.machine import weight_read_floor
     floor = weight_read_floor(Settings(repeats=3, warmup=1, exact=True), input_size=8, hidden_size=16, gates=3,

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from grukit import nn as gnn
+from grukit.errors import ConfigError
 from grukit.nn import bfloat16
 from grukit.nn.kernels import bf16
 from grukit.nn.kernels.function import CALLS
@@ -283,3 +284,15 @@ def test_other_autocast_requests_leave_the_layer_in_its_own_dtype(autocast_dtype
     for got, want in zip([x.grad, *[p.grad for p in layer.parameters()]], plain[len(states) + 1:]):
         assert got.dtype == layer_dtype
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_mode_is_for_cpu_layers():
+    """Autocast on the CPU leaves a layer on another device alone; the mode turned on by hand
+    there raises, naming the fix ("meta" stands in for a GPU)."""
+    layer = gnn.GRU(I, H, device="meta", kernel="reference")
+    x = torch.randn(T, B, I, device="meta")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(x)
+    assert out.dtype == torch.float32 and out.device.type == "meta"
+    with pytest.raises(ConfigError, match="runs on the CPU.*leave grukit.nn.bfloat16.mode"), bfloat16.mode():
+        layer(x)

@@ -41,6 +41,7 @@ import threading
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .kernels import bf16 as _bf16_gemm
 
 _STATE = threading.local()
@@ -63,14 +64,15 @@ def mode(on: bool = True):
         _STATE.on = previous
 
 
-def autocast_scope(dtype: torch.dtype):
+def autocast_scope(weight: torch.Tensor):
     """None when CPU autocast is off (the layer runs as it would without it); else a context for
     a layer's forward: autocast off inside, and the bfloat16 mode on when autocast asks for bfloat16
-    and the layer's parameters are float32. Other autocast dtypes (float16) leave the layer in its
-    own dtype, unless :func:`mode` is on."""
+    and the layer's parameters (``weight``, one of them) are float32 on the CPU. Other autocast dtypes
+    (float16) leave the layer in its own dtype, unless :func:`mode` is on."""
     if not torch.is_autocast_enabled("cpu"):
         return None
-    on = enabled() or (torch.get_autocast_dtype("cpu") == torch.bfloat16 and dtype == torch.float32)
+    on = enabled() or (torch.get_autocast_dtype("cpu") == torch.bfloat16 and weight.dtype == torch.float32
+                       and weight.device.type == "cpu")
     scope = contextlib.ExitStack()
     scope.enter_context(torch.autocast("cpu", enabled=False))
     scope.enter_context(mode(on))
@@ -131,6 +133,9 @@ class Projection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, weight, bias):
+        if rows.device.type != "cpu" or weight.device.type != "cpu":
+            raise ConfigError(f"grukit's bfloat16 mode runs on the CPU, got inputs on {rows.device} and weights "
+                              f"on {weight.device}; leave grukit.nn.bfloat16.mode() off for layers on other devices")
         rows_b, weight_b = rounded(rows), rounded(weight)
         ctx.save_for_backward(rows_b, weight_b)
         ctx.dtype, ctx.has_bias = rows.dtype, bias is not None
@@ -154,8 +159,6 @@ class Projection(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.nn.functional.linear`` in the bfloat16 mode (:class:`Projection`), for x of any rank."""
-    if x.device.type != "cpu":
-        raise ValueError(f"grukit's bfloat16 mode runs on the CPU, got x on {x.device}")
     flat = Projection.apply(x.reshape(-1, x.shape[-1]), weight, bias)
     return flat.view(*x.shape[:-1], weight.shape[0])
 

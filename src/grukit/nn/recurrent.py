@@ -201,7 +201,7 @@ class RecurrentLayer(nn.Module):
         Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer runs grukit's bfloat16
         mode (:mod:`grukit.nn.bfloat16`: bfloat16 products, float32 accumulation and outputs).
         """
-        scope = bfloat16.autocast_scope(self._parameter_dtype())
+        scope = bfloat16.autocast_scope(self._any_weight())
         if scope is not None:   # again, with autocast off inside and the bfloat16 mode on or off
             with scope:
                 return self.forward(input, hx, lengths, embedding=embedding)
@@ -375,7 +375,7 @@ class RecurrentLayer(nn.Module):
             raise ConfigError(f"{type(self).__name__}.step(): recurrent_dropout={self.recurrent_dropout} "
                               "needs one mask over the whole sequence, which step() does not keep; call "
                               ".eval() for streaming inference, or train with forward() over whole sequences")
-        scope = bfloat16.autocast_scope(self._parameter_dtype())
+        scope = bfloat16.autocast_scope(self._any_weight())
         if scope is not None:
             with scope:
                 return self.step(x_t, state)
@@ -474,10 +474,10 @@ class RecurrentLayer(nn.Module):
             made["step"] = StepStack(self.mode, [layer[0] for layer in views], self.candidate), fused_step_stack
         return made["step"]
 
-    def _parameter_dtype(self) -> torch.dtype:
-        """The dtype of the layer's weights (float32 unless made or converted otherwise)."""
+    def _any_weight(self) -> torch.Tensor:
+        """One of the layer's weights, for its dtype and device."""
         weight = next(iter(self._parameters.values()), None)
-        return torch.float32 if weight is None else weight.dtype
+        return self._layer_parameters(0, 0)["weight_ih"] if weight is None else weight
 
     def _made_of(self, views) -> dict:
         """What the fused paths make of the kept views and keep with them (step()'s StepStack,
