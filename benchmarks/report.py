@@ -11,7 +11,7 @@ from .scenarios import CELLS, PEAK_SHARE_TARGET, SCENARIOS, STEP_TARGET_US, targ
 
 PEER_LABELS = {"torch": "torch.nn", "onnxruntime": "ONNX Runtime", "keras-jax": "Keras 3 / JAX",
                "torch-cell": "torch.nn *Cell", "matmul-peak": "matmul peak"}
-MODE_LABELS = {"chunk": "inference via `streamer.run`"}
+MODE_LABELS = {"chunk": "inference via `streamer.run`", "training-bf16": "training, bfloat16 mode"}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -45,7 +45,8 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
     for ours in (m for m in measurements if m["impl"] == "grukit"):
         cell, scenario, mode = ours["cell"], ours["scenario"], ours["mode"]
         # the streamer's frame against torch's *Cell step, its chunk call against the layers' inference
-        peer_mode = {"stream": "step", "chunk": "inference"}.get(mode, mode)
+        # (and its bfloat16-mode training step against the peers' float32 ones)
+        peer_mode = {"stream": "step", "chunk": "inference", "training-bf16": "training"}.get(mode, mode)
         for peer in (m for m in measurements if m["impl"] != "grukit" and m["cell"] == cell
                      and m["scenario"] == scenario and m["mode"] == peer_mode):
             ratio = peer["median"] / ours["median"]
@@ -56,7 +57,7 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
                 row["target"] = f"grukit < {STEP_TARGET_US:g} us" if cell == "gru" else None
                 row["met"] = ours["median"] < STEP_TARGET_US if cell == "gru" else None
             else:
-                target = target_for(cell, scenario, peer_mode, peer["impl"])
+                target = target_for(cell, scenario, mode if mode == "training-bf16" else peer_mode, peer["impl"])
                 row["target"] = target.text() if target else None
                 row["met"] = target.met(ratio) if target else None
             rows.append(row)
@@ -163,8 +164,8 @@ def markdown(result: dict) -> str:
         s4 = [m for m in result["measurements"] if m["cell"] == cell and m.get("peak_share") is not None]
         if s4:
             lines += ["S4 training throughput: " + ", ".join(
-                f"{m['impl']} {m['gflops']:.1f} GFLOP/s ({m['peak_share']:.0%} of the matmul peak)"
-                for m in s4) + ".", ""]
+                f"{m['impl']}{' in the bfloat16 mode' if m['mode'] == 'training-bf16' else ''} {m['gflops']:.1f} "
+                f"GFLOP/s ({m['peak_share']:.0%} of the matmul peak)" for m in s4) + ".", ""]
     alone = [m for m in result["measurements"] if m["impl"] == "grukit" and CELLS[m["cell"]]["torch"] is None]
     if alone:
         lines += ["## Cells without a peer (grukit only)", "",

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .machine import OtherLoad, machine_info, pin_threads
-from .scenarios import CELLS, DEFAULT_CELLS, FLOP_FORMULA, SCENARIOS, training_flops
+from .scenarios import BF16_SCENARIOS, CELLS, DEFAULT_CELLS, FLOP_FORMULA, SCENARIOS, training_flops
 from .timing import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +136,8 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                     counters = ("run",)
                 else:
                     functions = {"grukit": torch_peer.training_fn(ours, x, target)}
+                    if name in BF16_SCENARIOS:
+                        functions["grukit-bf16"] = torch_peer.training_fn(ours, x, target, bfloat16=True)
                     if theirs is not None:
                         functions["torch"] = torch_peer.training_fn(theirs, x, target)
                     counters = ("run", "backward")
@@ -143,9 +145,9 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                 records = measure_group(functions, settings)
                 calls = settings.warmup + records["grukit"]["repeats"]
                 for impl, record in records.items():
-                    chunk = impl == "grukit-chunk"
-                    record.update(cell=cell, scenario=name, mode="chunk" if chunk else mode,
-                                  impl="grukit" if chunk else impl, shape=scenario.shape(), unit="ms")
+                    variant = {"grukit-chunk": "chunk", "grukit-bf16": "training-bf16"}.get(impl)
+                    record.update(cell=cell, scenario=name, mode=variant or mode,
+                                  impl="grukit" if variant else impl, shape=scenario.shape(), unit="ms")
                     if impl == "grukit":
                         record["path"] = torch_peer.observed_path(before, calls, counters, dispatcher)
                     if mode == "training":

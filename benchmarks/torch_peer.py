@@ -53,12 +53,16 @@ def inference_fn(layer, x):
     return run
 
 
-def training_fn(layer, x, target):
+def training_fn(layer, x, target, bfloat16: bool = False):
+    """One SGD step on the MSE of the last step's output; ``bfloat16``: the forward under
+    torch.autocast("cpu", dtype=torch.bfloat16) (grukit's bfloat16 mode), the loss in float32."""
     optimizer = torch.optim.SGD(layer.parameters(), lr=LEARNING_RATE)
 
     def run():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(last_output(layer(x)), target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            output = last_output(layer(x))
+        loss = torch.nn.functional.mse_loss(output, target)
         loss.backward()
         optimizer.step()
         return loss

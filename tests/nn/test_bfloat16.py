@@ -144,7 +144,7 @@ def test_fused_layer_under_autocast_equals_the_float64_reference_in_the_mode(kin
     lengths = torch.tensor([T, 5, 1, T, 9, 3]) if options else None
     CALLS.clear()
     ours = _run(layer, x, "autocast", lengths)
-    assert CALLS["run"] > 0 and CALLS["backward"] > 0 or kind.startswith("mgu") and CALLS["backward"] > 0
+    assert CALLS["run"] > 0 and CALLS["backward"] > 0   # the fused kernels ran
     expected = _run(oracle, x.double(), "forced", lengths)
     plain = _run(layer, x, "plain", lengths)
     for got, want in zip(ours, expected):
