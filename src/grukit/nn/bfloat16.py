@@ -1,10 +1,12 @@
 """grukit's bfloat16 mode: what a float32 layer computes under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
 
-In this mode the large products take bfloat16 operands and accumulate in float32:
+In this mode the large products take bfloat16 operands, accumulate in float32 and round their
+result to bfloat16, as torch's autocast computes a matmul:
 
 * the input projection ``x @ W_ih^T`` (and the embedded-token projection), in the forward pass
   and both of its gradients (grad x = grad @ W_ih, grad W_ih = grad^T @ x);
-* the recurrent weight gradient, grad W_hh = sum over steps of grad_gates^T @ h.
+* the recurrent weight gradient, grad W_hh = sum over steps of grad_gates^T @ h, one product over
+  all steps (the reference loop adds its steps' products at full precision and rounds the sum).
 
 Everything else stays float32: the per-step recurrent product h @ W_hh^T and its gradient,
 where rounding errors would compound over the steps, the gate arithmetic, the state, biases and
@@ -14,10 +16,12 @@ choose, and a float32 output costs the next autocast op one cast). The parameter
 even: torch's own conversion). The projection keeps its bfloat16 input copy for backward, half the
 memory of the float32 one.
 
-The products run through MKL's ``cblas_gemm_bf16bf16f32`` (kernels/bf16.py), which uses the CPU's
-AVX-512 BF16 or AMX units where it has them and converts to float32 itself where it has not.
-torch's own bfloat16 matmul is not used: it returns bfloat16 (torch 2.13 has no float32
-``out_dtype`` for mm on the CPU), and on a CPU without BF16 units it ran 50-100x slower than float32.
+The products run through torch's bfloat16 matmul where the CPU has BF16 units (AVX-512 BF16 or
+AMX, through oneDNN; :data:`BACKEND`), else through MKL's ``cblas_gemm_bf16bf16f32``
+(kernels/bf16.py), which widens the operands itself on CPUs without them, and on AMD's Zen 4 too:
+measured there it ran at float32 speed while torch's bfloat16 matmul ran 2.2-2.4x faster. torch's
+matmul returns bfloat16, which is why the result is rounded to bfloat16 on every path: the mode
+gives the same numbers on every CPU, up to the order of the float32 additions.
 
 Inside a layer's forward, torch's autocast is switched off (:func:`autocast_scope`), so the layer's
 own torch ops run in its float32 (or float64) as without autocast, and the mode is a thread-local flag
@@ -43,6 +47,7 @@ import torch
 
 from ..errors import ConfigError
 from .kernels import bf16 as _bf16_gemm
+from .kernels import buffers
 
 _STATE = threading.local()
 
@@ -92,9 +97,30 @@ def without_autocast(backward):
     return run
 
 
+def _kept(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty(shape, dtype=dtype) on one of the kernels' kept arrays (kernels/buffers.py): a
+    step that allocates the same sizes again touches no fresh pages (S4: 27 against 5.6 ms to widen
+    and bias the 12800 x 1536 projection, 13.7 against 2.7 ms to round the gate gradients)."""
+    if dtype == torch.bfloat16:   # numpy has no bfloat16: kept as uint16, viewed as bfloat16
+        return torch.from_numpy(buffers.empty(tuple(shape), np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(buffers.empty(tuple(shape), np.float64 if dtype == torch.float64 else np.float32))
+
+
 def rounded(t: torch.Tensor) -> torch.Tensor:
     """t as bfloat16 (a no-op on bfloat16), in t's own layout: a transposed view stays one."""
-    return t if t.dtype == torch.bfloat16 else t.to(torch.bfloat16)
+    if t.dtype == torch.bfloat16:
+        return t
+    if t.is_contiguous():
+        return _kept(t.shape, torch.bfloat16).copy_(t)
+    if t.dim() == 2 and t.t().is_contiguous():
+        return _kept(t.t().shape, torch.bfloat16).copy_(t.t()).t()
+    return t.to(torch.bfloat16)
+
+
+def widened(t: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """t (bfloat16) converted to ``dtype`` (exactly) on a kept array, plus ``bias`` if given."""
+    out = _kept(t.shape, dtype).copy_(t)
+    return out if bias is None else out.add_(bias)
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
@@ -102,26 +128,47 @@ def _bits(t: torch.Tensor) -> np.ndarray:
     return t.view(torch.int16).numpy().view(np.uint16)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
-           accumulate: bool = False) -> torch.Tensor:
-    """a @ b (2-D) with both operands rounded to bfloat16 and the products accumulated in ``dtype``:
-    float32 through MKL's bfloat16 GEMM (``out += a @ b`` with ``accumulate``), float64 (the
-    reference's oracle) by a float64 matmul of the rounded values, which are exact in float64."""
+def _torch_uses_bf16_units() -> bool:
+    """Whether torch's bfloat16 matmul runs on this CPU's BF16 units (oneDNN with AVX-512 BF16 or
+    AMX): measured on a Zen 4 at 370-430 GFLOP/s against 150-200 for float32 (2 threads). On a CPU
+    without them oneDNN falls back to a reference loop (1-3 GFLOP/s on a Zen 3)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return torch.backends.mkldnn.is_available() and any(getattr(cpu, c, lambda: False)() for c in checks)
+
+
+# Who multiplies: "torch" (its bfloat16 matmul, on BF16 units), else "mkl" (kernels/bf16.py: MKL's
+# bfloat16 GEMM, or a float32 GEMM of the widened values). Both give the same rounded result up to
+# the order of the float32 additions; the tests run both.
+BACKEND = "torch" if _torch_uses_bf16_units() else "mkl"
+
+
+def product(a: torch.Tensor, b: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """a @ b (2-D) as torch's autocast computes a matmul: both operands rounded to bfloat16, the
+    products accumulated in float32, the result rounded to bfloat16 (returned as a bfloat16 tensor;
+    the caller widens it, fused with its next pass where it can). ``exact`` accumulates in float64
+    instead: the oracle for the float64 reference, whose rounded operands are exact in float64."""
     a, b = rounded(a), rounded(b)
-    if dtype == torch.float64:
-        product = a.double() @ b.double()
-        return product if out is None else (out.add_(product) if accumulate else out.copy_(product))
+    if exact:
+        return rounded(a.double() @ b.double())
+    if BACKEND == "torch":
+        return torch.matmul(a, b, out=_kept((a.shape[0], b.shape[1]), torch.bfloat16))
     if not a.is_contiguous() and not a.t().is_contiguous():
         a = a.contiguous()
     if not b.is_contiguous() and not b.t().is_contiguous():
         b = b.contiguous()
-    result = _bf16_gemm.matmul(_bits(a), _bits(b), None if out is None else out.numpy(), accumulate)
-    return torch.from_numpy(result) if out is None else out
+    out = buffers.empty((a.shape[0], b.shape[1]), np.float32)
+    return rounded(torch.from_numpy(_bf16_gemm.matmul(_bits(a), _bits(b), out)))
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """:func:`product` widened to ``dtype`` (float32, or float64 for the oracle)."""
+    return widened(product(a, b, exact=dtype == torch.float64), dtype)
 
 
 def numpy_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`matmul` on float32 numpy arrays (the fused backward's weight-gradient terms), converted
-    by torch (multithreaded) in their own layouts."""
+    """:func:`matmul` on float32 (or float64) numpy arrays (the fused backward's weight-gradient
+    terms), converted by torch (multithreaded) in their own layouts."""
     dtype = torch.float64 if a.dtype == np.float64 else torch.float32
     return matmul(torch.from_numpy(a), torch.from_numpy(b), dtype=dtype).numpy()
 
@@ -139,11 +186,8 @@ class Projection(torch.autograd.Function):
         rows_b, weight_b = rounded(rows), rounded(weight)
         ctx.save_for_backward(rows_b, weight_b)
         ctx.dtype, ctx.has_bias = rows.dtype, bias is not None
-        out = torch.empty((rows.shape[0], weight.shape[0]), dtype=rows.dtype)
-        if bias is None:
-            return matmul(rows_b, weight_b.t(), out, rows.dtype)
-        out.copy_(bias.expand_as(out))
-        return matmul(rows_b, weight_b.t(), out, rows.dtype, accumulate=True)
+        out = product(rows_b, weight_b.t(), exact=rows.dtype == torch.float64)
+        return widened(out, rows.dtype, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -165,8 +209,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 class RecurrentWeightGradient(torch.autograd.Function):
     """``h @ weight^T`` at full precision, whose weight gradient takes bfloat16 operands: the
-    reference loop's recurrent product in the bfloat16 mode, as the fused kernels compute it
-    (the per-step product and grad h at full precision, grad W_hh = grad^T @ h rounded)."""
+    reference loop's recurrent product in the bfloat16 mode, as the fused kernels compute it (the
+    per-step product and grad h at full precision). Its weight gradient is left unrounded: the
+    steps' gradients add up in the layer's dtype, and :class:`RoundedGradient` rounds their sum."""
 
     @staticmethod
     def forward(ctx, h, weight):
@@ -179,9 +224,27 @@ class RecurrentWeightGradient(torch.autograd.Function):
     def backward(ctx, grad):
         h, weight = ctx.saved_tensors
         grad_h = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = matmul(grad.t(), h, dtype=h.dtype) if ctx.needs_input_grad[1] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:   # exact products of the rounded operands, accumulated in h's dtype
+            grad_weight = rounded(grad).t().to(h.dtype) @ rounded(h).to(h.dtype)
         return grad_h, grad_weight
 
 
-__all__ = ["Projection", "RecurrentWeightGradient", "autocast_scope", "enabled", "linear", "mode", "matmul",
-           "numpy_matmul", "rounded", "without_autocast"]
+class RoundedGradient(torch.autograd.Function):
+    """The identity, whose gradient is rounded to bfloat16. The reference loop passes weight_hh
+    through it once per layer and direction, so its gradient is the sum over all steps rounded once:
+    what the fused kernels' single grad W_hh product over all steps gives."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.view_as(weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @without_autocast
+    def backward(ctx, grad):
+        return grad.to(torch.bfloat16).to(grad.dtype)
+
+
+__all__ = ["Projection", "RecurrentWeightGradient", "RoundedGradient", "autocast_scope", "enabled", "linear", "mode", "matmul",
+           "numpy_matmul", "product", "rounded", "widened", "without_autocast"]

@@ -17,10 +17,11 @@ activations differ from the mode's defaults, and a recurrent-dropout ``recurrent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from . import bfloat16
 from .cells import (LAYOUTS, CellLayout, State, gru_step, lstm_step, mgu_step, mingru_candidate, mingru_step,
                     rnn_step)
 
@@ -84,6 +85,8 @@ def run_direction(mode: str, gx: torch.Tensor, state0: State, weights: Direction
     Returns the outputs (T, B, H_out), zero past each length, and the final state.
     """
     T = gx.shape[0]
+    if bfloat16.enabled() and weights.weight_hh is not None:   # grad W_hh: the steps' sum, rounded once
+        weights = replace(weights, weight_hh=bfloat16.RoundedGradient.apply(weights.weight_hh))
     state = state0
     outputs: list[torch.Tensor] = [None] * T  # type: ignore[list-item]
     order = range(T - 1, -1, -1) if reverse else range(T)

@@ -265,6 +265,18 @@ def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, r
     return dgx, dh0, dc0, terms, bias_src
 
 
+def merged_terms(terms):
+    """The weight-gradient terms with those sharing rows (RNN's previous-state and h0 terms) joined
+    into one, their (T, B, n) operands stacked along T: one product whose rounding (the bfloat16
+    mode rounds each product's result) is the rounding of the whole sum, as in the reference."""
+    merged = {}
+    for row0, row1, g, x in terms:
+        merged.setdefault((row0, row1), []).append((g, x))
+    return [(row0, row1, *((pairs[0][0], pairs[0][1]) if len(pairs) == 1 else
+                           (np.concatenate([g for g, _ in pairs]), np.concatenate([x for _, x in pairs]))))
+            for (row0, row1), pairs in merged.items()]
+
+
 def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
     """grad weight_hh and grad bias_hh from the backward terms, as single large GEMMs.
 

@@ -191,8 +191,9 @@ class _FusedDirection(torch.autograd.Function):
                 flush_tiny(gradient, TINY_GRADIENT_FLOAT32)
         grad_w = grad_b = None
         if terms and (ctx.needs_input_grad[8] or ctx.needs_input_grad[9]):
-            grad_w, grad_b = api.weight_grads(terms, bias_src if ctx.has_bias else None,
-                                              w.shape, matmul=bfloat16.numpy_matmul if ctx.bf16 else _torch_matmul)
+            grad_w, grad_b = api.weight_grads(api.merged_terms(terms) if ctx.bf16 else terms,
+                                              bias_src if ctx.has_bias else None, w.shape,
+                                              matmul=bfloat16.numpy_matmul if ctx.bf16 else _torch_matmul)
             grad_w = torch.from_numpy(grad_w)
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
         grad_gx = torch.from_numpy(dgx)
