@@ -3,7 +3,8 @@ the bfloat16 mode, from the same initial weights, batch order and seed, scored o
 
 The bfloat16 mode (grukit/nn/bfloat16.py) is what a float32 grukit layer computes inside
 ``torch.autocast("cpu", dtype=torch.bfloat16)``: the input projection (forward and both gradients)
-and the recurrent-weight gradient take bfloat16 operands with float32 accumulation; the per-step
+and the recurrent-weight gradient take bfloat16 operands with float32 accumulation and round their
+results to bfloat16, as torch's autocast does; the per-step
 recurrent product, the gates, the state and the outputs stay float32. Only the recurrent layer's call
 runs under autocast here; the embedding lookup (inside the layer, ``embedding=``), the nn.Linear head,
 the loss (on ``y_pred.float()``), backward and the Adam step run outside it, in float32. The held-out
@@ -49,6 +50,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from grukit.nn import bfloat16
 
 from .accuracy_io import DEFAULT_OUT, SHARED_DATA, say, write_record
 from .machine import OtherLoad, machine_info
@@ -247,9 +250,19 @@ def verdict(s: dict, metric: str, better: str) -> str:
     return text + (" (within" if abs(diff) <= sd else " (**outside**") + f" the float32 seed sd {_value(sd, metric)})"
 
 
+_BACKEND_TEXT = {
+    "torch": "the mode's products ran through torch's bfloat16 matmul (oneDNN) on them",
+    "mkl": "the mode's products ran through MKL's cblas_gemm_bf16bf16f32, which widens the operands to "
+           "float32 itself (on AMD CPUs even where they have BF16 units), so the mode cannot be faster here",
+    "fallback": "the mode's products ran as float32 GEMMs of the widened operands (MKL's bfloat16 GEMM was "
+                "not found), so the mode cannot be faster here",
+}
+
+
 def markdown(record: dict) -> str:
     machine, seeds = record["machine"], record["seeds"]
     bf16_units = [f for f in machine["cpu_flags"] if f in ("avx512_bf16", "amx_bf16")]
+    backend = record.get("bf16_backend", "torch" if bf16_units else "mkl")   # older records lack it
     lines = [f"# bfloat16 mode: accuracy cost on real tasks{' (--quick)' if record['quick'] else ''}", "",
              f"`{record['command']}`. {machine['date']} on {machine['cpu_model']} ({machine['usable_cpus']} usable "
              f"CPUs), torch.set_num_threads({record['threads']}); "
@@ -258,12 +271,11 @@ def markdown(record: dict) -> str:
                f"{record['other_load']:.0%} of the CPUs.", "",
              "**This CPU " + (f"has BF16 units ({', '.join(bf16_units)})" if bf16_units else
                               "has no BF16 units (no avx512_bf16 or amx_bf16 in /proc/cpuinfo)")
-             + "**: MKL's bfloat16 GEMM " + ("runs on them" if bf16_units else "converts its operands to float32 "
-                                             "in software, so the bfloat16 mode cannot be faster here")
-             + "; the times below say what it costs on this machine, not on one with BF16 hardware.", "",
+             + "**: " + (_BACKEND_TEXT[backend] if backend in _BACKEND_TEXT else f"the products ran on {backend}")
+             + "; the times below say what the mode costs on this machine.", "",
              "Each task is trained in float32 and in grukit's bfloat16 mode (a float32 layer under "
-             "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`: bfloat16 operands, float32 accumulation for the "
-             "input projection and the recurrent-weight gradient) from the same initial weights, batch order and "
+             "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`: bfloat16 operands, float32 accumulation and a "
+             "bfloat16 result for the input projection and the recurrent-weight gradient) from the same initial weights, batch order and "
              "seed, for a fixed number of epochs; only the recurrent layer runs under autocast. Held-out data "
              "are scored in the training precision. sd = sample standard deviation over seeds; "
              "difference = bfloat16 - float32 (paired: per seed). MAE in the series' units (lower is better); "
@@ -346,7 +358,7 @@ def main(argv=None) -> None:
         tasks[name] = {"metric": task.metric, "better": task.better, "description": task.description,
                        "batch": task.batch, "epochs": task.epochs, "runs": runs, "summary": summary(runs, args.seeds)}
     record = {"command": " ".join(["python -m benchmarks.bf16_accuracy", *(sys.argv[1:] if argv is None else argv)]),
-              "machine": machine_info(), "threads": args.threads, "quick": args.quick, "seeds": args.seeds,
+              "machine": machine_info(), "bf16_backend": bfloat16.BACKEND, "threads": args.threads, "quick": args.quick, "seeds": args.seeds,
               "total_seconds": time.perf_counter() - started, "other_load": load.share(),
               "tasks": tasks, "skipped": skipped}
     write_record(args.out, NAME + ("_quick" if args.quick else ""), record, markdown(record))

@@ -7,11 +7,13 @@ of the widened operands up to the order of the additions: that float32 GEMM is t
 the tests' oracle.
 
 The fast path is MKL's ``cblas_gemm_bf16bf16f32``, which torch's CPU build exports from
-``libtorch_cpu.so`` (found on disk and opened with ctypes, as blas.py opens its sgemm). It uses the
-CPU's AVX-512 BF16 or AMX units where they exist. Measured on this project's AVX2-only Zen 3 host,
-same process, 2 threads, it ran at float32 speed (165 against 174 GFLOP/s for 12800 x 512 by 1536,
-138 against 109 for 64 x 512 by 1536): MKL widens the operands itself. torch's own bfloat16 matmul
-ran at 1-3 GFLOP/s there (oneDNN's reference path) and returns bfloat16, not float32.
+``libtorch_cpu.so`` (found on disk and opened with ctypes, as blas.py opens its sgemm). On the AMD
+hosts this project ran on it never used BF16 units: on the AVX2-only Zen 3 it ran at float32 speed
+(165 against 174 GFLOP/s for 12800 x 512 by 1536, 138 against 109 for 64 x 512 by 1536), and on the
+Zen 4, which has AVX-512 BF16, at float32 speed too, whatever ``MKL_ENABLE_INSTRUCTIONS`` said,
+while torch's bfloat16 matmul (oneDNN) ran 2.2-2.4x faster there. So grukit's bfloat16 mode calls
+this module only where the CPU has no BF16 units (``grukit.nn.bfloat16.BACKEND``): there torch's
+bfloat16 matmul runs at 1-3 GFLOP/s (oneDNN's reference path).
 Nothing here imports torch.
 """
 
