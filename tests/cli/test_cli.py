@@ -65,7 +65,7 @@ def test_help_exits_0_and_names_the_options(prefix, capsys):
             for option in action.option_strings:
                 assert option in shown
         if prefix[-1] == "fit":
-            for option in ("--cell", "--epochs", "--out", "--nproc", "--quiet", "--threads"):
+            for option in ("--cell", "--epochs", "--out", "--nproc", "--quiet", "--threads", "--precision"):
                 assert option in shown
 
 
@@ -191,6 +191,23 @@ def test_charlm_fit_generate(tmp_path, capsys):
     assert capsys.readouterr().out == first and len(first.rstrip("\n")) == 30
     assert main(["charlm", "evaluate", run, str(corpus)]) == 0
     assert "bigram (counts)" in capsys.readouterr().out
+
+
+def test_precision_option_reaches_the_saved_task(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 20)
+    assert main(["charlm", "fit", str(corpus), "--sequence-length", "16", "--embedding-dim", "4", *TINY,
+                 "--precision", "mixed_bfloat16", "--out", str(tmp_path / "lm")]) == 0
+    assert json.loads((tmp_path / "lm" / "task.json").read_text())["config"]["precision"] == "mixed_bfloat16"
+    assert main(["charlm", "fit", str(corpus), "--precision", "bfloat16", "--out", str(tmp_path / "x")]) == 2
+    assert "mixed_bfloat16" in capsys.readouterr().err
+
+
+def test_precision_choices_are_the_training_loops():
+    from grukit.cli.common import PRECISIONS as shown
+    from grukit.train.loop import PRECISIONS
+
+    assert shown == PRECISIONS
 
 
 # -- errors -------------------------------------------------------------------------------------------------

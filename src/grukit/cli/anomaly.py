@@ -83,7 +83,8 @@ def prepare_fit(args: argparse.Namespace) -> dict:
     detector = AnomalyDetector(method=args.method, window=args.window, cell=args.cell, units=args.units,
                                calibration=args.calibration, quantile=args.quantile, season=args.season,
                                epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                               missing=args.missing or "raise", seed=args.seed, verbose=common.verbose(args))
+                               missing=args.missing or "raise", seed=args.seed, verbose=common.verbose(args),
+                               precision=args.precision)
     return {"detector": detector, "series": read(args.series, args.date_column, args.value_column, args.missing)}
 
 

@@ -80,7 +80,7 @@ def prepare_fit(args: argparse.Namespace) -> dict:
     lm = CharLM(sequence_length=args.sequence_length, units=args.units, cell=args.cell,
                 embedding_dim=args.embedding_dim, validation=args.validation, epochs=args.epochs,
                 batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                verbose=common.verbose(args))
+                verbose=common.verbose(args), precision=args.precision)
     text = read_corpus(common.require_file(args.text, "TEXT"))
     test = read_corpus(common.require_file(args.test, "--test")) if args.test else None
     return {"lm": lm, "text": text, "test": test}

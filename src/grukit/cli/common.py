@@ -18,6 +18,7 @@ from grukit.errors import ConfigError, DataError
 
 RUN_FILE = "run.json"      # beside task.json: the command line, the data options, history and scores
 CELLS = ("gru", "lstm", "rnn", "mgu", "mingru")
+PRECISIONS = ("float32", "mixed_bfloat16")   # grukit.train.loop's (a test checks), without importing torch
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -67,7 +68,7 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
 
 def add_training_options(parser: argparse.ArgumentParser, *, epochs: int | None, batch_size: int | None,
                          learning_rate: float | None, units: int | None) -> None:
-    """--cell, --units, --epochs, --batch-size, --learning-rate, --seed, --out, --overwrite, --nproc.
+    """--cell, --units, --epochs, --batch-size, --learning-rate, --seed, --precision, --out, --overwrite, --nproc.
     A default of None means "the task's own default" (shown as such in --help)."""
     model = parser.add_argument_group("model and training")
     model.add_argument("--cell", choices=CELLS, default="gru", help="recurrent cell")
@@ -82,6 +83,9 @@ def add_training_options(parser: argparse.ArgumentParser, *, epochs: int | None,
     model.add_argument("--learning-rate", type=positive_float, default=learning_rate, metavar="LR",
                        help="Adam's learning rate" + (" (default: the task's)" if learning_rate is None else ""))
     model.add_argument("--seed", type=int, default=0, help="seed of the weights, splits and batch order")
+    model.add_argument("--precision", choices=PRECISIONS, default="float32",
+                       help="mixed_bfloat16: train the recurrent layer in grukit's bfloat16 mode (bfloat16 "
+                            "products, float32 weights; faster only on CPUs with BF16 units, see the README)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", "-o", required=True, metavar="DIR",
                         help="run directory to write: the model (config.json, model.safetensors), task.json "

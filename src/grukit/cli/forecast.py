@@ -115,7 +115,8 @@ def prepare_fit(args: argparse.Namespace) -> dict:
                             season=args.season, targets=args.target, scaler=args.scaler, log=args.log,
                             predict_change=args.predict_change, epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, validation=args.validation, patience=args.patience,
-                            missing=args.missing or "raise", seed=args.seed, verbose=common.verbose(args))
+                            missing=args.missing or "raise", seed=args.seed, verbose=common.verbose(args),
+                            precision=args.precision)
     series = read(args.series, args.date_column, args.value_column, args.missing)
     test = part_size(args.test, len(series), "--test") if args.test else 0
     if test >= len(series):

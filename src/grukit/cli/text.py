@@ -171,7 +171,7 @@ def prepare_fit(args: argparse.Namespace) -> dict:
                              maxlen="maxlen", num_words="num_words", min_count="min_count",
                              embedding_dim="embedding_dim", embeddings="embeddings", dropout="dropout", epochs="epochs", batch_size="batch_size",
                              learning_rate="learning_rate", validation="validation", patience="patience")
-    options.update(seed=args.seed, verbose=common.verbose(args))
+    options.update(seed=args.seed, verbose=common.verbose(args), precision=args.precision)
     if args.freeze_embeddings:
         options["embeddings_trainable"] = False
     if options.get("validation") == 0:

@@ -71,7 +71,7 @@ from grukit.data.timeseries import (SeriesScaler, TimeSeries, as_matrix, chronol
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.layers import RepeatVector
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
 from grukit.tasks.baselines import seasonal_naive
 from grukit.train import Adam
 from grukit.train.losses import get_loss
@@ -103,6 +103,8 @@ class AnomalyConfig(ConfigRecord):
     the value columns of named data (default all); ``missing``/``fill``: see
     :func:`grukit.data.timeseries.handle_missing`; ``seed``; ``cell_options``: extra arguments of the
     recurrent layers.
+    ``precision``: "float32", or "mixed_bfloat16" to train the recurrent layer in grukit's bfloat16
+    mode (``fit(precision=...)``; fast on CPUs with BF16 units); predictions run in float32.
     """
 
     method: str = "forecast"
@@ -126,9 +128,11 @@ class AnomalyConfig(ConfigRecord):
     fill: str = "forward"
     seed: int = 0
     verbose: int = 0
+    precision: str = "float32"
     cell_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_precision("AnomalyDetector", self.precision)
         if self.method not in METHODS:
             raise ConfigError(f"AnomalyDetector(method={self.method!r}) is not known; use 'forecast' (forecast "
                               "error) or 'reconstruction' (sequence-autoencoder error)")
@@ -525,7 +529,7 @@ class AnomalyDetector(Task):
         model.compile(optimizer=Adam(learning_rate=config.learning_rate), loss="mse")
         self.history = model.fit(x[clean].astype(np.float32), y[clean].astype(np.float32), epochs=config.epochs,
                                  batch_size=config.batch_size, seed=config.seed, verbose=config.verbose,
-                                 distributed=distributed, **fit_options)
+                                 distributed=distributed, precision=config.precision, **fit_options)
         model.eval()
         self.model = model
         calibrate_from = train_end if train_end < len(values) else 0

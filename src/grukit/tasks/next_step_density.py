@@ -58,7 +58,7 @@ from grukit import layers
 from grukit.data.music import frame_nll
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
 from grukit.tasks.char_lm import CharLM
 from grukit.tasks.sequence_classifier import (check_int, check_number, masked_forward,
                                               sequence_list)
@@ -81,6 +81,8 @@ class NextStepDensityConfig(ConfigRecord):
     ``batch_size`` (sequences, grouped by length), ``learning_rate`` (Adam), ``clipnorm`` (global
     gradient-norm clipping, None for none), ``validation`` (share or count of the training rolls held
     out when ``fit`` gets no ``validation_rolls``; 0 for none), ``seed``, ``verbose``.
+    ``precision``: "float32", or "mixed_bfloat16" to train the recurrent layer in grukit's bfloat16
+    mode (``fit(precision=...)``; fast on CPUs with BF16 units); predictions run in float32.
     """
 
     cell: str = "gru"
@@ -97,9 +99,11 @@ class NextStepDensityConfig(ConfigRecord):
     validation: int | float = 0.1
     seed: int = 0
     verbose: int = 0
+    precision: str = "float32"
     cell_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        check_precision("NextStepDensity", self.precision)
         owner = "NextStepDensity"
         for name in ("units", "epochs", "batch_size", "lr_patience"):
             check_int(owner, name, getattr(self, name), 1)
@@ -286,7 +290,8 @@ class NextStepDensity(Task):
                                                restore_best_weights=True))
         self.history = model.fit((steps, inputs), targets, epochs=config.epochs, batch_size=config.batch_size,
                                  seed=config.seed, verbose=config.verbose, bucket_by_length=True,
-                                 forward=masked_forward, callbacks=callbacks, distributed=distributed)
+                                 forward=masked_forward, callbacks=callbacks, distributed=distributed,
+                                 precision=config.precision)
         model.eval()
         self.model = model
         return self

@@ -58,7 +58,7 @@ from grukit.data.timeseries import SeriesScaler
 from grukit.data.ts_format import TimeSeriesDataset
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
 from grukit.tasks.text_classifier import TextEvaluation
 from grukit.train import Adam, get_metric
 from grukit.train.losses import SparseCategoricalCrossentropy
@@ -91,6 +91,8 @@ class SequenceClassifierConfig(ConfigRecord):
     or 0 for none), ``batch_size``, ``learning_rate`` (Adam), ``clipnorm`` (global gradient clipping,
     None for none), ``noise`` (std of the Gaussian noise on the standardised inputs in training),
     ``seed`` (folds, weights, batch order, noise, dropout), ``verbose``.
+    ``precision``: "float32", or "mixed_bfloat16" to train the recurrent layer in grukit's bfloat16
+    mode (``fit(precision=...)``; fast on CPUs with BF16 units); predictions run in float32.
     """
 
     cell: str = "gru"
@@ -106,9 +108,11 @@ class SequenceClassifierConfig(ConfigRecord):
     clipnorm: float | None = None
     seed: int = 0
     verbose: int = 0
+    precision: str = "float32"
     cell_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_precision("SequenceClassifier", self.precision)
         owner = "SequenceClassifier"
         for name in ("units", "epochs", "batch_size"):
             check_int(owner, name, getattr(self, name), 1)
@@ -363,7 +367,7 @@ class SequenceClassifier(Task):
         options = {} if validation is None else {"validation_data": validation}
         history = model.fit(inputs, ids, epochs=epochs, batch_size=config.batch_size, seed=config.seed,
                             verbose=config.verbose, forward=partial(masked_forward, noise=config.noise),
-                            distributed=distributed, **options)
+                            distributed=distributed, precision=config.precision, **options)
         model.eval()
         return model, history
 
