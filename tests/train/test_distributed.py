@@ -1,6 +1,7 @@
 """Data-parallel training with 2 processes (torchrun, gloo) equals one process over the same global
 batches: the gradients of the first step, the final weights, and the logged losses; every process
-trains on a disjoint shard of each batch."""
+trains on a disjoint shard of each batch. The script never leaves the process group itself, as a
+user's need not: grukit leaves it at exit, before the interpreter's teardown."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 SCRIPT = textwrap.dedent('''
-    import json, sys
+    import atexit, json, sys
     import torch
     import grukit.nn as gnn
     from grukit.train import loop
@@ -21,6 +22,12 @@ SCRIPT = textwrap.dedent('''
 
     out, distributed = sys.argv[1], sys.argv[2] == "1"
     torch.manual_seed(0)
+
+    @atexit.register   # runs after grukit's own exit handler (atexit runs last-registered first)
+    def record_exit_state():
+        if distributed:
+            with open(f"{out}.{rank}.exit", "w") as handle:
+                handle.write("alive" if torch.distributed.is_initialized() else "destroyed")
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -74,6 +81,8 @@ def run(tmp_path, distributed):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = 2 if distributed else 1
+    if distributed:   # the script does not leave the process group itself: grukit does, at exit
+        assert [open(f"{out}.{r}.exit").read() for r in range(ranks)] == ["destroyed"] * ranks
     return [json.loads(open(f"{out}.{r}.json").read()) for r in range(ranks)]
 
 
