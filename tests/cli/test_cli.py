@@ -193,6 +193,7 @@ def test_charlm_fit_generate(tmp_path, capsys):
     assert "bigram (counts)" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore:precision=.mixed_bfloat16. on a CPU without BF16 units")
 def test_precision_option_reaches_the_saved_task(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat. " * 20)

@@ -67,6 +67,7 @@ def _trained(task: str, precision: str):
     return trained, seen
 
 
+@pytest.mark.filterwarnings("ignore:precision=.mixed_bfloat16. on a CPU without BF16 units")
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_precision_trains_the_recurrent_layer_in_the_bfloat16_mode(task):
     plain, plain_seen = _trained(task, "float32")

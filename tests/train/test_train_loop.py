@@ -1,6 +1,8 @@
 """fit / evaluate / predict against a hand-written torch loop, determinism, Keras's data semantics
 (validation_split, class_weight), NaN handling, resume, optimizers and bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -461,6 +463,21 @@ class _Forecaster(torch.nn.Module):
         return self.head(self.gru(x)[0][:, -1])
 
 
+@pytest.mark.parametrize("backend,warns", [("mkl", True), ("fallback", True), ("torch", False)])
+def test_mixed_bfloat16_fit_warns_where_the_cpu_has_no_bf16_units(backend, warns, monkeypatch):
+    from grukit.nn import bfloat16
+    monkeypatch.setattr(bfloat16, "BACKEND", backend)
+    x, y = np.zeros((4, 3, 1), np.float32), np.zeros((4, 1), np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(_Forecaster(), x, y, loss="mse", optimizer="sgd", epochs=0, verbose=0, precision="mixed_bfloat16")
+        fit(_Forecaster(), x, y, loss="mse", optimizer="sgd", epochs=0, verbose=0)
+    messages = [str(w.message) for w in caught if "BF16 units" in str(w.message)]
+    assert len(messages) == (1 if warns else 0)
+    assert all("precision='float32'" in m for m in messages)
+
+
+@pytest.mark.filterwarnings("ignore:precision=.mixed_bfloat16. on a CPU without BF16 units")
 def test_mixed_bfloat16_fit_equals_a_hand_written_loop_in_the_mode_and_differs_from_float32():
     """``precision="mixed_bfloat16"`` is exactly the hand-written loop with the forward inside
     grukit.nn.bfloat16.mode(); float32 training gives other weights; predict and evaluate follow."""

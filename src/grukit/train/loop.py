@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -201,6 +202,11 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
     """
     _check_fit_arguments(epochs, initial_epoch, validation_split, verbose)
     precision_scope = _precision(precision)
+    if precision == "mixed_bfloat16" and bfloat16.BACKEND != "torch":
+        # as Keras warns of mixed_float16 on a GPU without float16 units
+        warnings.warn("precision='mixed_bfloat16' on a CPU without BF16 units (AVX-512 BF16 or AMX): grukit's "
+                      "bfloat16 mode gives the numbers it gives on such a CPU but trains slower than float32 "
+                      "here; train with precision='float32' for speed (README: bfloat16 mode)", stacklevel=2)
     batch_size = check_batch_size(batch_size)
     forward = forward or default_forward
     loss_fn = get_loss(loss)
