@@ -275,8 +275,8 @@ def markdown(record: dict) -> str:
              + "; the times below say what the mode costs on this machine.", "",
              "Each task is trained in float32 and in grukit's bfloat16 mode (a float32 layer under "
              "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`: bfloat16 operands, float32 accumulation and a "
-             "bfloat16 result for the input projection and the recurrent-weight gradient) from the same initial weights, batch order and "
-             "seed, for a fixed number of epochs; only the recurrent layer runs under autocast. Held-out data "
+             "bfloat16 result for the input projection and the recurrent-weight gradient) from the same initial "
+             "weights, batch order and seed, for a fixed number of epochs; only the recurrent layer runs under autocast. Held-out data "
              "are scored in the training precision. sd = sample standard deviation over seeds; "
              "difference = bfloat16 - float32 (paired: per seed). MAE in the series' units (lower is better); "
              "accuracy on held-out reviews (higher is better).", "",
@@ -358,7 +358,8 @@ def main(argv=None) -> None:
         tasks[name] = {"metric": task.metric, "better": task.better, "description": task.description,
                        "batch": task.batch, "epochs": task.epochs, "runs": runs, "summary": summary(runs, args.seeds)}
     record = {"command": " ".join(["python -m benchmarks.bf16_accuracy", *(sys.argv[1:] if argv is None else argv)]),
-              "machine": machine_info(), "bf16_backend": bfloat16.BACKEND, "threads": args.threads, "quick": args.quick, "seeds": args.seeds,
+              "machine": machine_info(), "bf16_backend": bfloat16.BACKEND, "threads": args.threads,
+              "quick": args.quick, "seeds": args.seeds,
               "total_seconds": time.perf_counter() - started, "other_load": load.share(),
               "tasks": tasks, "skipped": skipped}
     write_record(args.out, NAME + ("_quick" if args.quick else ""), record, markdown(record))

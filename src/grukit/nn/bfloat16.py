@@ -246,5 +246,5 @@ class RoundedGradient(torch.autograd.Function):
         return grad.to(torch.bfloat16).to(grad.dtype)
 
 
-__all__ = ["Projection", "RecurrentWeightGradient", "RoundedGradient", "autocast_scope", "enabled", "linear", "mode", "matmul",
-           "numpy_matmul", "product", "rounded", "widened", "without_autocast"]
+__all__ = ["BACKEND", "Projection", "RecurrentWeightGradient", "RoundedGradient", "autocast_scope", "enabled",
+           "linear", "mode", "matmul", "numpy_matmul", "product", "rounded", "widened", "without_autocast"]
