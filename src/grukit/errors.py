@@ -1,6 +1,11 @@
 """Exceptions raised by grukit. Every message names the argument, what was expected,
 what was received, and how to fix it."""
 
+import os
+import sys
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
 
 class GrukitError(Exception):
     """Base class of every error grukit raises on purpose."""
@@ -26,4 +31,13 @@ class TrainingError(GrukitError, RuntimeError):
     """Training cannot go on: the loss became NaN or infinite. The weights are those of the last good step."""
 
 
-__all__ = ["GrukitError", "ShapeError", "ConfigError", "DataError", "UnsupportedKernelConfig", "TrainingError"]
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` in the function that calls this one that points at
+    the first caller outside grukit (Sequential.fit, a task's fit ... lie in between)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+__all__ = ["user_stacklevel", "GrukitError", "ShapeError", "ConfigError", "DataError", "UnsupportedKernelConfig", "TrainingError"]

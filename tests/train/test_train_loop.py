@@ -465,6 +465,8 @@ class _Forecaster(torch.nn.Module):
 
 @pytest.mark.parametrize("backend,warns", [("mkl", True), ("fallback", True), ("torch", False)])
 def test_mixed_bfloat16_fit_warns_where_the_cpu_has_no_bf16_units(backend, warns, monkeypatch):
+    from grukit.layers import GRU, Dense, Input
+    from grukit.models import Sequential
     from grukit.nn import bfloat16
     monkeypatch.setattr(bfloat16, "BACKEND", backend)
     x, y = np.zeros((4, 3, 1), np.float32), np.zeros((4, 1), np.float32)
@@ -472,9 +474,13 @@ def test_mixed_bfloat16_fit_warns_where_the_cpu_has_no_bf16_units(backend, warns
         warnings.simplefilter("always")
         fit(_Forecaster(), x, y, loss="mse", optimizer="sgd", epochs=0, verbose=0, precision="mixed_bfloat16")
         fit(_Forecaster(), x, y, loss="mse", optimizer="sgd", epochs=0, verbose=0)
-    messages = [str(w.message) for w in caught if "BF16 units" in str(w.message)]
-    assert len(messages) == (1 if warns else 0)
-    assert all("precision='float32'" in m for m in messages)
+        model = Sequential([Input((3, 1)), GRU(2), Dense(1)])   # through Sequential.fit too
+        model.compile("sgd", "mse")
+        model.fit(x, y, epochs=0, verbose=0, precision="mixed_bfloat16")
+    ours = [w for w in caught if "BF16 units" in str(w.message)]
+    assert len(ours) == (2 if warns else 0)
+    assert all("precision='float32'" in str(w.message) for w in ours)
+    assert all(w.filename == __file__ for w in ours)   # it points at the caller's line, not at grukit
 
 
 @pytest.mark.filterwarnings("ignore:precision=.mixed_bfloat16. on a CPU without BF16 units")

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError, user_stacklevel
 from ..nn import bfloat16
 from . import distributed as distributed_module
 from .batches import ArrayData, batch_indices, check_batch_size, epoch_seed, prepare, sequence_lengths
@@ -206,7 +206,8 @@ def fit(model: torch.nn.Module, x, y=None, *, loss, optimizer, metrics: Iterable
         # as Keras warns of mixed_float16 on a GPU without float16 units
         warnings.warn("precision='mixed_bfloat16' on a CPU without BF16 units (AVX-512 BF16 or AMX): grukit's "
                       "bfloat16 mode gives the numbers it gives on such a CPU but trains slower than float32 "
-                      "here; train with precision='float32' for speed (README: bfloat16 mode)", stacklevel=2)
+                      "here; train with precision='float32' for speed (README: bfloat16 mode)",
+                      stacklevel=user_stacklevel())
     batch_size = check_batch_size(batch_size)
     forward = forward or default_forward
     loss_fn = get_loss(loss)
