@@ -345,6 +345,31 @@ def test_inference_step_and_embedding_under_autocast_give_the_training_numbers()
     assert _rel(grad_ids, grad_looked_up) < 1e-2
 
 
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_bfloat16_input_under_autocast_is_taken_as_its_float32_values(kind):
+    """Under autocast a torch Linear before the layer returns bfloat16; the layer takes it (and a
+    bfloat16 state) as torch.nn.GRU does, converting to its float32 exactly: the same outputs and
+    gradients as the float32 copies of the same values, bit for bit."""
+    torch.manual_seed(4)
+    layer = _build(kind, batch_first=True)
+    x = torch.randn(B, T, I, dtype=torch.bfloat16)
+    h0 = torch.randn(1, B, H, dtype=torch.bfloat16)
+    state = (h0, h0.clone()) if kind == "lstm" else h0
+    float_state = tuple(s.float() for s in state) if kind == "lstm" else state.float()
+    results = []
+    for inputs in ((x, state), (x.float(), float_state)):
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = layer(*inputs)
+            y_t, _ = layer.step(inputs[0][:, 0], inputs[1])
+        out.sin().sum().backward()
+        results.append((out.detach(), y_t.detach(), [p.grad.clone() for p in layer.parameters()]))
+    (out_b, y_b, grads_b), (out_f, y_f, grads_f) = results
+    assert out_b.dtype == torch.float32
+    assert torch.equal(out_b, out_f) and torch.equal(y_b, y_f)
+    assert all(torch.equal(a, b) for a, b in zip(grads_b, grads_f))
+
+
 def test_backward_inside_autocast_and_outside_give_the_same_gradients():
     """Backward may run inside the autocast block (it once raised there: the weight-gradient GEMM
     met bfloat16 tensors it could not read)."""

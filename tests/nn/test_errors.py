@@ -35,6 +35,27 @@ def test_integer_input(gru):
         gru(torch.ones(2, 5, I, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("call,what", [
+    (lambda layer: layer(torch.randn(2, 5, I, dtype=torch.float64)), "input"),
+    (lambda layer: layer(torch.randn(2, 5, I, dtype=torch.float16)), "input"),
+    (lambda layer: layer(torch.randn(2, 5, I), torch.zeros(1, 2, H, dtype=torch.float64)), "h_0"),
+    (lambda layer: layer.step(torch.randn(2, I, dtype=torch.float64)), "x_t"),
+    (lambda layer: layer.step(torch.randn(2, I), torch.zeros(1, 2, H, dtype=torch.float64)), "h_0"),
+    (lambda layer: layer(torch.zeros(2, 5, dtype=torch.long), embedding=torch.randn(9, I, dtype=torch.float64)),
+     "embedding"),
+])
+def test_a_dtype_other_than_the_weights_names_both_and_the_fix(gru, call, what):
+    """torch.nn.GRU refuses such input too (a ValueError); grukit's kernels would fail deep inside."""
+    with pytest.raises(ConfigError, match=rf"{what} is torch\.float(64|16) but the layer's weights are "
+                                          rf"torch\.float32; convert the {what} with \.to\(torch\.float32\)"):
+        call(gru)
+
+
+def test_lstm_cell_state_of_another_dtype():
+    with pytest.raises(ConfigError, match="c_0 is torch.float64"):
+        gnn.LSTM(I, H)(torch.randn(5, 2, I), (torch.zeros(1, 2, H), torch.zeros(1, 2, H, dtype=torch.float64)))
+
+
 @pytest.mark.parametrize("h0_shape", [(1, 3, H), (2, 2, H), (1, 2, H + 1), (2, H)])
 def test_h0_of_wrong_shape(gru, h0_shape):
     with pytest.raises(ShapeError, match=r"h_0 must have shape \(1, 2, 4\)"):

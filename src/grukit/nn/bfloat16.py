@@ -44,6 +44,7 @@ import threading
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from ..errors import ConfigError
 from .kernels import bf16 as _bf16_gemm
@@ -82,6 +83,21 @@ def autocast_scope(weight: torch.Tensor):
     scope.enter_context(torch.autocast("cpu", enabled=False))
     scope.enter_context(mode(on))
     return scope
+
+
+def autocast_inputs(dtype: torch.dtype, *values):
+    """``values`` (tensors, tuples of tensors such as an LSTM state, PackedSequences or None) with
+    each bfloat16 or float16 tensor converted to ``dtype``, the layer's own: what autocast does to
+    an op that runs in float32. Under autocast a torch Linear before the layer returns bfloat16, and
+    the layer takes it as torch.nn.GRU does (the conversion to float32 is exact)."""
+    def convert(value):
+        if isinstance(value, tuple) and not isinstance(value, PackedSequence):
+            return tuple(convert(part) for part in value)
+        data = value.data if isinstance(value, PackedSequence) else value
+        if isinstance(data, torch.Tensor) and data.dtype in (torch.bfloat16, torch.float16) and data.dtype != dtype:
+            return value.to(dtype)
+        return value
+    return tuple(convert(value) for value in values)
 
 
 def without_autocast(backward):
@@ -246,5 +262,5 @@ class RoundedGradient(torch.autograd.Function):
         return grad.to(torch.bfloat16).to(grad.dtype)
 
 
-__all__ = ["BACKEND", "Projection", "RecurrentWeightGradient", "RoundedGradient", "autocast_scope", "enabled",
-           "linear", "mode", "matmul", "numpy_matmul", "product", "rounded", "widened", "without_autocast"]
+__all__ = ["BACKEND", "Projection", "RecurrentWeightGradient", "RoundedGradient", "autocast_inputs", "autocast_scope",
+           "enabled", "linear", "mode", "matmul", "numpy_matmul", "product", "rounded", "widened", "without_autocast"]

@@ -185,6 +185,9 @@ class RecurrentLayer(nn.Module):
         return text
 
     # -- forward ---------------------------------------------------------------------
+    # torch.compile runs these eagerly (a graph break): TorchDynamo cannot trace into the compiled
+    # kernels (it failed inside Numba's dispatcher), and the fused kernels need no tracing.
+    @torch.compiler.disable
     def forward(self, input: torch.Tensor | PackedSequence, hx: State | None = None,
                 lengths: torch.Tensor | None = None, *, embedding: torch.Tensor | None = None):
         """Run the layer over a sequence.
@@ -201,8 +204,10 @@ class RecurrentLayer(nn.Module):
         Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer runs grukit's bfloat16
         mode (:mod:`grukit.nn.bfloat16`: bfloat16 products, float32 accumulation and outputs).
         """
-        scope = bfloat16.autocast_scope(self._any_weight())
+        weight = self._any_weight()
+        scope = bfloat16.autocast_scope(weight)
         if scope is not None:   # again, with autocast off inside and the bfloat16 mode on or off
+            input, hx = bfloat16.autocast_inputs(weight.dtype, input, hx)
             with scope:
                 return self.forward(input, hx, lengths, embedding=embedding)
         packed = isinstance(input, PackedSequence)
@@ -226,6 +231,8 @@ class RecurrentLayer(nn.Module):
                 x = x.transpose(0, 1)
             if not batched:
                 x = x.unsqueeze(1)
+        self._check_dtype(x.weight if isinstance(x, EmbeddedTokens) else x, weight,
+                          "embedding" if isinstance(x, EmbeddedTokens) else "input")
         if self.check_finite and not torch.isfinite(x.weight if isinstance(x, EmbeddedTokens) else x).all():
             raise DataError(f"{type(self).__name__}: the input contains NaN or infinity; clean or "
                             "impute the data first (check_finite=True asked for this check)")
@@ -358,6 +365,7 @@ class RecurrentLayer(nn.Module):
         return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
 
     # -- streaming -------------------------------------------------------------------
+    @torch.compiler.disable
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Advance one time step, for streaming inference (unidirectional layers only).
 
@@ -375,10 +383,13 @@ class RecurrentLayer(nn.Module):
             raise ConfigError(f"{type(self).__name__}.step(): recurrent_dropout={self.recurrent_dropout} "
                               "needs one mask over the whole sequence, which step() does not keep; call "
                               ".eval() for streaming inference, or train with forward() over whole sequences")
-        scope = bfloat16.autocast_scope(self._any_weight())
+        weight = self._any_weight()
+        scope = bfloat16.autocast_scope(weight)
         if scope is not None:
+            x_t, state = bfloat16.autocast_inputs(weight.dtype, x_t, state)
             with scope:
                 return self.step(x_t, state)
+        self._check_dtype(x_t, weight, "x_t")
         batched = x_t.dim() == 2
         plan = self._step_plan(x_t)
         if plan is not None:   # inference on the fused kernels: the whole stack in one call
@@ -534,6 +545,14 @@ class RecurrentLayer(nn.Module):
                              "convert with input.float()")
         return input, input.dim() == 3
 
+    def _check_dtype(self, x: torch.Tensor, weight: torch.Tensor, what: str) -> None:
+        """A ConfigError unless x has the dtype of the layer's weights (as torch.nn.GRU requires)."""
+        if x.dtype != weight.dtype:
+            name = type(self).__name__
+            raise ConfigError(f"{name}: {what} is {x.dtype} but the layer's weights are {weight.dtype}; convert "
+                              f"the {what} with .to({weight.dtype}) or the layer with .to({x.dtype}) (under "
+                              "torch.autocast a bfloat16 input is converted for you)")
+
     def _check_lengths(self, lengths, T: int, N: int) -> torch.Tensor | None:
         if lengths is None:
             return None
@@ -581,6 +600,7 @@ class RecurrentLayer(nn.Module):
         expected = (h_shape, c_shape) if is_lstm else (h_shape,)
         for label, part, shape in zip(("h_0", "c_0"), parts, expected):
             want = shape if batched else (shape[0], shape[2])
+            self._check_dtype(part, self._any_weight(), label)
             if tuple(part.shape) != want:
                 raise ShapeError(f"{name}: {label} must have shape {want} (num_layers * num_directions, "
                                  f"{'batch, ' if batched else ''}features), got {tuple(part.shape)}; "

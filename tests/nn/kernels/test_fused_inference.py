@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import grukit.nn as gnn
+from grukit.errors import ConfigError
 from grukit.nn.kernels import function
 
 I, H, T = 4, 5, 7
@@ -74,8 +75,8 @@ def test_only_calls_without_gradients_or_dropout_take_the_single_call(monkeypatc
         second, _ = layer(x)
     assert len(calls) == 1
     assert not torch.equal(first, second)
-    with torch.no_grad():                      # a float64 input to a float32 layer: not covered
-        with pytest.raises(RuntimeError, match="same dtype"):   # torch's GEMM, as before
+    with torch.no_grad():                      # a float64 input to a float32 layer: refused first
+        with pytest.raises(ConfigError, match="input is torch.float64"):
             layer.eval()(x.double())
     assert len(calls) == 1
 
