@@ -189,7 +189,7 @@ class RecurrentLayer(nn.Module):
     # kernels (it failed inside Numba's dispatcher), and the fused kernels need no tracing.
     @torch.compiler.disable
     def forward(self, input: torch.Tensor | PackedSequence, hx: State | None = None,
-                lengths: torch.Tensor | None = None, *, embedding: torch.Tensor | None = None):
+                lengths: torch.Tensor | None = None, embedding: torch.Tensor | None = None):
         """Run the layer over a sequence.
 
         input: (L, N, H_in), or (N, L, H_in) with batch_first, or (L, H_in) unbatched, or a
@@ -204,6 +204,8 @@ class RecurrentLayer(nn.Module):
         Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer runs grukit's bfloat16
         mode (:mod:`grukit.nn.bfloat16`: bfloat16 products, float32 accumulation and outputs).
         """
+        if torch.jit.is_tracing():   # torch.jit.trace, torch.onnx.export(dynamo=False)
+            return self._traced(input, hx, lengths, embedding)
         weight = self._any_weight()
         scope = bfloat16.autocast_scope(weight)
         if scope is not None:   # again, with autocast off inside and the bfloat16 mode on or off
@@ -255,6 +257,23 @@ class RecurrentLayer(nn.Module):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, final
+
+    def _traced(self, input, hx, lengths, embedding):
+        """A call recorded by torch.jit.trace or torch.onnx.export: a tracer records torch ops and
+        cannot see into the compiled kernels, so the call runs on the layer's torch.nn twin with
+        the layer's own parameters (convert.sharing_twin), and the record holds torch's GRU / LSTM /
+        RNN operator, which ONNX exports as its GRU / LSTM / RNN operator, for any sequence length."""
+        from .convert.torch_layout import sharing_twin, twin_problem
+        name = type(self).__name__
+        problem = twin_problem(self)
+        if problem is not None:
+            raise ConfigError(f"{name}: torch.jit.trace and torch.onnx.export record a grukit layer as its "
+                              f"torch.nn twin, and {problem}; export the weights with grukit.nn.convert "
+                              "(onnx_weights, to_keras) instead")
+        if lengths is not None or embedding is not None:
+            raise ConfigError(f"{name}: a traced or exported call takes neither lengths= nor embedding=; pass a "
+                              "PackedSequence for padded batches, and look the embeddings up before the layer")
+        return sharing_twin(self)(input, hx)
 
     def _run_layers(self, x: torch.Tensor, state: State, lengths: torch.Tensor | None):
         """x: (T, N, H_in) time-major; state: (layers * D, N, H) or a tuple of two."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import ConfigError
+from ..cells import LAYOUTS
 from ..recurrent import GRU, LSTM, RNN, RecurrentLayer
 
 _COMMON = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
@@ -31,23 +32,47 @@ def from_torch(module: torch.nn.RNNBase, **layer_kwargs) -> RecurrentLayer:
     return layer
 
 
-def to_torch(layer: RecurrentLayer) -> torch.nn.RNNBase:
-    """The torch.nn twin of a grukit GRU (reset_after=True), LSTM or RNN, with the same weights."""
+def twin_problem(layer: RecurrentLayer) -> str | None:
+    """Why ``layer`` has no torch.nn twin that computes the same function, or None."""
+    if layer.mode not in ("GRU", "LSTM", "RNN_TANH", "RNN_RELU"):
+        return (f"{type(layer).__name__} in mode {layer.mode} has no torch.nn twin: torch.nn.GRU only puts the "
+                "reset gate after the recurrent matrix (reset_after=True), and MGU/MinGRU do not exist in torch.nn")
+    if layer.layout != LAYOUTS[layer.mode]:
+        return (f"{type(layer).__name__} with single_bias=True or a non-default activation or "
+                "recurrent_activation has no torch.nn twin (torch.nn's cells have two biases and fixed activations)")
+    return None
+
+
+def _module(layer: RecurrentLayer) -> torch.nn.RNNBase:
+    problem = twin_problem(layer)
+    if problem is not None:
+        raise ConfigError(problem + "; export its weights to ONNX or Keras instead (grukit.nn.convert)")
     options = {name: getattr(layer, name) for name in _COMMON}
     reference = next(iter(layer.parameters()))
     factory = {"device": reference.device, "dtype": reference.dtype}
     if layer.mode == "GRU":
-        module = torch.nn.GRU(**options, **factory)
-    elif layer.mode == "LSTM":
-        module = torch.nn.LSTM(**options, proj_size=layer.proj_size, **factory)
-    elif layer.mode in ("RNN_TANH", "RNN_RELU"):
-        module = torch.nn.RNN(**options, nonlinearity=layer.nonlinearity, **factory)
-    else:
-        raise ConfigError(f"{type(layer).__name__} in mode {layer.mode} has no torch.nn twin: torch.nn.GRU "
-                          "only puts the reset gate after the recurrent matrix (reset_after=True), and "
-                          "MGU/MinGRU do not exist in torch.nn; export to ONNX or Keras instead")
+        return torch.nn.GRU(**options, **factory)
+    if layer.mode == "LSTM":
+        return torch.nn.LSTM(**options, proj_size=layer.proj_size, **factory)
+    return torch.nn.RNN(**options, nonlinearity=layer.nonlinearity, **factory)
+
+
+def to_torch(layer: RecurrentLayer) -> torch.nn.RNNBase:
+    """The torch.nn twin of a grukit GRU (reset_after=True), LSTM or RNN, with a copy of its weights."""
+    module = _module(layer)
     module.load_state_dict(layer.state_dict())
     return module
 
 
-__all__ = ["from_torch", "to_torch"]
+def sharing_twin(layer: RecurrentLayer) -> torch.nn.RNNBase:
+    """The torch.nn twin whose parameters are the layer's own (the same tensors, not copies): what
+    the layer runs while torch.jit.trace or torch.onnx.export records it, so the record holds
+    torch's GRU/LSTM/RNN operator on the layer's parameters."""
+    module = _module(layer)
+    for name in module._flat_weights_names:   # RNNBase.__setattr__ keeps its flat weight list in step
+        setattr(module, name, getattr(layer, name))
+    module.train(layer.training)
+    return module
+
+
+__all__ = ["from_torch", "sharing_twin", "to_torch", "twin_problem"]

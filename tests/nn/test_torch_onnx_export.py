@@ -1,0 +1,106 @@
+"""torch.onnx.export (the TorchScript exporter) and torch.jit.trace on models holding grukit layers.
+
+A tracer records torch ops and cannot see into the compiled kernels, so a traced call runs on the
+layer's torch.nn twin with the layer's own parameters, and the record holds torch's GRU / LSTM / RNN
+operator. Oracles: ONNX Runtime running the exported graph on another batch size and sequence length
+than the traced ones, against the grukit layer itself; the traced module reading the layer's
+parameters (an in-place change shows in its output)."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import grukit.nn as gnn
+from grukit.errors import ConfigError
+from grukit.nn.convert import to_torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+class Model(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.recurrent = layer
+        self.head = torch.nn.Linear(layer.hidden_size * layer.num_directions, 2)
+
+    def forward(self, x):
+        return self.head(self.recurrent(x)[0][:, -1])
+
+
+def _export(module, x):
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch", 1: "time"}})
+    return buffer.getvalue()
+
+
+LAYERS = {
+    "gru": lambda: gnn.GRU(6, 8, batch_first=True),
+    "gru_2_layers_bidirectional": lambda: gnn.GRU(6, 8, num_layers=2, bidirectional=True, batch_first=True),
+    "lstm": lambda: gnn.LSTM(6, 8, batch_first=True),
+    "rnn_relu": lambda: gnn.RNN(6, 8, nonlinearity="relu", batch_first=True),
+}
+OPERATORS = {"gru": "GRU", "lstm": "LSTM", "rnn": "RNN"}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_exported_model_runs_the_onnx_operator_for_any_batch_and_length(name):
+    torch.manual_seed(0)
+    model = Model(LAYERS[name]()).eval()
+    graph = _export(model, torch.randn(2, 5, 6))
+    assert OPERATORS[name.split("_")[0]] in {node.op_type for node in onnx.load_from_string(graph).graph.node}
+    x = torch.randn(3, 11, 6)
+    got = ort.InferenceSession(graph).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_a_layer_alone_exports_too():
+    """The exporter passes every forward argument's default positionally (it once failed on the
+    keyword-only embedding=)."""
+    torch.manual_seed(0)
+    layer = gnn.GRU(6, 8, batch_first=True).eval()
+    graph = _export(layer, torch.randn(2, 5, 6))
+    x = torch.randn(4, 7, 6)
+    output, h_n = ort.InferenceSession(graph).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        want_output, want_h = layer(x)
+    np.testing.assert_allclose(output, want_output.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(h_n, want_h.numpy(), rtol=0, atol=1e-5)
+
+
+def test_traced_module_reads_the_layers_own_parameters():
+    torch.manual_seed(0)
+    model = Model(gnn.GRU(6, 8, batch_first=True)).eval()
+    x = torch.randn(2, 5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=1e-6)
+        model.recurrent.weight_hh_l0.mul_(0.5)   # in place: the traced module sees it too
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [gnn.MGU(6, 8), gnn.MinGRU(6, 8), gnn.GRU(6, 8, reset_after=False),
+                                   gnn.GRU(6, 8, activation="relu")], ids=["mgu", "mingru", "reset_before", "relu"])
+def test_a_layer_without_a_torch_twin_is_refused_with_the_alternative(layer):
+    with pytest.raises(ConfigError, match="no torch.nn twin.*grukit.nn.convert"):
+        _export(layer.eval(), torch.randn(5, 2, 6))
+    with pytest.raises(ConfigError, match="no torch.nn twin"):
+        to_torch(layer)
+
+
+def test_lengths_in_a_traced_call_are_refused():
+    layer = gnn.GRU(6, 8)
+    with pytest.raises(ConfigError, match="PackedSequence"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.trace(lambda x: layer(x, lengths=torch.tensor([5, 3]))[0], (torch.randn(5, 2, 6),))
