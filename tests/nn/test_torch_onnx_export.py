@@ -45,6 +45,7 @@ LAYERS = {
     "gru_2_layers_bidirectional": lambda: gnn.GRU(6, 8, num_layers=2, bidirectional=True, batch_first=True),
     "lstm": lambda: gnn.LSTM(6, 8, batch_first=True),
     "rnn_relu": lambda: gnn.RNN(6, 8, nonlinearity="relu", batch_first=True),
+    "lstm_single_bias": lambda: gnn.LSTM(6, 8, single_bias=True, batch_first=True),   # Keras's one bias
 }
 OPERATORS = {"gru": "GRU", "lstm": "LSTM", "rnn": "RNN"}
 
@@ -76,6 +77,28 @@ def test_a_layer_alone_exports_too():
     np.testing.assert_allclose(h_n, want_h.numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "SimpleRNN"])
+def test_keras_style_model_with_an_embedding_exports(cell):
+    """grukit.layers models run Embedding -> recurrent layer through embedding= (the distinct-token
+    path); the traced call looks the tokens up instead, and LSTM / SimpleRNN carry Keras's single bias."""
+    from grukit import layers
+    from grukit.models import Sequential
+    torch.manual_seed(0)
+    model = Sequential([layers.Input((9,), dtype="int64"), layers.Embedding(50, 6), getattr(layers, cell)(8),
+                        layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    ids = np.random.default_rng(0).integers(0, 50, size=(4, 9))
+    model.predict(ids, verbose=0)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(ids),), buffer, dynamo=False, input_names=["ids"],
+                          dynamic_axes={"ids": {0: "batch"}})
+    more = np.random.default_rng(1).integers(0, 50, size=(7, 9))
+    got = ort.InferenceSession(buffer.getvalue()).run(None, {"ids": more})[0]
+    np.testing.assert_allclose(got, model.predict(more, verbose=0), rtol=0, atol=1e-5)
+
+
 def test_traced_module_reads_the_layers_own_parameters():
     torch.manual_seed(0)
     model = Model(gnn.GRU(6, 8, batch_first=True)).eval()
@@ -90,12 +113,21 @@ def test_traced_module_reads_the_layers_own_parameters():
 
 
 @pytest.mark.parametrize("layer", [gnn.MGU(6, 8), gnn.MinGRU(6, 8), gnn.GRU(6, 8, reset_after=False),
-                                   gnn.GRU(6, 8, activation="relu")], ids=["mgu", "mingru", "reset_before", "relu"])
+                                   gnn.LSTM(6, 8, activation="relu")], ids=["mgu", "mingru", "reset_before", "relu"])
 def test_a_layer_without_a_torch_twin_is_refused_with_the_alternative(layer):
     with pytest.raises(ConfigError, match="no torch.nn twin.*grukit.nn.convert"):
         _export(layer.eval(), torch.randn(5, 2, 6))
     with pytest.raises(ConfigError, match="no torch.nn twin"):
         to_torch(layer)
+
+
+def test_to_torch_of_a_single_bias_layer_puts_the_bias_in_bias_ih():
+    torch.manual_seed(0)
+    layer = gnn.LSTM(6, 8, single_bias=True, num_layers=2, bidirectional=True)
+    twin = to_torch(layer)
+    x = torch.randn(5, 3, 6)
+    torch.testing.assert_close(twin(x)[0], layer(x)[0], rtol=0, atol=1e-6)
+    assert torch.equal(twin.bias_ih_l1_reverse, layer.bias_l1_reverse) and not twin.bias_hh_l1_reverse.any()
 
 
 def test_lengths_in_a_traced_call_are_refused():

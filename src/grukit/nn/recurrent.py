@@ -270,9 +270,12 @@ class RecurrentLayer(nn.Module):
             raise ConfigError(f"{name}: torch.jit.trace and torch.onnx.export record a grukit layer as its "
                               f"torch.nn twin, and {problem}; export the weights with grukit.nn.convert "
                               "(onnx_weights, to_keras) instead")
-        if lengths is not None or embedding is not None:
-            raise ConfigError(f"{name}: a traced or exported call takes neither lengths= nor embedding=; pass a "
-                              "PackedSequence for padded batches, and look the embeddings up before the layer")
+        if lengths is not None:
+            raise ConfigError(f"{name}: a traced or exported call does not take lengths=; pass a PackedSequence "
+                              "for padded batches")
+        if embedding is not None:   # what the distinct-token path computes: layer(embedding[ids])
+            check_tokens(name, input, embedding, self.input_size, self.batch_first)
+            input = nn.functional.embedding(input, embedding)
         return sharing_twin(self)(input, hx)
 
     def _run_layers(self, x: torch.Tensor, state: State, lengths: torch.Tensor | None):

@@ -3,6 +3,8 @@ so conversion is a state_dict copy; these helpers also carry the constructor opt
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ...errors import ConfigError
@@ -37,10 +39,29 @@ def twin_problem(layer: RecurrentLayer) -> str | None:
     if layer.mode not in ("GRU", "LSTM", "RNN_TANH", "RNN_RELU"):
         return (f"{type(layer).__name__} in mode {layer.mode} has no torch.nn twin: torch.nn.GRU only puts the "
                 "reset gate after the recurrent matrix (reset_after=True), and MGU/MinGRU do not exist in torch.nn")
-    if layer.layout != LAYOUTS[layer.mode]:
-        return (f"{type(layer).__name__} with single_bias=True or a non-default activation or "
-                "recurrent_activation has no torch.nn twin (torch.nn's cells have two biases and fixed activations)")
+    if replace(layer.layout, biases=LAYOUTS[layer.mode].biases) != LAYOUTS[layer.mode]:
+        return (f"{type(layer).__name__} with a non-default activation or recurrent_activation has no torch.nn "
+                "twin (torch.nn's cells have fixed activations)")
     return None
+
+
+def _twin_name(name: str) -> str:
+    """A single-bias layer's ``bias_l0...`` is the twin's ``bias_ih_l0...`` (its bias_hh is zero)."""
+    return "bias_ih_" + name[len("bias_"):] if name.startswith("bias_l") else name
+
+
+def _twin_parameters(layer: RecurrentLayer, module: torch.nn.RNNBase) -> dict[str, torch.Tensor]:
+    """The twin's parameters by name, the layer's own tensors: with single_bias=True (Keras's one
+    LSTM / SimpleRNN bias) the bias is the twin's bias_ih and its bias_hh is zero, the same sums."""
+    ours = {_twin_name(name): value for name, value in layer.named_parameters()}
+    parameters = {}
+    for name in module._flat_weights_names:
+        if name in ours:
+            parameters[name] = ours[name]
+        else:   # the zero bias_hh, shaped after bias_ih: zeros_like(the twin's own) would record its
+            like = ours[name.replace("bias_hh", "bias_ih")]   # random initialisation under a tracer
+            parameters[name] = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+    return parameters
 
 
 def _module(layer: RecurrentLayer) -> torch.nn.RNNBase:
@@ -58,9 +79,12 @@ def _module(layer: RecurrentLayer) -> torch.nn.RNNBase:
 
 
 def to_torch(layer: RecurrentLayer) -> torch.nn.RNNBase:
-    """The torch.nn twin of a grukit GRU (reset_after=True), LSTM or RNN, with a copy of its weights."""
+    """The torch.nn twin of a grukit GRU (reset_after=True), LSTM or RNN, with a copy of its weights
+    (a single-bias layer's bias becomes bias_ih, with bias_hh zero)."""
     module = _module(layer)
-    module.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        for name, value in _twin_parameters(layer, module).items():
+            getattr(module, name).copy_(value)
     return module
 
 
@@ -69,8 +93,12 @@ def sharing_twin(layer: RecurrentLayer) -> torch.nn.RNNBase:
     the layer runs while torch.jit.trace or torch.onnx.export records it, so the record holds
     torch's GRU/LSTM/RNN operator on the layer's parameters."""
     module = _module(layer)
-    for name in module._flat_weights_names:   # RNNBase.__setattr__ keeps its flat weight list in step
-        setattr(module, name, getattr(layer, name))
+    for name, value in _twin_parameters(layer, module).items():   # RNNBase.__setattr__ keeps its
+        if isinstance(value, torch.nn.Parameter):                   # flat weight list in step
+            setattr(module, name, value)
+        else:
+            delattr(module, name)                 # the zero bias_hh of a single-bias layer: a plain tensor
+            setattr(module, name, value)
     module.train(layer.training)
     return module
 
