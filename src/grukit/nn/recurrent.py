@@ -204,8 +204,8 @@ class RecurrentLayer(nn.Module):
         Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer runs grukit's bfloat16
         mode (:mod:`grukit.nn.bfloat16`: bfloat16 products, float32 accumulation and outputs).
         """
-        if torch.jit.is_tracing():   # torch.jit.trace, torch.onnx.export(dynamo=False)
-            return self._traced(input, hx, lengths, embedding)
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():   # torch.jit.trace, torch.onnx.export,
+            return self._traced(input, hx, lengths, embedding)             # torch.export
         weight = self._any_weight()
         scope = bfloat16.autocast_scope(weight)
         if scope is not None:   # again, with autocast off inside and the bfloat16 mode on or off
@@ -259,16 +259,16 @@ class RecurrentLayer(nn.Module):
         return output, final
 
     def _traced(self, input, hx, lengths, embedding):
-        """A call recorded by torch.jit.trace or torch.onnx.export: a tracer records torch ops and
-        cannot see into the compiled kernels, so the call runs on the layer's torch.nn twin with
-        the layer's own parameters (convert.sharing_twin), and the record holds torch's GRU / LSTM /
-        RNN operator, which ONNX exports as its GRU / LSTM / RNN operator, for any sequence length."""
+        """A call recorded by torch.jit.trace, torch.onnx.export or torch.export: a tracer records
+        torch ops and cannot see into the compiled kernels, so the call runs on the layer's torch.nn
+        twin with the layer's own parameters (convert.sharing_twin), and the record holds torch's
+        GRU / LSTM / RNN operator, which ONNX exports as its own, for any sequence length."""
         from .convert.torch_layout import sharing_twin, twin_problem
         name = type(self).__name__
         problem = twin_problem(self)
         if problem is not None:
-            raise ConfigError(f"{name}: torch.jit.trace and torch.onnx.export record a grukit layer as its "
-                              f"torch.nn twin, and {problem}; export the weights with grukit.nn.convert "
+            raise ConfigError(f"{name}: torch.jit.trace, torch.onnx.export and torch.export record a grukit "
+                              f"layer as its torch.nn twin, and {problem}; export the weights with grukit.nn.convert "
                               "(onnx_weights, to_keras) instead")
         if lengths is not None:
             raise ConfigError(f"{name}: a traced or exported call does not take lengths=; pass a PackedSequence "

@@ -1,10 +1,12 @@
-"""torch.onnx.export (the TorchScript exporter) and torch.jit.trace on models holding grukit layers.
+"""torch.onnx.export (the TorchScript exporter), torch.jit.trace and torch.export on models holding
+grukit layers.
 
 A tracer records torch ops and cannot see into the compiled kernels, so a traced call runs on the
 layer's torch.nn twin with the layer's own parameters, and the record holds torch's GRU / LSTM / RNN
 operator. Oracles: ONNX Runtime running the exported graph on another batch size and sequence length
 than the traced ones, against the grukit layer itself; the traced module reading the layer's
-parameters (an in-place change shows in its output)."""
+parameters (an in-place change shows in its output); torch.export's program on another batch size.
+ONNX Runtime is needed for the ONNX tests only."""
 
 import io
 import warnings
@@ -17,8 +19,12 @@ import grukit.nn as gnn
 from grukit.errors import ConfigError
 from grukit.nn.convert import to_torch
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+try:
+    import onnx
+    import onnxruntime as ort
+except ImportError:   # the ONNX tests skip; torch.jit.trace and torch.export do not need it
+    onnx = ort = None
+needs_onnx = pytest.mark.skipif(ort is None, reason="needs onnx and onnxruntime (pip install -e '.[test]')")
 
 
 class Model(torch.nn.Module):
@@ -50,6 +56,7 @@ LAYERS = {
 OPERATORS = {"gru": "GRU", "lstm": "LSTM", "rnn": "RNN"}
 
 
+@needs_onnx
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_exported_model_runs_the_onnx_operator_for_any_batch_and_length(name):
     torch.manual_seed(0)
@@ -63,6 +70,7 @@ def test_exported_model_runs_the_onnx_operator_for_any_batch_and_length(name):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+@needs_onnx
 def test_a_layer_alone_exports_too():
     """The exporter passes every forward argument's default positionally (it once failed on the
     keyword-only embedding=)."""
@@ -77,6 +85,7 @@ def test_a_layer_alone_exports_too():
     np.testing.assert_allclose(h_n, want_h.numpy(), rtol=0, atol=1e-5)
 
 
+@needs_onnx
 @pytest.mark.parametrize("cell", ["GRU", "LSTM", "SimpleRNN"])
 def test_keras_style_model_with_an_embedding_exports(cell):
     """grukit.layers models run Embedding -> recurrent layer through embedding= (the distinct-token
@@ -112,6 +121,7 @@ def test_traced_module_reads_the_layers_own_parameters():
         torch.testing.assert_close(traced(x), model(x), rtol=0, atol=1e-6)
 
 
+@needs_onnx
 @pytest.mark.parametrize("layer", [gnn.MGU(6, 8), gnn.MinGRU(6, 8), gnn.GRU(6, 8, reset_after=False),
                                    gnn.LSTM(6, 8, activation="relu")], ids=["mgu", "mingru", "reset_before", "relu"])
 def test_a_layer_without_a_torch_twin_is_refused_with_the_alternative(layer):
@@ -136,3 +146,18 @@ def test_lengths_in_a_traced_call_are_refused():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.jit.trace(lambda x: layer(x, lengths=torch.tensor([5, 3]))[0], (torch.randn(5, 2, 6),))
+
+
+@pytest.mark.parametrize("make", [lambda: gnn.GRU(6, 8, batch_first=True), lambda: gnn.LSTM(6, 8, num_layers=2)],
+                         ids=["gru", "lstm_2_layers"])
+def test_torch_export_program_runs_the_layer_for_another_batch_size(make):
+    """As for torch.nn.GRU, the batch size may vary in the exported program (torch.export specialises
+    torch's RNN operators on the sequence length)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(make()).eval()
+    batch_axis = 0 if model[0].batch_first else 1
+    program = torch.export.export(model, (torch.randn(2, 5, 6) if batch_axis == 0 else torch.randn(5, 2, 6),),
+                                  dynamic_shapes=({batch_axis: torch.export.Dim("batch")},))
+    x = torch.randn(4, 5, 6) if batch_axis == 0 else torch.randn(5, 4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x)[0], model(x)[0], rtol=0, atol=1e-6)
