@@ -98,6 +98,22 @@ def test_mingru_parallel_scan_is_stable_on_long_sequences():
     torch.testing.assert_close(par_out, seq_out, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("cls", [gnn.GRU, gnn.LSTM, gnn.RNN])
+def test_torch_code_that_flattens_parameters_runs_unchanged(cls):
+    """Tutorials call rnn.flatten_parameters() before each forward (a cuDNN step in torch.nn); for
+    grukit it changes nothing: the same parameters, the same outputs."""
+    torch.manual_seed(0)
+    layer = cls(3, 4)
+    x = torch.randn(5, 2, 3)
+    before, parameters = layer(x)[0], [p.clone() for p in layer.parameters()]
+    assert layer.flatten_parameters() is None
+    assert torch.equal(layer(x)[0], before)
+    assert all(torch.equal(a, b) for a, b in zip(layer.parameters(), parameters))
+    theirs = getattr(torch.nn, cls.__name__)(3, 4)
+    public = {name for name in dir(theirs) if not name.startswith(("_", "check_", "get_"))}
+    assert public - set(dir(layer)) <= {"permute_hidden"}   # torch.nn's public methods, bar an internal helper
+
+
 def test_state_dict_keys_per_cell():
     assert list(build("gru_reset_before").state_dict()) == ["weight_ih_l0", "weight_hh_l0", "bias_l0"]
     assert list(build("mgu3").state_dict()) == ["weight_ih_l0", "weight_hh_l0", "bias_l0"]

@@ -168,6 +168,10 @@ class RecurrentLayer(nn.Module):
         return [[p for p in self._layer_parameters(layer, d).values() if p is not None]
                 for layer in range(self.num_layers) for d in range(self.num_directions)]
 
+    def flatten_parameters(self) -> None:
+        """Nothing to do; here so that code written for torch.nn (which calls it to pack the weights
+        into one cuDNN buffer) runs unchanged: grukit's kernels read the parameters as stored."""
+
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
