@@ -276,9 +276,9 @@ def markdown(record: dict) -> str:
              "Each task is trained in float32 and in grukit's bfloat16 mode (a float32 layer under "
              "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`: bfloat16 operands, float32 accumulation and a "
              "bfloat16 result for the input projection and the recurrent-weight gradient) from the same initial "
-             "weights, batch order and seed, for a fixed number of epochs; only the recurrent layer runs under autocast. Held-out data "
-             "are scored in the training precision. sd = sample standard deviation over seeds; "
-             "difference = bfloat16 - float32 (paired: per seed). MAE in the series' units (lower is better); "
+             "weights, batch order and seed, for a fixed number of epochs; only the recurrent layer runs under "
+             "autocast. Held-out data are scored in the training precision. sd = sample standard deviation over "
+             "seeds; difference = bfloat16 - float32 (paired: per seed). MAE in the series' units (lower is better); "
              "accuracy on held-out reviews (higher is better).", "",
              f"| task | metric | float32 mean ± sd | bfloat16 mean ± sd | difference of means | paired differences "
              f"| verdict | s/epoch float32 | s/epoch bfloat16 |",

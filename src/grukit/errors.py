@@ -40,4 +40,5 @@ def user_stacklevel() -> int:
     return level
 
 
-__all__ = ["user_stacklevel", "GrukitError", "ShapeError", "ConfigError", "DataError", "UnsupportedKernelConfig", "TrainingError"]
+__all__ = ["user_stacklevel", "GrukitError", "ShapeError", "ConfigError", "DataError", "UnsupportedKernelConfig",
+           "TrainingError"]
