@@ -161,3 +161,45 @@ def test_torch_export_program_runs_the_layer_for_another_batch_size(make):
     x = torch.randn(4, 5, 6) if batch_axis == 0 else torch.randn(5, 4, 6)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x)[0], model(x)[0], rtol=0, atol=1e-6)
+
+
+class _Step(torch.nn.Module):
+    """One streaming step as a module: (x_t, h) -> (y_t, h)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x_t, h):
+        return self.layer.step(x_t, h)
+
+
+@needs_onnx
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_streaming_step_exports_and_runs_frame_by_frame(batch_first):
+    """layer.step traced: a one-step ONNX GRU whose state carries from frame to frame in ONNX
+    Runtime, giving the layer's own outputs over the whole sequence."""
+    torch.manual_seed(0)
+    layer = gnn.GRU(6, 8, num_layers=2, batch_first=batch_first).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Step(layer), (torch.randn(1, 6), torch.zeros(2, 1, 8)), buffer, dynamo=False,
+                          input_names=["x_t", "h"], output_names=["y_t", "h_next"])
+    session = ort.InferenceSession(buffer.getvalue())
+    frames = torch.randn(10, 1, 6)
+    h, outputs = np.zeros((2, 1, 8), np.float32), []
+    for frame in frames:
+        y_t, h = session.run(None, {"x_t": frame.numpy(), "h": h})
+        outputs.append(y_t)
+    with torch.no_grad():
+        want = layer(frames.transpose(0, 1) if batch_first else frames)[0]
+    if batch_first:
+        want = want.transpose(0, 1)   # (T, 1, H), as the frames were stacked
+    np.testing.assert_allclose(np.stack(outputs), want.numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_traced_step_of_a_layer_without_a_twin_is_refused():
+    with pytest.raises(ConfigError, match="no torch.nn twin"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(_Step(gnn.MGU(6, 8).eval()), (torch.randn(1, 6), torch.zeros(1, 1, 8)))
