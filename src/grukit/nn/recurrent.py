@@ -267,9 +267,13 @@ class RecurrentLayer(nn.Module):
         torch ops and cannot see into the compiled kernels, so the call runs on the layer's torch.nn
         twin with the layer's own parameters (convert.sharing_twin), and the record holds torch's
         GRU / LSTM / RNN operator, which ONNX exports as its own, for any sequence length."""
-        from .convert.torch_layout import sharing_twin
+        from .convert.torch_layout import sharing_twin, twin_problem
         name = type(self).__name__
-        self._twin_or_raise()
+        problem = twin_problem(self)
+        if problem is not None:
+            raise ConfigError(f"{name}: torch.jit.trace, torch.onnx.export and torch.export record a grukit "
+                              f"layer as its torch.nn twin, and {problem}; export the weights with "
+                              "grukit.nn.convert (onnx_weights, to_keras) instead")
         if lengths is not None:
             raise ConfigError(f"{name}: a traced or exported call does not take lengths=; pass a PackedSequence "
                               "for padded batches")
@@ -277,14 +281,6 @@ class RecurrentLayer(nn.Module):
             check_tokens(name, input, embedding, self.input_size, self.batch_first)
             input = nn.functional.embedding(input, embedding)
         return sharing_twin(self)(input, hx)
-
-    def _twin_or_raise(self) -> None:
-        from .convert.torch_layout import twin_problem
-        problem = twin_problem(self)
-        if problem is not None:
-            raise ConfigError(f"{type(self).__name__}: torch.jit.trace, torch.onnx.export and torch.export "
-                              f"record a grukit layer as its torch.nn twin, and {problem}; export the weights "
-                              "with grukit.nn.convert (onnx_weights, to_keras) instead")
 
     def _run_layers(self, x: torch.Tensor, state: State, lengths: torch.Tensor | None):
         """x: (T, N, H_in) time-major; state: (layers * D, N, H) or a tuple of two."""
@@ -413,12 +409,10 @@ class RecurrentLayer(nn.Module):
             raise ConfigError(f"{type(self).__name__}.step(): recurrent_dropout={self.recurrent_dropout} "
                               "needs one mask over the whole sequence, which step() does not keep; call "
                               ".eval() for streaming inference, or train with forward() over whole sequences")
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():   # a one-step sequence on the twin
-            self._twin_or_raise()
-            from .convert.torch_layout import sharing_twin
-            x = x_t.unsqueeze(1 if self.batch_first and x_t.dim() == 2 else 0)
-            output, final = sharing_twin(self)(x, state)
-            return output[:, 0] if self.batch_first and x_t.dim() == 2 else output[0], final
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():   # a one-step sequence, as forward()
+            time_axis = 1 if self.batch_first and x_t.dim() == 2 else 0
+            output, final = self._traced(x_t.unsqueeze(time_axis), state, None, None)
+            return output.squeeze(time_axis), final
         weight = self._any_weight()
         scope = bfloat16.autocast_scope(weight)
         if scope is not None:

@@ -71,9 +71,10 @@ from grukit.data.timeseries import (SeriesScaler, TimeSeries, as_matrix, chronol
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.layers import RepeatVector
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.tasks.baselines import seasonal_naive
 from grukit.train import Adam
+from grukit.train.loop import check_precision
 from grukit.train.losses import get_loss
 from grukit.train.metrics import get_metric
 
@@ -132,7 +133,7 @@ class AnomalyConfig(ConfigRecord):
     cell_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_precision("AnomalyDetector", self.precision)
+        check_precision(self.precision, "AnomalyDetector")
         if self.method not in METHODS:
             raise ConfigError(f"AnomalyDetector(method={self.method!r}) is not known; use 'forecast' (forecast "
                               "error) or 'reconstruction' (sequence-autoencoder error)")

@@ -30,7 +30,6 @@ from grukit.data._files import atomic_write_text
 from grukit.errors import ConfigError, DataError
 from grukit.models import Sequential
 from grukit.models import load as load_model
-from grukit.train.loop import PRECISIONS
 
 TASK_FILE = "task.json"
 TASK_FORMAT_VERSION = 1
@@ -55,13 +54,6 @@ def recurrent_layer(cell: str, units: int, **options) -> layers.Recurrent:
     if isinstance(units, bool) or not isinstance(units, int) or units < 1:
         raise ConfigError(f"units= must be an int >= 1 (the recurrent layer's width), got {units!r}")
     return cell_class(cell)(units, **options)
-
-
-def check_precision(task: str, precision: str) -> None:
-    """A task's ``precision=``: what ``fit`` takes (:data:`grukit.train.loop.PRECISIONS`)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"{task}(precision={precision!r}): use 'float32', or 'mixed_bfloat16' to train the "
-                          "recurrent layer in grukit's bfloat16 mode (fast only on CPUs with BF16 units)")
 
 
 class ConfigRecord:
@@ -139,4 +131,4 @@ class Task:
         return task
 
 
-__all__ = ["Task", "CELLS", "cell_class", "check_precision", "recurrent_layer", "TASK_FILE"]
+__all__ = ["Task", "CELLS", "cell_class", "recurrent_layer", "TASK_FILE"]

@@ -55,8 +55,9 @@ from grukit.data.text_corpus import CharVocabulary, char_chunks, read_corpus
 from grukit.data.timeseries import part_size
 from grukit.errors import ConfigError, DataError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.train import Adam
+from grukit.train.loop import check_precision
 from grukit.train.losses import SparseCategoricalCrossentropy
 
 _BLOCK = 4096  # characters per forward call when scoring a long text (the state is carried between blocks)
@@ -95,7 +96,7 @@ class CharLMConfig(ConfigRecord):
     cell_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_precision("CharLM", self.precision)
+        check_precision(self.precision, "CharLM")
         for name in ("sequence_length", "embedding_dim", "units", "min_count", "epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

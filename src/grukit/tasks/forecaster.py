@@ -47,9 +47,10 @@ from grukit.data.timeseries import (SeriesScaler, TimeSeries, as_matrix, chronol
                                     mase_scale, part_size)
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.tasks.baselines import LinearAutoregression, forecast_scores, last_value, seasonal_naive
 from grukit.train import Adam, EarlyStopping
+from grukit.train.loop import check_precision
 
 
 @dataclass
@@ -97,7 +98,7 @@ class ForecasterConfig(ConfigRecord):
     cell_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_precision("Forecaster", self.precision)
+        check_precision(self.precision, "Forecaster")
         for name in ("lookback", "horizon", "units", "season", "epochs", "batch_size", "stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

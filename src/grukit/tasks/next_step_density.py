@@ -58,11 +58,12 @@ from grukit import layers
 from grukit.data.music import frame_nll
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.tasks.char_lm import CharLM
 from grukit.tasks.sequence_classifier import (check_int, check_number, masked_forward,
                                               sequence_list)
 from grukit.train import Adam, Callback, EarlyStopping, ReduceLROnPlateau
+from grukit.train.loop import check_precision
 
 EVAL_BATCH = 64
 SMOOTHING = 0.5
@@ -103,7 +104,7 @@ class NextStepDensityConfig(ConfigRecord):
     cell_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        check_precision("NextStepDensity", self.precision)
+        check_precision(self.precision, "NextStepDensity")
         owner = "NextStepDensity"
         for name in ("units", "epochs", "batch_size", "lr_patience"):
             check_int(owner, name, getattr(self, name), 1)

@@ -58,9 +58,10 @@ from grukit.data.timeseries import SeriesScaler
 from grukit.data.ts_format import TimeSeriesDataset
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.tasks.text_classifier import TextEvaluation
 from grukit.train import Adam, get_metric
+from grukit.train.loop import check_precision
 from grukit.train.losses import SparseCategoricalCrossentropy
 
 
@@ -112,7 +113,7 @@ class SequenceClassifierConfig(ConfigRecord):
     cell_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_precision("SequenceClassifier", self.precision)
+        check_precision(self.precision, "SequenceClassifier")
         owner = "SequenceClassifier"
         for name in ("units", "epochs", "batch_size"):
             check_int(owner, name, getattr(self, name), 1)

@@ -78,8 +78,9 @@ from grukit import layers
 from grukit.data import WordTokenizer, load_word_vectors, pad_sequences
 from grukit.errors import ConfigError, DataError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, check_precision, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
 from grukit.train import Adam, EarlyStopping, get_loss, get_metric
+from grukit.train.loop import check_precision
 
 MONITORS = ("val_loss", "val_accuracy")
 POOLINGS = {"last": None, "max": layers.GlobalMaxPooling1D, "mean": layers.GlobalAveragePooling1D}
@@ -145,7 +146,7 @@ class TextClassifierConfig(ConfigRecord):
     cell_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_precision("TextClassifier", self.precision)
+        check_precision(self.precision, "TextClassifier")
         for name in ("units", "epochs", "batch_size", "min_count"):
             _check_int(name, getattr(self, name), 1)
         for name in ("embedding_dim", "maxlen"):

@@ -166,12 +166,18 @@ def _check_fit_arguments(epochs, initial_epoch, validation_split, verbose) -> No
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
+def check_precision(precision: str, caller: str = "fit") -> None:
+    """A ConfigError unless ``precision`` is one of :data:`PRECISIONS` (fit's, and every task's)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{caller}(precision={precision!r}): use 'float32', or 'mixed_bfloat16' to train "
+                          "grukit's recurrent layers in their bfloat16 mode (fast only on CPUs with BF16 units)")
+
+
 def _precision(precision: str):
     """The context for the model's forward passes: ``"mixed_bfloat16"`` (Keras's policy name) runs
     grukit's recurrent layers in their bfloat16 mode (grukit.nn.bfloat16: bfloat16 products, float32
     accumulation, outputs and weights); torch's layers around them stay float32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     return bfloat16.mode(precision == "mixed_bfloat16")
 
 
@@ -360,4 +366,4 @@ def predict(model: torch.nn.Module, x, *, batch_size: int = 32, forward: Forward
     return result if return_tensor else result.numpy()
 
 
-__all__ = ["fit", "evaluate", "predict", "default_forward"]
+__all__ = ["fit", "evaluate", "predict", "default_forward", "check_precision", "PRECISIONS"]
