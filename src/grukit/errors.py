@@ -11,8 +11,9 @@ class GrukitError(Exception):
     """Base class of every error grukit raises on purpose."""
 
 
-class ShapeError(GrukitError, ValueError):
-    """A tensor has the wrong rank or size."""
+class ShapeError(GrukitError, ValueError, RuntimeError):
+    """A tensor has the wrong rank or size. Also a RuntimeError, which torch.nn's layers raise for
+    wrong shapes, so that code written for them catches it unchanged."""
 
 
 class ConfigError(GrukitError, ValueError):

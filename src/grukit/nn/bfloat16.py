@@ -47,6 +47,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from ..errors import ConfigError
+from .first_order import first_order_backward
 from .kernels import bf16 as _bf16_gemm
 from .kernels import buffers
 
@@ -206,7 +207,8 @@ class Projection(torch.autograd.Function):
         return widened(out, rows.dtype, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_backward("grukit's bfloat16 mode", "run the double backward in float32 (no bfloat16 mode or "
+                          "bfloat16 autocast around grukit's layers) with kernel='reference'")
     @without_autocast
     def backward(ctx, grad):
         rows_b, weight_b = ctx.saved_tensors
@@ -235,7 +237,8 @@ class RecurrentWeightGradient(torch.autograd.Function):
         return h @ weight.t()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_backward("grukit's bfloat16 mode", "run the double backward in float32 (no bfloat16 mode or "
+                          "bfloat16 autocast around grukit's layers) with kernel='reference'")
     @without_autocast
     def backward(ctx, grad):
         h, weight = ctx.saved_tensors
@@ -256,7 +259,8 @@ class RoundedGradient(torch.autograd.Function):
         return weight.view_as(weight)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_backward("grukit's bfloat16 mode", "run the double backward in float32 (no bfloat16 mode or "
+                          "bfloat16 autocast around grukit's layers) with kernel='reference'")
     @without_autocast
     def backward(ctx, grad):
         return grad.to(torch.bfloat16).to(grad.dtype)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, ShapeError
 from . import bfloat16
+from .first_order import first_order_backward
 
 
 class TableRows(NamedTuple):
@@ -98,7 +99,8 @@ class _DistinctTokenProjection(torch.autograd.Function):
         return torch.addmm(bias, rows, weight_ih.t()) if bias is not None else rows @ weight_ih.t()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_backward("grukit's embedded first layer (embedding=)", "pass the embedded sequence "
+                          "(torch.nn.Embedding's output) to a layer built with kernel='reference' instead")
     @bfloat16.without_autocast
     def backward(ctx, per_token):
         u, rows, weight_ih = ctx.saved_tensors
@@ -124,7 +126,8 @@ class _GatherRows(torch.autograd.Function):
         return torch.index_select(table, 0, index, out=kept_empty((index.shape[0], table.shape[1]), table))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_backward("grukit's embedded first layer (embedding=)", "pass the embedded sequence "
+                          "(torch.nn.Embedding's output) to a layer built with kernel='reference' instead")
     def backward(ctx, grad):
         index, = ctx.saved_tensors
         return row_sums(index, grad, ctx.rows), None

@@ -208,6 +208,7 @@ class RecurrentLayer(nn.Module):
         Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer runs grukit's bfloat16
         mode (:mod:`grukit.nn.bfloat16`: bfloat16 products, float32 accumulation and outputs).
         """
+        hx = _state_tuple(hx)
         if torch.jit.is_tracing() or torch.compiler.is_exporting():   # torch.jit.trace, torch.onnx.export,
             return self._traced(input, hx, lengths, embedding)             # torch.export
         weight = self._any_weight()
@@ -409,6 +410,7 @@ class RecurrentLayer(nn.Module):
             raise ConfigError(f"{type(self).__name__}.step(): recurrent_dropout={self.recurrent_dropout} "
                               "needs one mask over the whole sequence, which step() does not keep; call "
                               ".eval() for streaming inference, or train with forward() over whole sequences")
+        state = _state_tuple(state)
         if torch.jit.is_tracing() or torch.compiler.is_exporting():   # a one-step sequence, as forward()
             time_axis = 1 if self.batch_first and x_t.dim() == 2 else 0
             output, final = self._traced(x_t.unsqueeze(time_axis), state, None, None)
@@ -637,6 +639,11 @@ class RecurrentLayer(nn.Module):
                                  "pass None for zeros or reshape the state")
 
 
+def _state_tuple(hx: State | list | None) -> State | None:
+    """An LSTM's (h_0, c_0) given as a list, as torch.nn.LSTM accepts it, as the tuple used inside."""
+    return tuple(hx) if isinstance(hx, list) else hx
+
+
 def _outer_bias(params: dict) -> tuple[torch.Tensor | None, str]:
     """The bias added outside the recurrent product, and its parameter name."""
     if params["bias_ih"] is not None:
@@ -673,13 +680,17 @@ class _InputProjection(torch.autograd.Function):
     and at I = 40 the transposed one is slower: inputs wider than NARROW_INPUT take linear's order."""
 
     @staticmethod
-    def forward(ctx, rows, weight, bias):
-        ctx.save_for_backward(rows, weight)
-        ctx.has_bias = bias is not None
+    def forward(rows, weight, bias):
         out = kept_empty((rows.shape[0], weight.shape[0]), rows)
         if bias is None:
             return torch.mm(rows, weight.t(), out=out)
         return torch.addmm(bias, rows, weight.t(), out=out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):   # forward without ctx: torch.func.grad can run it
+        rows, weight, bias = inputs
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
 
     @staticmethod
     @bfloat16.without_autocast

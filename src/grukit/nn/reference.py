@@ -131,7 +131,10 @@ def mingru_parallel_scan(gx: torch.Tensor, h0: torch.Tensor, lengths: torch.Tens
     log_abs_b = log_z + torch.log(torch.where(nonzero, b_tilde.abs(), torch.ones_like(b_tilde)))
     # A huge finite negative stands for log(0): true -inf would make logcumsumexp's backward
     # compute exp(-inf - -inf) = NaN before the first entry of a sign; exp(-1e30) is exactly 0.
-    log_zero = torch.full_like(log_abs_b, -1e30)
+    # float16's range ends at 65504: a quarter of its lowest value (exp of it is 0 there too), so
+    # that subtracting log_a_cum cannot reach -inf.
+    lowest = -1e30 if log_abs_b.dtype in (torch.float32, torch.float64) else torch.finfo(log_abs_b.dtype).min / 4
+    log_zero = torch.full_like(log_abs_b, lowest)
     scaled_pos = torch.where(b_tilde > 0, log_abs_b, log_zero) - log_a_cum
     scaled_neg = torch.where(b_tilde < 0, log_abs_b, log_zero) - log_a_cum
     pos = torch.exp(torch.logcumsumexp(scaled_pos, dim=0) + log_a_cum)

@@ -28,6 +28,7 @@ from threadpoolctl import ThreadpoolController
 from .. import bfloat16
 from ..dispatch import records_gradient
 from ..embedded import TableRows, row_sums
+from ..first_order import first_order_backward
 from ..reference import DirectionWeights
 from . import api, buffers
 from .blas import PER_THREAD_LIMIT
@@ -139,11 +140,31 @@ def _run_forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, 
     return results, ws
 
 
+class _Workspace:
+    """What a kernel's forward keeps for its backward (numpy arrays, or None), passed from
+    _FusedDirection.forward to its setup_context as a non-tensor output."""
+
+    def __init__(self, arrays) -> None:
+        self.arrays = arrays
+
+
+# Positions of forward's inputs in ctx.needs_input_grad.
+_WEIGHT_HH, _BIAS_HH = 9, 10
+
+
 class _FusedDirection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh):
+    def forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh):
+        # The workspace is returned beside the results for setup_context (forward takes no ctx, so
+        # that torch.func.grad can run it); fused_run_direction drops it.
         results, ws = _run_forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0,
                                    weight_hh, bias_hh)
+        return (*results, _Workspace(ws))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh = inputs
+        *results, ws = output
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
         ctx.gx_index, ctx.gx_rows = gx_index, gx.shape[0]
         ctx.has_bias = bias_hh is not None
@@ -152,19 +173,20 @@ class _FusedDirection(torch.autograd.Function):
         # RNN's workspace is its output and h0 (rnn.py): saved as tensors, so that changing either
         # in place before backward raises torch's usual error instead of giving wrong gradients.
         reads_output = mode in api.WORKSPACE_IS_OUTPUT
-        ctx.ws = None if reads_output else ws
+        ctx.ws = None if reads_output else ws.arrays
         ctx.save_for_backward(gx if mode == "MINGRU" else None, weight_hh,
                               *((results[0], h0) if reads_output else ()))
         # An unused output (the sequence, when only the last state is read) gets None instead of a
         # fresh zero tensor: backward passes small zeros instead.
         ctx.set_materialize_grads(False)
         ctx.shapes, ctx.dtype = tuple(tuple(r.shape) for r in results), results[0].dtype
-        return results
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_backward("grukit's fused CPU kernel", "set layer.kernel = 'reference' (or build the layer with "
+                          "kernel='reference'): the pure-torch loop, which torch differentiates twice")
     @bfloat16.without_autocast
-    def backward(ctx, grad_out, grad_h_n, grad_c_n=None):
+    def backward(ctx, grad_out, grad_h_n, *rest):
+        grad_c_n = rest[0] if len(rest) == 2 else None   # the last output is the workspace
         gx, weight_hh, *output_and_h0 = ctx.saved_tensors
         # An unused output sequence's gradient is one zero row the kernels read at every step
         # (common.output_grad): no (T, B, H) zeros to write and read back.
@@ -190,7 +212,7 @@ class _FusedDirection(torch.autograd.Function):
             for gradient in (dgx, *(term[2] for term in terms or () if not np.may_share_memory(term[2], dgx))):
                 flush_tiny(gradient, TINY_GRADIENT_FLOAT32)
         grad_w = grad_b = None
-        if terms and (ctx.needs_input_grad[8] or ctx.needs_input_grad[9]):
+        if terms and (ctx.needs_input_grad[_WEIGHT_HH] or ctx.needs_input_grad[_BIAS_HH]):
             grad_w, grad_b = api.weight_grads(api.merged_terms(terms) if ctx.bf16 else terms,
                                               bias_src if ctx.has_bias else None, w.shape,
                                               matmul=bfloat16.numpy_matmul if ctx.bf16 else _torch_matmul)
@@ -235,7 +257,7 @@ def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionW
     training = records_gradient(*leaves)
     if training:
         results = _FusedDirection.apply(mode, bool(reverse), candidate, _lengths_np(lengths, T, B),
-                                        training, gx_index, *leaves)
+                                        training, gx_index, *leaves)[:-1]
     else:   # inference: the same kernel call without autograd's bookkeeping
         results = _run_forward(mode, bool(reverse), candidate, _lengths_np(lengths, T, B), False,
                                gx_index, *leaves)[0]
