@@ -240,3 +240,78 @@ def test_frozen_pretrained_embedding():
     np.testing.assert_array_equal(embedding.detach().numpy(), matrix)
     summary = model.summary(print_fn=lambda _: None)
     assert "Non-trainable params: 120" in summary
+
+
+def test_stateful_layer_keeps_its_state_through_a_fully_padded_chunk():
+    """A row that is all padding in a chunk has nothing to process: its state and output stay those of
+    the chunk before, as Keras 3 on JAX gives (on its torch backend Keras returns zeros there); grukit
+    zeroed them. The first chunk against Keras."""
+    rng = np.random.default_rng(6)
+    first, second = rng.integers(1, 9, (3, 4)), rng.integers(1, 9, (3, 4))
+    second[1] = 0
+    ours = Sequential([L.Input((4,)), L.Embedding(9, 3, mask_zero=True), L.GRU(5, stateful=True)])
+    theirs = keras.Sequential([keras.Input((4,), batch_size=3), keras.layers.Embedding(9, 3, mask_zero=True),
+                               keras.layers.GRU(5, stateful=True)])
+    ours.build()
+    keras_weights.copy_keras_weights(ours.layers, theirs.layers)
+    ours.eval()
+    with torch.no_grad():
+        before = ours(torch.from_numpy(first)).numpy()
+        np.testing.assert_allclose(before, keras.ops.convert_to_numpy(theirs(first)), atol=1e-5, rtol=0)
+        after = ours(torch.from_numpy(second)).numpy()
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(ours.layers[1].states[0, 1].numpy(), before[1])
+    assert not np.allclose(after[[0, 2]], before[[0, 2]])
+
+
+def test_a_layer_switched_to_eval_before_its_lazy_build_drops_nothing():
+    x = torch.randn(4, 7, 5)
+    model = Sequential([L.GRU(6, recurrent_dropout=0.3), L.Dense(1)])   # built on its first call
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x), atol=0, rtol=0)
+    assert not model.layers[0].recurrent.training
+
+
+def test_an_explicit_build_keeps_the_weights():
+    layer = L.GRU(6)
+    layer.build((None, 7, 5))
+    assert layer.built and layer.output_shape == (None, 6)
+    weight = layer.recurrent.weight_ih_l0.detach().clone()
+    with torch.no_grad():
+        layer(torch.randn(2, 7, 5))
+    assert torch.equal(weight, layer.recurrent.weight_ih_l0)
+
+
+def test_two_dimensional_input_to_a_recurrent_model_is_refused():
+    """grukit.nn takes 2-D input as one unbatched sequence: a model given (samples, features)
+    mixed its rows into one sequence and returned one prediction."""
+    model = Sequential([L.Input((7, 5)), L.GRU(4), L.Dense(1)])
+    with pytest.raises(ShapeError, match=r"\(batch, time_steps, features\).*\(samples, time_steps, 1\)"):
+        model.predict(np.zeros((3, 5), np.float32))
+    with pytest.raises(ShapeError, match="return_sequences=True"):
+        Sequential([L.Input((7, 5)), L.GRU(4), L.TimeDistributed(L.Dense(2))])
+
+
+def test_variable_length_input_before_an_embedding_or_masking():
+    for first, shape, make in ((L.Embedding(10, 4, mask_zero=True), (None,), lambda t: np.ones((2, t), np.int64)),
+                               (L.Masking(), (None, 3), lambda t: np.ones((2, t, 3), np.float32))):
+        model = Sequential([L.Input(shape), first, L.GRU(3), L.Dense(1)])
+        for steps in (6, 9):
+            assert model.predict(make(steps), verbose=0).shape == (2, 1)
+
+
+def test_trainable_false_after_build_freezes_the_layer():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(1, 20, (16, 5)), rng.normal(size=(16, 1)).astype(np.float32)
+    model = Sequential([L.Input((5,)), L.Embedding(20, 4), L.GRU(3, trainable=True), L.Dense(1, trainable=True)])
+    model.build()
+    model.layers[0].trainable = False
+    model.compile("adam", "mse")
+    before = model.layers[0].embedding.weight.detach().clone()
+    model.fit(x, y, epochs=1, verbose=0)
+    assert torch.equal(before, model.layers[0].embedding.weight)
+    assert "Non-trainable params: 80" in model.summary(print_fn=lambda _: None)
+    frozen = Sequential([L.Input((5, 2)), L.Bidirectional(L.GRU(3), trainable=False)])
+    frozen.build()
+    assert not any(p.requires_grad for p in frozen.parameters())

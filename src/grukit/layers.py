@@ -15,6 +15,7 @@ output. ``GlobalMaxPooling1D`` and ``GlobalAveragePooling1D`` reduce over the va
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +48,29 @@ class Layer(nn.Module):
     def __init__(self, name: str | None = None, trainable: bool = True) -> None:
         super().__init__()
         self.name = name
-        self.trainable = trainable
         self.built = False
+        self.trainable = trainable
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        # Keras: a layer whose build() was called directly is built, so that the next call keeps its
+        # weights instead of building them anew.
+        super().__init_subclass__(**kwargs)
+        if "build" in cls.__dict__:
+            cls.build = _marks_built(cls.__dict__["build"])
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """Keras: ``layer.trainable = False`` freezes the layer's weights, also after it was built."""
+        self._trainable = bool(value)
+        if self.built:
+            for parameter in self.parameters():
+                parameter.requires_grad_(self._trainable)
 
     # subclasses implement these three
     def build(self, input_shape: Shape) -> None:
@@ -68,14 +88,19 @@ class Layer(nn.Module):
     # machinery
     def ensure_built(self, input_shape: Shape) -> Shape:
         if not self.built:
-            self.input_shape = tuple(input_shape)
-            self.build(self.input_shape)
-            self.built = True
-            if not self.trainable:
-                for parameter in self.parameters():
-                    parameter.requires_grad_(False)
-            self.output_shape = self.compute_output_shape(self.input_shape)
+            self.build(tuple(input_shape))
+            if not self.built:   # a layer without a build() of its own
+                self._finish_build(tuple(input_shape))
         return self.output_shape
+
+    def _finish_build(self, input_shape: Shape) -> None:
+        """What follows every build: the shapes, the trainable flag and the training mode (a layer
+        switched to eval() before its lazy build must not create its parts in training mode)."""
+        self.input_shape = tuple(input_shape)
+        self.built = True
+        self.trainable = self._trainable
+        self.train(self.training)
+        self.output_shape = self.compute_output_shape(self.input_shape)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
         self.ensure_built((None, *x.shape[1:]))
@@ -106,6 +131,20 @@ class Layer(nn.Module):
 
     def class_name(self) -> str:
         return type(self).__name__
+
+
+def _marks_built(build):
+    @functools.wraps(build)
+    def built(self, input_shape):
+        if self.__dict__.get("_building"):   # a subclass's build calling its parent's
+            return build(self, input_shape)
+        self.__dict__["_building"] = True
+        try:
+            build(self, input_shape)
+        finally:
+            self.__dict__["_building"] = False
+        self._finish_build(input_shape)
+    return built
 
 
 # ---- initializers (Keras's defaults, on grukit's PyTorch-style (rows, cols) = (out, in) shapes) ----
@@ -238,8 +277,8 @@ class Dense(Layer):
 
     def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
                  kernel_initializer: str = "glorot_uniform", bias_initializer: str = "zeros",
-                 name: str | None = None):
-        super().__init__(name)
+                 name: str | None = None, trainable: bool = True):
+        super().__init__(name, trainable)
         activation_function(activation)
         self.units, self.activation, self.use_bias = units, activation, use_bias
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
@@ -410,6 +449,9 @@ class TimeDistributed(Layer):
         self.layer = layer
 
     def build(self, input_shape):
+        if len(input_shape) < 3:
+            raise ShapeError(f"TimeDistributed expects input of shape (batch, time_steps, ...), got "
+                             f"{tuple(input_shape)}; give the layer before it return_sequences=True")
         self.layer.ensure_built((None, *input_shape[2:]))
 
     def compute_output_shape(self, input_shape):
@@ -453,8 +495,8 @@ class Recurrent(Layer):
                  go_backwards: bool = False, stateful: bool = False, dropout: float = 0.0,
                  recurrent_dropout: float = 0.0, kernel_initializer: str = "glorot_uniform",
                  recurrent_initializer: str = "orthogonal", bias_initializer: str = "zeros",
-                 kernel: str = "auto", name: str | None = None, **cell_options):
-        super().__init__(name)
+                 kernel: str = "auto", name: str | None = None, trainable: bool = True, **cell_options):
+        super().__init__(name, trainable)
         activation = "linear" if activation is None else activation
         label = type(self).__name__
         self._check_cell_options(label, activation, recurrent_activation, recurrent_dropout)
@@ -522,6 +564,9 @@ class Recurrent(Layer):
         self.states = None
 
     def call(self, x, mask):
+        if x.dim() != 3:   # grukit.nn would take 2-D input as one unbatched sequence
+            raise ShapeError(f"{type(self).__name__} expects input of shape (batch, time_steps, features), "
+                             f"got {tuple(x.shape)}; reshape a 2-D series to (samples, time_steps, 1)")
         if self.dropout and self.training:  # Keras: one dropout mask per sequence, shared by all steps
             keep = torch.empty(x.shape[0], 1, x.shape[-1], device=x.device).bernoulli_(1 - self.dropout)
             x = x * keep / (1 - self.dropout)
@@ -556,7 +601,10 @@ class Recurrent(Layer):
         if lengths is not None and (lengths == 0).any():  # fully masked rows: nothing to process
             empty = lengths == 0
             output = output.masked_fill(empty.view(N, 1, 1), 0.0)
-            state = _map(state, lambda s: s.masked_fill(empty.view(1, N, 1), 0.0))
+            if hx is None:
+                state = _map(state, lambda s: s.masked_fill(empty.view(1, N, 1), 0.0))
+            else:   # a stateful layer's carried state passes a chunk of padding unchanged (Keras)
+                state = _map2(state, hx, lambda s, carried: torch.where(empty.view(1, N, 1), carried, s))
         if self.stateful:
             self.states = _map(state, lambda s: s.detach())
         h_n = state[0] if isinstance(state, tuple) else state
@@ -630,6 +678,10 @@ def steps_below(lengths: torch.Tensor, T: int, device) -> torch.Tensor:
 
 def _map(state, fn):
     return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def _map2(state, other, fn):
+    return tuple(fn(s, o) for s, o in zip(state, other)) if isinstance(state, tuple) else fn(state, other)
 
 
 def _as_list(state):
@@ -740,8 +792,9 @@ _MERGE_MODES = ("concat", "sum", "mul", "ave")
 class Bidirectional(Layer):
     """Runs ``layer`` forwards and backwards; merge_mode concat (default), sum, mul or ave."""
 
-    def __init__(self, layer: Recurrent, merge_mode: str = "concat", name: str | None = None):
-        super().__init__(name)
+    def __init__(self, layer: Recurrent, merge_mode: str = "concat", name: str | None = None,
+                 trainable: bool = True):
+        super().__init__(name, trainable)
         if not isinstance(layer, Recurrent):
             raise ConfigError(f"Bidirectional wraps a recurrent layer, got {type(layer).__name__}")
         if merge_mode not in _MERGE_MODES:

@@ -146,6 +146,11 @@ class _Model(nn.Module):
 
 
 
+def _fits(shape: tuple, expected: tuple) -> bool:
+    """shape matches expected, where a None (Input(shape=(None, ...)): variable length) takes any size."""
+    return len(shape) == len(expected) and all(e is None or e == d for d, e in zip(shape, expected))
+
+
 class Sequential(_Model):
     """A linear stack of grukit.layers; ``Input(shape=...)`` first (or call ``build``)."""
 
@@ -203,7 +208,7 @@ class Sequential(_Model):
         if not self.built:
             self.build((None, *x.shape[1:]))
         expected = self.stack[0].input_shape
-        if tuple(x.shape[1:]) != tuple(expected[1:]) and not isinstance(self.stack[0], Recurrent):
+        if not _fits(tuple(x.shape[1:]), tuple(expected[1:])) and not isinstance(self.stack[0], Recurrent):
             raise ShapeError(f"model {self.name!r} was built for inputs of shape {expected}, got "
                              f"{tuple(x.shape)}; pad or reshape the data to the same shape")
         mask, index = None, 0

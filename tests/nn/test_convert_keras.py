@@ -237,6 +237,26 @@ def test_two_torch_biases_fold_into_keras_bias(cell):
     assert torch.equal(back.bias_hh_l0, torch.zeros(4 * H if cell == "lstm" else H))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "rnn_tanh"])
+def test_single_bias_layers_convert_both_ways(cell):
+    """LSTM and SimpleRNN with Keras's one bias (single_bias=True, as grukit.layers builds them):
+    keras_weights and to_keras failed on the missing bias pair."""
+    torch.manual_seed(0)
+    make = LSTM if cell == "lstm" else RNN
+    layer = make(I, H, batch_first=True, single_bias=True)
+    with torch.no_grad():
+        layer.bias_l0.uniform_(-1, 1)
+    keras_layer_ = keras_layer(cell, return_sequences=True)
+    keras_layer_.build((None, None, I))
+    keras_layer_.set_weights(keras_weights(layer))
+    x = inputs()
+    close(run_grukit(layer, x)[0], numpy(keras_layer_(x)))
+    close(run_grukit(layer, x)[0], numpy(to_keras(layer)(x)))
+    back = from_keras(keras_layer_, single_bias=True)
+    assert torch.equal(back.bias_l0, layer.bias_l0)
+    close(run_grukit(back, x)[0], numpy(keras_layer_(x)))
+
+
 def test_keras_weights_of_stacked_layer_and_reverse_direction():
     layer = GRU(I, H, num_layers=2, bidirectional=True, batch_first=True)
     kernel, recurrent, bias = keras_weights(layer, layer_index=1, direction=1)

@@ -203,7 +203,7 @@ def keras_weights(layer: RecurrentLayer, layer_index: int = 0, direction: int = 
         if layer.mode == "GRU":
             arrays.append(np.stack([reorder_gates(get("bias_ih"), grukit_order, keras_order),
                                     reorder_gates(get("bias_hh"), grukit_order, keras_order)]))
-        elif layer.mode == "GRU_RESET_BEFORE":
+        elif layer.mode == "GRU_RESET_BEFORE" or getattr(layer, "single_bias", False):   # Keras's one bias
             arrays.append(reorder_gates(get("bias"), grukit_order, keras_order))
         else:
             arrays.append(reorder_gates(get("bias_ih") + get("bias_hh"), grukit_order, keras_order))
@@ -400,7 +400,11 @@ def _build_layer(spec: KerasRecurrentWeights, layer_kwargs: dict) -> RecurrentLa
     with torch.no_grad():
         for direction, arrays in enumerate(spec.arrays):
             suffix = "_l0" + ("_reverse" if direction else "")
-            for name, value in keras_arrays_to_parameters(spec.kind, arrays, reset_after).items():
+            params = keras_arrays_to_parameters(spec.kind, arrays, reset_after)
+            if getattr(layer, "single_bias", False) and "bias_ih" in params:   # Keras's one bias as it is
+                params["bias"] = params.pop("bias_ih")
+                del params["bias_hh"]
+            for name, value in params.items():
                 getattr(layer, name + suffix).copy_(torch.from_numpy(np.ascontiguousarray(value)))
     return layer
 
