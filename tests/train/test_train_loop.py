@@ -11,7 +11,7 @@ from grukit.errors import ConfigError, DataError, TrainingError
 from grukit.train import (SGD, Adam, AdamW, RMSprop, evaluate, fit, get_optimizer, load_training_state, predict,
                           save_training_state)
 from grukit.train.batches import epoch_seed, sequence_lengths, batch_indices
-from grukit.train.optimizers import OptimizerSpec
+from grukit.train.optimizers import KerasRMSprop, OptimizerSpec
 
 
 def make_data(n=96, features=5, seed=0):
@@ -40,7 +40,7 @@ def assert_same_weights(a, b, atol=1e-6):
 @pytest.mark.parametrize("spec, torch_optimizer", [
     (SGD(learning_rate=0.05, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
     (Adam(learning_rate=0.01), lambda p: torch.optim.Adam(p, lr=0.01, eps=1e-7)),
-    (RMSprop(learning_rate=0.005), lambda p: torch.optim.RMSprop(p, lr=0.005, alpha=0.9, eps=1e-7)),
+    (RMSprop(learning_rate=0.005), lambda p: KerasRMSprop(p, lr=0.005, rho=0.9, epsilon=1e-7)),
 ])
 def test_fit_equals_a_hand_written_loop(spec, torch_optimizer):
     x, y = make_data()
@@ -520,3 +520,37 @@ def test_mixed_bfloat16_fit_equals_a_hand_written_loop_in_the_mode_and_differs_f
     assert not np.array_equal(predict(mixed, x), expected)
     loss = evaluate(mixed, x, y, loss="mse", precision="mixed_bfloat16", batch_size=len(x))["loss"]
     assert loss == pytest.approx(float(((expected - y) ** 2).mean()), rel=1e-6)
+
+
+def keras_rmsprop_steps(w, grads, lr, rho, epsilon, momentum, centered):
+    """Keras 3's RMSprop.update_step, transcribed in numpy (float64)."""
+    v, m, s = np.zeros_like(w), np.zeros_like(w), np.zeros_like(w)
+    for g in grads:
+        v = rho * v + (1 - rho) * g * g
+        denominator = v + epsilon
+        if centered:
+            m = rho * m + (1 - rho) * g
+            denominator = denominator - m * m
+        increment = lr * g / np.sqrt(denominator)
+        if momentum:
+            s = momentum * s + increment
+            w = w - s
+        else:
+            w = w - increment
+    return w
+
+
+@pytest.mark.parametrize("momentum,centered", [(0.0, False), (0.5, True), (0.9, False)])
+def test_rmsprop_is_keras_s_update(momentum, centered):
+    """Keras divides by sqrt(v + eps), torch by sqrt(v) + eps: with small gradients the two differ
+    by far more than eps (grukit followed torch before)."""
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(scale=scale, size=(3, 4)) for scale in (1e-3, 1e-4, 1.0, 1e-3)]
+    w0 = rng.normal(size=(3, 4))
+    param = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    optimizer = RMSprop(learning_rate=0.01, rho=0.8, momentum=momentum, centered=centered).create([param])
+    for g in grads:
+        param.grad = torch.from_numpy(g.copy())
+        optimizer.step()
+    want = keras_rmsprop_steps(w0, grads, 0.01, 0.8, 1e-7, momentum, centered)
+    np.testing.assert_allclose(param.detach().numpy(), want, rtol=1e-12, atol=1e-15)
