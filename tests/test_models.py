@@ -315,3 +315,23 @@ def test_trainable_false_after_build_freezes_the_layer():
     frozen = Sequential([L.Input((5, 2)), L.Bidirectional(L.GRU(3), trainable=False)])
     frozen.build()
     assert not any(p.requires_grad for p in frozen.parameters())
+
+
+@pytest.mark.parametrize("make", [
+    lambda K: K.GRU(6, return_state=True),
+    lambda K: K.LSTM(6, return_state=True),
+    lambda K: K.Bidirectional(K.LSTM(6, return_state=True)),
+    lambda K: K.Bidirectional(K.GRU(6, return_state=True, return_sequences=True), merge_mode="sum"),
+], ids=["GRU", "LSTM", "Bidirectional LSTM", "Bidirectional GRU sum"])
+def test_return_state_has_keras_s_layout_in_calls_and_predict(make):
+    """States of (batch, units) each, the forward direction's first: [output, h(, c)(, h_b(, c_b))];
+    they were torch's (directions, batch, units), and predict dropped them."""
+    x = np.random.default_rng(0).normal(size=(4, 7, 5)).astype(np.float32)
+    ours = Sequential([L.Input((7, 5)), make(L)])
+    theirs = keras.Sequential([keras.Input((7, 5)), make(keras.layers)])
+    ours.build()
+    keras_weights.copy_keras_weights(ours.layers, theirs.layers)
+    got, want = ours.predict(x), theirs.predict(x, verbose=0)
+    assert isinstance(got, list) and [g.shape for g in got] == [np.shape(w) for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)

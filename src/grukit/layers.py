@@ -620,8 +620,9 @@ class Recurrent(Layer):
         else:
             result = torch.cat([h_n[-2], h_n[-1]], dim=-1) if self.bidirectional else h_n[-1]
             out_mask = None
-        if self.return_state:
-            return (result, *_as_list(state)), out_mask
+        if self.return_state:   # Keras's layout: h (and c) of (N, units) each, the forward direction's first
+            parts = _as_list(state)
+            return (result, *[part[d] for d in range(parts[0].shape[0]) for part in parts]), out_mask
         return result, out_mask
 
     def get_config(self):

@@ -124,9 +124,16 @@ class _Model(nn.Module):
                              batch_size=batch_size, **options)
 
     def predict(self, x, batch_size: int = 32, **options):
+        """Keras's predict: an array, or for a model ending in a ``return_state=True`` layer the list
+        ``[output, *states]``."""
         from .train import loop
         self._prepare(x)
+        if self._returns_state() and "forward" not in options:
+            options["forward"] = lambda model, xs: list(model(*xs))
         return loop.predict(self, x, batch_size=batch_size, **options)
+
+    def _returns_state(self) -> bool:
+        return False
 
     # -- saving ----------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
@@ -203,6 +210,11 @@ class Sequential(_Model):
                 shape = layer.ensure_built(shape)
             except ShapeError as error:
                 raise ShapeError(f"layer {layer.name!r} ({type(layer).__name__}): {error}") from error
+
+    def _returns_state(self) -> bool:
+        last = self.stack[-1] if self.stack else None
+        last = last.layer if isinstance(last, Bidirectional) else last
+        return isinstance(last, Recurrent) and last.return_state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.built:

@@ -345,7 +345,8 @@ def evaluate(model: torch.nn.Module, x, y=None, *, loss, metrics: Iterable = (),
 def predict(model: torch.nn.Module, x, *, batch_size: int = 32, forward: Forward | None = None,
             return_tensor: bool | None = None, verbose: int = 0, precision: str = "float32"):
     """The model's outputs for ``x`` in batches, eval mode, no gradients. A numpy array when ``x`` is
-    numpy (Keras), a CPU tensor when ``x`` is a torch tensor; ``return_tensor`` forces either.
+    numpy (Keras), a CPU tensor when ``x`` is a torch tensor; ``return_tensor`` forces either. A list of
+    them when ``forward`` returns a list (a Keras-style model ending in ``return_state=True``).
     ``precision`` as for fit."""
     batch_size = check_batch_size(batch_size)
     precision_scope = _precision(precision)
@@ -359,11 +360,15 @@ def predict(model: torch.nn.Module, x, *, batch_size: int = 32, forward: Forward
     with torch.no_grad(), _mode(model, training=False), precision_scope:
         for index in batch_indices(len(data), batch_size, shuffle=False):
             xs = tuple(_to_model(t[index], device, dtype) for t in data.inputs)
-            outputs.append(forward(model, xs).detach().cpu())
-    result = torch.cat(outputs)
+            out = forward(model, xs)   # a tensor, or a list of them (a Keras model's output and states)
+            outputs.append([t.detach().cpu() for t in out] if isinstance(out, (tuple, list)) else out.detach().cpu())
+    several = isinstance(outputs[0], list)
+    results = [torch.cat(parts) for parts in zip(*outputs)] if several else [torch.cat(outputs)]
     if verbose:
-        print(f"predict: {len(data)} samples, output shape {tuple(result.shape)}", flush=True)
-    return result if return_tensor else result.numpy()
+        print(f"predict: {len(data)} samples, output shape{'s' if several else ''} "
+              f"{', '.join(str(tuple(r.shape)) for r in results)}", flush=True)
+    results = results if return_tensor else [r.numpy() for r in results]
+    return results if several else results[0]
 
 
 __all__ = ["fit", "evaluate", "predict", "default_forward", "check_precision", "PRECISIONS"]
