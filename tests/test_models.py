@@ -335,3 +335,19 @@ def test_return_state_has_keras_s_layout_in_calls_and_predict(make):
     assert isinstance(got, list) and [g.shape for g in got] == [np.shape(w) for w in want]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "SimpleRNN"])
+def test_go_backwards_sequences_of_masked_batches_match_keras(cell):
+    """Keras returns a go_backwards layer's sequence in reversed time order, zero at masked steps, and
+    passes the input's mask on; grukit put each sequence's valid steps first."""
+    ids = np.array([[3, 4, 5, 0, 0], [0, 0, 6, 7, 8], [1, 0, 2, 0, 3], [4, 5, 6, 7, 8]])
+    for stacked in (False, True):
+        def build(K, source):
+            layers = [K.Input((5,)), K.Embedding(9, 3, mask_zero=True),
+                      getattr(source, cell)(4, return_sequences=True, go_backwards=True)]
+            return layers + ([getattr(source, cell)(3)] if stacked else [])
+        ours, theirs = Sequential(build(L, L)), keras.Sequential(build(keras.layers, keras.layers))
+        ours.build()
+        keras_weights.copy_keras_weights(ours.layers, theirs.layers)
+        np.testing.assert_allclose(ours.predict(ids), theirs.predict(ids, verbose=0), atol=1e-5, rtol=0)

@@ -609,9 +609,14 @@ class Recurrent(Layer):
             self.states = _map(state, lambda s: s.detach())
         h_n = state[0] if isinstance(state, tuple) else state
         if self.return_sequences:
-            if self.go_backwards:  # Keras returns the sequence in processing order, valid steps first here
-                out_mask = None if lengths is None else steps_below(lengths, T, x.device)
-                result = output
+            if self.go_backwards and mask is not None:
+                # Keras: output t belongs to input step T-1-t; a masked step repeats the last output
+                # (zero before the first valid step); the input's mask is passed on as it is
+                seen = mask.flip(1).to(torch.int64).cumsum(1)   # valid steps processed by each t
+                result = select_steps(output, (seen - 1).clamp(min=0)) * (seen > 0).unsqueeze(-1).to(output.dtype)
+                out_mask = mask
+            elif self.go_backwards:  # Keras returns the sequence in processing order
+                result, out_mask = output, None
             elif order is not None:  # back to the original positions; masked steps stay zero
                 restored = select_steps(output, order.argsort(dim=1))
                 result, out_mask = restored * mask.unsqueeze(-1).to(output.dtype), mask
