@@ -315,6 +315,11 @@ def test_trainable_false_after_build_freezes_the_layer():
     frozen = Sequential([L.Input((5, 2)), L.Bidirectional(L.GRU(3), trainable=False)])
     frozen.build()
     assert not any(p.requires_grad for p in frozen.parameters())
+    inner = Sequential([L.Input((5, 2)), L.Bidirectional(L.GRU(3, trainable=False)),
+                        L.Dense(2)])
+    inner.build()
+    assert not any(p.requires_grad for p in inner.layers[0].parameters())
+    assert all(p.requires_grad for p in inner.layers[1].parameters())
 
 
 @pytest.mark.parametrize("make", [

@@ -98,7 +98,9 @@ class Layer(nn.Module):
         switched to eval() before its lazy build must not create its parts in training mode)."""
         self.input_shape = tuple(input_shape)
         self.built = True
-        self.trainable = self._trainable
+        if not self._trainable:   # (a trainable wrapper leaves a frozen inner layer frozen)
+            for parameter in self.parameters():
+                parameter.requires_grad_(False)
         self.train(self.training)
         self.output_shape = self.compute_output_shape(self.input_shape)
 
