@@ -2,10 +2,10 @@
 the bfloat16 mode, from the same initial weights, batch order and seed, scored on the same held-out data.
 
 The bfloat16 mode (grukit/nn/bfloat16.py) is what a float32 grukit layer computes inside
-``torch.autocast("cpu", dtype=torch.bfloat16)``: the input projection (forward and both gradients)
-and the recurrent-weight gradient take bfloat16 operands with float32 accumulation and round their
-results to bfloat16, as torch's autocast does; the per-step
-recurrent product, the gates, the state and the outputs stay float32. Only the recurrent layer's call
+``torch.autocast("cpu", dtype=torch.bfloat16)``: the input projection (forward and both gradients),
+every step's recurrent product (forward and grad h) and the recurrent-weight gradient take bfloat16
+operands with float32 accumulation and round their results to bfloat16, as torch's autocast does;
+the gates, the state and the outputs stay float32. Only the recurrent layer's call
 runs under autocast here; the embedding lookup (inside the layer, ``embedding=``), the nn.Linear head,
 the loss (on ``y_pred.float()``), backward and the Adam step run outside it, in float32. The held-out
 data are scored in the precision the model was trained in; the bfloat16-trained weights are also
@@ -251,7 +251,8 @@ def verdict(s: dict, metric: str, better: str) -> str:
 
 
 _BACKEND_TEXT = {
-    "torch": "the mode's products ran through torch's bfloat16 matmul (oneDNN) on them",
+    "torch": "the mode's products ran through torch's bfloat16 matmul (oneDNN) on them, the per-step ones "
+             "through oneDNN's brgemm microkernel inside the compiled loops",
     "mkl": "the mode's products ran through MKL's cblas_gemm_bf16bf16f32, which widens the operands to "
            "float32 itself (on AMD CPUs even where they have BF16 units), so the mode cannot be faster here",
     "fallback": "the mode's products ran as float32 GEMMs of the widened operands (MKL's bfloat16 GEMM was "
@@ -275,7 +276,8 @@ def markdown(record: dict) -> str:
              + "; the times below say what the mode costs on this machine.", "",
              "Each task is trained in float32 and in grukit's bfloat16 mode (a float32 layer under "
              "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`: bfloat16 operands, float32 accumulation and a "
-             "bfloat16 result for the input projection and the recurrent-weight gradient) from the same initial "
+             "bfloat16 result for the input projection, every step's recurrent product and the recurrent-weight "
+             "gradient) from the same initial "
              "weights, batch order and seed, for a fixed number of epochs; only the recurrent layer runs under "
              "autocast. Held-out data are scored in the training precision. sd = sample standard deviation over "
              "seeds; difference = bfloat16 - float32 (paired: per seed). MAE in the series' units (lower is better); "

@@ -53,8 +53,9 @@ def register(tasks) -> None:
     compile_.add_argument("--cells", type=_choices(CELLS, "cells"), default=list(CELLS), metavar="LIST",
                           help=f"cells to compile, comma-separated (default: all: {','.join(CELLS)})")
     compile_.add_argument("--dtypes", type=_choices(DTYPES, "dtypes"), default=["float32"], metavar="LIST",
-                          help="parameter dtypes, comma-separated: float32 (torch's default) and/or float64 "
-                               "(default: float32)")
+                          help="parameter dtypes, comma-separated: float32 (torch's default), float64 and/or "
+                               "mixed_bfloat16 (float32 layers in the bfloat16 mode, as fit --precision "
+                               "mixed_bfloat16 and torch.autocast run them) (default: float32)")
     compile_.add_argument("--inference-only", action="store_true",
                           help="skip the training kernels (backward passes)")
     add_runtime_options(compile_)

@@ -6,22 +6,27 @@ result to bfloat16, as torch's autocast computes a matmul:
 * the input projection ``x @ W_ih^T`` (and the embedded-token projection), in the forward pass
   and both of its gradients (grad x = grad @ W_ih, grad W_ih = grad^T @ x);
 * the recurrent weight gradient, grad W_hh = sum over steps of grad_gates^T @ h, one product over
-  all steps (the reference loop adds its steps' products at full precision and rounds the sum).
+  all steps (the reference loop adds its steps' products at full precision and rounds the sum);
+* every step's recurrent product h_{t-1} @ W_hh^T and its gradient grad_gates @ W_hh (as torch's
+  autocast runs an ``nn.LSTM`` on the CPU, and as a hand-written GRU of ``nn.Linear`` layers under
+  autocast computes it). The state itself stays float32 (torch's bfloat16 LSTM keeps it in
+  bfloat16): only the product's operand copy and its result are rounded.
 
-Everything else stays float32: the per-step recurrent product h @ W_hh^T and its gradient,
-where rounding errors would compound over the steps, the gate arithmetic, the state, biases and
-their gradients, and the layer's outputs (float32, not bfloat16: torch's autocast lets an op
-choose, and a float32 output costs the next autocast op one cast). The parameters stay float32
-(master weights), and a bfloat16 copy of each operand is made per call (round to nearest, ties to
-even: torch's own conversion). The projection keeps its bfloat16 input copy for backward, half the
-memory of the float32 one.
+Everything else stays float32: the gate arithmetic, the state, biases and their gradients, and the
+layer's outputs (float32, not bfloat16: torch's autocast lets an op choose, and a float32 output
+costs the next autocast op one cast). The parameters stay float32 (master weights), and a bfloat16
+copy of each operand is made per call (round to nearest, ties to even: torch's own conversion). The
+projection keeps its bfloat16 input copy for backward, half the memory of the float32 one.
 
 The products run through torch's bfloat16 matmul where the CPU has BF16 units (AVX-512 BF16 or
 AMX, through oneDNN; :data:`BACKEND`), else through MKL's ``cblas_gemm_bf16bf16f32``
 (kernels/bf16.py), which widens the operands itself on CPUs without them, and on AMD's Zen 4 too:
 measured there it ran at float32 speed while torch's bfloat16 matmul ran 2.2-2.4x faster. torch's
 matmul returns bfloat16, which is why the result is rounded to bfloat16 on every path: the mode
-gives the same numbers on every CPU, up to the order of the float32 additions.
+gives the same numbers on every CPU, up to the order of the float32 additions. The fused kernels'
+per-step products run inside their compiled loops: on BF16 units through oneDNN's brgemm
+microkernel, which torch exports (:func:`recurrent_products`), elsewhere as a float32 GEMM of the
+rounded values (kernels/bf16.py).
 
 Inside a layer's forward, torch's autocast is switched off (:func:`autocast_scope`), so the layer's
 own torch ops run in its float32 (or float64) as without autocast, and the mode is a thread-local flag
@@ -160,6 +165,16 @@ def _torch_uses_bf16_units() -> bool:
 BACKEND = "torch" if _torch_uses_bf16_units() else "mkl"
 
 
+def recurrent_products() -> str | None:
+    """How the fused kernels compute the per-step recurrent products in this thread (their
+    ``bf16_products``): None outside the mode; "brgemm", oneDNN's microkernel called from the
+    compiled loop, where torch's bfloat16 matmul runs on BF16 units (:data:`BACKEND` "torch") and
+    torch exports it; else "rounded", a GEMM of the rounded values (kernels/bf16.py)."""
+    if not enabled():
+        return None
+    return "brgemm" if BACKEND == "torch" and _bf16_gemm.HAS_BRGEMM else "rounded"
+
+
 def product(a: torch.Tensor, b: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """a @ b (2-D) as torch's autocast computes a matmul: both operands rounded to bfloat16, the
     products accumulated in float32, the result rounded to bfloat16 (returned as a bfloat16 tensor;
@@ -225,16 +240,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return flat.view(*x.shape[:-1], weight.shape[0])
 
 
-class RecurrentWeightGradient(torch.autograd.Function):
-    """``h @ weight^T`` at full precision, whose weight gradient takes bfloat16 operands: the
-    reference loop's recurrent product in the bfloat16 mode, as the fused kernels compute it (the
-    per-step product and grad h at full precision). Its weight gradient is left unrounded: the
-    steps' gradients add up in the layer's dtype, and :class:`RoundedGradient` rounds their sum."""
+class RecurrentProduct(torch.autograd.Function):
+    """``h @ weight^T`` in the mode, as the fused kernels compute the per-step recurrent product:
+    both operands rounded to bfloat16, the result rounded (:func:`matmul`), and grad h the same way.
+    Its weight gradient is left unrounded: the steps' gradients add up in the layer's dtype, and
+    :class:`RoundedGradient` rounds their sum."""
 
     @staticmethod
     def forward(ctx, h, weight):
         ctx.save_for_backward(h, weight)
-        return h @ weight.t()
+        return matmul(h, weight.t(), dtype=h.dtype)
 
     @staticmethod
     @first_order_backward("grukit's bfloat16 mode", "run the double backward in float32 (no bfloat16 mode or "
@@ -242,7 +257,7 @@ class RecurrentWeightGradient(torch.autograd.Function):
     @without_autocast
     def backward(ctx, grad):
         h, weight = ctx.saved_tensors
-        grad_h = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_h = matmul(grad, weight, dtype=h.dtype) if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:   # exact products of the rounded operands, accumulated in h's dtype
             grad_weight = rounded(grad).t().to(h.dtype) @ rounded(h).to(h.dtype)
@@ -266,5 +281,6 @@ class RoundedGradient(torch.autograd.Function):
         return grad.to(torch.bfloat16).to(grad.dtype)
 
 
-__all__ = ["BACKEND", "Projection", "RecurrentWeightGradient", "RoundedGradient", "autocast_inputs", "autocast_scope",
-           "enabled", "linear", "mode", "matmul", "numpy_matmul", "product", "rounded", "widened", "without_autocast"]
+__all__ = ["BACKEND", "Projection", "RecurrentProduct", "RoundedGradient", "autocast_inputs", "autocast_scope",
+           "enabled", "linear", "mode", "matmul", "numpy_matmul", "product", "recurrent_products", "rounded", "widened",
+           "without_autocast"]

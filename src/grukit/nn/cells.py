@@ -180,12 +180,12 @@ def recurrent_products(h: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor
     With a recurrent-dropout ``mask`` (B, G*H_h), gate block g reads its own masked state:
     ``(mask_g * h) @ W_g^T`` (Keras's ``h_tm1_z``, ``h_tm1_r``, ``h_tm1_h``).
     """
-    if bfloat16.enabled():   # grad W_hh with bfloat16 operands, as the fused kernels compute it
+    if bfloat16.enabled():   # bfloat16 operands and result, as the fused kernels compute it
         if mask is None:
-            return bfloat16.RecurrentWeightGradient.apply(h, weight)
+            return bfloat16.RecurrentProduct.apply(h, weight)
         width = h.shape[1]
         blocks = mask.split(width, dim=-1)
-        return torch.cat([bfloat16.RecurrentWeightGradient.apply(h * m, w)
+        return torch.cat([bfloat16.RecurrentProduct.apply(h * m, w)
                           for m, w in zip(blocks, weight.split(weight.shape[0] // len(blocks)))], dim=-1)
     if mask is None:
         return h @ weight.t()

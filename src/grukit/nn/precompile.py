@@ -7,7 +7,9 @@ image, a CI cache or a device image, so that no user call does: it runs each cel
 entry point of the kernels (inference batch-first and time-major, a batch of one, padded lengths,
 both directions, token ids with an embedding, ``step()``, the streamer, and training's forward and
 backward), each cell variant (both GRU reset placements, tanh and relu SimpleRNN, every MGU
-variant, both minGRU candidates), in the dtypes asked for.
+variant, both minGRU candidates), in the dtypes asked for; "mixed_bfloat16" runs float32 layers in
+the bfloat16 mode (``fit(precision="mixed_bfloat16")``, autocast), whose per-step products are
+kernels of their own.
 
 The cache is where Numba keeps it: beside the kernels' sources when that folder is writable, else
 in Numba's per-user cache, or in ``NUMBA_CACHE_DIR`` when that is set; :func:`cache_location`
@@ -24,10 +26,11 @@ import torch
 from numba.core import event
 
 from ..errors import ConfigError
+from . import bfloat16
 from .recurrent import GRU, LSTM, MGU, MGU_VARIANTS, RNN, MinGRU, RecurrentLayer
 
 CELLS = ("gru", "lstm", "rnn", "mgu", "mingru")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "mixed_bfloat16": torch.float32}
 # small shapes: compiling does not depend on them, and they run in milliseconds
 _INPUT, _HIDDEN, _STEPS = 6, 8, 5
 
@@ -86,8 +89,8 @@ def precompile(cells=CELLS, dtypes=("float32",), training: bool = True,
                report: Callable[[dict], None] | None = None) -> list[dict]:
     """Compile (or load from the cache) every kernel the given cells use, in the given dtypes.
 
-    cells: names from :data:`CELLS`; dtypes: "float32" and/or "float64"; training: also the
-    backward kernels. ``report`` is called with each cell's result as it finishes. Returns one
+    cells: names from :data:`CELLS`; dtypes: "float32", "float64" and/or "mixed_bfloat16" (float32
+    layers in the bfloat16 mode); training: also the backward kernels. ``report`` is called with each cell's result as it finishes. Returns one
     dict per cell and dtype: cell, dtype, seconds, and ``compiled``, the number of functions
     Numba compiled (0 when everything came from the cache).
     """
@@ -112,7 +115,8 @@ def _compile_cell(cell: str, dtype: str, training: bool) -> dict:
     with event.install_listener("numba:compile", listener):
         for make in _variants(cell):
             for bidirectional in (False, True):
-                _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
+                with bfloat16.mode(dtype == "mixed_bfloat16"):
+                    _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
     return {"cell": cell, "dtype": dtype, "seconds": time.perf_counter() - start, "compiled": len(listener.names)}
 
 

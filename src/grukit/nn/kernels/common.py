@@ -31,6 +31,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import buffers
+from .bf16 import rounded_product, vnni_product
 from .blas import (blas_gemm, blas_gemm_nt_acc, one_thread_here, pack_rows, packed_gemm,
                    restore_threads_here)
 from .team import run_blocks
@@ -40,6 +41,8 @@ FASTMATH = {"contract"}
 # the Python error model's zero checks would also keep every gate loop scalar.
 # nogil: the batch blocks of one call run on plain Python threads (see run_rows).
 JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+# An overload is compiled into its callers (and cached with them).
+OVERLOAD_JIT = {"fastmath": FASTMATH, "error_model": "numpy"}
 
 # 1 as float32: float32 op float32 stays float32, and it promotes exactly for float64.
 # (A plain 1.0 literal would silently run every float32 kernel in float64.)
@@ -146,7 +149,7 @@ def vexp(x):
     return math.exp(x)
 
 
-@overload(vexp, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+@overload(vexp, jit_options=OVERLOAD_JIT)
 def _vexp_overload(x):
     if x == types.float32:
         return lambda x: _exp32(x)
@@ -401,13 +404,29 @@ def gemm(x, m, out):
 
 
 @njit(**JIT)
-def gemm_packed(x, m, packed, out):
+def _float_gemm_packed(x, m, packed, out):
     """:func:`gemm` with ``packed = pack_weight_for(m, x.shape[0])``: MKL reuses the weight packed
     once per call instead of packing it on every step (float32; 1.1-1.5x on the kernels' shapes)."""
     if packed.size == 0 or x.shape[0] < GEMM_MIN_ROWS:
         gemm(x, m, out)
     else:
         packed_gemm(x, m, packed, out)
+
+
+def gemm_packed(x, m, packed, out):
+    """out = x @ m, the kernels' per-step recurrent product, with ``packed = recurrent_operand(m,
+    rows, mode_operand)``. Chosen by packed's type when the loop is compiled: a 1-D float array is
+    MKL's packed m (or empty), a float GEMM; a 2-D array is the bfloat16 mode's operand (bf16.py),
+    whose product rounds both operands and its result to bfloat16."""
+
+
+@overload(gemm_packed, jit_options=OVERLOAD_JIT)
+def _gemm_packed(x, m, packed, out):
+    if packed.ndim == 2 and packed.dtype == types.uint16:
+        return lambda x, m, packed, out: vnni_product(x, packed, out)
+    if packed.ndim == 2:
+        return lambda x, m, packed, out: rounded_product(x, packed, out)
+    return lambda x, m, packed, out: _float_gemm_packed(x, m, packed, out)
 
 
 @njit(**JIT)
@@ -417,9 +436,28 @@ def pack_weight_for(m, rows):
     return pack_rows(m, rows if rows >= GEMM_MIN_ROWS else 0)
 
 
+def recurrent_operand(m, rows, mode_operand):
+    """The second operand of a block's per-step products with m for :func:`gemm_packed`:
+    ``mode_operand`` itself in the bfloat16 mode (a 2-D array from bf16.recurrent_operands), else
+    (an empty 1-D array) :func:`pack_weight_for` of m."""
+
+
+@njit(**JIT)
+def no_mode_operand(dtype):
+    """The ``mode_operand`` of :func:`recurrent_operand` outside the bfloat16 mode."""
+    return np.empty(0, dtype)
+
+
+@overload(recurrent_operand, jit_options=OVERLOAD_JIT)
+def _recurrent_operand(m, rows, mode_operand):
+    if mode_operand.ndim == 2:
+        return lambda m, rows, mode_operand: mode_operand
+    return lambda m, rows, mode_operand: pack_weight_for(m, rows)
+
+
 @njit(**JIT)
 def gemm_add(x, m, packed, scratch, out):
-    """out += x @ m (C-contiguous; ``packed`` from :func:`pack_weight_for`, may be empty;
+    """out += x @ m (C-contiguous; ``packed`` from :func:`recurrent_operand`, may be empty;
     ``scratch`` has out's shape and receives x @ m)."""
     gemm_packed(x, m, packed, scratch)
     for i in range(out.shape[0]):

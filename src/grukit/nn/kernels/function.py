@@ -132,7 +132,8 @@ def _run_forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, 
     set_threads(torch.get_num_threads())
     with one_blas_thread(h0.shape[0]):
         out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
-                                        _np(bias_hh), lengths, reverse, training, candidate, gx_index)
+                                        _np(bias_hh), lengths, reverse, training, candidate, gx_index,
+                                        bfloat16.recurrent_products())
     CALLS["run"] += 1
     results = (torch.from_numpy(out), torch.from_numpy(h_n))
     if c_n is not None:
@@ -169,6 +170,7 @@ class _FusedDirection(torch.autograd.Function):
         ctx.gx_index, ctx.gx_rows = gx_index, gx.shape[0]
         ctx.has_bias = bias_hh is not None
         ctx.bf16 = bfloat16.enabled()   # grad weight_hh with bfloat16 operands (nn/bfloat16.py)
+        ctx.products = bfloat16.recurrent_products()   # and the per-step products, as forward's
         # Only minGRU's backward reads gx: other modes let the (T, B, G*H) pre-activations go.
         # RNN's workspace is its output and h0 (rnn.py): saved as tensors, so that changing either
         # in place before backward raises torch's usual error instead of giving wrong gradients.
@@ -203,7 +205,7 @@ class _FusedDirection(torch.autograd.Function):
         with one_blas_thread(grad_out.shape[1]):
             dgx, dh0, dc0, terms, bias_src = api.backward(
                 ctx.mode, ws, _np(gx), w, _np(grad_rows), _np(grad_h_n), _np(grad_c_n), ctx.lengths,
-                ctx.reverse, ctx.candidate, batch_first)
+                ctx.reverse, ctx.candidate, batch_first, ctx.products)
         CALLS["backward"] += 1
         # torch's GEMMs below must not meet tiny values (see common.py). The weight terms' gradients
         # are mostly views of dgx, flushed with it (checking .base missed them: a view of a kept
@@ -375,7 +377,7 @@ def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
     weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
     with one_blas_thread(gx_t.shape[0]):
         h_n, c_n = api.step(mode, _np(gx_t), _np(h), _np(c), _packed(weight_hh), _np(bias_hh),
-                            candidate)
+                            candidate, bfloat16.recurrent_products())
     CALLS["step"] += 1
     if mode == "LSTM":
         return torch.from_numpy(h_n), torch.from_numpy(c_n)

@@ -13,9 +13,11 @@ import numpy as np
 from numba import njit
 
 from . import buffers
+from .bf16 import recurrent_operands
 from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence, project_stored,
-                     run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index, zero_tail)
+                     no_gx_index, no_mode_operand, output_grad, project_frame, project_sequence, project_stored,
+                     recurrent_operand, run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index,
+                     zero_tail)
 
 
 # --- the per-row update pass ---------------------------------------------------------
@@ -63,18 +65,19 @@ def _update_training(g, gf, gn, h, o, H, wg, wh, wx, fh):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, lengths, reverse, has_uf, training,
+def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, mode_ft, mode_nt, lengths, reverse, has_uf, training,
               out, h_n, ws_g, ws_h, ws_x):
     """w_ft = U_f^T (H, H) (unused without U_f), w_nt = U_n^T (H, H), both C-contiguous:
-    per step two GEMMs over the block's rows, h @ U_f^T then (f * h) @ U_n^T."""
+    per step two GEMMs over the block's rows, h @ U_f^T then (f * h) @ U_n^T. mode_ft, mode_nt:
+    the bfloat16 mode's operands of w_ft and w_nt (common.recurrent_operand)."""
     H = h0.shape[1]
     R = b1 - b0
     hb = h0[b0:b1].copy()
     gf = np.zeros((R, H), h0.dtype)
     gn = np.zeros((R, H), h0.dtype)
     fh = np.zeros((R, H), h0.dtype)
-    p_ft = pack_weight_for(w_ft, R if has_uf else 0)
-    p_nt = pack_weight_for(w_nt, R)
+    p_ft = recurrent_operand(w_ft, R if has_uf else 0, mode_ft)
+    p_nt = recurrent_operand(w_nt, R, mode_nt)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
@@ -104,9 +107,10 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, lengths, reverse, has_uf, traini
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dh0):
+def _bwd_rows(b0, b1, w, mode_f, mode_n, lengths, reverse, has_uf, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dh0):
     """Per step: the pointwise pass, d(f * h) = dn @ U_n (one GEMM), the f pass, then
-    dh_{t-1} += df @ U_f (one GEMM, with U_f)."""
+    dh_{t-1} += df @ U_f (one GEMM, with U_f). mode_f, mode_n: the bfloat16 mode's operands of U_f
+    and U_n (common.recurrent_operand)."""
     H = grad_out.shape[2]
     R = b1 - b0
     rn = H if has_uf else 0
@@ -118,8 +122,8 @@ def _bwd_rows(b0, b1, w, lengths, reverse, has_uf, grad_out, grad_bf, grad_h_n, 
     acc = np.empty((R, H), dt)
     u_f = w[:H]
     u_n = w[rn:rn + H]
-    p_f = pack_weight_for(u_f, R if has_uf else 0)
-    p_n = pack_weight_for(u_n, R)
+    p_f = recurrent_operand(u_f, R if has_uf else 0, mode_f)
+    p_n = recurrent_operand(u_n, R, mode_n)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -172,7 +176,8 @@ def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_ft, w_nt, ones, np.bool_(False), has_uf,
+    none = no_mode_operand(h.dtype)
+    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_ft, w_nt, none, none, ones, np.bool_(False), has_uf,
               np.bool_(False), out, h, out, out, out)
 
 
@@ -227,26 +232,37 @@ def split_weight(w_t, has_uf):
     return np.ascontiguousarray(w_t[:, :H]), np.ascontiguousarray(w_t[:, H:])
 
 
-def step(gx_t, h, w_t, has_uf):
+def _with_operands(matrices, has_uf, bf16_products):
+    """The two matrices (U_f then U_n, or U_n twice without U_f) and their bfloat16 mode operands."""
+    modes = recurrent_operands(matrices[-1:] if not has_uf else matrices, bf16_products)
+    return (*matrices, *(modes * 2 if not has_uf else modes))
+
+
+def step(gx_t, h, w_t, has_uf, bf16_products=None):
     """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
-    return run_step(_fwd_rows, gx_t, (h,), split_weight(w_t, has_uf), (has_uf,), 3)[0]
+    params = _with_operands(split_weight(w_t, has_uf), has_uf, bf16_products)
+    return run_step(_fwd_rows, gx_t, (h,), params, (has_uf,), 3)[0]
 
 
-def forward(gx, h0, w_t, lengths, reverse, has_uf, training, gx_index=None):
+def forward(gx, h0, w_t, lengths, reverse, has_uf, training, gx_index=None, bf16_products=None):
+    """``bf16_products``: None, or how the bfloat16 mode multiplies (bf16.recurrent_operands)."""
     T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
-    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), split_weight(w_t, has_uf), lengths, reverse,
+    params = _with_operands(split_weight(w_t, has_uf), has_uf, bf16_products)
+    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
                                   (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H, gx_index)
     return out, h_n, ws
 
 
-def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf, grad_bf=False):
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf, grad_bf=False, bf16_products=None):
     ws_g, ws_h, ws_x = ws
     T, B, H = ws_h.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
-    args = (w, lengths, reverse, has_uf, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dh0)
+    matrices = (w[:H], w[H:2 * H]) if has_uf else (w, w)
+    args = (w, *_with_operands(matrices, has_uf, bf16_products)[2:], lengths, reverse, has_uf, grad_out, grad_bf,
+            grad_h_n, ws_g, ws_h, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args)
     if has_uf:
         terms = [(0, H, dgx[..., :H], ws_h), (H, 2 * H, dgx[..., H:], ws_x)]

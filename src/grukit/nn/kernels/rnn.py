@@ -15,9 +15,10 @@ import numpy as np
 from numba import njit
 
 from . import buffers
+from .bf16 import recurrent_operands
 from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, output_grad, pack_weight_for, project_frame, project_sequence, project_stored,
-                     run_forward, run_rows, run_step, stored_product, tanh, time_index, zero_tail)
+                     no_gx_index, no_mode_operand, output_grad, project_frame, project_sequence, project_stored,
+                     recurrent_operand, run_forward, run_rows, run_step, stored_product, tanh, time_index, zero_tail)
 
 
 # --- the per-row forward passes ------------------------------------------------------
@@ -49,14 +50,14 @@ def _relu_row(g, gh, bhh, h, o, H):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, gidx, h0, w_t, bhh, lengths, reverse, relu, training, out, h_n):
+def _fwd_rows(b0, b1, gx, gidx, h0, w_t, mode_t, bhh, lengths, reverse, relu, training, out, h_n):
     """``training`` is accepted for run_forward's common signature and not needed: backward
     reads the output (see the module docstring)."""
     H = h0.shape[1]
     R = b1 - b0
     hb = h0[b0:b1].copy()
     gh = np.empty((R, H), h0.dtype)
-    p_t = pack_weight_for(w_t, R)
+    p_t = recurrent_operand(w_t, R, mode_t)   # mode_t: the bfloat16 mode's operand, or empty
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
@@ -74,13 +75,13 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, bhh, lengths, reverse, relu, training, 
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out, dgx, dh0):
+def _bwd_rows(b0, b1, w, mode_w, lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out, dgx, dh0):
     H = grad_out.shape[2]
     R = b1 - b0
     dh = grad_h_n[b0:b1].copy()
     dgb = np.zeros((R, H), dgx.dtype)
     acc = np.empty((R, H), dgx.dtype)
-    p_w = pack_weight_for(w, R)
+    p_w = recurrent_operand(w, R, mode_w)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -110,8 +111,8 @@ def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, bhh, ones, np.bool_(False), relu,
-              np.bool_(False), out, h)
+    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, no_mode_operand(h.dtype), bhh, ones,
+              np.bool_(False), relu, np.bool_(False), out, h)
 
 
 @njit(**JIT)
@@ -149,16 +150,18 @@ def stored_sequence(x, w_ih, b_in, w, bhh, relu, reverse, h, out):
         _stored_step(g[t], w, bhh, relu, h, out[t], gr)
 
 
-def step(gx_t, h, w_t, bhh, relu):
+def step(gx_t, h, w_t, bhh, relu, bf16_products=None):
     """One inference step: gx_t (B, H), h (B, H) -> h'."""
-    return run_step(_fwd_rows, gx_t, (h,), (w_t, bhh), (relu,), 0)[0]
+    return run_step(_fwd_rows, gx_t, (h,), (w_t, *recurrent_operands((w_t,), bf16_products), bhh), (relu,), 0)[0]
 
 
-def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training, gx_index=None):
+def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training, gx_index=None, bf16_products=None):
     """Returns out (T, B, H), h_n and, when training, the workspace (out, h0): backward reads
-    these two arrays, so they must not change in between."""
+    these two arrays, so they must not change in between. ``bf16_products``: None, or how the
+    bfloat16 mode multiplies (bf16.recurrent_operands)."""
     T, B, H = gx_shape(gx, gx_index)
-    out, (h_n,), _ = run_forward(_fwd_rows, gx, (h0,), (w_t, bhh), lengths, reverse, (relu,),
+    params = (w_t, *recurrent_operands((w_t,), bf16_products), bhh)
+    out, (h_n,), _ = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse, (relu,),
                                  False, (), T * B * H * H, gx_index)
     return out, h_n, ((out, h0) if training else None)
 
@@ -177,12 +180,13 @@ def _previous_states(out, h0, dgx, lengths, reverse):
     return [(0, H, dgx[:-1], out[1:]), (0, H, first, h0[None])]
 
 
-def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu, grad_bf=False):
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu, grad_bf=False, bf16_products=None):
     out, h0 = ws
     T, B, H = out.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, H), dt)
     dh0 = np.empty((B, H), dt)
-    args = (w, lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out, dgx, dh0)
+    args = (w, *recurrent_operands((w,), bf16_products), lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out,
+            dgx, dh0)
     run_rows(_bwd_rows, B, T * B * H * H, args)
     return dgx, dh0, _previous_states(out, np.ascontiguousarray(h0, dt), dgx, lengths, reverse), dgx
