@@ -20,6 +20,11 @@ class ConfigError(GrukitError, ValueError):
     """An argument or a combination of arguments is not valid."""
 
 
+class ConfigKeywordError(ConfigError, TypeError):
+    """A config got a keyword it does not have. Also a TypeError, which Python raises for an unknown
+    keyword argument, so that code catching that keeps working."""
+
+
 class DataError(GrukitError, ValueError):
     """Input data is malformed: NaN, lengths out of range, corrupt or incomplete files."""
 
@@ -41,5 +46,5 @@ def user_stacklevel() -> int:
     return level
 
 
-__all__ = ["user_stacklevel", "GrukitError", "ShapeError", "ConfigError", "DataError", "UnsupportedKernelConfig",
-           "TrainingError"]
+__all__ = ["user_stacklevel", "GrukitError", "ShapeError", "ConfigError", "ConfigKeywordError", "DataError",
+           "UnsupportedKernelConfig", "TrainingError"]

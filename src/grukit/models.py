@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data._files import atomic_write_bytes, atomic_write_text
 from .errors import ConfigError, DataError, ShapeError
 from .layers import (Bidirectional, Embedding, Input, Layer, Recurrent, SymbolicTensor, deserialize,
                      serialize)
@@ -139,16 +139,15 @@ class _Model(nn.Module):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory``, each atomically; the config
         records the weights' sha256 so a truncated or tampered weights file is detected on load."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         weights_path = directory / WEIGHTS_FILE
-        _atomic_write(weights_path, lambda tmp: save_file(state, str(tmp)))
+        atomic_write_bytes(weights_path, save(state))
         config = {**self.get_config(), "weights_sha256": _sha256(weights_path)}
-        _atomic_write(directory / CONFIG_FILE,
-                      lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2), encoding="utf-8"))
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
         return directory
 
 
@@ -486,18 +485,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over the target."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 __all__ = ["Sequential", "Model", "load"]

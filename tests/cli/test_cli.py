@@ -305,3 +305,85 @@ def test_command_line_leaves_the_openmp_wait_policy_alone():
     code = "import os, grukit.cli.main; print(os.environ.get('OMP_WAIT_POLICY'))"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["None"]
+
+
+# -- forecast --target, checks before training, config ranges (forecast.py, text.py) -------------------------
+
+def write_columns(path, steps=60):
+    """Month and three columns: a (positive, seasonal), b (falls below 0 from step 50), c."""
+    lines = ["Month,a,b,c"]
+    for i in range(steps):
+        lines.append(f"{1949 + i // 12}-{i % 12 + 1:02d},{100 + i + 10 * math.sin(i * 2 * math.pi / 12):.2f},"
+                     f"{50 - i},{i % 5}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def fit_spy(monkeypatch):
+    """Records the task class of every task fit (where training starts) and runs it."""
+    from grukit.tasks import Forecaster, TextClassifier
+
+    calls = []
+    for task in (Forecaster, TextClassifier):
+        def spy(self, *args, _original=task.fit, **kwargs):
+            calls.append(type(self).__name__)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(task, "fit", spy)
+    return calls
+
+
+def test_forecast_target_picks_a_named_column(tmp_path, capsys):
+    series = write_columns(tmp_path / "columns.csv")
+    run = str(tmp_path / "b")
+    columns = ["--date-column", "Month", "--value-column", "a,b,c", "--target", "b"]
+    assert main(["forecast", "fit", str(series), *columns, "--lookback", "6", "--test", "6", *TINY,
+                 "--out", run]) == 0
+    assert "saved" in capsys.readouterr().out
+    state = json.loads((tmp_path / "b" / "task.json").read_text())["state"]
+    assert state["columns"] == ["a", "b", "c"] and state["target_indices"] == [1] and state["columns_named"]
+    assert main(["forecast", "predict", run, str(series)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "date\tb"
+    # the run reads its columns by name: given in another order they still mean the same
+    assert main(["forecast", "predict", run, str(series), "--value-column", "c,b,a", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["forecast"][0]) == ["step", "date", "b"]
+    # --log: b holds values <= 0 and the error says b, not column '1'
+    assert main(["forecast", "fit", str(series), *columns, "--log", *TINY, "--out", str(tmp_path / "log")]) == 2
+    err = capsys.readouterr().err
+    assert "column 'b' has 10 value(s) <= 0" in err and "'1'" not in err
+    assert main(["forecast", "fit", str(series), *columns[:-1], "d", *TINY, "--out", str(tmp_path / "d")]) == 2
+    assert "--target d: not among the --value-column columns ['a', 'b', 'c']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, named", [
+    (["--season", "60"], "--season 60 needs a training part longer than one season"),
+    (["--season", "48", "--test", "12"], "--season 48 needs a training part longer than one season"),
+    (["--season", "0"], "argument --season: expected a whole number >= 1"),
+    (["--test", "2", "--horizon", "3"], "--test 2 holds out 2 step(s), fewer than --horizon 3"),
+    (["--test", "60"], "--test 60 holds out all 60 steps"),
+    (["--patience", "-2", "--validation", "6"], "--patience -2: expected an int >= 0"),
+    (["--patience", "2"], "--patience 2 stops on the validation loss; pass --validation too"),
+    (["--validation", "1.5"], "--validation 1.5: expected a count (int >= 0) or a fraction (float in [0, 1))"),
+])
+def test_forecast_options_are_checked_before_training(tmp_path, capsys, fit_spy, options, named):
+    series = write_series(tmp_path / "series.csv")
+    assert main(["forecast", "fit", str(series), "--date-column", "Month", "--value-column", "Passengers",
+                 *options, *TINY, "--out", str(tmp_path / "r")]) == 2
+    assert fit_spy == []                                                  # training never started
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_text_test_labels_are_checked_before_training(tmp_path, capsys, fit_spy):
+    train = write_texts(tmp_path / "train.csv")
+    test = tmp_path / "test.csv"
+    test.write_text('text,label\n"a joy",pos\n"so-so",neutral\n"meh",mixed\n')
+    argv = ["text", "fit", "--train", str(train), "--validation", "0", *TINY, "--out", str(tmp_path / "r")]
+    assert main([*argv, "--test", str(test)]) == 2
+    assert fit_spy == []                                                  # training never started
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --test {test}: label(s) 'mixed', 'neutral' do not occur in --train")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+    assert main([*argv, "--test", str(tmp_path / "absent.csv")]) == 2
+    assert fit_spy == [] and "absent.csv: no such file" in capsys.readouterr().err
+    assert main([*argv, "--test", str(train)]) == 0 and fit_spy == ["TextClassifier"]

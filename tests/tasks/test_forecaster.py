@@ -1,6 +1,7 @@
 """Forecaster: fit / evaluate / predict in original units, no leakage, save and load, errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -164,3 +165,72 @@ def test_gru_beats_the_baselines_on_airline_passengers(shared_data):
     assert model < 0.6 * scores["last_value"]["mase"], scores
     assert model < 0.6 * scores["seasonal_naive"]["mase"], scores
     assert model < 1.0, scores  # better than the seasonal naive forecast was in-sample
+
+
+# -- config ranges and checks before training ---------------------------------------------------------------
+
+FRACTION = "a count \\(int >= 0\\) or a fraction \\(float in \\[0, 1\\)\\)"
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("lookback", 0, "an int >= 1"), ("horizon", -1, "an int >= 1"), ("units", 2.5, "an int >= 1"),
+    ("season", 0, "an int >= 1"), ("epochs", True, "an int >= 1"), ("batch_size", 0, "an int >= 1"),
+    ("stride", 0, "an int >= 1"), ("patience", -2, "an int >= 0"), ("ar_lags", 0, "an int in \\[1, 8\\]"),
+    ("ar_lags", 9, "an int in \\[1, 8\\]"), ("verbose", 3, "0 \\(silent\\), 1 \\(progress bar\\) or 2"),
+    ("learning_rate", 0, "a finite number > 0"), ("learning_rate", float("nan"), "a finite number > 0"),
+    ("learning_rate", float("inf"), "a finite number > 0"), ("validation", -1, FRACTION),
+    ("validation", 1.5, FRACTION),
+    # the ends of the ranges are accepted
+    ("patience", 0, None), ("ar_lags", 8, None), ("verbose", 2, None), ("learning_rate", 1e-9, None),
+    ("validation", 0.999999, None), ("validation", 0, None),
+])
+def test_config_names_the_field_the_value_and_the_allowed_range(field, value, allowed):
+    """(The seed's range is checked for every task config by ConfigRecord, tests/tasks/test_task_files.py.)"""
+    settings = dict(lookback=8, validation=12)        # validation: patience= alone is refused for another reason
+    settings[field] = value
+    if allowed is None:                                # inside the range
+        assert getattr(Forecaster(**settings).config, field) == value
+        return
+    with pytest.raises(ConfigError, match=re.escape(f"Forecaster({field}={value!r}): expected ") + allowed):
+        Forecaster(**settings)
+
+
+@pytest.fixture
+def training_spy(monkeypatch):
+    """Records every Sequential.fit (the first epoch's caller) and runs it."""
+    from grukit.models import Sequential
+
+    calls, original = [], Sequential.fit
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("epochs"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sequential, "fit", spy)
+    return calls
+
+
+@pytest.mark.parametrize("data, options, message", [
+    (seasonal_series()[:30], dict(season=30), "season=30 needs a series longer than one season.*got 30 steps"),
+    (np.full(40, 5.0), {}, "seasonal differences .* are all zero"),                   # no MASE scale
+    (seasonal_series()[:11], {}, "room for 1 window of lookback \\+ horizon = 11"),   # the linear AR needs 2
+    (seasonal_series()[:40], dict(validation=2), "validation=2 holds out 2 step\\(s\\), fewer than horizon = 3"),
+])
+def test_fit_checks_the_data_before_the_first_epoch(training_spy, data, options, message):
+    with pytest.raises(DataError) as error:
+        small(**options).fit(data)
+    assert training_spy == []                            # refused before the first epoch
+    assert re.search(message, str(error.value))
+    small().fit(seasonal_series()[:40])                  # the spy does see a good fit
+    assert training_spy == [3]
+
+
+def test_a_refused_refit_keeps_the_fitted_forecaster(training_spy):
+    values = seasonal_series()
+    forecaster = small(season=40).fit(values[:60])
+    before = forecaster.predict(values[:60])
+    with pytest.raises(DataError) as error:
+        forecaster.fit(values[:40] * 3)
+    assert training_spy == [3] and "season=40" in str(error.value)
+    np.testing.assert_array_equal(forecaster.predict(values[:60]), before)
+    assert forecaster.fit_steps == 60

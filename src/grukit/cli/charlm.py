@@ -49,7 +49,8 @@ def register(tasks) -> None:
           grukit charlm generate runs/lm --prompt "Once" --top-k 1        # greedy
         """)
     generate.add_argument("run", metavar="RUN", help="run directory written by `grukit charlm fit`")
-    generate.add_argument("--prompt", default="\n", help="the text to continue (at least one character)")
+    generate.add_argument("--prompt", default="\n", help="the text to continue, at least one character (default: "
+                                                           "a newline, so the text starts as a new line would)")
     generate.add_argument("--length", type=int, default=200, metavar="N", help="characters to generate")
     generate.add_argument("--temperature", type=positive_float, default=1.0, metavar="T",
                           help="1 samples the model's distribution; smaller is more conservative")

@@ -1,7 +1,7 @@
 """What the subcommands share: common options, the run directory record, reading inputs, printing.
 
-Only the standard library and ``grukit.errors`` are imported at module level, so building the
-parser (``--help``) does not load torch.
+Only the standard library, ``grukit.errors`` and ``grukit.cli.launch`` are imported at module level,
+so building the parser (``--help``) does not load torch.
 """
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from grukit.cli import launch
 from grukit.errors import ConfigError, DataError
 
 RUN_FILE = "run.json"      # beside task.json: the command line, the data options, history and scores
@@ -23,7 +26,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")   # grukit.train.loop's (a test check
 
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps descriptions, keeps the epilog's examples as written, and shows an option's default
-    where it has one (not None or off) and its help does not already say it."""
+    where it has one (not None, off or blank) and its help does not already say it."""
 
     def _fill_text(self, text, width, indent):
         if text.startswith("examples:"):
@@ -32,8 +35,11 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         help = action.help or ""
-        if (not action.option_strings or "default" in help or action.default in (None, False)
-                or action.default is argparse.SUPPRESS):
+        default = action.default
+        # identity, not ==: 0 == False, and a default of 0 is worth showing; a blank string would show as
+        # "(default: )", so such an option says in its help what its default means
+        if (not action.option_strings or "default" in help or default is None or default is False
+                or default is argparse.SUPPRESS or (isinstance(default, str) and not default.strip())):
             return help
         return help + " (default: %(default)s)"
 
@@ -91,7 +97,7 @@ def add_training_options(parser: argparse.ArgumentParser, *, epochs: int | None,
                         help="run directory to write: the model (config.json, model.safetensors), task.json "
                              f"and {RUN_FILE} (command, data options, training history, scores)")
     output.add_argument("--overwrite", action="store_true", help="replace a model already saved in --out")
-    output.add_argument("--nproc", type=int, default=1, metavar="N",
+    output.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                         help="train data-parallel in N >= 2 processes on this machine (torch.distributed, gloo): "
                              "the same command is re-run under torch.distributed.run; only rank 0 prints and "
                              "writes --out")
@@ -161,14 +167,36 @@ def require_file(path: str, option: str) -> Path:
 
 
 def check_run_directory(args: argparse.Namespace) -> Path:
-    """The --out directory, refusing to replace a saved model unless --overwrite."""
+    """The --out directory, refusing to replace a saved model unless --overwrite, and proven writable now
+    (the fit commands call this before training, so that the run is not lost at the save)."""
     out = Path(args.out)
+    if not launch.is_main():      # only rank 0 writes --out; the launching process has checked it already
+        return out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: this is a file; pass a directory to write the run into")
     if (out / "task.json").exists() and not args.overwrite:
         raise ConfigError(f"--out {out} already holds a saved model (task.json); pass --overwrite to replace it "
                           "or choose another directory")
+    _check_writable(out)
     return out
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and write and remove a file in it; the folders this made are removed again, so that a
+    command that stops later (bad data) leaves nothing behind."""
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]     # deepest first
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".grukit-write-test-", dir=out)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"--out {out}: cannot write the run there ({error.strerror or error}); pass a "
+                          "directory you may write to, or make this one writable") from error
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def run_directory(path: str) -> Path:

@@ -7,7 +7,7 @@ import json
 
 from grukit.cli import common, launch
 from grukit.cli.common import add_parser, amount, column_list, positive_int
-from grukit.errors import DataError
+from grukit.errors import ConfigError, DataError
 
 
 def add_series_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -50,7 +50,8 @@ def register(tasks) -> None:
     windows.add_argument("--lookback", type=positive_int, default=12, metavar="N", help="input steps per window")
     windows.add_argument("--horizon", type=positive_int, default=1, metavar="N", help="steps forecast at once")
     windows.add_argument("--season", type=positive_int, default=1, metavar="M",
-                         help="season length of the seasonal-naive baseline and MASE (12 for monthly data)")
+                         help="season length of the seasonal-naive baseline and MASE (12 for monthly data); "
+                              "shorter than the training part")
     windows.add_argument("--target", type=column_list, action="extend", default=None, metavar="NAME",
                          help="value column(s) to forecast (default: all value columns)")
     windows.add_argument("--scaler", choices=("standard", "minmax", "none"), default="standard",
@@ -59,9 +60,10 @@ def register(tasks) -> None:
     windows.add_argument("--predict-change", action="store_true",
                          help="predict the change from each window's last value (trends beyond the training range)")
     windows.add_argument("--test", type=amount, default=0, metavar="AMOUNT",
-                         help="last steps (count, or fraction of the series) held out and scored after training")
+                         help="last steps (count, or fraction of the series) held out and scored after training; "
+                              "at least --horizon; 0: none held out")
     windows.add_argument("--validation", type=amount, default=0, metavar="AMOUNT",
-                         help="last steps of the training part held out for the validation loss")
+                         help="last steps of the training part held out for the validation loss; 0: none")
     windows.add_argument("--patience", type=int, default=None, metavar="N",
                          help="early stopping on the validation loss (needs --validation)")
     common.add_training_options(fit, epochs=100, batch_size=32, learning_rate=1e-3, units=64)
@@ -111,23 +113,52 @@ def prepare_fit(args: argparse.Namespace) -> dict:
     from grukit.tasks import Forecaster
 
     common.check_run_directory(args)
-    forecaster = Forecaster(lookback=args.lookback, horizon=args.horizon, cell=args.cell, units=args.units,
-                            season=args.season, targets=args.target, scaler=args.scaler, log=args.log,
-                            predict_change=args.predict_change, epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.learning_rate, validation=args.validation, patience=args.patience,
-                            missing=args.missing or "raise", seed=args.seed, verbose=common.verbose(args),
-                            precision=args.precision)
+    # the config's errors name this command's options: Forecaster(patience=-2) -> --patience -2
+    renames = {f"Forecaster({field}={getattr(args, field)!r})": f"--{field} {getattr(args, field)}"
+               for field in ("patience", "validation")}
+    renames.update({" before stopping) or None": " before stopping)",
+                    "pass validation= (a count or fraction of the fit data) too, or patience=None":
+                    "pass --validation too, or leave out --patience"})
+    with common.option_names(renames):
+        forecaster = Forecaster(lookback=args.lookback, horizon=args.horizon, cell=args.cell, units=args.units,
+                                season=args.season, targets=args.target, scaler=args.scaler, log=args.log,
+                                predict_change=args.predict_change, epochs=args.epochs, batch_size=args.batch_size,
+                                learning_rate=args.learning_rate, validation=args.validation,
+                                patience=args.patience, missing=args.missing or "raise", seed=args.seed,
+                                verbose=common.verbose(args), precision=args.precision)
+    for target in args.target or ():
+        if target not in args.value_column:
+            raise ConfigError(f"--target {target}: not among the --value-column columns {args.value_column}; "
+                              "pass one of them")
     series = read(args.series, args.date_column, args.value_column, args.missing)
+    # --test and --season are checked here, before training, so that a bad value wastes no training run
     test = part_size(args.test, len(series), "--test") if args.test else 0
     if test >= len(series):
         raise DataError(f"--test {args.test} holds out all {len(series)} steps of {args.series}; leave some to train on")
+    if test and test < args.horizon:
+        raise ConfigError(f"--test {args.test} holds out {test} step(s), fewer than --horizon {args.horizon}: no "
+                          f"test window has all its targets in it; pass --test {args.horizon} or more")
+    train = len(series) - test
+    if args.season >= train:
+        raise ConfigError(f"--season {args.season} needs a training part longer than one season (MASE's scale "
+                          f"compares each step with the one a season before), but {args.series} has {train} "
+                          f"training steps{f' before the last {test} (--test)' if test else ''}; pass a smaller "
+                          "--season" + (" or --test" if test else " or a longer series"))
     return {"forecaster": forecaster, "series": series, "test": test}
+
+
+def training_part(series, steps: int):
+    """The first ``steps`` steps of a TimeSeries, still named: --target picks its columns by name."""
+    import dataclasses
+
+    lines = None if series.lines is None else series.lines[:steps]
+    return dataclasses.replace(series, values=series.values[:steps], dates=series.dates[:steps], lines=lines)
 
 
 def run_fit(args: argparse.Namespace) -> int:
     job = prepare_fit(args)
     forecaster, series, test = job["forecaster"], job["series"], job["test"]
-    train = series.values[:len(series) - test]
+    train = training_part(series, len(series) - test)
     common.say(args, f"read {len(series)} steps of {series.columns} from {args.series}"
                + (f"; training on the first {len(train)}, testing on the last {test}" if test else ""))
     with launch.distributed_training():
@@ -139,7 +170,7 @@ def run_fit(args: argparse.Namespace) -> int:
               "data": {"series": args.series, "date_column": args.date_column, "value_columns": args.value_column,
                        "missing": args.missing or "raise", "test": test},
               "processes": launch.world_size(), "history": common.history_record(forecaster.history)}
-    evaluation = forecaster.evaluate(series.values, test=test) if test else None
+    evaluation = forecaster.evaluate(series, test=test) if test else None
     if evaluation is not None:
         record["evaluation"] = evaluation.to_dict()
     out = forecaster.save(common.check_run_directory(args))
@@ -185,8 +216,9 @@ def future_dates(dates) -> callable:
 def run_predict(args: argparse.Namespace) -> int:
     common.setup_threads(args)
     forecaster, series = _load(args)
-    forecast = forecaster.predict(series.values)             # (horizon, k)
-    names = [series.columns[i] for i in forecaster.target_indices]
+    forecast = forecaster.predict(series)                    # (horizon, k)
+    columns = forecaster.columns if forecaster.columns_named else series.columns
+    names = [columns[i] for i in forecaster.target_indices]
     label = future_dates(series.dates)
     if args.json:
         print(json.dumps({"after": str(series.dates[-1]),
@@ -203,7 +235,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     common.setup_threads(args)
     forecaster, series = _load(args)
-    result = forecaster.evaluate(series.values, test=args.test)
+    result = forecaster.evaluate(series, test=args.test)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -14,20 +14,28 @@ Each command passes ``distributed=in_worker()`` to its task's ``fit``, which han
 Errors: a worker that hits a :class:`grukit.errors.GrukitError` writes its message to the file
 named by ``GRUKIT_CLI_ERROR_FILE`` and exits 2; the launching process prints that one line
 (torchrun's own failure report is kept out of sight unless ``--debug``).
+
+Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP sent to the launching process are passed on to
+torchrun, which stops its workers; the launching process waits for that (at most ``STOP_SECONDS``,
+then kills them all) and exits with 128 + the signal's number (130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
-
-from grukit.errors import ConfigError
+import time
+from pathlib import Path
 
 WORKER_ENV = "GRUKIT_CLI_WORKER"
 ERROR_FILE_ENV = "GRUKIT_CLI_ERROR_FILE"
+# SIGHUP too: torchrun, in a session of its own, does not get the terminal's hangup
+FORWARDED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+STOP_SECONDS = 45.0     # after a signal: torchrun gives its workers 30 s to stop before it kills them
 
 
 def in_worker() -> bool:
@@ -65,17 +73,9 @@ def without_nproc(argv: list[str]) -> list[str]:
     return result
 
 
-def check_nproc(nproc: int) -> None:
-    if nproc < 1:
-        raise ConfigError(f"--nproc {nproc}: expected a number of processes >= 2 (or 1, the default, for one "
-                          "process)")
-
-
 def wants_relaunch(args) -> bool:
-    """A fit command with --nproc >= 2 that is not itself a worker."""
-    nproc = getattr(args, "nproc", 1) or 1
-    check_nproc(nproc)
-    return nproc >= 2 and not in_worker()
+    """A fit command with --nproc >= 2 (the parser refuses < 1) that is not itself a worker."""
+    return getattr(args, "nproc", 1) >= 2 and not in_worker()
 
 
 def relaunch(argv: list[str], nproc: int, debug: bool = False) -> int:
@@ -94,21 +94,92 @@ def relaunch(argv: list[str], nproc: int, debug: bool = False) -> int:
     try:
         # stdout stays the terminal (progress bars); stderr is kept back so that torchrun's failure report
         # does not bury the one-line error
-        result = subprocess.run(command, env=env, stderr=None if debug else subprocess.PIPE, text=True)
+        returncode, stderr, received = run_forwarding_signals(command, env=env,
+                                                              stderr=None if debug else subprocess.PIPE)
         with open(error_file, encoding="utf-8") as reader:
             message = reader.read().strip()
     finally:
         os.unlink(error_file)
+    if received is not None:     # torchrun's report of the signal is noise here
+        print("interrupted", file=sys.stderr, flush=True)
+        return 128 + received
     if message:
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 2
-    if result.returncode != 0 and not debug:
-        sys.stderr.write(result.stderr or "")
-        print(f"error: the training processes failed (exit code {result.returncode}); the output above says "
+    if returncode != 0 and not debug:
+        sys.stderr.write(stderr or "")
+        print(f"error: the training processes failed (exit code {returncode}); the output above says "
               "why", file=sys.stderr, flush=True)
-    elif result.stderr:
-        sys.stderr.write(result.stderr)
-    return 0 if result.returncode == 0 else (result.returncode if result.returncode > 0 else 1)
+    elif stderr:
+        sys.stderr.write(stderr)
+    return 0 if returncode == 0 else (returncode if returncode > 0 else 1)
+
+
+def run_forwarding_signals(command: list[str], **popen) -> tuple[int, str | None, int | None]:
+    """Run ``command`` in a process group of its own and pass SIGINT, SIGTERM and SIGHUP sent to this process
+    on to that group; after a signal, wait at most ``STOP_SECONDS`` for it to finish, then kill it and every
+    process below it. Returns the exit code, the stderr read (with ``stderr=PIPE``) and the signal received
+    (None if none was). Call it from the main thread (signal handlers are set there)."""
+    received: list[int] = []
+    child = None
+
+    def forward(number, frame):
+        received.append(number)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, number)
+
+    previous = {}
+    for number in FORWARDED_SIGNALS:
+        if signal.getsignal(number) is not signal.SIG_IGN:     # what the caller ignores (nohup) stays ignored
+            previous[number] = signal.signal(number, forward)
+    try:
+        # its own group, so that a Ctrl-C in the terminal reaches torchrun once (a second signal would cut
+        # short its shutdown of the workers)
+        child = subprocess.Popen(command, start_new_session=True, text=True, **popen)
+        if received:                                          # came before the child existed
+            os.killpg(child.pid, received[0])
+        deadline = None
+        while True:
+            try:
+                _, stderr = child.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:                # retrying loses no output
+                if received and deadline is None:
+                    deadline = time.monotonic() + STOP_SECONDS
+                if deadline is not None and time.monotonic() > deadline:
+                    kill_tree(child.pid)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return child.returncode, stderr, (received[0] if received else None)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the process group of ``pid`` and every process below it: torchrun starts each worker in a
+    session of its own, out of reach of its group."""
+    below = descendants(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for process in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, from /proc (Linux; elsewhere none are found)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (name) state ppid ...": the name may hold spaces and parentheses
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        below = children.get(pending.pop(), [])
+        found += below
+        pending += below
+    return found
 
 
 def report_worker_error(message: str) -> None:

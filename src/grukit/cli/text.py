@@ -36,7 +36,9 @@ def register(tasks) -> None:
         """)
     data = fit.add_argument_group("data")
     data.add_argument("--train", required=True, metavar="FILE", help="labelled training texts (.csv, .tsv, .jsonl)")
-    data.add_argument("--test", metavar="FILE", help="labelled test texts, scored after training")
+    data.add_argument("--test", metavar="FILE",
+                      help="labelled test texts, scored after training (read and checked before it: their labels "
+                           "must occur in --train)")
     data.add_argument("--text-column", default="text", metavar="NAME", help="column (or JSON key) of the texts")
     data.add_argument("--label-column", default="label", metavar="NAME", help="column (or JSON key) of the labels")
     data.add_argument("--validation", type=amount, default=None, metavar="AMOUNT",
@@ -183,6 +185,15 @@ def prepare_fit(args: argparse.Namespace) -> dict:
     classifier = build(**options)
     texts, labels = read_labelled(args.train, args.text_column, args.label_column, "--train")
     test = read_labelled(args.test, args.text_column, args.label_column, "--test") if args.test else None
+    if test is not None:
+        # the model answers only in the training labels: a --test label outside them would fail after training
+        known = set(labels)
+        unseen = sorted({label for label in test[1] if label not in known}, key=str)
+        if unseen:
+            raise DataError(f"--test {args.test}: label(s) {', '.join(map(repr, unseen))} do not occur in --train "
+                            f"{args.train} (its labels: {', '.join(map(repr, sorted(known, key=str)))}); the model "
+                            "can only answer in those: drop the rows with other labels from the test file, or add "
+                            "examples of them to the training file")
     return {"classifier": classifier, "texts": texts, "labels": labels, "test": test}
 
 

@@ -7,8 +7,10 @@ import collections
 import gzip
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from grukit.errors import DataError
 
@@ -63,21 +65,56 @@ def read_json(path: str | os.PathLike, what: str):
                         f"the file is damaged, re-save {what}") from error
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename over the target: a crash leaves
-    either the old file or the new one, never half of one."""
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (os.umask can only be
+    read by setting it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:  # Linux >= 4.7
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a temporary file in the same folder, then rename it over ``path``: a
+    crash or an exception in ``write`` leaves either the old file or the new one, never half of one.
+
+    The file gets the permissions ``open()`` would give it: those of the file it replaces, else
+    ``0o666 & ~umask`` (mkstemp creates its files 0o600, private to the user)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
             handle.flush()
+            if hasattr(os, "fchmod"):  # POSIX (Windows has no mode bits to fix)
+                os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``data`` into ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``text`` as UTF-8 into ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def check_labelled(source: str, texts: list, labels: list, require_classes: int | None,

@@ -71,7 +71,7 @@ from grukit.data.timeseries import (SeriesScaler, TimeSeries, as_matrix, chronol
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.layers import RepeatVector
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, check_seed, recurrent_layer
 from grukit.tasks.baselines import seasonal_naive
 from grukit.train import Adam
 from grukit.train.loop import check_precision
@@ -310,7 +310,7 @@ def inject_anomalies(values, *, spikes: int = 0, level_shifts: int = 0, flat_lin
         reference = series[:start] if start >= 2 else series
         scale = reference.std(axis=0)
     scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (series.shape[1],))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "inject_anomalies"))
     kinds = ["spike"] * spikes + ["level_shift"] * level_shifts + ["flat_line"] * flat_lines
     kinds = [kinds[i] for i in rng.permutation(len(kinds))]
     taken = np.zeros(length, dtype=bool)

@@ -55,7 +55,7 @@ from grukit.data.text_corpus import CharVocabulary, char_chunks, read_corpus
 from grukit.data.timeseries import part_size
 from grukit.errors import ConfigError, DataError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, check_seed, recurrent_layer
 from grukit.train import Adam
 from grukit.train.loop import check_precision
 from grukit.train.losses import SparseCategoricalCrossentropy
@@ -395,7 +395,7 @@ class CharLM(Task):
         weight = head.layer.linear.weight.detach().numpy().astype(np.float64)  # (V, H)
         bias = head.layer.linear.bias.detach().numpy().astype(np.float64)
         step = self.streaming_step()
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed, "CharLM.generate", allow_none=True))
         output = None
         for index in self._encode(prompt, "generate").tolist():
             output = step(vectors[index])

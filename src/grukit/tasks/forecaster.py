@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +44,8 @@ import numpy as np
 import torch
 
 from grukit import layers
-from grukit.data.timeseries import (SeriesScaler, TimeSeries, as_matrix, chronological_split, make_windows,
-                                    mase_scale, part_size)
+from grukit.data.timeseries import (MissingReport, SeriesScaler, TimeSeries, as_matrix, chronological_split,
+                                    make_windows, mase_scale, part_size)
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
 from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
@@ -66,7 +67,7 @@ class ForecasterConfig(ConfigRecord):
     last value; ``epochs``, ``batch_size``, ``learning_rate`` (Adam); ``validation``: the last part of
     the fit data (count or fraction) held out for validation; ``patience``: early stopping on the
     validation loss (restoring the best weights), None for a fixed number of epochs; ``ar_lags``:
-    lags of the linear-AR baseline (default lookback); ``stride``: step between training windows;
+    lags of the linear-AR baseline (1 to lookback; default lookback); ``stride``: step between training windows;
     ``missing``/``fill``: see :func:`grukit.data.timeseries.handle_missing`; ``seed``: weights and
     batch order; ``cell_options``: extra arguments of the recurrent layer.
     ``precision``: "float32", or "mixed_bfloat16" to train the recurrent layer in grukit's bfloat16
@@ -100,9 +101,22 @@ class ForecasterConfig(ConfigRecord):
     def __post_init__(self) -> None:
         check_precision(self.precision, "Forecaster")
         for name in ("lookback", "horizon", "units", "season", "epochs", "batch_size", "stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"Forecaster({name}={value!r}): expected an int >= 1")
+            _check_int(name, getattr(self, name), 1)
+        if self.patience is not None:
+            _check_int("patience", self.patience, 0, what=" (epochs without improvement before stopping) or None")
+        if self.ar_lags is not None:   # the linear-AR baseline reads the last ar_lags steps of each window
+            _check_int("ar_lags", self.ar_lags, 1, self.lookback, " (at most lookback) or None (the whole window)")
+        if self.verbose not in (0, 1, 2) or isinstance(self.verbose, bool):
+            raise ConfigError(f"Forecaster(verbose={self.verbose!r}): expected 0 (silent), 1 (progress bar) or 2 "
+                              "(one line per epoch)")
+        rate = self.learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
+            raise ConfigError(f"Forecaster(learning_rate={rate!r}): expected a finite number > 0")
+        validation = self.validation
+        if isinstance(validation, bool) or not isinstance(validation, (int, float)) or validation < 0 or (
+                isinstance(validation, float) and not validation < 1):
+            raise ConfigError(f"Forecaster(validation={validation!r}): expected a count (int >= 0) or a fraction "
+                              "(float in [0, 1)) of the fit data's steps to hold out")
         cell_class(self.cell)
         SeriesScaler(self.scaler)
         if isinstance(self.targets, (str, int)):
@@ -113,6 +127,16 @@ class ForecasterConfig(ConfigRecord):
             raise ConfigError(f"Forecaster(patience={self.patience}) stops on the validation loss; pass "
                               "validation= (a count or fraction of the fit data) too, or patience=None")
 
+
+def _named(data) -> bool:
+    """Data with column names (picked by name) rather than a plain array."""
+    return isinstance(data, (TimeSeries, dict)) or hasattr(data, "columns")
+
+
+def _check_int(name: str, value, low: int, high: int | None = None, what: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"Forecaster({name}={value!r}): expected an int {span}{what}")
 
 
 @dataclass
@@ -185,21 +209,18 @@ class Forecaster(Task):
         return cls(**ForecasterConfig.from_dict(config).to_dict())
 
     # -- data --------------------------------------------------------------------------------
-    def _values(self, data, what: str) -> tuple[np.ndarray, list[str]]:
-        """``(values (T, F), column names)`` with missing values handled; named data gives the columns
-        of ``config.columns`` at fit and the fitted columns afterwards."""
+    def _values(self, data, what: str) -> tuple[np.ndarray, list[str], MissingReport]:
+        """``(values (T, F), column names, missing report)`` with missing values handled; named data
+        gives the columns of ``config.columns`` at fit and the fitted columns afterwards."""
         config = self.config
-        named = isinstance(data, (TimeSeries, dict)) or hasattr(data, "columns")
         columns = None
-        if named:
+        if _named(data):
             columns = self.columns if what != "fit" and self.columns_named else config.columns
         values, names, report = as_matrix(data, columns, missing=config.missing, fill=config.fill)
-        if what == "fit":
-            self.missing_report, self.columns_named = report, named
-        elif values.shape[1] != len(self.columns):
+        if what != "fit" and values.shape[1] != len(self.columns):
             raise ShapeError(f"Forecaster.{what}: the series has {values.shape[1]} column(s) {names}, the model was "
                              f"fitted on {len(self.columns)} {self.columns}; pass the same columns")
-        return values, names
+        return values, names, report
 
     def _resolve_targets(self, names: list[str]) -> list[int]:
         if self.config.targets is None:
@@ -217,13 +238,14 @@ class Forecaster(Task):
                                   f"[0, {len(names)})")
         return chosen
 
-    def _log(self, values: np.ndarray) -> np.ndarray:
+    def _log(self, values: np.ndarray, columns: list[str] | None = None) -> np.ndarray:
         if not self.config.log:
             return values
         bad = values <= 0
         if bad.any():
             column = int(np.nonzero(bad.any(axis=0))[0][0])
-            raise DataError(f"Forecaster(log=True) needs positive values, but column {self.columns[column]!r} has "
+            name = (columns or self.columns)[column]
+            raise DataError(f"Forecaster(log=True) needs positive values, but column {name!r} has "
                             f"{int(bad[:, column].sum())} value(s) <= 0 (the first at row "
                             f"{int(np.argmax(bad[:, column]))}); use log=False for this series")
         return np.log(values)
@@ -258,25 +280,47 @@ class Forecaster(Task):
         """Fit the scaler (training part only), the network and the linear-AR baseline on ``data``
         (everything before the test part; the last ``validation`` steps are held out for validation).
         Returns self; ``self.history`` is the training History.
+        Every check of the data against the config (lengths, ``season``, ``validation``, ``log``, a
+        constant series) runs before the first epoch; a refused fit leaves the forecaster as it was.
         ``distributed=True``: data-parallel over the processes of a torchrun launch (grukit.train.fit)."""
         config = self.config
-        values, names = self._values(data, "fit")
-        self.columns = names
-        self.target_indices = self._resolve_targets(names)
+        # every check of the data and config comes before the first epoch: a bad one fails at once
+        values, names, report = self._values(data, "fit")
+        targets = self._resolve_targets(names)
         split = chronological_split(len(values), validation=config.validation, test=0)
         needed = config.lookback + config.horizon
         if split.train_end < needed:
             raise DataError(f"Forecaster.fit: the training part has {split.train_end} steps but one window needs "
                             f"lookback + horizon = {needed}; pass a longer series or a smaller lookback/horizon")
-        self.scaler = SeriesScaler(config.scaler).fit(self._log(values[split.train]))
-        train = make_windows(values, config.lookback, config.horizon, stride=config.stride,
-                             targets=self.target_indices, end=split.train_end)
+        train = make_windows(values, config.lookback, config.horizon, stride=config.stride, targets=targets,
+                             end=split.train_end)
+        if len(train) < 2:
+            raise DataError(f"Forecaster.fit: the training part has {split.train_end} steps, room for 1 window of "
+                            f"lookback + horizon = {needed} (stride {config.stride}); the linear-AR baseline needs "
+                            "at least 2: pass a longer series or a smaller lookback/horizon/stride")
+        held = None
+        if split.validation_end > split.train_end:
+            held_steps = split.validation_end - split.train_end
+            if held_steps < config.horizon:
+                raise DataError(f"Forecaster.fit: validation={config.validation!r} holds out {held_steps} step(s), "
+                                f"fewer than horizon = {config.horizon}, so no validation window fits; pass "
+                                f"validation >= {config.horizon} steps, or 0 for none")
+            held = make_windows(values, config.lookback, config.horizon, targets=targets, start=split.train_end)
+        if len(values) <= config.season:
+            raise DataError(f"Forecaster.fit: season={config.season} needs a series longer than one season (MASE's "
+                            f"scale compares each step with the one a season before), got {len(values)} steps; pass "
+                            "a smaller season or a longer series")
+        scale = mase_scale(values[:, targets], config.season)      # DataError for a constant series
+        scaler = SeriesScaler(config.scaler).fit(self._log(values, names)[split.train])
+        # the data passed every check: from here on this forecaster describes the new fit
+        self.model, self.history, self.columns, self.target_indices = None, None, names, targets
+        self.scaler, self.scale, self.fit_steps = scaler, scale, len(values)
+        self.missing_report, self.columns_named = report, _named(data)
         x, anchor = self._model_inputs(train.x)
         y = self._model_targets(train.y, anchor)
+        self.linear_ar = LinearAutoregression(config.ar_lags).fit(x, y)
         fit_options: dict[str, Any] = {}
-        if split.validation_end > split.train_end:
-            held = make_windows(values, config.lookback, config.horizon, targets=self.target_indices,
-                                start=split.train_end)
+        if held is not None:
             x_val, anchor_val = self._model_inputs(held.x)
             fit_options["validation_data"] = (x_val, self._model_targets(held.y, anchor_val))
             if config.patience is not None:
@@ -290,9 +334,6 @@ class Forecaster(Task):
                                  **fit_options)
         model.eval()
         self.model = model
-        self.linear_ar = LinearAutoregression(config.ar_lags).fit(x, y)
-        self.scale = mase_scale(values[:, self.target_indices], config.season)
-        self.fit_steps = len(values)
         return self
 
     def _forecast_windows(self, raw_x: np.ndarray, use: str = "model") -> np.ndarray:
@@ -317,7 +358,7 @@ class Forecaster(Task):
                 raise DataError("Forecaster.predict: the windows hold NaN or infinite values; handle missing values "
                                 "in the series first (grukit.data.timeseries.handle_missing) and window it again")
             return self._forecast_windows(windows)
-        values, _ = self._values(data, "predict")
+        values, _, _ = self._values(data, "predict")
         if len(values) < lookback:
             raise DataError(f"Forecaster.predict: the series has {len(values)} steps, the model reads the last "
                             f"lookback = {lookback}; pass a longer history")
@@ -330,7 +371,7 @@ class Forecaster(Task):
         columns fit saw. Returns an :class:`Evaluation` (``.scores``, ``.table()``, ``.to_dict()``)."""
         self.require_fitted("evaluate")
         config = self.config
-        values, _ = self._values(data, "evaluate")
+        values, _, _ = self._values(data, "evaluate")
         test_steps = part_size(test, len(values), "test")
         test_start = len(values) - test_steps
         context = max(config.lookback, config.season)

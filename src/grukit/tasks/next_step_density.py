@@ -58,7 +58,7 @@ from grukit import layers
 from grukit.data.music import frame_nll
 from grukit.errors import ConfigError, DataError, ShapeError
 from grukit.models import Sequential
-from grukit.tasks.base import ConfigRecord, Task, cell_class, recurrent_layer
+from grukit.tasks.base import ConfigRecord, Task, cell_class, check_seed, recurrent_layer
 from grukit.tasks.char_lm import CharLM
 from grukit.tasks.sequence_classifier import (check_int, check_number, masked_forward,
                                               sequence_list)
@@ -387,7 +387,7 @@ class NextStepDensity(Task):
         bias = head.bias.detach().numpy().astype(np.float64)
         dtype = head.weight.detach().numpy().dtype
         step = self.streaming_step()
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed, "NextStepDensity.sample", allow_none=True))
         frame = np.zeros(self.notes, dtype=dtype)
         for given in frames:
             step(frame)

@@ -106,6 +106,8 @@ class _Monitor(Callback):
         return self.direction
 
     def improved(self, current: float, reference: float | None) -> bool:
+        if current != current:   # NaN (val_auc on a one-class validation set) is never an improvement
+            return False
         direction = self._resolve_direction()
         if reference is None:
             return True

@@ -9,8 +9,10 @@ How predictions are read depends on the loss, as in Keras:
 
 ``precision``, ``recall`` and ``f1`` are sklearn's binary scores for binary outputs and the macro
 average over classes otherwise (``zero_division=0``). ``auc`` is ROC-AUC (one-vs-rest macro for
-several classes); it is NaN when the labels hold one class only. ``mape`` is in percent, as Keras
-reports it (sklearn's fraction times 100). Sequence outputs ``(N, T, ...)`` are scored per element.
+several classes); it is undefined when the labels hold one class only (sklearn raises, Keras reports
+0): grukit returns NaN and warns once per metric (per fit); as ``val_auc`` that means the validation
+set holds one class. ``mape`` is in percent, as Keras reports it (sklearn's fraction times 100).
+Sequence outputs ``(N, T, ...)`` are scored per element.
 
 Example::
 
@@ -21,12 +23,13 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
 from sklearn import metrics as skm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, user_stacklevel
 from .losses import Loss
 
 
@@ -70,8 +73,19 @@ def _labels(loss: Loss, y_true: np.ndarray, y_pred: np.ndarray):
     return truth, np.argmax(prob, axis=-1), prob, kind
 
 
+def _one_class_warning(truth: np.ndarray) -> str:
+    held = f"all {truth.size} are class {truth.reshape(-1)[0].item()!r}" if truth.size else "there are none"
+    return (f"auc (ROC-AUC) is undefined when the labels hold one class only ({held}); it is logged as NaN. "
+            "As val_auc this means the validation set holds one class: pass validation_data split with "
+            "stratification (sklearn's train_test_split(x, y, stratify=y)), shuffle the data before "
+            "validation_split (it holds out the last samples), or hold out more samples")
+
+
 def _classification(name: str, loss: Loss) -> Callable:
+    warned = False  # one warning per metric (per fit), not one per epoch
+
     def compute(y_true, y_pred):
+        nonlocal warned
         truth, predicted, prob, kind = _labels(loss, y_true, y_pred)
         if name == "accuracy":
             return skm.accuracy_score(truth, predicted)
@@ -81,7 +95,10 @@ def _classification(name: str, loss: Loss) -> Callable:
                 return score(truth, predicted, average="binary", zero_division=0)
             return score(truth, predicted, average="macro", labels=np.arange(prob.shape[1]), zero_division=0)
         # auc
-        if len(np.unique(truth)) < 2:
+        if len(np.unique(truth)) < 2:  # deliberately NaN: 0 (Keras) would read as a real, terrible score
+            if not warned:
+                warned = True
+                warnings.warn(_one_class_warning(truth), UserWarning, stacklevel=user_stacklevel())
             return math.nan
         if kind == "binary":
             return skm.roc_auc_score(truth, prob)
