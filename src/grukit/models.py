@@ -415,10 +415,11 @@ def load(directory: str | os.PathLike) -> "Sequential | Model":
         state = load_file(str(weights_path))
     except Exception as error:  # safetensors raises its own error types for corrupt headers
         raise DataError(f"{weights_path} could not be read as safetensors ({error})") from error
-    missing = set(model.state_dict()) - set(state)
-    if missing:
-        raise DataError(f"{weights_path} lacks weights {sorted(missing)[:5]}; it belongs to another model")
-    model.load_state_dict(state)
+    from .train.state import load_model_state   # (train sits left of models)
+
+    load_model_state(model, state, weights_path,
+                     fix=f"it does not belong with {config_path}: put the two files of one save together, or "
+                         "save the model again")
     model.eval()
     return model
 

@@ -141,9 +141,12 @@ def test_weights_that_do_not_fit_an_unchecksummed_config_are_a_data_error_not_a_
     config = json.loads((folder / "config.json").read_text())
     config.pop("weights_sha256")  # as configs written before the checksum existed
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(DataError, match=r"model\.safetensors does not fit the model .*config\.json describes "
-                                        r"\(size mismatch .*\); the files come from different saves"):
+    named = (r"model\.safetensors' does not fit this model: .*wrong shapes \[.*weight_hh_l0.*\]; it does not "
+             r"belong with .*config\.json: put the two files of one save together")
+    with pytest.raises(DataError, match=named):
         Forecaster.load(folder)
+    with pytest.raises(DataError, match=named):   # the model alone, as grukit.models.load reads it
+        load_model(folder)
 
 
 # -- 2. a misspelled config keyword names the closest valid one --------------------------------------

@@ -190,16 +190,7 @@ class Task:
         except (GrukitError, TypeError, ValueError, KeyError, AttributeError) as error:
             raise DataError(f"{path}: its 'config' is not a valid {cls.__name__} config ({error}); the file was "
                             f"edited, damaged or written by another grukit version: {again}") from error
-        try:
-            task.model = load_model(directory)
-        except GrukitError:
-            raise
-        except RuntimeError as error:  # torch's size mismatch: config.json and the weights of different saves
-            lines = str(error).strip().splitlines()
-            detail = lines[1].strip() if len(lines) > 1 else lines[0]
-            raise DataError(f"{directory / WEIGHTS_FILE} does not fit the model {directory / CONFIG_FILE} describes "
-                            f"({detail}); the files come from different saves: put the files of one save "
-                            f"together, or {again}") from error
+        task.model = load_model(directory)   # names both files where the weights do not fit the config
         _check_model_matches(task, path, directory, record.get("weights_sha256"), again)
         try:
             task.load_state(record["state"])

@@ -62,17 +62,21 @@ def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], d
 
 def load_weights(path: str | os.PathLike, model: torch.nn.Module) -> None:
     tensors, _ = _read_safetensors(Path(path), "weights file")
-    _load_model_state(model, tensors, path)
+    load_model_state(model, tensors, path)
 
 
-def _load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
+_REBUILD = "load it into the model it was saved from (build the model with the same layers first)"
+
+
+def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path, fix: str = _REBUILD) -> None:
+    """model.load_state_dict(tensors), after checking that the names and shapes fit: a DataError naming
+    ``path`` (where the tensors came from) and ``fix`` rather than torch's size-mismatch RuntimeError."""
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     wrong = sorted(k for k in set(own) & set(tensors) if tuple(own[k].shape) != tuple(tensors[k].shape))
     if missing or unexpected or wrong:
         raise DataError(f"{str(path)!r} does not fit this model: missing {missing[:5]}, unexpected "
-                        f"{unexpected[:5]}, wrong shapes {wrong[:5]}; load it into the model it was saved from "
-                        "(build the model with the same layers first)")
+                        f"{unexpected[:5]}, wrong shapes {wrong[:5]}; {fix}")
     model.load_state_dict(tensors)
 
 
@@ -183,11 +187,11 @@ def load_training_state(path: str | os.PathLike, model: torch.nn.Module,
             raise DataError(f"training state {str(path)!r} was saved for an optimizer over a different set of "
                             "parameters; build the same model and optimizer before resuming")
         optimizer_state = {"state": state, "param_groups": groups}
-    _load_model_state(model, model_tensors, path)  # checks shapes before changing anything
+    load_model_state(model, model_tensors, path)  # checks shapes before changing anything
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     return TrainingState(epoch=epoch, history=history, extra=extra)
 
 
 __all__ = ["atomic_write_bytes", "save_weights", "load_weights", "save_training_state", "load_training_state",
-           "TrainingState"]
+           "load_model_state", "TrainingState"]
