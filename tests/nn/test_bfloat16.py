@@ -26,7 +26,7 @@ import torch
 from grukit import nn as gnn
 from grukit.errors import ConfigError
 from grukit.nn import bfloat16
-from grukit.nn.kernels import bf16
+from grukit.nn.kernels import bf16, products
 from grukit.nn.kernels.function import CALLS
 
 I, H, T, B = 10, 24, 12, 6
@@ -219,7 +219,7 @@ def test_the_mode_multiplies_per_step_on_bf16_units_only(monkeypatch):
         monkeypatch.setattr(bf16, "HAS_BRGEMM", False)
         assert bfloat16.recurrent_products() == "rounded"
         with pytest.raises(RuntimeError, match="rounded_operand"):
-            bf16.recurrent_operands((np.zeros((4, 4), np.float32),), "brgemm")
+            products.operands((np.zeros((4, 4), np.float32),), "brgemm")
         monkeypatch.setattr(bfloat16, "BACKEND", "mkl")
         assert bfloat16.recurrent_products() == "rounded"
 

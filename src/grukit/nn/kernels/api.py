@@ -86,11 +86,11 @@ def _bias(mode, bias_hh, gh, dt):
 
 
 def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
-            reverse=False, training=False, candidate="identity", gx_index=None, bf16_products=None):
+            reverse=False, training=False, candidate="identity", gx_index=None, products=None):
     """Run one layer and direction; ``w_t`` is :func:`pack_weight` of weight_hh.
 
-    ``bf16_products``: None, or the bfloat16 mode's per-step recurrent products, "brgemm" (float32,
-    where the CPU has BF16 units) or "rounded" (bf16.recurrent_operands).
+    ``products``: the GEMM of the per-step recurrent products (products.py): None for the dtype's
+    default ("onednn" or "blas"), or the bfloat16 mode's "brgemm" or "rounded".
 
     ``gx_index`` (T, B) int64: gx is a table (U, G*H) and step t of sequence b reads its row
     gx_index[t, b], as if gx were ``table[gx_index]`` (an embedded first layer's projection per
@@ -107,18 +107,18 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     c_n = None
     if mode in ("GRU", "GRU_RESET_BEFORE"):
         out, h_n, ws = gru.forward(gx, h0, w_t, bias, lengths, reverse, mode == "GRU", training, gx_index,
-                                   bf16_products)
+                                   products)
     elif mode == "LSTM":
         out, h_n, c_n, ws = lstm.forward(gx, h0, np.ascontiguousarray(c0), w_t, bias, lengths,
-                                         reverse, training, gx_index, bf16_products)
+                                         reverse, training, gx_index, products)
     elif mode in ("RNN_TANH", "RNN_RELU"):
         out, h_n, ws = rnn.forward(gx, h0, w_t, bias, lengths, reverse, mode == "RNN_RELU", training,
-                                   gx_index, bf16_products)
+                                   gx_index, products)
     elif mode == "MINGRU":   # no recurrent matrix, no per-step product
         out, h_n, ws = mingru.forward(gx, h0, lengths, reverse, candidate == "g", training, gx_index)
     else:
         out, h_n, ws = mgu.forward(gx, h0, w_t, lengths, reverse, mode != "MGU3", training, gx_index,
-                                   bf16_products)
+                                   products)
     return out, h_n, c_n, ws
 
 
@@ -228,14 +228,14 @@ def _projection_bias(x, w_ih, b_ih):
 
 
 def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, reverse=False,
-             candidate="identity", grad_out_batch_first=False, bf16_products=None):
+             candidate="identity", grad_out_batch_first=False, products=None):
     """Gradients through one forward call (its workspace ``ws``).
 
     ``gx`` is read by minGRU only (which recomputes its gates from it); other modes take None,
     so the caller need not keep the (T, B, G*H) pre-activations alive between the passes.
     ``grad_out`` is (T, B, H), or (B, T, H) with ``grad_out_batch_first`` (read in place), or
     (1, 1, H) zeros when the loss does not read the output sequence (common.output_grad).
-    ``bf16_products``: as the forward call's (:func:`forward`).
+    ``products``: as the forward call's (:func:`forward`).
     Returns (grad_gx, grad_h0, grad_c0 or None, terms, bias_source): see :func:`weight_grads`.
     """
     T, B = ws[0].shape[:2]   # every mode's first workspace array is (T, B, ...)
@@ -254,20 +254,20 @@ def backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n=None, lengths=None, r
     dc0 = None
     if mode in ("GRU", "GRU_RESET_BEFORE"):
         dgx, dh0, terms, bias_src = gru.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
-                                                 mode == "GRU", bf, bf16_products)
+                                                 mode == "GRU", bf, products)
     elif mode == "LSTM":
         grad_c_n = np.ascontiguousarray(grad_c_n, dtype=dtype)
         dgx, dh0, dc0, terms, bias_src = lstm.backward(ws, w, grad_out, grad_h_n, grad_c_n,
-                                                       lengths, reverse, bf, bf16_products)
+                                                       lengths, reverse, bf, products)
     elif mode in ("RNN_TANH", "RNN_RELU"):
         dgx, dh0, terms, bias_src = rnn.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
-                                                 mode == "RNN_RELU", bf, bf16_products)
+                                                 mode == "RNN_RELU", bf, products)
     elif mode == "MINGRU":
         dgx, dh0, terms, bias_src = mingru.backward(ws, gx, grad_out, grad_h_n, lengths, reverse,
                                                     candidate == "g", bf)
     else:
         dgx, dh0, terms, bias_src = mgu.backward(ws, w, grad_out, grad_h_n, lengths, reverse,
-                                                 mode != "MGU3", bf, bf16_products)
+                                                 mode != "MGU3", bf, products)
     return dgx, dh0, dc0, terms, bias_src
 
 
@@ -498,11 +498,11 @@ def _stored_sequence(mode, candidate, w_ih, b_in, w_hh, bias):
     return lambda x, reverse, h, c, out: mgu.stored_sequence(x, w_ih, b_in, w_hh, has_uf, reverse, h, out)
 
 
-def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity", bf16_products=None):
+def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity", products=None):
     """One time step for inference: gx_t (B, G*H), h (B, H) -> (h', c' or None).
 
     ``w_t`` is the packed weight (:func:`pack_weight`): pack once, step many times.
-    ``bf16_products``: as :func:`forward`'s.
+    ``products``: as :func:`forward`'s.
     """
     gx_t = np.ascontiguousarray(gx_t)
     if gx_t.ndim != 2:
@@ -511,13 +511,13 @@ def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity", bf
     h = np.ascontiguousarray(h)
     if mode in ("GRU", "GRU_RESET_BEFORE"):
         bias = _bias(mode, bias_hh, gx_t.shape[1], gx_t.dtype)
-        return gru.step(gx_t, h, w_t, bias, mode == "GRU", bf16_products), None
+        return gru.step(gx_t, h, w_t, bias, mode == "GRU", products), None
     if mode == "LSTM":
         bias = _bias(mode, bias_hh, gx_t.shape[1], gx_t.dtype)
-        return lstm.step(gx_t, h, np.ascontiguousarray(c), w_t, bias, bf16_products)
+        return lstm.step(gx_t, h, np.ascontiguousarray(c), w_t, bias, products)
     if mode in ("RNN_TANH", "RNN_RELU"):
         bias = _bias(mode, bias_hh, gx_t.shape[1], gx_t.dtype)
-        return rnn.step(gx_t, h, w_t, bias, mode == "RNN_RELU", bf16_products), None
+        return rnn.step(gx_t, h, w_t, bias, mode == "RNN_RELU", products), None
     if mode == "MINGRU":
         return mingru.step(gx_t, h, candidate == "g"), None
-    return mgu.step(gx_t, h, w_t, mode != "MGU3", bf16_products), None
+    return mgu.step(gx_t, h, w_t, mode != "MGU3", products), None

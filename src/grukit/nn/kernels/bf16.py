@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import ctypes
 
-import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from . import onednn
 from .blas import blas_gemm
 from .torch_libraries import open_torch_library
 
@@ -113,39 +113,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumula
 #
 # In the mode every step's h @ W_hh^T (and backward's dgates @ W_hh) takes bfloat16 operands and
 # its float32 result is rounded to bfloat16, as torch's autocast computes a matmul. Where the CPU
-# has BF16 units the compiled loop calls oneDNN's batch-reduce GEMM microkernel, which torch's CPU
-# build exports as the C++ function ``at::native::cpublas::brgemm`` (bfloat16 operands, float32
-# result; every argument an integer or a pointer, so Numba calls it like the sgemm of blas.py). Its
-# weight operand is in oneDNN's VNNI layout: rows 2k and 2k+1 of W interleaved, (K/2, N, 2).
-# Measured on a Zen 4 (AVX-512 BF16), one thread, against torch's float32 matmul on the same core:
-# 64 x 512 by 1536 202 against 76 GFLOP/s, 16 x 128 by 384 150 against 64. Elsewhere (no BF16
-# units: the microkernel would throw a C++ exception, which aborts the process from compiled code,
-# so HAS_BRGEMM checks the CPU too) the same numbers come from a float32 GEMM of the rounded
-# values, rounded (:func:`rounded_product`), and float64 layers take that path in float64, as the
-# tests' oracle.
+# has BF16 units the compiled loop calls oneDNN's brgemm microkernel (onednn.py) on the weight in
+# oneDNN's VNNI layout: rows 2k and 2k+1 of W interleaved, (K/2, N, 2). Measured on a Zen 4 (AVX-512
+# BF16), one thread, against torch's float32 matmul on the same core: 64 x 512 by 1536 202 against
+# 76 GFLOP/s, 16 x 128 by 384 150 against 64. Elsewhere the same numbers come from a float32 GEMM of
+# the rounded values, rounded (:func:`rounded_product`), and float64 layers take that path in
+# float64, as the tests' oracle.
 
-_BRGEMM = "_ZN2at6native7cpublas6brgemmEllllllbPKN3c108BFloat16ES5_Pfb"   # the bfloat16 overload
-_BRGEMM_LIBRARY = open_torch_library("libtorch_cpu.so", (_BRGEMM,))
-
-
-def _has_bf16_units() -> bool:
-    """Whether this CPU has BF16 units (AVX-512 BF16 or AMX), as LLVM reads its features."""
-    features = llvm.get_host_cpu_features()
-    return any(features.get(name, False) for name in ("avx512bf16", "amx-bf16"))
-
-
-# The microkernel is called only where both hold: on a CPU without BF16 units it throws.
-HAS_BRGEMM = _BRGEMM_LIBRARY is not None and _has_bf16_units()
-if HAS_BRGEMM:
-    _brgemm_address = ctypes.cast(getattr(_BRGEMM_LIBRARY, _BRGEMM), ctypes.c_void_p).value
-else:   # never called (vnni_operand refuses to make its operand); bound so that cached code links
-    _brgemm_stub = ctypes.CFUNCTYPE(None)(lambda *args: None)
-    _brgemm_address = ctypes.cast(_brgemm_stub, ctypes.c_void_p).value
-llvm.add_symbol("grukit_brgemm_bf16", _brgemm_address)
-# (M, N, K, ld_a, ld_b, ld_c, add_C, A, B, C, is_vnni): the two C++ bools passed as 32-bit 0 or 1,
-# which reads the same under either convention for a bool in a register.
-_brgemm = types.ExternalFunction("grukit_brgemm_bf16", types.void(
-    *(types.int64,) * 6, types.int32, types.intp, types.intp, types.intp, types.int32))
+HAS_BRGEMM = onednn.HAS_BF16   # the tests switch it off to take the other path
 
 
 @intrinsic
@@ -216,7 +191,8 @@ def vnni_product(x, packed, out):
         for k in range(K, K2):
             ai[k] = 0
     ld_out = out.strides[0] // 4 if R > 1 else N
-    _brgemm(R, N, K2, K2, N, ld_out, np.int32(0), a.ctypes.data, packed.ctypes.data, out.ctypes.data, np.int32(1))
+    onednn.brgemm_bf16(R, N, K2, K2, N, ld_out, np.int32(0), a.ctypes.data, packed.ctypes.data, out.ctypes.data,
+                       np.int32(1))
     round_rows(out)
 
 
@@ -242,7 +218,7 @@ def vnni_operand(m: np.ndarray) -> np.ndarray:
     pads an odd K)."""
     if not HAS_BRGEMM:
         raise RuntimeError("bf16.vnni_operand: torch's at::native::cpublas::brgemm is not available, or this "
-                           "CPU has no BF16 units; use rounded_operand")
+                           "CPU has no BF16 units (onednn.py); use rounded_operand")
     K, N = m.shape
     bits = np.zeros((K + K % 2, N), np.uint16)
     bits[:K] = from_float32(m)
@@ -254,17 +230,5 @@ def rounded_operand(m: np.ndarray) -> np.ndarray:
     return to_float32(from_float32(m)).astype(m.dtype).reshape(m.shape)
 
 
-def recurrent_operands(matrices, how: str | None) -> tuple:
-    """The second operands of a kernel's per-step products in the mode (common.recurrent_operand):
-    ``how`` "brgemm" (float32 on BF16 units) or "rounded"; None, outside the mode, gives each
-    matrix an empty 1-D array of its dtype, which selects the float GEMMs."""
-    if how is None:
-        return tuple(np.empty(0, m.dtype) for m in matrices)
-    if how not in ("brgemm", "rounded"):
-        raise ValueError(f"bfloat16: expected None, 'brgemm' or 'rounded', got {how!r}")
-    return tuple(vnni_operand(m) if how == "brgemm" and m.dtype == np.float32 else rounded_operand(m)
-                 for m in matrices)
-
-
-__all__ = ["HAS_BRGEMM", "PROVIDER", "from_float32", "matmul", "recurrent_operands", "round_rows", "rounded_bits",
+__all__ = ["HAS_BRGEMM", "PROVIDER", "from_float32", "matmul", "round_rows", "rounded_bits",
            "rounded_operand", "rounded_product", "rounded_value", "to_float32", "vnni_operand", "vnni_product"]

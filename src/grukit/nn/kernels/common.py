@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from . import buffers
+from . import buffers, onednn
 from .bf16 import rounded_product, vnni_product
 from .blas import (blas_gemm, blas_gemm_nt_acc, one_thread_here, pack_rows, packed_gemm,
                    restore_threads_here)
@@ -413,15 +413,32 @@ def _float_gemm_packed(x, m, packed, out):
         packed_gemm(x, m, packed, out)
 
 
+@njit(**JIT)
+def _onednn_gemm(x, batch_of_one, out):
+    """out = x @ m through oneDNN's float32 microkernel, ``batch_of_one`` = m (K, N) as (1, K, N);
+    the mat-vec loop for blocks of fewer than GEMM_MIN_ROWS rows, as :func:`gemm`."""
+    R, K = x.shape
+    m = batch_of_one[0]
+    if R < GEMM_MIN_ROWS:
+        gemm(x, m, out)
+        return
+    N = m.shape[1]
+    onednn.brgemm_f32(R, N, K, x.strides[0] // 4, m.strides[0] // 4 if K > 1 else N, out.strides[0] // 4,
+                      np.int32(0), x.ctypes.data, m.ctypes.data, out.ctypes.data, np.int32(0))
+
+
 def gemm_packed(x, m, packed, out):
     """out = x @ m, the kernels' per-step recurrent product, with ``packed = recurrent_operand(m,
-    rows, mode_operand)``. Chosen by packed's type when the loop is compiled: a 1-D float array is
-    MKL's packed m (or empty), a float GEMM; a 2-D array is the bfloat16 mode's operand (bf16.py),
-    whose product rounds both operands and its result to bfloat16."""
+    rows, operand)``. Chosen by packed's type when the loop is compiled (products.py): a 1-D float
+    array is MKL's packed m (or empty), a BLAS GEMM; a 3-D float array is m as a batch of one, for
+    oneDNN's float32 microkernel; a 2-D array is the bfloat16 mode's operand (bf16.py), whose product
+    rounds both operands and its result to bfloat16."""
 
 
 @overload(gemm_packed, jit_options=OVERLOAD_JIT)
 def _gemm_packed(x, m, packed, out):
+    if packed.ndim == 3:
+        return lambda x, m, packed, out: _onednn_gemm(x, packed, out)
     if packed.ndim == 2 and packed.dtype == types.uint16:
         return lambda x, m, packed, out: vnni_product(x, packed, out)
     if packed.ndim == 2:
@@ -436,23 +453,23 @@ def pack_weight_for(m, rows):
     return pack_rows(m, rows if rows >= GEMM_MIN_ROWS else 0)
 
 
-def recurrent_operand(m, rows, mode_operand):
-    """The second operand of a block's per-step products with m for :func:`gemm_packed`:
-    ``mode_operand`` itself in the bfloat16 mode (a 2-D array from bf16.recurrent_operands), else
-    (an empty 1-D array) :func:`pack_weight_for` of m."""
+def recurrent_operand(m, rows, operand):
+    """The second operand of a block's per-step products with m for :func:`gemm_packed`: ``operand``
+    itself (products.operands: oneDNN's or the bfloat16 mode's), or for an empty 1-D array ("blas"),
+    :func:`pack_weight_for` of m."""
 
 
 @njit(**JIT)
-def no_mode_operand(dtype):
-    """The ``mode_operand`` of :func:`recurrent_operand` outside the bfloat16 mode."""
+def no_operand(dtype):
+    """The ``operand`` of :func:`recurrent_operand` for BLAS's GEMMs (the streaming frames')."""
     return np.empty(0, dtype)
 
 
 @overload(recurrent_operand, jit_options=OVERLOAD_JIT)
-def _recurrent_operand(m, rows, mode_operand):
-    if mode_operand.ndim == 2:
-        return lambda m, rows, mode_operand: mode_operand
-    return lambda m, rows, mode_operand: pack_weight_for(m, rows)
+def _recurrent_operand(m, rows, operand):
+    if operand.ndim >= 2:
+        return lambda m, rows, operand: operand
+    return lambda m, rows, operand: pack_weight_for(m, rows)
 
 
 @njit(**JIT)

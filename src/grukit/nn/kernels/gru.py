@@ -8,8 +8,8 @@ candidate rows of grad W_hh multiply.
 Shapes: gx (T, B, 3H) C-contiguous, h0 (B, H), w (3H, H) rows r, z, n as stored,
 w_t = w.T packed (H, 3H), bias_hh (3H,) (zeros when absent), lengths int64 (B,).
 
-The per-step recurrent products are BLAS GEMMs over the block's rows (common.gemm_packed; in the
-bfloat16 mode, bf16.py's): forward h @ W^T into a (rows, 3H) buffer then the fused gate pass;
+The per-step recurrent products are GEMMs over the block's rows (common.gemm_packed; products.py
+says which): forward h @ W^T into a (rows, 3H) buffer then the fused gate pass;
 backward the gate pass then dgates @ W.
 """
 
@@ -20,10 +20,10 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed, gx_row,
-                     gx_shape, max_length, no_gx_index, no_mode_operand, output_grad, project_frame, project_sequence,
+                     gx_shape, max_length, no_gx_index, no_operand, output_grad, project_frame, project_sequence,
                      project_stored, recurrent_operand, run_forward, run_rows, run_step, sigmoid, stored_product, tanh,
                      time_index, tiny_gradient, zero_tail)
-from .bf16 import recurrent_operands
+from .products import operands
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -107,13 +107,13 @@ def _gates_before_training(g, gr, gn, h, o, H, wg, wh, wx, rh):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, mode_t, mode_nt, bhh, lengths, reverse, reset_after, training,
+def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, reverse, reset_after, training,
               out, h_n, ws_g, ws_h, ws_x):
     """reset_after: w_t is W^T (H, 3H) and one GEMM per step gives all three recurrent
     terms. Reset before: w_t is W_rz^T (H, 2H), w_nt is W_n^T (H, H) and the step takes
     two GEMMs, h @ W_rz^T then (r * h) @ W_n^T. Every row of the block goes through the
     GEMMs; rows past their sequence's end skip the gate pass, so their state is carried.
-    mode_t, mode_nt: the bfloat16 mode's operands of w_t and w_nt (common.recurrent_operand)."""
+    op_t, op_nt: the operands of w_t and w_nt for the step's products (common.recurrent_operand)."""
     H = h0.shape[1]
     R = b1 - b0
     dt = h0.dtype
@@ -121,8 +121,8 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, mode_t, mode_nt, bhh, lengths, re
     gh = np.zeros((R, w_t.shape[1]), dt)   # h @ w_t: 3H (reset after) or 2H columns
     gn = np.zeros((R, H), dt)              # reset before: (r * h) @ W_n^T
     rh = np.zeros((R, H), dt)
-    p_t = recurrent_operand(w_t, R, mode_t)
-    p_nt = recurrent_operand(w_nt, 0 if reset_after else R, mode_nt)
+    p_t = recurrent_operand(w_t, R, op_t)
+    p_nt = recurrent_operand(w_nt, 0 if reset_after else R, op_nt)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
@@ -204,7 +204,7 @@ def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H, tiny):
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, mode_main, mode_n, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h,
+def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h,
               dgx, dgh_n, dh0, bias_rows, tiny):
     """Per step: the pointwise pass over the block's rows, then dh_{t-1} += dgates @ W as
     one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows).
@@ -212,8 +212,8 @@ def _bwd_rows(b0, b1, w, mode_main, mode_n, lengths, reverse, reset_after, grad_
     Reset after, the recurrent side's gradient is (dr, dz, dn * r): dgx holds (dr, dz, dn)
     and dgh_n (T, B, H) the one block that differs, dn * r; bias_rows (B, 3H) receives its
     sum over time per sequence (grad bias_hh is their sum over the batch). Gate gradients
-    below ``tiny`` leave as 0 (see common.TINY_GRADIENT_FLOAT32). mode_main, mode_n: the bfloat16
-    mode's operands of W (reset before W_rz) and W_n (common.recurrent_operand)."""
+    below ``tiny`` leave as 0 (see common.TINY_GRADIENT_FLOAT32). op_main, op_n: the operands
+    of W (reset before W_rz) and W_n for the step's products (common.recurrent_operand)."""
     H = grad_out.shape[2]
     R = b1 - b0
     dt = dgx.dtype
@@ -224,8 +224,8 @@ def _bwd_rows(b0, b1, w, mode_main, mode_n, lengths, reverse, reset_after, grad_
     acc = np.empty((R, H), dt)
     w_rz = w[:2 * H]
     w_n = w[2 * H:]
-    p_main = recurrent_operand(w if reset_after else w_rz, R, mode_main)
-    p_n = recurrent_operand(w_n, 0 if reset_after else R, mode_n)
+    p_main = recurrent_operand(w if reset_after else w_rz, R, op_main)
+    p_n = recurrent_operand(w_n, 0 if reset_after else R, op_n)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
         if reset_after:
@@ -261,7 +261,7 @@ def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 3H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    none = no_mode_operand(h.dtype)
+    none = no_operand(h.dtype)
     _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, w_nt, none, none, bhh, ones, np.bool_(False),
               reset_after, np.bool_(False), out, h, out, out, out)
 
@@ -326,32 +326,32 @@ def split_weight(w_t, reset_after):
     return np.ascontiguousarray(w_t[:, :2 * H]), np.ascontiguousarray(w_t[:, 2 * H:])
 
 
-def _forward_weights(w_t, reset_after, bf16_products):
-    """split_weight's two matrices, then their bfloat16 mode operands (bf16.recurrent_operands)."""
+def _forward_weights(w_t, reset_after, products):
+    """split_weight's two matrices, then their operands for ``products`` (products.operands)."""
     w_main, w_n = split_weight(w_t, reset_after)
-    modes = recurrent_operands((w_main,) if reset_after else (w_main, w_n), bf16_products)
+    modes = operands((w_main,) if reset_after else (w_main, w_n), products)
     return w_main, w_n, modes[0], modes[-1]
 
 
-def step(gx_t, h, w_t, bhh, reset_after, bf16_products=None):
+def step(gx_t, h, w_t, bhh, reset_after, products=None):
     """One inference step: gx_t (B, 3H), h (B, H) -> h'."""
-    params = (*_forward_weights(w_t, reset_after, bf16_products), bhh)
+    params = (*_forward_weights(w_t, reset_after, products), bhh)
     return run_step(_fwd_rows, gx_t, (h,), params, (reset_after,), 3)[0]
 
 
-def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training, gx_index=None, bf16_products=None):
+def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training, gx_index=None, products=None):
     """Returns out (T, B, H), h_n (B, H) and the workspace (None when not training).
-    ``bf16_products``: None, or how the bfloat16 mode multiplies (bf16.recurrent_operands)."""
+    ``products``: the per-step products' kind, resolved (products.py)."""
     T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
     widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
-    params = (*_forward_weights(w_t, reset_after, bf16_products), bhh)
+    params = (*_forward_weights(w_t, reset_after, products), bhh)
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
                                   (reset_after,), training, widths, T * B * G * H, gx_index)
     return out, h_n, ws
 
 
-def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=False, bf16_products=None):
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=False, products=None):
     """Returns grad_gx (T, B, 3H), grad_h0 (B, H), the weight-gradient terms and the
     bias-gradient source (see :func:`grukit.nn.kernels.api.weight_grads`)."""
     ws_g, ws_h, ws_x = ws
@@ -361,7 +361,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=F
     dgh_n = buffers.empty((T, B, H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 3 * H) if reset_after else (1, 1), dt)
-    modes = recurrent_operands((w,) if reset_after else (w[:2 * H], w[2 * H:]), bf16_products)
+    modes = operands((w,) if reset_after else (w[:2 * H], w[2 * H:]), products)
     args = (w, modes[0], modes[-1], lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx,
             dgh_n, dh0, bias_rows, tiny_gradient(dt))
     run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)

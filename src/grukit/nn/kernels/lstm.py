@@ -2,8 +2,9 @@
 
 Shapes: gx (T, B, 4H), h0 and c0 (B, H), w (4H, H), w_t = w.T packed (H, 4H),
 bias_hh (4H,) (zeros when absent). The workspace keeps the four activations and
-tanh(c') per step, plus the previous h and c. The per-step recurrent products are BLAS
-GEMMs over the block's rows (common.gemm): h @ W^T forward, dgates @ W backward.
+tanh(c') per step, plus the previous h and c. The per-step recurrent products are GEMMs
+over the block's rows (common.gemm_packed; products.py says which): h @ W^T forward, dgates @ W
+backward.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .bf16 import recurrent_operands
+from .products import operands
 from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
-                     gemm_packed, gx_row, gx_shape, max_length, no_gx_index, no_mode_operand, one_length,
+                     gemm_packed, gx_row, gx_shape, max_length, no_gx_index, no_operand, one_length,
                      output_grad, project_frame, project_sequence, project_stored, recurrent_operand, run_forward,
                      run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient, zero_tail,
                      zero_vector)
@@ -72,14 +73,14 @@ def _gates_training(g, gr, bhh, h, c, o, H, wg, wh, wc):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, gidx, h0, c0, w_t, mode_t, bhh, lengths, reverse, training,
+def _fwd_rows(b0, b1, gx, gidx, h0, c0, w_t, op_t, bhh, lengths, reverse, training,
               out, h_n, c_n, ws_g, ws_h, ws_c):
     H = h0.shape[1]
     R = b1 - b0
     hb = h0[b0:b1].copy()
     cb = c0[b0:b1].copy()
     gh = np.empty((R, 4 * H), h0.dtype)
-    p_t = recurrent_operand(w_t, R, mode_t)   # mode_t: the bfloat16 mode's operand, or empty
+    p_t = recurrent_operand(w_t, R, op_t)   # op_t: its operand for the step's products (products.py)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
@@ -121,7 +122,7 @@ def _bwd_gates(go, gs, cp, dg, dhi, dci, H, tiny):
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, mode_w, lengths, reverse, grad_out, grad_bf, grad_h_n, grad_c_n, ws_g, ws_c,
+def _bwd_rows(b0, b1, w, op_w, lengths, reverse, grad_out, grad_bf, grad_h_n, grad_c_n, ws_g, ws_c,
               dgx, dh0, dc0, bias_rows, tiny):
     """Per step: the pointwise pass over the block's rows, then dh_{t-1} = dgates @ W as one
     GEMM. bias_rows (B, 4H) receives each sequence's gate gradients summed over time. Gate
@@ -137,7 +138,7 @@ def _bwd_rows(b0, b1, w, mode_w, lengths, reverse, grad_out, grad_bf, grad_h_n, 
     dc = grad_c_n[b0:b1].copy()
     dgb = np.zeros((R, 4 * H), dgx.dtype)
     acc = np.empty((R, H), dgx.dtype)
-    p_w = recurrent_operand(w, R, mode_w)
+    p_w = recurrent_operand(w, R, op_w)
     uniform = one_length(lengths, b0, b1)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
@@ -171,7 +172,7 @@ def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
     """One streaming frame: x (B, I) -> the states h and c updated in place. gx (1, B, 4H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, c, w_t, no_mode_operand(h.dtype), bhh, ones,
+    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, c, w_t, no_operand(h.dtype), bhh, ones,
               np.bool_(False), np.bool_(False), out, h, c, out, out, out)
 
 
@@ -208,23 +209,23 @@ def stored_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out):
         _stored_step(g[t], w, bhh, h, c, out[t], gr)
 
 
-def step(gx_t, h, c, w_t, bhh, bf16_products=None):
+def step(gx_t, h, c, w_t, bhh, products=None):
     """One inference step: gx_t (B, 4H), h and c (B, H) -> (h', c')."""
-    return run_step(_fwd_rows, gx_t, (h, c), (w_t, *recurrent_operands((w_t,), bf16_products), bhh), (), 3)
+    return run_step(_fwd_rows, gx_t, (h, c), (w_t, *operands((w_t,), products), bhh), (), 3)
 
 
-def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training, gx_index=None, bf16_products=None):
+def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training, gx_index=None, products=None):
     """Returns out (T, B, H), h_n, c_n (B, H) and the workspace (None when not training).
-    ``bf16_products``: None, or how the bfloat16 mode multiplies (bf16.recurrent_operands)."""
+    ``products``: the per-step products' kind, resolved (products.py)."""
     T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
-    params = (w_t, *recurrent_operands((w_t,), bf16_products), bhh)
+    params = (w_t, *operands((w_t,), products), bhh)
     out, (h_n, c_n), ws = run_forward(_fwd_rows, gx, (h0, c0), params, lengths, reverse, (),
                                       training, (5 * H, H, H), T * B * G * H, gx_index)
     return out, h_n, c_n, ws
 
 
-def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse, grad_bf=False, bf16_products=None):
+def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse, grad_bf=False, products=None):
     """Returns grad_gx (T, B, 4H), grad_h0, grad_c0, the weight terms and the bias source."""
     ws_g, ws_h, ws_c = ws
     T, B, H = ws_h.shape
@@ -233,7 +234,7 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse, grad_bf=Fals
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 4 * H), dt)
-    args = (w, *recurrent_operands((w,), bf16_products), lengths, reverse, grad_out, grad_bf, grad_h_n, grad_c_n,
+    args = (w, *operands((w,), products), lengths, reverse, grad_out, grad_bf, grad_h_n, grad_c_n,
             ws_g, ws_c, dgx, dh0, dc0, bias_rows, tiny_gradient(dt))
     run_rows(_bwd_rows, B, T * B * 4 * H * H, args)
     return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], bias_rows

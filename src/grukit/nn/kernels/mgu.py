@@ -4,7 +4,8 @@ MGU, MGU1 and MGU2 differ only in what the caller put into gx, so one kernel ser
 w (2H, H) rows U_f, U_n. MGU3 has no U_f (f = sigmoid(gx_f)): w (H, H) is U_n alone.
 ``has_uf`` tells which. The workspace keeps f, n, the previous h and f * h (what the U_n
 rows of the weight gradient multiply). No bias_hh: every MGU bias is already in gx.
-The per-step recurrent products are BLAS GEMMs over the block's rows (common.gemm).
+The per-step recurrent products are GEMMs over
+the block's rows (common.gemm_packed; products.py says which).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .bf16 import recurrent_operands
+from .products import operands
 from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, no_mode_operand, output_grad, project_frame, project_sequence, project_stored,
+                     no_gx_index, no_operand, output_grad, project_frame, project_sequence, project_stored,
                      recurrent_operand, run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index,
                      zero_tail)
 
@@ -65,19 +66,19 @@ def _update_training(g, gf, gn, h, o, H, wg, wh, wx, fh):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, mode_ft, mode_nt, lengths, reverse, has_uf, training,
+def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, op_ft, op_nt, lengths, reverse, has_uf, training,
               out, h_n, ws_g, ws_h, ws_x):
     """w_ft = U_f^T (H, H) (unused without U_f), w_nt = U_n^T (H, H), both C-contiguous:
-    per step two GEMMs over the block's rows, h @ U_f^T then (f * h) @ U_n^T. mode_ft, mode_nt:
-    the bfloat16 mode's operands of w_ft and w_nt (common.recurrent_operand)."""
+    per step two GEMMs over the block's rows, h @ U_f^T then (f * h) @ U_n^T. op_ft, op_nt:
+    the operands of w_ft and w_nt for the step's products (common.recurrent_operand)."""
     H = h0.shape[1]
     R = b1 - b0
     hb = h0[b0:b1].copy()
     gf = np.zeros((R, H), h0.dtype)
     gn = np.zeros((R, H), h0.dtype)
     fh = np.zeros((R, H), h0.dtype)
-    p_ft = recurrent_operand(w_ft, R if has_uf else 0, mode_ft)
-    p_nt = recurrent_operand(w_nt, R, mode_nt)
+    p_ft = recurrent_operand(w_ft, R if has_uf else 0, op_ft)
+    p_nt = recurrent_operand(w_nt, R, op_nt)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
         if training:
@@ -107,10 +108,10 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, mode_ft, mode_nt, lengths, rever
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, mode_f, mode_n, lengths, reverse, has_uf, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dh0):
+def _bwd_rows(b0, b1, w, op_f, op_n, lengths, reverse, has_uf, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dh0):
     """Per step: the pointwise pass, d(f * h) = dn @ U_n (one GEMM), the f pass, then
-    dh_{t-1} += df @ U_f (one GEMM, with U_f). mode_f, mode_n: the bfloat16 mode's operands of U_f
-    and U_n (common.recurrent_operand)."""
+    dh_{t-1} += df @ U_f (one GEMM, with U_f). op_f, op_n: the operands of U_f and U_n
+    for the step's products (common.recurrent_operand)."""
     H = grad_out.shape[2]
     R = b1 - b0
     rn = H if has_uf else 0
@@ -122,8 +123,8 @@ def _bwd_rows(b0, b1, w, mode_f, mode_n, lengths, reverse, has_uf, grad_out, gra
     acc = np.empty((R, H), dt)
     u_f = w[:H]
     u_n = w[rn:rn + H]
-    p_f = recurrent_operand(u_f, R if has_uf else 0, mode_f)
-    p_n = recurrent_operand(u_n, R, mode_n)
+    p_f = recurrent_operand(u_f, R if has_uf else 0, op_f)
+    p_n = recurrent_operand(u_n, R, op_n)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -176,7 +177,7 @@ def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    none = no_mode_operand(h.dtype)
+    none = no_operand(h.dtype)
     _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_ft, w_nt, none, none, ones, np.bool_(False), has_uf,
               np.bool_(False), out, h, out, out, out)
 
@@ -232,36 +233,36 @@ def split_weight(w_t, has_uf):
     return np.ascontiguousarray(w_t[:, :H]), np.ascontiguousarray(w_t[:, H:])
 
 
-def _with_operands(matrices, has_uf, bf16_products):
-    """The two matrices (U_f then U_n, or U_n twice without U_f) and their bfloat16 mode operands."""
-    modes = recurrent_operands(matrices[-1:] if not has_uf else matrices, bf16_products)
+def _with_operands(matrices, has_uf, products):
+    """The two matrices (U_f then U_n, or U_n twice without U_f) and their operands for ``products``."""
+    modes = operands(matrices[-1:] if not has_uf else matrices, products)
     return (*matrices, *(modes * 2 if not has_uf else modes))
 
 
-def step(gx_t, h, w_t, has_uf, bf16_products=None):
+def step(gx_t, h, w_t, has_uf, products=None):
     """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
-    params = _with_operands(split_weight(w_t, has_uf), has_uf, bf16_products)
+    params = _with_operands(split_weight(w_t, has_uf), has_uf, products)
     return run_step(_fwd_rows, gx_t, (h,), params, (has_uf,), 3)[0]
 
 
-def forward(gx, h0, w_t, lengths, reverse, has_uf, training, gx_index=None, bf16_products=None):
-    """``bf16_products``: None, or how the bfloat16 mode multiplies (bf16.recurrent_operands)."""
+def forward(gx, h0, w_t, lengths, reverse, has_uf, training, gx_index=None, products=None):
+    """``products``: the per-step products' kind, resolved (products.py)."""
     T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
-    params = _with_operands(split_weight(w_t, has_uf), has_uf, bf16_products)
+    params = _with_operands(split_weight(w_t, has_uf), has_uf, products)
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
                                   (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H, gx_index)
     return out, h_n, ws
 
 
-def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf, grad_bf=False, bf16_products=None):
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf, grad_bf=False, products=None):
     ws_g, ws_h, ws_x = ws
     T, B, H = ws_h.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
     matrices = (w[:H], w[H:2 * H]) if has_uf else (w, w)
-    args = (w, *_with_operands(matrices, has_uf, bf16_products)[2:], lengths, reverse, has_uf, grad_out, grad_bf,
+    args = (w, *_with_operands(matrices, has_uf, products)[2:], lengths, reverse, has_uf, grad_out, grad_bf,
             grad_h_n, ws_g, ws_h, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args)
     if has_uf:

@@ -1,7 +1,8 @@
 """SimpleRNN kernels: h' = act(gx + W_hh h + b_hh) with act tanh or relu.
 
 Shapes: gx (T, B, H), h0 (B, H), w (H, H), w_t = w.T packed, bias_hh (H,) (zeros when
-absent). The per-step recurrent products are BLAS GEMMs over the block's rows (common.gemm).
+absent). The per-step recurrent products are GEMMs over
+the block's rows (common.gemm_packed; products.py says which).
 
 No workspace: everything backward reads is in the output and h0. The activation's derivative
 comes from h' = out[t] (1 - h'^2, or h' > 0), and the previous state of step t is out[t - 1]
@@ -15,9 +16,9 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .bf16 import recurrent_operands
+from .products import operands
 from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, no_mode_operand, output_grad, project_frame, project_sequence, project_stored,
+                     no_gx_index, no_operand, output_grad, project_frame, project_sequence, project_stored,
                      recurrent_operand, run_forward, run_rows, run_step, stored_product, tanh, time_index, zero_tail)
 
 
@@ -50,14 +51,14 @@ def _relu_row(g, gh, bhh, h, o, H):
 
 
 @njit(**JIT)
-def _fwd_rows(b0, b1, gx, gidx, h0, w_t, mode_t, bhh, lengths, reverse, relu, training, out, h_n):
+def _fwd_rows(b0, b1, gx, gidx, h0, w_t, op_t, bhh, lengths, reverse, relu, training, out, h_n):
     """``training`` is accepted for run_forward's common signature and not needed: backward
     reads the output (see the module docstring)."""
     H = h0.shape[1]
     R = b1 - b0
     hb = h0[b0:b1].copy()
     gh = np.empty((R, H), h0.dtype)
-    p_t = recurrent_operand(w_t, R, mode_t)   # mode_t: the bfloat16 mode's operand, or empty
+    p_t = recurrent_operand(w_t, R, op_t)   # op_t: its operand for the step's products (products.py)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
     for s in range(max_length(lengths, b0, b1)):
@@ -75,13 +76,13 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, mode_t, bhh, lengths, reverse, relu, tr
 
 
 @njit(**JIT)
-def _bwd_rows(b0, b1, w, mode_w, lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out, dgx, dh0):
+def _bwd_rows(b0, b1, w, op_w, lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out, dgx, dh0):
     H = grad_out.shape[2]
     R = b1 - b0
     dh = grad_h_n[b0:b1].copy()
     dgb = np.zeros((R, H), dgx.dtype)
     acc = np.empty((R, H), dgx.dtype)
-    p_w = recurrent_operand(w, R, mode_w)
+    p_w = recurrent_operand(w, R, op_w)
     for b in range(b0, b1):
         zero_tail(dgx, b, lengths[b])
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
@@ -111,7 +112,7 @@ def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
     """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, H) and
     out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, no_mode_operand(h.dtype), bhh, ones,
+    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, no_operand(h.dtype), bhh, ones,
               np.bool_(False), relu, np.bool_(False), out, h)
 
 
@@ -150,17 +151,17 @@ def stored_sequence(x, w_ih, b_in, w, bhh, relu, reverse, h, out):
         _stored_step(g[t], w, bhh, relu, h, out[t], gr)
 
 
-def step(gx_t, h, w_t, bhh, relu, bf16_products=None):
+def step(gx_t, h, w_t, bhh, relu, products=None):
     """One inference step: gx_t (B, H), h (B, H) -> h'."""
-    return run_step(_fwd_rows, gx_t, (h,), (w_t, *recurrent_operands((w_t,), bf16_products), bhh), (relu,), 0)[0]
+    return run_step(_fwd_rows, gx_t, (h,), (w_t, *operands((w_t,), products), bhh), (relu,), 0)[0]
 
 
-def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training, gx_index=None, bf16_products=None):
+def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training, gx_index=None, products=None):
     """Returns out (T, B, H), h_n and, when training, the workspace (out, h0): backward reads
-    these two arrays, so they must not change in between. ``bf16_products``: None, or how the
-    bfloat16 mode multiplies (bf16.recurrent_operands)."""
+    these two arrays, so they must not change in between. ``products``: None, or how the
+    per-step products' kind, resolved (products.py)."""
     T, B, H = gx_shape(gx, gx_index)
-    params = (w_t, *recurrent_operands((w_t,), bf16_products), bhh)
+    params = (w_t, *operands((w_t,), products), bhh)
     out, (h_n,), _ = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse, (relu,),
                                  False, (), T * B * H * H, gx_index)
     return out, h_n, ((out, h0) if training else None)
@@ -180,13 +181,13 @@ def _previous_states(out, h0, dgx, lengths, reverse):
     return [(0, H, dgx[:-1], out[1:]), (0, H, first, h0[None])]
 
 
-def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu, grad_bf=False, bf16_products=None):
+def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu, grad_bf=False, products=None):
     out, h0 = ws
     T, B, H = out.shape
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, H), dt)
     dh0 = np.empty((B, H), dt)
-    args = (w, *recurrent_operands((w,), bf16_products), lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out,
+    args = (w, *operands((w,), products), lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out,
             dgx, dh0)
     run_rows(_bwd_rows, B, T * B * H * H, args)
     return dgx, dh0, _previous_states(out, np.ascontiguousarray(h0, dt), dgx, lengths, reverse), dgx

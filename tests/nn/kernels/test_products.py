@@ -1,0 +1,88 @@
+"""The GEMMs of the kernels' per-step recurrent products (kernels/products.py): BLAS (MKL's packed
+sgemm) and oneDNN's float32 microkernel, the default where it is the faster one (kernels/onednn.py).
+
+Oracle: the same layer run in float64 (BLAS's dgemm). Both float32 kinds must agree with it to float32
+round-off, outputs and every gradient, over a ragged batch in reverse with blocks wide enough for
+the GEMM path (common.GEMM_MIN_ROWS) and a block that stays on the mat-vec loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from grukit.nn.kernels import api, onednn, products
+from grukit.nn.kernels.common import GEMM_MIN_ROWS
+
+from kernel_cases import make_case
+
+MODES = [m for m in api.MODES if api.RECURRENT_ROWS[m]]   # minGRU has no per-step product
+FLOAT32_KINDS = ["blas", pytest.param("onednn", marks=pytest.mark.skipif(
+    not onednn.FASTER_F32, reason="oneDNN's float32 microkernel is used on AMD CPUs with AVX-512 only"))]
+
+
+def test_the_default_is_onednn_where_it_beat_mkl_and_blas_elsewhere():
+    assert products.resolve(None, np.float32) == ("onednn" if onednn.FASTER_F32 else "blas")
+    assert products.resolve(None, np.float64) == "blas"
+    assert products.resolve("onednn", np.float64) == "blas"   # no float64 form
+    assert products.resolve("rounded", np.float32) == "rounded"
+    with pytest.raises(ValueError, match="one of"):
+        products.resolve("mkl", np.float32)
+
+
+def test_onednn_operands_are_refused_where_it_is_not_used(monkeypatch):
+    """The microkernel's symbol is bound to a stub there: its operand must never be made."""
+    monkeypatch.setattr(onednn, "FASTER_F32", False)
+    with pytest.raises(RuntimeError, match="'blas'"):
+        products.operands((np.zeros((4, 4), np.float32),), "onednn")
+
+
+def _run(mode, dtype, kind, B):
+    """api.forward (training, reverse, ragged) and api.backward on one case: every result as float64."""
+    gx, state0, weights, lengths, _ = make_case(mode, 7, B, 5, ragged=True, seed=3)
+    cast = (lambda t: t.detach().numpy().astype(dtype))
+    h0, c0 = (cast(t) for t in state0) if mode == "LSTM" else (cast(state0), None)
+    w = cast(weights.weight_hh)
+    bias = None if weights.bias_hh is None else cast(weights.bias_hh)
+    gx, lengths = cast(gx), lengths.numpy()
+    out, h_n, c_n, ws = api.forward(mode, gx, h0, c0, api.pack_weight(w), bias, lengths, reverse=True,
+                                    training=True, products=kind)
+    rng = np.random.default_rng(0)
+    grad_out = rng.standard_normal(out.shape).astype(dtype)
+    grad_h_n = rng.standard_normal(h_n.shape).astype(dtype)
+    grad_c_n = None if c_n is None else rng.standard_normal(c_n.shape).astype(dtype)
+    dgx, dh0, dc0, terms, _ = api.backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n, lengths, True,
+                                           products=kind)
+    results = [out, h_n, dgx, dh0] + ([c_n, dc0] if c_n is not None else [])
+    return [np.asarray(r, np.float64) for r in results]
+
+
+@pytest.mark.parametrize("B", [GEMM_MIN_ROWS + 10, 3])
+@pytest.mark.parametrize("kind", FLOAT32_KINDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_float32_products_agree_with_float64_to_round_off(mode, kind, B):
+    ours = _run(mode, np.float32, kind, B)
+    oracle = _run(mode, np.float64, "blas", B)
+    for got, want in zip(ours, oracle):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1.0, np.abs(want).max()))
+    # and the two float32 kinds are different code: at most round-off apart, not equal by accident
+    if kind == "onednn":
+        blas = _run(mode, np.float32, "blas", B)
+        for got, want in zip(ours, blas):
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.skipif(not onednn.FASTER_F32, reason="oneDNN's float32 microkernel is not used on this CPU")
+def test_a_layer_in_float32_runs_the_microkernel_by_default(monkeypatch):
+    """The default of a float32 layer reaches the microkernel (spied through the operands asked for)."""
+    import grukit.nn as gnn
+
+    asked = []
+    real = products.operands
+    monkeypatch.setattr("grukit.nn.kernels.gru.operands", lambda m, kind: asked.append(
+        products.resolve(kind, m[0].dtype)) or real(m, kind))
+    layer = gnn.GRU(4, 6, kernel="fused")
+    out, _ = layer(torch.randn(5, 8, 4))
+    out.sum().backward()
+    assert asked and set(asked) == {"onednn"}
