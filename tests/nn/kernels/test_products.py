@@ -86,3 +86,22 @@ def test_a_layer_in_float32_runs_the_microkernel_by_default(monkeypatch):
     out, _ = layer(torch.randn(5, 8, 4))
     out.sum().backward()
     assert asked and set(asked) == {"onednn"}
+
+
+@pytest.mark.parametrize("faster", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not onednn.FASTER_F32, reason="oneDNN's float32 microkernel is used on AMD CPUs with AVX-512 only"))])
+def test_the_inference_projection_agrees_with_float64(faster, monkeypatch):
+    """api.project and api.project_batch_first (gx = x @ W_ih^T + b over chunks of rows on the kernels'
+    threads) with MKL's GEMM and with oneDNN's microkernel, against numpy in float64; enough rows for
+    several chunks per thread (common.PROJECTION_CHUNK_BYTES)."""
+    monkeypatch.setattr(onednn, "FASTER_F32", faster)
+    rng = np.random.default_rng(5)
+    T, B, I, G = 150, 20, 33, 96
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    w = rng.standard_normal((G, I)).astype(np.float32)
+    b = rng.standard_normal(G).astype(np.float32)
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    got = api.project(x, w, b)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    table, index = api.project_batch_first(np.ascontiguousarray(x.transpose(1, 0, 2)), w, b)
+    np.testing.assert_allclose(table[index], want, rtol=0, atol=1e-5 * np.abs(want).max())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import gru, lstm, mgu, mingru, rnn
+from . import gru, lstm, mgu, mingru, products, rnn
 from .common import flushing_subnormals, full_lengths, gx_shape, pack_transposed, project_rows, run_rows
 
 GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1,
@@ -209,7 +209,9 @@ def _project_rows(rows, w_ih, b_ih):
     R, I = rows.shape
     G = w_ih.shape[0]
     gx = np.empty((R, G), rows.dtype)
-    run_rows(project_rows, R, R * G * I, (rows, w_ih, b_ih, gx), PROJECTION_MIN_PARALLEL_WORK)
+    kind = products.resolve(None, rows.dtype)   # oneDNN's microkernel takes w_ih.T, a copy per call
+    (operand,) = products.operands((pack_transposed(w_ih) if kind == "onednn" else w_ih,), kind)
+    run_rows(project_rows, R, R * G * I, (rows, w_ih, b_ih, gx, operand), PROJECTION_MIN_PARALLEL_WORK)
     return gx
 
 

@@ -494,17 +494,41 @@ PROJECTION_MIN_CHUNK_ROWS = 64
 
 
 @njit(**JIT)
-def project_rows(r0, r1, x, w_ih, b_ih, gx):
+def _onednn_acc(x, batch_of_one, out):
+    """out += x @ m through oneDNN's float32 microkernel, ``batch_of_one`` = m (K, N) as (1, K, N)."""
+    R, K = x.shape
+    m = batch_of_one[0]
+    N = m.shape[1]
+    onednn.brgemm_f32(R, N, K, x.strides[0] // 4 if R > 1 else K, m.strides[0] // 4 if K > 1 else N,
+                      out.strides[0] // 4 if R > 1 else N, np.int32(1), x.ctypes.data, m.ctypes.data,
+                      out.ctypes.data, np.int32(0))
+
+
+def _projection_acc(x, w_ih, operand, out):
+    """out += x @ w_ih.T: MKL's GEMM on w_ih as stored, or for a 3-D ``operand`` (products.py's
+    "onednn" operand of w_ih.T) oneDNN's microkernel (on the Zen 4 1.25x MKL for S2's chunks of
+    170 x 128 by 384, one thread)."""
+
+
+@overload(_projection_acc, jit_options=OVERLOAD_JIT)
+def _projection_acc_overload(x, w_ih, operand, out):
+    if operand.ndim == 3:
+        return lambda x, w_ih, operand, out: _onednn_acc(x, operand, out)
+    return lambda x, w_ih, operand, out: blas_gemm_nt_acc(x, w_ih, out)
+
+
+@njit(**JIT)
+def project_rows(r0, r1, x, w_ih, b_ih, gx, operand):
     """gx[r] = x[r] @ w_ih.T + b_ih for the rows r0 <= r < r1 of the 2-D views x (R, I) and
     gx (R, G*H): GEMMs over chunks of rows, each output chunk filled with the bias first.
-    w_ih (G*H, I) as stored."""
+    w_ih (G*H, I) as stored; ``operand``: products.operands of w_ih.T (empty for MKL's GEMM)."""
     rows = max(PROJECTION_MIN_CHUNK_ROWS, PROJECTION_CHUNK_BYTES // max(1, gx.shape[1] * gx.itemsize))
     for c0 in range(r0, r1, rows):
         c1 = min(c0 + rows, r1)
         g = gx[c0:c1]
         for r in range(c1 - c0):
             copy_vector(g[r], b_ih)
-        blas_gemm_nt_acc(x[c0:c1], w_ih, g)
+        _projection_acc(x[c0:c1], w_ih, operand, g)
 
 
 @njit(**JIT)
@@ -514,7 +538,7 @@ def project_sequence(x, w_ih, b_in):
     T, B, I = x.shape
     G = w_ih.shape[0]
     g = np.empty((T, B, G), x.dtype)
-    project_rows(np.int64(0), T * B, x.reshape((T * B, I)), w_ih, b_in, g.reshape((T * B, G)))
+    project_rows(np.int64(0), T * B, x.reshape((T * B, I)), w_ih, b_in, g.reshape((T * B, G)), no_operand(x.dtype))
     return g
 
 
