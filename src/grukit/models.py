@@ -144,9 +144,9 @@ class _Model(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        weights_path = directory / WEIGHTS_FILE
-        atomic_write_bytes(weights_path, save(state))
-        config = {**self.get_config(), "weights_sha256": _sha256(weights_path)}
+        weights = save(state)
+        atomic_write_bytes(directory / WEIGHTS_FILE, weights)
+        config = {**self.get_config(), "weights_sha256": hashlib.sha256(weights).hexdigest()}
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
         return directory
 
@@ -480,6 +480,17 @@ def _unique_name(base: str, taken: set) -> str:
         f"{base}_{i}" for i in range(1, len(taken) + 2) if f"{base}_{i}" not in taken)
 
 
+def weights_checksum(directory: str | os.PathLike) -> str:
+    """The sha256 of a saved model's weights: the one its ``config.json`` records (written by save and
+    checked against the file by :func:`load`), else, for a config saved before it had one, the file's."""
+    directory = Path(directory)
+    try:
+        recorded = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded or _sha256(directory / WEIGHTS_FILE)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -488,4 +499,4 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["Sequential", "Model", "load"]
+__all__ = ["Sequential", "Model", "load", "weights_checksum"]

@@ -147,18 +147,10 @@ def prepare_fit(args: argparse.Namespace) -> dict:
     return {"forecaster": forecaster, "series": series, "test": test}
 
 
-def training_part(series, steps: int):
-    """The first ``steps`` steps of a TimeSeries, still named: --target picks its columns by name."""
-    import dataclasses
-
-    lines = None if series.lines is None else series.lines[:steps]
-    return dataclasses.replace(series, values=series.values[:steps], dates=series.dates[:steps], lines=lines)
-
-
 def run_fit(args: argparse.Namespace) -> int:
     job = prepare_fit(args)
     forecaster, series, test = job["forecaster"], job["series"], job["test"]
-    train = training_part(series, len(series) - test)
+    train = series.first(len(series) - test)   # still named: --target picks its columns by name
     common.say(args, f"read {len(series)} steps of {series.columns} from {args.series}"
                + (f"; training on the first {len(train)}, testing on the last {test}" if test else ""))
     with launch.distributed_training():

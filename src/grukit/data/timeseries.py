@@ -33,7 +33,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -184,6 +184,11 @@ class TimeSeries:
         if name not in self.columns:
             raise DataError(f"{self.source}: no column {name!r}; the series has {self.columns}")
         return self.values[:, self.columns.index(name)]
+
+    def first(self, steps: int) -> "TimeSeries":
+        """The first ``steps`` steps, with their dates, lines and column names."""
+        return replace(self, values=self.values[:steps], dates=self.dates[:steps],
+                       lines=None if self.lines is None else self.lines[:steps])
 
 
 def _names(value_columns: str | Sequence[str]) -> list[str]:

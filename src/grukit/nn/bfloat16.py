@@ -167,9 +167,10 @@ BACKEND = "torch" if _torch_uses_bf16_units() else "mkl"
 
 def recurrent_products() -> str | None:
     """How the fused kernels compute the per-step recurrent products in this thread (their
-    ``bf16_products``): None outside the mode; "brgemm", oneDNN's microkernel called from the
-    compiled loop, where torch's bfloat16 matmul runs on BF16 units (:data:`BACKEND` "torch") and
-    torch exports it; else "rounded", a GEMM of the rounded values (kernels/bf16.py)."""
+    ``products``, kernels/products.py): None outside the mode (the dtype's default GEMM); "brgemm",
+    oneDNN's microkernel called from the compiled loop, where torch's bfloat16 matmul runs on BF16
+    units (:data:`BACKEND` "torch") and torch exports it; else "rounded", a GEMM of the rounded
+    values (kernels/bf16.py)."""
     if not enabled():
         return None
     return "brgemm" if BACKEND == "torch" and _bf16_gemm.HAS_BRGEMM else "rounded"

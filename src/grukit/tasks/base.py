@@ -35,7 +35,7 @@ from typing import Any
 from grukit import layers
 from grukit.data._files import atomic_write_text
 from grukit.errors import ConfigError, ConfigKeywordError, DataError, GrukitError
-from grukit.models import CONFIG_FILE, WEIGHTS_FILE, Sequential, _sha256
+from grukit.models import CONFIG_FILE, WEIGHTS_FILE, Sequential, weights_checksum
 from grukit.models import load as load_model
 
 TASK_FILE = "task.json"
@@ -154,7 +154,7 @@ class Task:
         directory = Path(model.save(directory))
         record = {"task": type(self).__name__, "format_version": TASK_FORMAT_VERSION,
                   "config": self.config.to_dict(), "state": self.state_dict(),
-                  "weights_sha256": _sha256(directory / WEIGHTS_FILE)}
+                  "weights_sha256": weights_checksum(directory)}
         atomic_write_text(directory / TASK_FILE, json.dumps(record, indent=2))
         return directory
 
@@ -237,7 +237,7 @@ def _check_model_matches(task: Task, path: Path, directory: Path, weights_sha256
                             f"{directory / CONFIG_FILE} and {directory / WEIGHTS_FILE} has "
                             f"{', '.join(found) or 'no recurrent layer'}: the task file and the model come from "
                             f"different saves; put the three files of one save together, or {again}")
-    if weights_sha256 is not None and weights_sha256 != _sha256(directory / WEIGHTS_FILE):
+    if weights_sha256 is not None and weights_sha256 != weights_checksum(directory):
         raise DataError(f"{path} was saved with other weights than {directory / WEIGHTS_FILE} (the sha256 it records "
                         "differs): the task file (its scaler, vocabulary, classes ...) and the model come from "
                         f"different saves; put the three files of one save together, or {again}")

@@ -414,17 +414,25 @@ def _float_gemm_packed(x, m, packed, out):
 
 
 @njit(**JIT)
-def _onednn_gemm(x, batch_of_one, out):
-    """out = x @ m through oneDNN's float32 microkernel, ``batch_of_one`` = m (K, N) as (1, K, N);
-    the mat-vec loop for blocks of fewer than GEMM_MIN_ROWS rows, as :func:`gemm`."""
+def _onednn(x, batch_of_one, out, accumulate):
+    """out = x @ m (``out += x @ m`` with ``accumulate``) through oneDNN's float32 microkernel,
+    ``batch_of_one`` = m (K, N) as (1, K, N); rows of x and out contiguous."""
     R, K = x.shape
     m = batch_of_one[0]
-    if R < GEMM_MIN_ROWS:
-        gemm(x, m, out)
-        return
     N = m.shape[1]
-    onednn.brgemm_f32(R, N, K, x.strides[0] // 4, m.strides[0] // 4 if K > 1 else N, out.strides[0] // 4,
-                      np.int32(0), x.ctypes.data, m.ctypes.data, out.ctypes.data, np.int32(0))
+    onednn.brgemm_f32(R, N, K, x.strides[0] // 4 if R > 1 else K, m.strides[0] // 4 if K > 1 else N,
+                      out.strides[0] // 4 if R > 1 else N, np.int32(1 if accumulate else 0), x.ctypes.data,
+                      m.ctypes.data, out.ctypes.data, np.int32(0))
+
+
+@njit(**JIT)
+def _onednn_gemm(x, batch_of_one, out):
+    """out = x @ m through oneDNN's microkernel (:func:`_onednn`); the mat-vec loop for blocks of
+    fewer than GEMM_MIN_ROWS rows, as :func:`gemm`."""
+    if x.shape[0] < GEMM_MIN_ROWS:
+        gemm(x, batch_of_one[0], out)
+    else:
+        _onednn(x, batch_of_one, out, False)
 
 
 def gemm_packed(x, m, packed, out):
@@ -493,17 +501,6 @@ PROJECTION_CHUNK_BYTES = 256 * 1024
 PROJECTION_MIN_CHUNK_ROWS = 64
 
 
-@njit(**JIT)
-def _onednn_acc(x, batch_of_one, out):
-    """out += x @ m through oneDNN's float32 microkernel, ``batch_of_one`` = m (K, N) as (1, K, N)."""
-    R, K = x.shape
-    m = batch_of_one[0]
-    N = m.shape[1]
-    onednn.brgemm_f32(R, N, K, x.strides[0] // 4 if R > 1 else K, m.strides[0] // 4 if K > 1 else N,
-                      out.strides[0] // 4 if R > 1 else N, np.int32(1), x.ctypes.data, m.ctypes.data,
-                      out.ctypes.data, np.int32(0))
-
-
 def _projection_acc(x, w_ih, operand, out):
     """out += x @ w_ih.T: MKL's GEMM on w_ih as stored, or for a 3-D ``operand`` (products.py's
     "onednn" operand of w_ih.T) oneDNN's microkernel (on the Zen 4 1.25x MKL for S2's chunks of
@@ -513,7 +510,7 @@ def _projection_acc(x, w_ih, operand, out):
 @overload(_projection_acc, jit_options=OVERLOAD_JIT)
 def _projection_acc_overload(x, w_ih, operand, out):
     if operand.ndim == 3:
-        return lambda x, w_ih, operand, out: _onednn_acc(x, operand, out)
+        return lambda x, w_ih, operand, out: _onednn(x, operand, out, True)
     return lambda x, w_ih, operand, out: blas_gemm_nt_acc(x, w_ih, out)
 
 
@@ -538,7 +535,8 @@ def project_sequence(x, w_ih, b_in):
     T, B, I = x.shape
     G = w_ih.shape[0]
     g = np.empty((T, B, G), x.dtype)
-    project_rows(np.int64(0), T * B, x.reshape((T * B, I)), w_ih, b_in, g.reshape((T * B, G)), no_operand(x.dtype))
+    project_rows(np.int64(0), T * B, x.reshape((T * B, I)), w_ih, b_in, g.reshape((T * B, G)),
+                 no_operand(x.dtype))
     return g
 
 

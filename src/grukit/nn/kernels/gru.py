@@ -23,7 +23,7 @@ from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, 
                      gx_shape, max_length, no_gx_index, no_operand, output_grad, project_frame, project_sequence,
                      project_stored, recurrent_operand, run_forward, run_rows, run_step, sigmoid, stored_product, tanh,
                      time_index, tiny_gradient, zero_tail)
-from .products import operands
+from .products import operand_pair
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -327,10 +327,9 @@ def split_weight(w_t, reset_after):
 
 
 def _forward_weights(w_t, reset_after, products):
-    """split_weight's two matrices, then their operands for ``products`` (products.operands)."""
+    """split_weight's two matrices, then their operands for ``products`` (products.py)."""
     w_main, w_n = split_weight(w_t, reset_after)
-    modes = operands((w_main,) if reset_after else (w_main, w_n), products)
-    return w_main, w_n, modes[0], modes[-1]
+    return w_main, w_n, *operand_pair(w_main, w_n, products)
 
 
 def step(gx_t, h, w_t, bhh, reset_after, products=None):
@@ -341,7 +340,7 @@ def step(gx_t, h, w_t, bhh, reset_after, products=None):
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training, gx_index=None, products=None):
     """Returns out (T, B, H), h_n (B, H) and the workspace (None when not training).
-    ``products``: the per-step products' kind, resolved (products.py)."""
+    ``products``: the per-step products' GEMM, None for the dtype's default (products.py)."""
     T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
     widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
@@ -361,8 +360,8 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=F
     dgh_n = buffers.empty((T, B, H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 3 * H) if reset_after else (1, 1), dt)
-    modes = operands((w,) if reset_after else (w[:2 * H], w[2 * H:]), products)
-    args = (w, modes[0], modes[-1], lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx,
+    ops = operand_pair(w, w, products) if reset_after else operand_pair(w[:2 * H], w[2 * H:], products)
+    args = (w, *ops, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx,
             dgh_n, dh0, bias_rows, tiny_gradient(dt))
     run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)
     if reset_after:

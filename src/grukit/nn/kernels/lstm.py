@@ -216,7 +216,7 @@ def step(gx_t, h, c, w_t, bhh, products=None):
 
 def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training, gx_index=None, products=None):
     """Returns out (T, B, H), h_n, c_n (B, H) and the workspace (None when not training).
-    ``products``: the per-step products' kind, resolved (products.py)."""
+    ``products``: the per-step products' GEMM, None for the dtype's default (products.py)."""
     T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
     params = (w_t, *operands((w_t,), products), bhh)

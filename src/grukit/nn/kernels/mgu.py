@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .products import operands
+from .products import operand_pair
 from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
                      no_gx_index, no_operand, output_grad, project_frame, project_sequence, project_stored,
                      recurrent_operand, run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index,
@@ -233,23 +233,19 @@ def split_weight(w_t, has_uf):
     return np.ascontiguousarray(w_t[:, :H]), np.ascontiguousarray(w_t[:, H:])
 
 
-def _with_operands(matrices, has_uf, products):
-    """The two matrices (U_f then U_n, or U_n twice without U_f) and their operands for ``products``."""
-    modes = operands(matrices[-1:] if not has_uf else matrices, products)
-    return (*matrices, *(modes * 2 if not has_uf else modes))
-
-
 def step(gx_t, h, w_t, has_uf, products=None):
     """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
-    params = _with_operands(split_weight(w_t, has_uf), has_uf, products)
+    w_ft, w_nt = split_weight(w_t, has_uf)
+    params = (w_ft, w_nt, *operand_pair(w_ft, w_nt, products))
     return run_step(_fwd_rows, gx_t, (h,), params, (has_uf,), 3)[0]
 
 
 def forward(gx, h0, w_t, lengths, reverse, has_uf, training, gx_index=None, products=None):
-    """``products``: the per-step products' kind, resolved (products.py)."""
+    """``products``: the per-step products' GEMM, None for the dtype's default (products.py)."""
     T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
-    params = _with_operands(split_weight(w_t, has_uf), has_uf, products)
+    w_ft, w_nt = split_weight(w_t, has_uf)
+    params = (w_ft, w_nt, *operand_pair(w_ft, w_nt, products))
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
                                   (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H, gx_index)
     return out, h_n, ws
@@ -261,8 +257,8 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf, grad_bf=False,
     dt = grad_out.dtype
     dgx = buffers.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
-    matrices = (w[:H], w[H:2 * H]) if has_uf else (w, w)
-    args = (w, *_with_operands(matrices, has_uf, products)[2:], lengths, reverse, has_uf, grad_out, grad_bf,
+    ops = operand_pair(w[:H], w[H:2 * H], products) if has_uf else operand_pair(w, w, products)
+    args = (w, *ops, lengths, reverse, has_uf, grad_out, grad_bf,
             grad_h_n, ws_g, ws_h, dgx, dh0)
     run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args)
     if has_uf:

@@ -49,4 +49,11 @@ def operands(matrices, kind: str | None) -> tuple:
     return tuple(bf16.rounded_operand(m) for m in matrices)
 
 
-__all__ = ["KINDS", "operands", "resolve"]
+def operand_pair(first, second, kind: str | None) -> tuple:
+    """The operands of a step's two weights; made once when ``second is first`` (the cells that pass
+    one matrix twice, its second use idle: the GRU with reset after, the MGU without U_f)."""
+    made = operands((first,) if second is first else (first, second), kind)
+    return made[0], made[-1]
+
+
+__all__ = ["KINDS", "operand_pair", "operands", "resolve"]

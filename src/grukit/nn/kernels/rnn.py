@@ -158,8 +158,8 @@ def step(gx_t, h, w_t, bhh, relu, products=None):
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training, gx_index=None, products=None):
     """Returns out (T, B, H), h_n and, when training, the workspace (out, h0): backward reads
-    these two arrays, so they must not change in between. ``products``: None, or how the
-    per-step products' kind, resolved (products.py)."""
+    these two arrays, so they must not change in between. ``products``: the per-step products'
+    GEMM, None for the dtype's default (products.py)."""
     T, B, H = gx_shape(gx, gx_index)
     params = (w_t, *operands((w_t,), products), bhh)
     out, (h_n,), _ = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse, (relu,),
