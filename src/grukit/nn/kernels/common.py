@@ -432,7 +432,7 @@ def _onednn_gemm(x, batch_of_one, out):
     if x.shape[0] < GEMM_MIN_ROWS:
         gemm(x, batch_of_one[0], out)
     else:
-        _onednn(x, batch_of_one, out, False)
+        _onednn(x, batch_of_one, out, np.bool_(False))   # typed, not a literal: compiled once
 
 
 def gemm_packed(x, m, packed, out):
@@ -510,7 +510,7 @@ def _projection_acc(x, w_ih, operand, out):
 @overload(_projection_acc, jit_options=OVERLOAD_JIT)
 def _projection_acc_overload(x, w_ih, operand, out):
     if operand.ndim == 3:
-        return lambda x, w_ih, operand, out: _onednn(x, operand, out, True)
+        return lambda x, w_ih, operand, out: _onednn(x, operand, out, np.bool_(True))
     return lambda x, w_ih, operand, out: blas_gemm_nt_acc(x, w_ih, out)
 
 
