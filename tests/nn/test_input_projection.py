@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import grukit.nn as gnn
-from grukit.nn import recurrent
+from grukit.nn import projection_grads, recurrent
+from grukit.nn.kernels import api
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, False), (False, True, False)])
-@pytest.mark.parametrize("width", [7, recurrent.NARROW_INPUT + 1])
+@pytest.mark.parametrize("width", [7, projection_grads.NARROW_INPUT + 1])
 def test_projection_gives_linears_values_and_gradients(with_bias, needs, width):
     torch.manual_seed(0)
     rows = torch.randn(300, width, dtype=torch.float64, requires_grad=needs[0])
@@ -26,12 +27,14 @@ def test_projection_gives_linears_values_and_gradients(with_bias, needs, width):
     assert torch.autograd.gradcheck(recurrent._InputProjection.apply, (rows[:5], weight[:, :], bias))
 
 
-@pytest.mark.parametrize("input_size", [10, recurrent.NARROW_INPUT + 1])
-def test_layers_use_it_in_training_only(input_size, monkeypatch):
+@pytest.mark.parametrize("input_size,kernel", [(10, "reference"), (api.INPUT_ROWS_MAX + 1, "auto"),
+                                               (projection_grads.NARROW_INPUT + 1, "reference")])
+def test_layers_use_it_in_training_only(input_size, kernel, monkeypatch):
+    """Narrow inputs on the fused kernels are projected inside the loop instead (test_input_rows.py)."""
     calls = []
     original = recurrent._InputProjection.apply
     monkeypatch.setattr(recurrent._InputProjection, "apply", lambda *a: calls.append(1) or original(*a))
-    layer = gnn.LSTM(input_size, 8)
+    layer = gnn.LSTM(input_size, 8, kernel=kernel)
     x = torch.randn(5, 3, input_size)
     layer(x)[0].sum().backward()
     assert calls
@@ -65,17 +68,18 @@ def test_a_batch_first_input_is_copied_to_time_major_rows_in_a_kept_array(monkey
     original = recurrent.kept_empty
     monkeypatch.setattr(recurrent, "kept_empty", lambda shape, like: kept.append(shape) or original(shape, like))
     torch.manual_seed(0)
-    fused = gnn.GRU(8, 16, batch_first=True, dtype=torch.float64)
-    theirs = torch.nn.GRU(8, 16, batch_first=True, dtype=torch.float64)
+    width = api.INPUT_ROWS_MAX + 1   # narrower inputs are projected inside the fused loop
+    fused = gnn.GRU(width, 16, batch_first=True, dtype=torch.float64)
+    theirs = torch.nn.GRU(width, 16, batch_first=True, dtype=torch.float64)
     theirs.load_state_dict(fused.state_dict())
-    x = torch.randn(8, 600, 8, dtype=torch.float64, requires_grad=True)   # 307 KB: kept (buffers.MIN_BYTES)
+    x = torch.randn(8, 600, width, dtype=torch.float64, requires_grad=True)   # kept (buffers.MIN_BYTES)
     x_theirs = x.detach().clone().requires_grad_(True)
     ours_out = fused(x)[0]
     theirs_out = theirs(x_theirs)[0]
     torch.testing.assert_close(ours_out, theirs_out, rtol=0, atol=1e-12)
     ours_out[:, -1].sum().backward()
     theirs_out[:, -1].sum().backward()
-    assert (600, 8, 8) in kept
+    assert (600, 8, width) in kept
     torch.testing.assert_close(x.grad, x_theirs.grad, rtol=0, atol=1e-12)
     for a, b in zip(fused.parameters(), theirs.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)

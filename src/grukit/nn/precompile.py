@@ -27,30 +27,34 @@ from numba.core import event
 
 from ..errors import ConfigError
 from . import bfloat16
+from .kernels.api import INPUT_ROWS_MAX
 from .recurrent import GRU, LSTM, MGU, MGU_VARIANTS, RNN, MinGRU, RecurrentLayer
 
 CELLS = ("gru", "lstm", "rnn", "mgu", "mingru")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "mixed_bfloat16": torch.float32}
 # small shapes: compiling does not depend on them, and they run in milliseconds
 _INPUT, _HIDDEN, _STEPS = 6, 8, 5
+# Training projects inputs up to INPUT_ROWS_MAX wide inside the time loop, wider ones before it:
+# both forms of the forward loop are compiled.
+_WIDE_INPUT = INPUT_ROWS_MAX + 1
 
 
 def _variants(cell: str) -> Iterator[Callable[..., RecurrentLayer]]:
     """Constructors (taking bidirectional=) of every variant of a cell the kernels specialise on."""
     if cell == "gru":
-        yield lambda **kw: GRU(_INPUT, _HIDDEN, **kw)
-        yield lambda **kw: GRU(_INPUT, _HIDDEN, reset_after=False, **kw)
+        yield lambda inputs=_INPUT, **kw: GRU(inputs, _HIDDEN, **kw)
+        yield lambda inputs=_INPUT, **kw: GRU(inputs, _HIDDEN, reset_after=False, **kw)
     elif cell == "lstm":
-        yield lambda **kw: LSTM(_INPUT, _HIDDEN, **kw)
+        yield lambda inputs=_INPUT, **kw: LSTM(inputs, _HIDDEN, **kw)
     elif cell == "rnn":
-        yield lambda **kw: RNN(_INPUT, _HIDDEN, **kw)
-        yield lambda **kw: RNN(_INPUT, _HIDDEN, nonlinearity="relu", **kw)
+        yield lambda inputs=_INPUT, **kw: RNN(inputs, _HIDDEN, **kw)
+        yield lambda inputs=_INPUT, **kw: RNN(inputs, _HIDDEN, nonlinearity="relu", **kw)
     elif cell == "mgu":
         for variant in MGU_VARIANTS:
-            yield lambda variant=variant, **kw: MGU(_INPUT, _HIDDEN, variant=variant, **kw)
+            yield lambda inputs=_INPUT, variant=variant, **kw: MGU(inputs, _HIDDEN, variant=variant, **kw)
     else:
-        yield lambda **kw: MinGRU(_INPUT, _HIDDEN, **kw)
-        yield lambda **kw: MinGRU(_INPUT, _HIDDEN, candidate="g", **kw)
+        yield lambda inputs=_INPUT, **kw: MinGRU(inputs, _HIDDEN, **kw)
+        yield lambda inputs=_INPUT, **kw: MinGRU(inputs, _HIDDEN, candidate="g", **kw)
 
 
 def _exercise(layer: RecurrentLayer, dtype: torch.dtype, training: bool) -> None:
@@ -76,13 +80,18 @@ def _exercise(layer: RecurrentLayer, dtype: torch.dtype, training: bool) -> None
             streamer.step(x[:, 0].numpy())
             streamer.run(x.transpose(0, 1).numpy())
     if training:
-        layer.train()
-        layer.batch_first = True
-        for inputs in ((x.requires_grad_(True),), (x, None, lengths)):
-            out = layer(*inputs)[0]
-            out.square().sum().backward()
+        _train(layer, x, lengths)
         layer.batch_first = False
         layer(ids, embedding=embedding.requires_grad_(True))[0].sum().backward()
+
+
+def _train(layer: RecurrentLayer, x: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Training's forward and backward on x, batch-first, without and with lengths."""
+    layer.train()
+    layer.batch_first = True
+    for inputs in ((x.requires_grad_(True),), (x, None, lengths)):
+        out = layer(*inputs)[0]
+        out.square().sum().backward()
 
 
 def precompile(cells=CELLS, dtypes=("float32",), training: bool = True,
@@ -117,6 +126,10 @@ def _compile_cell(cell: str, dtype: str, training: bool) -> dict:
             for bidirectional in (False, True):
                 with bfloat16.mode(dtype == "mixed_bfloat16"):
                     _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
+                    if training:   # an input too wide for the loop's own projection
+                        wide = make(inputs=_WIDE_INPUT, bidirectional=bidirectional, kernel="fused").to(DTYPES[dtype])
+                        _train(wide, torch.randn(3, _STEPS, _WIDE_INPUT, dtype=DTYPES[dtype]),
+                               torch.tensor([_STEPS, 2, 3]))
     return {"cell": cell, "dtype": dtype, "seconds": time.perf_counter() - start, "compiled": len(listener.names)}
 
 

@@ -45,6 +45,7 @@ from ..errors import ConfigError, DataError, ShapeError
 from . import bfloat16, dispatch
 from .cells import LAYOUTS, CellLayout, State, activation_function
 from .embedded import EmbeddedTokens, TableRows, check_tokens, kept_empty
+from .projection_grads import projection_grads
 from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
 
 
@@ -376,8 +377,8 @@ class RecurrentLayer(nn.Module):
                 return x.project_distinct(*single) if fused and self.mode != "MINGRU" else x.project(*single)
             x = x.materialize()   # MGU1-3: some gates have no input weights
         if fused and not bfloat16.enabled():
-            from .kernels.function import fused_projection
-            gx = fused_projection(x, single)
+            from .kernels.function import fused_projection, input_rows
+            gx = input_rows(self.mode, x, single) or fused_projection(x, single)
             if gx is not None:
                 return gx
         return input_preactivations(self.layout, x, params, self.hidden_size)
@@ -660,9 +661,6 @@ def single_projection(layout: CellLayout, params: dict) -> tuple[torch.Tensor, t
     return None
 
 
-NARROW_INPUT = 16
-
-
 class _InputProjection(torch.autograd.Function):
     """rows @ weight^T + bias, recorded for backward, into one of the kernels' kept arrays.
 
@@ -673,11 +671,7 @@ class _InputProjection(torch.autograd.Function):
     nothing holds it. (The inference path's chunked projection, api.project's, took longer here: 212
     against 167 us at S3's 3200 x 10 rows and G = 256, 3.3 against 3.2 ms at S2's GRU.)
 
-    The backward: torch's own (linear's) forms grad weight as grad^T @ rows, to match the
-    transposed view of the weight, and MKL runs that (G, R) x (R, I) product 4-5x slower than
-    (rows^T @ grad)^T for narrow inputs: 1.53 against 0.30 ms for the S3 LSTM's 3200 rows, G = 256,
-    I = 10 (0.86 against 0.20 for the GRU's G = 192). From I = 32 on the two orders cost the same,
-    and at I = 40 the transposed one is slower: inputs wider than NARROW_INPUT take linear's order."""
+    The backward: :func:`grukit.nn.projection_grads.projection_grads`."""
 
     @staticmethod
     def forward(rows, weight, bias):
@@ -696,12 +690,8 @@ class _InputProjection(torch.autograd.Function):
     @bfloat16.without_autocast
     def backward(ctx, grad):
         rows, weight = ctx.saved_tensors
-        grad_rows = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = (rows.t() @ grad).t() if rows.shape[1] <= NARROW_INPUT else grad.t() @ rows
-        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_rows, grad_weight, grad_bias
+        return projection_grads(rows, weight, grad, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                                ctx.has_bias and ctx.needs_input_grad[2])
 
 
 def _time_major_rows(x: torch.Tensor) -> torch.Tensor:

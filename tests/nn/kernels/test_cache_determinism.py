@@ -66,6 +66,9 @@ for name, make in cells():
     digest = hashlib.sha256(b"".join(p.numpy().tobytes() for p in parts)).hexdigest()
     print(name, "=", digest[:16])
 
+wide = LSTM(20, 16, kernel="fused")   # wider than INPUT_ROWS_MAX: projected before the loop in training
+wide(torch.randn(5, 3, 20, requires_grad=True))[0].sum().backward()
+
 import numpy as np   # the tutorial model, trained and used: Embedding(mask_zero) -> GRU -> Dense
 from grukit.layers import Dense, Embedding, GRU as KerasGRU, Input
 from grukit.models import Sequential

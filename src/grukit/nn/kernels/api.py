@@ -86,7 +86,8 @@ def _bias(mode, bias_hh, gh, dt):
 
 
 def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
-            reverse=False, training=False, candidate="identity", gx_index=None, products=None):
+            reverse=False, training=False, candidate="identity", gx_index=None, products=None,
+            input_rows=None):
     """Run one layer and direction; ``w_t`` is :func:`pack_weight` of weight_hh.
 
     ``products``: the GEMM of the per-step recurrent products (products.py): None for the dtype's
@@ -95,9 +96,18 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     ``gx_index`` (T, B) int64: gx is a table (U, G*H) and step t of sequence b reads its row
     gx_index[t, b], as if gx were ``table[gx_index]`` (an embedded first layer's projection per
     distinct token), without that (T, B, G*H) array being written.
+    ``input_rows`` (x, w_ih, b_ih or None, batch_first), with gx None: each step projects its rows
+    itself, x[t, b] @ w_ih.T + b_ih (x[b, t] when batch_first), as if gx were that projection; for
+    narrow inputs (:data:`INPUT_ROWS_MAX`), where writing and reading back gx costs more than the
+    projection (see :func:`input_rows_source`). Not for MINGRU, whose backward reads gx.
     Returns (out, h_n, c_n or None, workspace or None).
     """
-    gx, gx_index = _table_and_index(gx, gx_index)
+    if input_rows is not None:
+        if mode == "MINGRU":
+            raise ValueError("input_rows: MINGRU's backward reads gx; pass gx")
+        gx, gx_index = input_rows_source(*input_rows, G=GATES[mode] * h0.shape[1])
+    else:
+        gx, gx_index = _table_and_index(gx, gx_index)
     shape = gx_shape(gx, gx_index)
     lengths = _check(mode, gx, h0, c0, w_t, lengths, candidate, shape)
     if lengths is None:
@@ -120,6 +130,27 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
         out, h_n, ws = mgu.forward(gx, h0, w_t, lengths, reverse, mode != "MGU3", training, gx_index,
                                    products)
     return out, h_n, c_n, ws
+
+
+# Inputs up to this width are projected inside the time loop when the layer trains (input_rows).
+# S3's LSTM training step (I = 10, G = 256, 3200 rows): the separate projection (the time-major copy
+# of x, the GEMM writing gx, its backward's two GEMMs over the step's gate gradients) took 1.7 ms of
+# 7.2 in the step; inside the loop the projection costs the forward 0.17 ms (two threads).
+INPUT_ROWS_MAX = 16
+
+
+def input_rows_source(x, w_ih, b_ih, batch_first, G):
+    """forward's (gx, gx_index) for input rows: a (1, B, G) scratch array, each row of which a step
+    overwrites with its own projection, and the tuple (x, w_ih.T, bias, batch_first) that
+    common.gx_row projects from."""
+    dt = x.dtype
+    if x.ndim != 3 or not x.flags.c_contiguous or dt not in (np.float32, np.float64):
+        raise ValueError(f"input_rows: expected x a C-contiguous 3-D float32 or float64 array, got {x.shape} {dt}")
+    B = x.shape[0] if batch_first else x.shape[1]
+    _check_array("input_rows weight_ih", w_ih, (G, x.shape[2]), dt)
+    bias = np.zeros(G, dt) if b_ih is None else b_ih
+    _check_array("input_rows bias", bias, (G,), dt)
+    return np.empty((1, B, G), dt), (x, np.ascontiguousarray(w_ih.T), bias, np.bool_(batch_first))
 
 
 def _table_and_index(gx, gx_index):

@@ -569,15 +569,32 @@ def time_index(s, L, reverse):
     return L - 1 - s if reverse else s
 
 
-@njit(**JIT)
 def gx_row(gx, gidx, t, b):
     """Step t's input pre-activations of sequence b: gx[t, b], or with an index gidx (T, B) (not
     empty), row gidx[t, b] of the table gx (1, U, G*H). An embedded first layer's projection is a
     table of one row per distinct token (nn/embedded.py); reading it through the token index saves
-    writing the (T, B, G*H) gather, 7.7 MB per batch of the tutorial IMDB GRU."""
-    if gidx.shape[0] == 0:
-        return gx[t, b]
-    return gx[0, gidx[t, b]]
+    writing the (T, B, G*H) gather, 7.7 MB per batch of the tutorial IMDB GRU.
+
+    With ``gidx = (x, w_in_t, b_in, batch_first)`` (input_rows), the row is projected here, into
+    row b of the scratch gx (1, B, G*H): x[t, b] @ w_in_t + b_in (x[b, t] when batch_first)."""
+
+
+@overload(gx_row, jit_options=OVERLOAD_JIT)
+def _gx_row(gx, gidx, t, b):
+    if isinstance(gidx, types.BaseTuple):
+        def projected(gx, gidx, t, b):
+            x, w_in_t, b_in, batch_first = gidx
+            row = gx[0, b]
+            copy_vector(row, b_in)
+            axpy_matvec(x[b, t] if batch_first else x[t, b], w_in_t, 0, 0, row.shape[0], row)
+            return row
+        return projected
+
+    def read(gx, gidx, t, b):
+        if gidx.shape[0] == 0:
+            return gx[t, b]
+        return gx[0, gidx[t, b]]
+    return read
 
 
 @njit(**JIT)
@@ -783,8 +800,14 @@ def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training,
 
 
 def gx_shape(gx, gx_index) -> tuple[int, int, int]:
-    """(T, B, G*H) of a family forward's input: gx's shape, or with an index the index's (T, B)."""
-    return gx.shape if gx_index is None else (*gx_index.shape, gx.shape[2])
+    """(T, B, G*H) of a family forward's input: gx's shape, or with an index the index's (T, B), or
+    with input rows (gx_row) those of x."""
+    if gx_index is None:
+        return gx.shape
+    if isinstance(gx_index, tuple):
+        x, batch_first = gx_index[0], gx_index[3]
+        return (x.shape[1], x.shape[0], gx.shape[2]) if batch_first else (x.shape[0], x.shape[1], gx.shape[2])
+    return (*gx_index.shape, gx.shape[2])
 
 
 def run_step(rows_fn, gx_t, states, params, flags, n_ws):

@@ -12,14 +12,16 @@ of them calls BLAS (the per-step GEMMs, scipy's OpenBLAS) single-threaded: see
 :func:`one_blas_thread`.
 
 ``CALLS`` counts kernel invocations ("run" per fused_run_direction forward, "project" per
-inference input projection on the kernels' threads (fused_projection), "step" per
-fused_step, "backward" per backward) so tests can prove the fused path ran.
+inference input projection on the kernels' threads (fused_projection), "input rows" per forward
+that projects its input inside the loop (InputRows), "step" per fused_step, "backward" per
+backward) so tests can prove the fused path ran.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ from .. import bfloat16
 from ..dispatch import records_gradient
 from ..embedded import TableRows, row_sums
 from ..first_order import first_order_backward
+from ..projection_grads import projection_grads
 from ..reference import DirectionWeights
 from . import api, buffers
 from .blas import PER_THREAD_LIMIT
@@ -126,14 +129,22 @@ def _lengths_np(lengths: torch.Tensor | None, T: int, B: int) -> np.ndarray | No
     return out
 
 
-def _run_forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh):
+def _run_forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh,
+                 weight_ih=None, bias_in=None):
     """The kernel's forward on tensors: ((out, h_n[, c_n]) as tensors, workspace or None).
-    ``gx_index`` (T, B) int64 or None: gx is a table read through it (api.forward)."""
+    ``gx_index`` (T, B) int64 or None: gx is a table read through it (api.forward). With
+    ``weight_ih``, gx is the input x (T, B, I) (a batch-first layer's transposed view is read in
+    place), projected inside the loop with ``bias_in`` (api.forward's input_rows)."""
     set_threads(torch.get_num_threads())
+    input_rows = None
+    if weight_ih is not None:
+        source, batch_first = _time_major_source(gx)
+        input_rows, gx = (_np(source), _np(weight_ih), _np(bias_in), batch_first), None
+        CALLS["input rows"] += 1
     with one_blas_thread(h0.shape[0]):
         out, h_n, c_n, ws = api.forward(mode, _np(gx), _np(h0), _np(c0), _packed(weight_hh),
                                         _np(bias_hh), lengths, reverse, training, candidate, gx_index,
-                                        bfloat16.recurrent_products())
+                                        bfloat16.recurrent_products(), input_rows)
     CALLS["run"] += 1
     results = (torch.from_numpy(out), torch.from_numpy(h_n))
     if c_n is not None:
@@ -150,33 +161,41 @@ class _Workspace:
 
 
 # Positions of forward's inputs in ctx.needs_input_grad.
-_WEIGHT_HH, _BIAS_HH = 9, 10
+_GX, _WEIGHT_HH, _BIAS_HH, _WEIGHT_IH, _BIAS_IN = 6, 9, 10, 11, 12
 
 
 class _FusedDirection(torch.autograd.Function):
+    """One layer and direction on the fused kernels. gx is the input pre-activations (or a table
+    read through gx_index); or, with weight_ih, the input x itself, projected inside the time loop
+    with bias_in (InputRows), whose backward then gives the gradients of x, weight_ih and bias_in."""
+
     @staticmethod
-    def forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh):
+    def forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh,
+                weight_ih=None, bias_in=None):
         # The workspace is returned beside the results for setup_context (forward takes no ctx, so
         # that torch.func.grad can run it); fused_run_direction drops it.
         results, ws = _run_forward(mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0,
-                                   weight_hh, bias_hh)
+                                   weight_hh, bias_hh, weight_ih, bias_in)
         return (*results, _Workspace(ws))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh = inputs
+        mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh, *projection = inputs
+        weight_ih, bias_in = projection + [None] * (2 - len(projection))
         *results, ws = output
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
         ctx.gx_index, ctx.gx_rows = gx_index, gx.shape[0]
+        ctx.input_rows, ctx.has_bias_in = weight_ih is not None, bias_in is not None
         ctx.has_bias = bias_hh is not None
         ctx.bf16 = bfloat16.enabled()   # grad weight_hh with bfloat16 operands (nn/bfloat16.py)
         ctx.products = bfloat16.recurrent_products()   # and the per-step products, as forward's
-        # Only minGRU's backward reads gx: other modes let the (T, B, G*H) pre-activations go.
+        # Only minGRU's backward reads gx: other modes let the (T, B, G*H) pre-activations go. Input
+        # rows keep x and weight_ih for their gradients.
         # RNN's workspace is its output and h0 (rnn.py): saved as tensors, so that changing either
         # in place before backward raises torch's usual error instead of giving wrong gradients.
         reads_output = mode in api.WORKSPACE_IS_OUTPUT
         ctx.ws = None if reads_output else ws.arrays
-        ctx.save_for_backward(gx if mode == "MINGRU" else None, weight_hh,
+        ctx.save_for_backward(gx if mode == "MINGRU" or ctx.input_rows else None, weight_hh, weight_ih,
                               *((results[0], h0) if reads_output else ()))
         # An unused output (the sequence, when only the last state is read) gets None instead of a
         # fresh zero tensor: backward passes small zeros instead.
@@ -189,7 +208,7 @@ class _FusedDirection(torch.autograd.Function):
     @bfloat16.without_autocast
     def backward(ctx, grad_out, grad_h_n, *rest):
         grad_c_n = rest[0] if len(rest) == 2 else None   # the last output is the workspace
-        gx, weight_hh, *output_and_h0 = ctx.saved_tensors
+        gx, weight_hh, weight_ih, *output_and_h0 = ctx.saved_tensors
         # An unused output sequence's gradient is one zero row the kernels read at every step
         # (common.output_grad): no (T, B, H) zeros to write and read back.
         shapes = ((1, 1, ctx.shapes[0][2]),) + ctx.shapes[1:]
@@ -204,7 +223,8 @@ class _FusedDirection(torch.autograd.Function):
         grad_rows, batch_first = _time_major_source(grad_out)
         with one_blas_thread(grad_out.shape[1]):
             dgx, dh0, dc0, terms, bias_src = api.backward(
-                ctx.mode, ws, _np(gx), w, _np(grad_rows), _np(grad_h_n), _np(grad_c_n), ctx.lengths,
+                ctx.mode, ws, None if ctx.input_rows else _np(gx), w, _np(grad_rows), _np(grad_h_n),
+                _np(grad_c_n), ctx.lengths,
                 ctx.reverse, ctx.candidate, batch_first, ctx.products)
         CALLS["backward"] += 1
         # torch's GEMMs below must not meet tiny values (see common.py). The weight terms' gradients
@@ -221,11 +241,19 @@ class _FusedDirection(torch.autograd.Function):
             grad_w = torch.from_numpy(grad_w)
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
         grad_gx = torch.from_numpy(dgx)
-        if ctx.gx_index is not None:   # gx was a table: each row gets the sum over its positions
+        grad_projection = (None, None)   # forward's defaults (weight_ih, bias_in) count as inputs too
+        if ctx.input_rows:   # gx was x, projected in the loop: the gradients of x, weight_ih, bias_in
+            grad_gx, grad_w_ih, grad_b_in = projection_grads(
+                gx.reshape(-1, gx.shape[2]), weight_ih, grad_gx.view(-1, dgx.shape[2]),
+                ctx.needs_input_grad[_GX], ctx.needs_input_grad[_WEIGHT_IH],
+                ctx.has_bias_in and ctx.needs_input_grad[_BIAS_IN])
+            grad_gx = None if grad_gx is None else grad_gx.view(gx.shape)
+            grad_projection = (grad_w_ih, grad_b_in)
+        elif ctx.gx_index is not None:   # gx was a table: each row gets the sum over its positions
             grad_gx = row_sums(torch.from_numpy(ctx.gx_index.reshape(-1)), grad_gx.view(-1, dgx.shape[2]),
                                ctx.gx_rows)
         return (None, None, None, None, None, None, grad_gx, torch.from_numpy(dh0),
-                None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b)
+                None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b, *grad_projection)
 
 
 def kept_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
@@ -238,23 +266,50 @@ def _torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a).matmul(torch.from_numpy(b)).numpy()
 
 
+class InputRows(NamedTuple):
+    """gx (T, N, G) given as the input x (T, N, I) and its projection ``x @ weight.T + bias``, which
+    the kernels compute row by row inside the time loop (api.forward's input_rows)."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+def input_rows(mode: str, x, single: tuple[torch.Tensor, torch.Tensor | None] | None) -> InputRows | None:
+    """gx as InputRows where the kernels project inside the loop: a single projection of a narrow
+    input (api.INPUT_ROWS_MAX) that is recorded for backward, on the CPU in x's dtype; not minGRU,
+    whose backward reads gx. None otherwise (kernels.api.INPUT_ROWS_MAX says why)."""
+    if single is None or mode == "MINGRU" or not isinstance(x, torch.Tensor) or x.shape[-1] > api.INPUT_ROWS_MAX:
+        return None
+    weight, bias = single
+    if not records_gradient(x, weight, bias):
+        return None
+    if any(t is not None and (t.dtype != x.dtype or t.device.type != "cpu") for t in (x, weight, bias)):
+        return None
+    return InputRows(x, weight, bias)
+
+
 def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionWeights,
                         lengths: torch.Tensor | None = None, reverse: bool = False,
                         candidate: str = "identity"):
     """Same arguments and results as :func:`grukit.nn.reference.run_direction`; gx may also be a
     :class:`grukit.nn.embedded.TableRows`, read row by row through its index (when gradients are
     recorded, not for minGRU, whose backward reads gx again; fused_projection gives minGRU a
-    TableRows only in inference)."""
+    TableRows only in inference), or an :class:`InputRows`, projected inside the loop."""
+    projection = ()
     if isinstance(gx, TableRows):
         gx, gx_index = gx.table, _index_np(gx.index)
         T, B = gx_index.shape
+    elif isinstance(gx, InputRows):
+        gx, projection = gx.x, (gx.weight, gx.bias)
+        gx_index, (T, B) = None, gx.shape[:2]
     else:
         gx_index, (T, B) = None, gx.shape[:2]
     _check_supported(mode, gx, weights)
     h0, c0 = state0 if mode == "LSTM" else (state0, None)
     bias_hh = weights.bias_hh if mode in api.HAS_BIAS_HH else None
     weight_hh = weights.weight_hh if api.RECURRENT_ROWS[mode] else None
-    leaves = (gx, h0, c0, weight_hh, bias_hh)
+    leaves = (gx, h0, c0, weight_hh, bias_hh, *projection)
     # Keep a workspace for backward only when autograd will call it.
     training = records_gradient(*leaves)
     if training:

@@ -35,7 +35,7 @@ def resolve(kind: str | None, dtype) -> str:
 
 
 def operands(matrices, kind: str | None) -> tuple:
-    """Each matrix's operand for the products of ``kind`` (:func:`resolve`\ d for their dtype)."""
+    """Each matrix's operand for the products of ``kind`` (resolved for their dtype by :func:`resolve`)."""
     kind = resolve(kind, matrices[0].dtype)
     if kind == "blas":
         return tuple(np.empty(0, m.dtype) for m in matrices)
