@@ -34,8 +34,8 @@ CELLS = ("gru", "lstm", "rnn", "mgu", "mingru")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "mixed_bfloat16": torch.float32}
 # small shapes: compiling does not depend on them, and they run in milliseconds
 _INPUT, _HIDDEN, _STEPS = 6, 8, 5
-# Training projects inputs up to INPUT_ROWS_MAX wide inside the time loop, wider ones before it:
-# both forms of the forward loop are compiled.
+# Inputs up to INPUT_ROWS_MAX wide are projected inside the time loop, wider ones before it (a batch
+# in inference and in training): both forms are compiled.
 _WIDE_INPUT = INPUT_ROWS_MAX + 1
 
 
@@ -85,6 +85,21 @@ def _exercise(layer: RecurrentLayer, dtype: torch.dtype, training: bool) -> None
         layer(ids, embedding=embedding.requires_grad_(True))[0].sum().backward()
 
 
+def _exercise_wide(layer: RecurrentLayer, dtype: torch.dtype, training: bool) -> None:
+    """The entry points that differ for an input too wide for the loop's own projection: a batch's
+    inference (batch-first and time-major) and training."""
+    layer = layer.to(dtype)
+    x = torch.randn(3, _STEPS, _WIDE_INPUT, dtype=dtype)
+    layer.eval()
+    with torch.no_grad():
+        layer.batch_first = True
+        layer(x)
+        layer.batch_first = False
+        layer(x.transpose(0, 1).contiguous())
+    if training:
+        _train(layer, x, torch.tensor([_STEPS, 2, 3]))
+
+
 def _train(layer: RecurrentLayer, x: torch.Tensor, lengths: torch.Tensor) -> None:
     """Training's forward and backward on x, batch-first, without and with lengths."""
     layer.train()
@@ -126,10 +141,8 @@ def _compile_cell(cell: str, dtype: str, training: bool) -> dict:
             for bidirectional in (False, True):
                 with bfloat16.mode(dtype == "mixed_bfloat16"):
                     _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
-                    if training:   # an input too wide for the loop's own projection
-                        wide = make(inputs=_WIDE_INPUT, bidirectional=bidirectional, kernel="fused").to(DTYPES[dtype])
-                        _train(wide, torch.randn(3, _STEPS, _WIDE_INPUT, dtype=DTYPES[dtype]),
-                               torch.tensor([_STEPS, 2, 3]))
+                    _exercise_wide(make(inputs=_WIDE_INPUT, bidirectional=bidirectional, kernel="fused"),
+                                   DTYPES[dtype], training)
     return {"cell": cell, "dtype": dtype, "seconds": time.perf_counter() - start, "compiled": len(listener.names)}
 
 

@@ -66,7 +66,9 @@ for name, make in cells():
     digest = hashlib.sha256(b"".join(p.numpy().tobytes() for p in parts)).hexdigest()
     print(name, "=", digest[:16])
 
-wide = LSTM(20, 16, kernel="fused")   # wider than INPUT_ROWS_MAX: projected before the loop in training
+wide = LSTM(20, 16, kernel="fused")   # wider than INPUT_ROWS_MAX: projected before the loop
+with torch.no_grad():
+    wide(torch.randn(5, 3, 20))
 wide(torch.randn(5, 3, 20, requires_grad=True))[0].sum().backward()
 
 import numpy as np   # the tutorial model, trained and used: Embedding(mask_zero) -> GRU -> Dense

@@ -106,9 +106,10 @@ def test_api_forward_refuses_what_it_cannot_project():
 
 
 @pytest.mark.parametrize("cell", [gnn.GRU, gnn.LSTM, gnn.RNN, gnn.MGU])
-def test_layers_take_it_for_narrow_inputs_in_training_only(cell):
+def test_layers_train_narrow_inputs_on_it(cell):
     """A spy on the kernels' counter: narrow inputs in training go through the loop's projection, and
-    the layer's gradients match its reference loop; wide inputs, inference and the bfloat16 mode do not."""
+    the layer's gradients match its reference loop; wide inputs and the bfloat16 mode do not (inference:
+    the next test)."""
     torch.manual_seed(0)
     layer = cell(api.INPUT_ROWS_MAX, 6, num_layers=2, batch_first=True, dtype=torch.float64)
     oracle = cell(api.INPUT_ROWS_MAX, 6, num_layers=2, batch_first=True, dtype=torch.float64, kernel="reference")
@@ -124,8 +125,6 @@ def test_layers_take_it_for_narrow_inputs_in_training_only(cell):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-9)
     wide = cell(api.INPUT_ROWS_MAX + 1, 6)
     wide(torch.randn(5, 3, api.INPUT_ROWS_MAX + 1))[0].sum().backward()
-    with torch.no_grad():
-        layer(x)
     with bfloat16.mode(True):
         layer.float()(x.float())[0].sum().backward()
     assert CALLS["input rows"] == runs + 2
@@ -141,3 +140,28 @@ def test_changing_x_in_place_before_backward_raises():
     source.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("cell", [gnn.GRU, gnn.LSTM, gnn.RNN, gnn.MGU])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_inference_projects_narrow_inputs_in_the_loop_too(cell, batch_first, monkeypatch):
+    """api.forward_stack (a whole stack under no_grad) takes input rows for every layer whose input is
+    narrow: the same numbers as the reference loop, with ragged lengths, both directions, two layers."""
+    sources = []
+    original = api.input_rows_source
+    monkeypatch.setattr(api, "input_rows_source", lambda *a, **k: sources.append(a[0].shape) or original(*a, **k))
+    torch.manual_seed(0)
+    layer = cell(5, 6, num_layers=2, bidirectional=True, batch_first=batch_first, dtype=torch.float64).eval()
+    oracle = cell(5, 6, num_layers=2, bidirectional=True, batch_first=batch_first, dtype=torch.float64,
+                  kernel="reference").eval()
+    oracle.load_state_dict(layer.state_dict())
+    x = torch.randn(4, 7, 5, dtype=torch.float64)
+    x = x if batch_first else x.transpose(0, 1).contiguous()
+    lengths = torch.tensor([7, 3, 5, 1])
+    with torch.no_grad():
+        got, want = layer(x, lengths=lengths), oracle(x, lengths=lengths)
+    assert len(sources) == 4   # two layers, two directions: the second layer's input is 12 wide
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-9)
+    for a, b in zip(got[1] if isinstance(got[1], tuple) else (got[1],),
+                    want[1] if isinstance(want[1], tuple) else (want[1],)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)

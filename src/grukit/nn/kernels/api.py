@@ -99,7 +99,7 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     ``input_rows`` (x, w_ih, b_ih or None, batch_first), with gx None: each step projects its rows
     itself, x[t, b] @ w_ih.T + b_ih (x[b, t] when batch_first), as if gx were that projection; for
     narrow inputs (:data:`INPUT_ROWS_MAX`), where writing and reading back gx costs more than the
-    projection (see :func:`input_rows_source`). Not for MINGRU, whose backward reads gx.
+    projection (see :func:`input_rows_source`). Not for MINGRU (its backward reads gx).
     Returns (out, h_n, c_n or None, workspace or None).
     """
     if input_rows is not None:
@@ -132,7 +132,8 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     return out, h_n, c_n, ws
 
 
-# Inputs up to this width are projected inside the time loop when the layer trains (input_rows).
+# Inputs up to this width are projected inside the time loop (input_rows): in training
+# (kernels.function) and in batched inference (forward_stack).
 # S3's LSTM training step (I = 10, G = 256, 3200 rows): the separate projection (the time-major copy
 # of x, the GEMM writing gx, its backward's two GEMMs over the step's gate gradients) took 1.7 ms of
 # 7.2 in the step; inside the loop the projection costs the forward 0.17 ms (two threads).
@@ -189,18 +190,20 @@ def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="ide
     for layer_number, layer in enumerate(directions):
         outputs = []
         for direction, (w_ih, b_ih, w_t, bias_hh) in enumerate(layer):
-            gx_index = None
+            gx_index = input_rows = gx = None
             if layer_number == 0 and first_gx is not None:
                 gx = first_gx[direction]
                 if isinstance(gx, tuple):
                     gx, gx_index = gx
+            elif x.shape[-1] <= INPUT_ROWS_MAX and mode != "MINGRU":
+                input_rows = (x, w_ih, b_ih, batch_first)
             elif batch_first:
                 gx, gx_index = project_batch_first(x, w_ih, b_ih)
             else:
                 gx = project(x, w_ih, b_ih)
             out, h_n[index], c_last, _ = forward(mode, gx, h0[index], None if c0 is None else c0[index],
                                                  w_t, bias_hh, lengths, direction == 1, False, candidate,
-                                                 gx_index)
+                                                 gx_index, input_rows=input_rows)
             if c_n is not None:
                 c_n[index] = c_last
             outputs.append(out)
