@@ -11,7 +11,7 @@ from grukit.nn.kernels import api
 
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, False), (False, True, False)])
-@pytest.mark.parametrize("width", [7, projection_grads.NARROW_INPUT + 1])
+@pytest.mark.parametrize("width", [1, 7, projection_grads.PAD_COLUMNS, projection_grads.NARROW_INPUT + 1])
 def test_projection_gives_linears_values_and_gradients(with_bias, needs, width):
     torch.manual_seed(0)
     rows = torch.randn(300, width, dtype=torch.float64, requires_grad=needs[0])
