@@ -381,7 +381,7 @@ class RecurrentLayer(nn.Module):
             gx = input_rows(self.mode, x, single) or fused_projection(x, single)
             if gx is not None:
                 return gx
-        return input_preactivations(self.layout, x, params, self.hidden_size)
+        return input_preactivations(self.layout, x, params, self.hidden_size, fused)
 
     def recurrent_dropout_mask(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
         """A fresh recurrent-dropout mask for one layer and direction: (N, G_rec * H_out) with entries
@@ -668,17 +668,15 @@ class _InputProjection(torch.autograd.Function):
     hands back to the system when the step frees them, so each step touched fresh pages (LSTM S3:
     up to 200 page faults per step; profiled, the bias fill that first touches the output took
     0.6-0.9 ms of a 4.6 ms step). Into a kept array (kernels/buffers.py) instead, reused once
-    nothing holds it. (The inference path's chunked projection, api.project's, took longer here: 212
-    against 167 us at S3's 3200 x 10 rows and G = 256, 3.3 against 3.2 ms at S2's GRU.)
+    nothing holds it. (The inference path's chunked projection, api.project's, on MKL's GEMM took
+    longer here: 212 against 167 us at S3's 3200 x 10 rows and G = 256, 3.3 against 3.2 ms at S2's
+    GRU. Where the kernels' GEMM is oneDNN's it is the faster one: _FusedInputProjection.)
 
     The backward: :func:`grukit.nn.projection_grads.projection_grads`."""
 
     @staticmethod
     def forward(rows, weight, bias):
-        out = kept_empty((rows.shape[0], weight.shape[0]), rows)
-        if bias is None:
-            return torch.mm(rows, weight.t(), out=out)
-        return torch.addmm(bias, rows, weight.t(), out=out)
+        return _torch_projection(rows, weight, bias, kept_empty((rows.shape[0], weight.shape[0]), rows))
 
     @staticmethod
     def setup_context(ctx, inputs, output):   # forward without ctx: torch.func.grad can run it
@@ -694,6 +692,27 @@ class _InputProjection(torch.autograd.Function):
                                 ctx.has_bias and ctx.needs_input_grad[2])
 
 
+class _FusedInputProjection(_InputProjection):
+    """_InputProjection for a layer on the fused kernels: on the kernels' threads and GEMM where that
+    is oneDNN's microkernel (kernels.function.training_projection), else torch's addmm."""
+
+    @staticmethod
+    def forward(rows, weight, bias):
+        from .kernels.function import training_projection
+        out = kept_empty((rows.shape[0], weight.shape[0]), rows)
+        if training_projection(rows, weight, bias, out):
+            return out
+        return _torch_projection(rows, weight, bias, out)
+
+
+def _torch_projection(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      out: torch.Tensor) -> torch.Tensor:
+    """out = rows @ weight.T (+ bias): one addmm, no separate pass for the bias."""
+    if bias is None:
+        return torch.mm(rows, weight.t(), out=out)
+    return torch.addmm(bias, rows, weight.t(), out=out)
+
+
 def _time_major_rows(x: torch.Tensor) -> torch.Tensor:
     """x (T, N, I) as (T*N, I) rows. A batch-first layer's input arrives as a transposed view, and
     reshape would copy it into a fresh tensor on every training step, touching new pages whenever
@@ -706,8 +725,10 @@ def _time_major_rows(x: torch.Tensor) -> torch.Tensor:
     return rows.view(-1, x.shape[-1])
 
 
-def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidden_size: int) -> torch.Tensor:
-    """gx for all steps: the input projection (one GEMM) in full gate order plus outer biases."""
+def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidden_size: int,
+                         fused: bool = False) -> torch.Tensor:
+    """gx for all steps: the input projection (one GEMM) in full gate order plus outer biases;
+    ``fused``: for a layer on the fused kernels, whose training projection may run on them."""
     single = single_projection(layout, params)
     if single is not None:
         # one fused GEMM + bias (addmm): no separate pass over gx for the bias.
@@ -715,7 +736,8 @@ def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidd
         if bfloat16.enabled():
             flat = bfloat16.Projection.apply(_time_major_rows(x), *single)
         elif dispatch.records_gradient(x, *single):
-            flat = _InputProjection.apply(_time_major_rows(x), *single)
+            projection = _FusedInputProjection if fused else _InputProjection
+            flat = projection.apply(_time_major_rows(x), *single)
         else:
             flat = nn.functional.linear(x.reshape(-1, x.shape[-1]), *single)
         return flat.view(*x.shape[:-1], flat.shape[-1])

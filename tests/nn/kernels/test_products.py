@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from grukit.nn.kernels import api, onednn, products
+import grukit.nn as gnn
+from grukit.nn.kernels import api, function, onednn, products
 from grukit.nn.kernels.common import GEMM_MIN_ROWS
 
 from kernel_cases import make_case
@@ -105,3 +106,36 @@ def test_the_inference_projection_agrees_with_float64(faster, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     table, index = api.project_batch_first(np.ascontiguousarray(x.transpose(1, 0, 2)), w, b)
     np.testing.assert_allclose(table[index], want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.skipif(not onednn.FASTER_F32, reason="oneDNN's float32 microkernel is used on AMD CPUs with AVX-512 only")
+@pytest.mark.parametrize("cell", [gnn.GRU, gnn.LSTM, gnn.RNN])
+def test_the_training_projection_runs_on_the_microkernel_and_agrees_with_float64(cell):
+    """A fused float32 layer's training projection (recurrent._FusedInputProjection) on the kernels'
+    threads and oneDNN's GEMM: a spy on the kernels' counter, and the output and every gradient against
+    the same layer in float64, to float32 round-off."""
+    torch.manual_seed(0)
+    wide = api.INPUT_ROWS_MAX + 4   # narrower inputs are projected inside the loop
+    layer = cell(wide, 16, batch_first=True)
+    oracle = cell(wide, 16, batch_first=True, dtype=torch.float64)
+    oracle.load_state_dict(layer.state_dict())
+    x = torch.randn(6, 40, wide, requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    before = function.CALLS["project"]
+    out = layer(x)[0]
+    assert function.CALLS["project"] == before + 1
+    upstream = torch.randn(out.shape, dtype=torch.float64)
+    (out.double() * upstream).sum().backward()
+    want = oracle(x64)[0]
+    (want * upstream).sum().backward()
+    for got, expected in [(out, want), (x.grad, x64.grad)] + [(a.grad, b.grad) for a, b in
+                                                           zip(layer.parameters(), oracle.parameters())]:
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-5 * expected.abs().max().item())
+
+
+def test_the_training_projection_is_torchs_where_onednn_is_not_the_faster_gemm(monkeypatch):
+    monkeypatch.setattr(onednn, "FASTER_F32", False)
+    layer = gnn.GRU(api.INPUT_ROWS_MAX + 4, 8)
+    before = function.CALLS["project"]
+    layer(torch.randn(5, 3, api.INPUT_ROWS_MAX + 4, requires_grad=True))[0].sum().backward()
+    assert function.CALLS["project"] == before

@@ -240,13 +240,19 @@ def project_batch_first(x, w_ih, b_ih=None):
 def _project_rows(rows, w_ih, b_ih):
     """rows (R, I) @ w_ih.T + b_ih on the kernels' threads, the arrays already checked
     (_projection_bias): one large GEMM per thread's share of the rows."""
+    return project_into(rows, w_ih, b_ih, np.empty((rows.shape[0], w_ih.shape[0]), rows.dtype))
+
+
+def project_into(rows, w_ih, b_ih, out):
+    """out (R, G) = rows (R, I) @ w_ih.T + b_ih on the kernels' threads, C-contiguous arrays of one
+    dtype, b_ih (G,) (not None); returns out. The training projection of the fused layers calls it
+    where the kernels' GEMM is oneDNN's (function.training_projection)."""
     R, I = rows.shape
     G = w_ih.shape[0]
-    gx = np.empty((R, G), rows.dtype)
     kind = products.resolve(None, rows.dtype)   # oneDNN's microkernel takes w_ih.T, a copy per call
     (operand,) = products.operands((pack_transposed(w_ih) if kind == "onednn" else w_ih,), kind)
-    run_rows(project_rows, R, R * G * I, (rows, w_ih, b_ih, gx, operand), PROJECTION_MIN_PARALLEL_WORK)
-    return gx
+    run_rows(project_rows, R, R * G * I, (rows, w_ih, b_ih, out, operand), PROJECTION_MIN_PARALLEL_WORK)
+    return out
 
 
 def _projection_bias(x, w_ih, b_ih):

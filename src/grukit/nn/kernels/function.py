@@ -33,7 +33,7 @@ from ..embedded import TableRows, row_sums
 from ..first_order import first_order_backward
 from ..projection_grads import projection_grads
 from ..reference import DirectionWeights
-from . import api, buffers
+from . import api, buffers, products
 from .blas import PER_THREAD_LIMIT
 from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
 
@@ -418,6 +418,26 @@ def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor |
             gx = torch.from_numpy(api.project(_np(source), _np(weight), _np(bias)))
     CALLS["project"] += 1
     return gx
+
+
+def training_projection(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        out: torch.Tensor) -> bool:
+    """out = rows @ weight.T + bias on the kernels' threads (api.project_into), for a fused layer's
+    training projection, where the kernels' float32 GEMM is oneDNN's microkernel (products.py: AMD
+    CPUs with AVX-512, where torch's MKL runs AVX2 code). True when done; False leaves it to torch.
+
+    Measured on the Zen 4, a training step against the same layer on torch's addmm, one process,
+    alternating, 24 paired rounds: S2 GRU 1.06x, LSTM 1.08x (S2's projection alone: 3.9-4.1 against
+    4.3-5.1 ms)."""
+    if rows.dtype != torch.float32 or products.resolve(None, np.float32) != "onednn":
+        return False
+    if any(t is not None and (t.dtype != torch.float32 or t.device.type != "cpu") for t in (rows, weight, bias)):
+        return False
+    set_threads(torch.get_num_threads())
+    bias_np = np.zeros(weight.shape[0], np.float32) if bias is None else _np(bias)
+    api.project_into(_np(rows), _np(weight), bias_np, out.numpy())
+    CALLS["project"] += 1
+    return True
 
 
 def fused_step(mode: str, gx_t: torch.Tensor, state, weights: DirectionWeights,
