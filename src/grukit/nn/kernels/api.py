@@ -136,7 +136,8 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
 # (kernels.function) and in batched inference (forward_stack).
 # S3's LSTM training step (I = 10, G = 256, 3200 rows): the separate projection (the time-major copy
 # of x, the GEMM writing gx, its backward's two GEMMs over the step's gate gradients) took 1.7 ms of
-# 7.2 in the step; inside the loop the projection costs the forward 0.17 ms (two threads).
+# 7.2 in the step. Inside the loop its forward costs the kernel 0.17 ms (two threads), and the step
+# is 1.08x faster (the backward's GEMMs remain; benchmarks/NOTES.md).
 INPUT_ROWS_MAX = 16
 
 
