@@ -6,7 +6,7 @@ loads the machine code in milliseconds. :func:`precompile` pays that cost now, f
 image, a CI cache or a device image, so that no user call does: it runs each cell through every
 entry point of the kernels (inference batch-first and time-major, a batch of one, padded lengths,
 both directions, token ids with an embedding, ``step()``, the streamer, and training's forward and
-backward), each cell variant (both GRU reset placements, tanh and relu SimpleRNN, every MGU
+backward; inputs narrow enough to be projected inside the loop and wider ones), each cell variant (both GRU reset placements, tanh and relu SimpleRNN, every MGU
 variant, both minGRU candidates), in the dtypes asked for; "mixed_bfloat16" runs float32 layers in
 the bfloat16 mode (``fit(precision="mixed_bfloat16")``, autocast), whose per-step products are
 kernels of their own.
