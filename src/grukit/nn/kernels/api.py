@@ -103,8 +103,9 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     Returns (out, h_n, c_n or None, workspace or None).
     """
     if input_rows is not None:
-        if mode == "MINGRU":
-            raise ValueError("input_rows: MINGRU's backward reads gx; pass gx")
+        if not projects_in_loop(mode, input_rows[0].shape[-1]):
+            raise ValueError(f"input_rows: {mode} with {input_rows[0].shape[-1]} input features takes gx (MINGRU's "
+                             f"backward reads gx; inputs wider than {INPUT_ROWS_MAX} are projected before the loop)")
         gx, gx_index = input_rows_source(*input_rows, G=GATES[mode] * h0.shape[1])
     else:
         gx, gx_index = _table_and_index(gx, gx_index)
@@ -141,6 +142,12 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
 INPUT_ROWS_MAX = 16
 
 
+def projects_in_loop(mode: str, input_size: int) -> bool:
+    """Whether a layer input this wide is projected inside the time loop (input_rows): at most
+    INPUT_ROWS_MAX features, and not for MINGRU, whose backward reads gx."""
+    return input_size <= INPUT_ROWS_MAX and mode != "MINGRU"
+
+
 def input_rows_source(x, w_ih, b_ih, batch_first, G):
     """forward's (gx, gx_index) for input rows: a (1, B, G) scratch array, each row of which a step
     overwrites with its own projection, and the tuple (x, w_ih.T, bias, batch_first) that
@@ -152,7 +159,7 @@ def input_rows_source(x, w_ih, b_ih, batch_first, G):
     _check_array("input_rows weight_ih", w_ih, (G, x.shape[2]), dt)
     bias = np.zeros(G, dt) if b_ih is None else b_ih
     _check_array("input_rows bias", bias, (G,), dt)
-    return np.empty((1, B, G), dt), (x, np.ascontiguousarray(w_ih.T), bias, np.bool_(batch_first))
+    return np.empty((1, B, G), dt), (x, pack_transposed(w_ih), bias, np.bool_(batch_first))
 
 
 def _table_and_index(gx, gx_index):
@@ -196,7 +203,7 @@ def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="ide
                 gx = first_gx[direction]
                 if isinstance(gx, tuple):
                     gx, gx_index = gx
-            elif x.shape[-1] <= INPUT_ROWS_MAX and mode != "MINGRU":
+            elif projects_in_loop(mode, x.shape[-1]):
                 input_rows = (x, w_ih, b_ih, batch_first)
             elif batch_first:
                 gx, gx_index = project_batch_first(x, w_ih, b_ih)

@@ -180,8 +180,8 @@ class _FusedDirection(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh, *projection = inputs
-        weight_ih, bias_in = projection + [None] * (2 - len(projection))
+        # apply binds forward's defaults: inputs always has all 13, weight_ih and bias_in included
+        mode, reverse, candidate, lengths, training, gx_index, gx, h0, c0, weight_hh, bias_hh, weight_ih, bias_in = inputs
         *results, ws = output
         ctx.mode, ctx.reverse, ctx.candidate, ctx.lengths = mode, reverse, candidate, lengths
         ctx.gx_index, ctx.gx_rows = gx_index, gx.shape[0]
@@ -276,17 +276,20 @@ class InputRows(NamedTuple):
 
 
 def input_rows(mode: str, x, single: tuple[torch.Tensor, torch.Tensor | None] | None) -> InputRows | None:
-    """gx as InputRows where the kernels project inside the loop: a single projection of a narrow
-    input (api.INPUT_ROWS_MAX) that is recorded for backward, on the CPU in x's dtype; not minGRU,
-    whose backward reads gx. None otherwise (kernels.api.INPUT_ROWS_MAX says why)."""
-    if single is None or mode == "MINGRU" or not isinstance(x, torch.Tensor) or x.shape[-1] > api.INPUT_ROWS_MAX:
+    """gx as InputRows where the kernels project inside the loop: a single projection of an input
+    that api.projects_in_loop takes, recorded for backward, on the CPU in x's dtype. None otherwise
+    (api.INPUT_ROWS_MAX says why)."""
+    if single is None or not isinstance(x, torch.Tensor) or not api.projects_in_loop(mode, x.shape[-1]):
         return None
     weight, bias = single
-    if not records_gradient(x, weight, bias):
-        return None
-    if any(t is not None and (t.dtype != x.dtype or t.device.type != "cpu") for t in (x, weight, bias)):
+    if not records_gradient(x, weight, bias) or not _on_cpu_as(x.dtype, x, weight, bias):
         return None
     return InputRows(x, weight, bias)
+
+
+def _on_cpu_as(dtype: torch.dtype, *tensors: torch.Tensor | None) -> bool:
+    """Whether every tensor given (None aside) is on the CPU in ``dtype``."""
+    return all(t is None or (t.dtype == dtype and t.device.type == "cpu") for t in tensors)
 
 
 def fused_run_direction(mode: str, gx: torch.Tensor, state0, weights: DirectionWeights,
@@ -405,8 +408,7 @@ def fused_projection(x: torch.Tensor, single: tuple[torch.Tensor, torch.Tensor |
     weight, bias = single
     if records_gradient(x, weight, bias):
         return None
-    if weight.dtype != x.dtype or weight.device.type != "cpu" or (
-            bias is not None and (bias.dtype != x.dtype or bias.device.type != "cpu")):
+    if not _on_cpu_as(x.dtype, weight, bias):
         return None
     source, batch_first = _time_major_source(x)
     set_threads(torch.get_num_threads())
@@ -429,9 +431,7 @@ def training_projection(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     Measured on the Zen 4, a training step against the same layer on torch's addmm, one process,
     alternating, 24 paired rounds: S2 GRU 1.06x, LSTM 1.08x (S2's projection alone: 3.9-4.1 against
     4.3-5.1 ms)."""
-    if rows.dtype != torch.float32 or products.resolve(None, np.float32) != "onednn":
-        return False
-    if any(t is not None and (t.dtype != torch.float32 or t.device.type != "cpu") for t in (rows, weight, bias)):
+    if products.resolve(None, np.float32) != "onednn" or not _on_cpu_as(torch.float32, rows, weight, bias):
         return False
     set_threads(torch.get_num_threads())
     bias_np = np.zeros(weight.shape[0], np.float32) if bias is None else _np(bias)
