@@ -171,6 +171,25 @@ def test_streamer_equals_full_sequence(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_streamer_keeps_the_weights_it_was_made_with(kind):
+    """A streamer is a snapshot: changing the layer's parameters in place afterwards (an optimizer
+    step) changes neither step() nor run(), for a batch of one and a batch of three."""
+    layer, x, _ = _two_layers_and_their_output(kind)
+    with torch.no_grad():
+        want, _ = layer(x)
+    streamers = {1: layer.streamer(), 3: layer.streamer(batch_size=3)}
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.mul_(0.5).add_(0.1)
+    for batch, streamer in streamers.items():
+        got = np.stack([streamer.step(x[t, :batch].squeeze(0).numpy()) for t in range(T)])
+        np.testing.assert_allclose(got, want[:, :batch].squeeze(1).numpy(), atol=1e-12, rtol=0)
+        streamer.reset()
+        np.testing.assert_allclose(streamer.run(x[:, :batch].squeeze(1).numpy()), want[:, :batch].squeeze(1).numpy(),
+                                   atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_streamer_run_continues_the_sequence_across_chunks_and_frames(kind):
     """run() over chunks, mixed with step(), equals one forward call over the whole sequence."""
     layer, x, out = _two_layers_and_their_output(kind)

@@ -23,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -35,6 +37,17 @@ from .recurrent import RecurrentLayer, input_preactivations
 
 def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().numpy()
+
+
+class _LayerWeights(NamedTuple):
+    """One layer's snapshot, copies of its parameters in each layout a kernel reads."""
+
+    input_t: np.ndarray          # W_ih^T over every gate (I, G*H): the frames' input side
+    input_bias: np.ndarray       # the outer bias (G*H,)
+    w_t: np.ndarray | None       # W_hh^T packed (H, R*H): the frames' and forward_stack's products
+    bias_hh: np.ndarray          # (G*H,), zeros where the cell has none
+    w_ih: np.ndarray             # W_ih as stored (G*H, I): run()'s projection
+    w_hh: np.ndarray | None      # W_hh as stored (R*H, H): a batch of one's api.SequenceStack
 
 
 class Streamer:
@@ -56,16 +69,16 @@ class Streamer:
         for index in range(layer.num_layers):
             params = {k: _numpy(v) for k, v in layer._layer_parameters(index, 0).items()}
             input_t, input_bias = self._expanded_input_side(layer, index)
-            bias_hh = params["bias_hh"] if params["bias_hh"] is not None else np.zeros(
+            # copies: the snapshot does not follow later updates of the parameters
+            bias_hh = params["bias_hh"].copy() if params["bias_hh"] is not None else np.zeros(
                 len(layer.layout.gates) * H, self.dtype)
-            self._weights.append((input_t, input_bias, api.pack_weight(params["weight_hh"]), bias_hh))
-        # run()'s layers for api.forward_stack, whose projection reads W_ih as stored, (G*H, I); for a
-        # batch of one, an api.SequenceStack, which reads W_hh as stored too
-        self._stack = [[(np.ascontiguousarray(input_t.T), input_bias, w_t, bias_hh)]
-                       for input_t, input_bias, w_t, bias_hh in self._weights]
+            weight_hh = params["weight_hh"]
+            self._weights.append(_LayerWeights(input_t, input_bias, api.pack_weight(weight_hh), bias_hh,
+                                               np.ascontiguousarray(input_t.T),
+                                               None if weight_hh is None else weight_hh.copy()))
+        self._stack = [[(w.w_ih, w.input_bias, w.w_t, w.bias_hh)] for w in self._weights]
         self._sequence = None if batch_size != 1 else api.SequenceStack(
-            self.mode, [[(w_ih, input_bias, None if w_t is None else np.ascontiguousarray(w_t.T), bias_hh)]
-                        for ((w_ih, input_bias, w_t, bias_hh),) in self._stack], self.candidate)
+            self.mode, [[(w.w_ih, w.input_bias, w.w_hh, w.bias_hh)] for w in self._weights], self.candidate)
         # the states, one (batch_size, H) view per layer of one (L, batch_size, H) array each, which
         # run() advances in place on a batch of one
         self._h = np.zeros((len(self._weights), batch_size, H), self.dtype)
@@ -73,6 +86,7 @@ class Streamer:
         self.h = list(self._h)
         self.c = None if self._c is None else list(self._c)
         self._frames = [self._frame_function(index) for index in range(len(self._weights))]
+        self._frame_shape = (self.input_size,) if batch_size == 1 else None   # step()'s fast path
 
     @staticmethod
     def _expanded_input_side(layer: RecurrentLayer, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,47 +107,52 @@ class Streamer:
             state.fill(0)     # in place: the frame functions hold these arrays
 
     def _frame_function(self, index: int):
-        """``run(x) -> h``: one compiled call for the layer's whole frame (input product, gates,
-        state update in place), with its weights and scratch buffers bound."""
-        input_t, input_bias, w_t, bias_hh = self._weights[index]
-        B, H, mode, h = self.batch_size, self.hidden_size, self.mode, self.h[index]
+        """``run(x)``: one compiled call for the layer's whole frame (input product, gates, state
+        update in place), with its weights and scratch buffers bound. The output is left in the
+        layer's state ``self.h[index]``."""
+        weights = self._weights[index]
+        input_t, input_bias, w_t, bias_hh = weights.input_t, weights.input_bias, weights.w_t, weights.bias_hh
+        B, mode, h = self.batch_size, self.mode, self.h[index]
         gx = np.empty((1, B, input_t.shape[1]), self.dtype)
-        out = np.empty((1, B, H), self.dtype)
-        ones = np.ones(B, np.int64)
+        out = np.empty((B, self.hidden_size), self.dtype)
         if mode in ("GRU", "GRU_RESET_BEFORE"):
-            w_a, w_b = gru.split_weight(w_t, mode == "GRU")
             reset_after = mode == "GRU"
-            return lambda x: gru.frame(x, input_t, input_bias, w_a, w_b, bias_hh, reset_after, h, gx, out, ones)
+            return lambda x: gru.frame(x, input_t, input_bias, w_t, bias_hh, reset_after, h, gx, out)
         if mode == "LSTM":
             c = self.c[index]
-            return lambda x: lstm.frame(x, input_t, input_bias, w_t, bias_hh, h, c, gx, out, ones)
+            return lambda x: lstm.frame(x, input_t, input_bias, w_t, bias_hh, h, c, gx, out)
         if mode in ("RNN_TANH", "RNN_RELU"):
             relu = mode == "RNN_RELU"
-            return lambda x: rnn.frame(x, input_t, input_bias, w_t, bias_hh, relu, h, gx, out, ones)
+            return lambda x: rnn.frame(x, input_t, input_bias, w_t, bias_hh, relu, h, gx, out)
         if mode == "MINGRU":
             use_g = self.candidate == "g"
-            return lambda x: mingru.frame(x, input_t, input_bias, use_g, h, gx, out, ones)
+            return lambda x: mingru.frame(x, input_t, input_bias, use_g, h, gx, out)
         has_uf = mode != "MGU3"
-        w_f, w_n = mgu.split_weight(w_t, has_uf)
-        return lambda x: mgu.frame(x, input_t, input_bias, w_f, w_n, has_uf, h, gx, out, ones)
+        return lambda x: mgu.frame(x, input_t, input_bias, w_t, has_uf, h, gx, out)
 
     def step(self, frame) -> np.ndarray:
         """One frame (H_in,) or (batch_size, H_in) in, the last layer's output out (same rank).
 
         The result is a copy: the streamer's own state is updated in place by the next frame.
         """
+        if (type(frame) is np.ndarray and frame.shape == self._frame_shape and frame.dtype == self.dtype
+                and frame.flags.c_contiguous):   # a batch of one's frame as it should be: no conversion
+            return self._run_frames(frame.reshape(1, -1))[0].copy()
         x = np.asarray(frame, dtype=self.dtype)
         single = x.ndim == 1
         x = x.reshape(1, -1) if single else x
         if x.shape != (self.batch_size, self.input_size):
             raise ShapeError(f"{self.layer_type} streamer: a frame must be ({self.input_size},) or "
                              f"({self.batch_size}, {self.input_size}), got {np.shape(frame)}")
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
+        out = self._run_frames(np.ascontiguousarray(x))
+        return out[0].copy() if single else out.copy()
+
+    def _run_frames(self, x: np.ndarray) -> np.ndarray:
+        """x (batch_size, H_in) through every layer's frame; returns the last layer's state."""
         for run, h in zip(self._frames, self.h):
             run(x)
             x = h
-        return x[0].copy() if single else x.copy()
+        return x
 
     def run(self, frames) -> np.ndarray:
         """A chunk of frames, (T, H_in) or (T, batch_size, H_in), time first: the last layer's

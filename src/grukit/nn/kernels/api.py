@@ -421,8 +421,9 @@ class SequenceStack:
     where the calls around the loops cost as much as the loops: a GRU layer at S1 (T=100, I=64,
     H=128), called between torch and ONNX Runtime calls as the benchmark does, took 1.34-1.39 ms
     through :func:`forward_stack` and 0.56-0.58 ms in one such call. The steps' products are dot
-    products with the stored rows (common.dot_matvec), so outputs may differ from
-    :func:`forward_stack`'s in the last bits (summation order).
+    products with the stored rows (common.dot_matvec; a GRU sequence of at least
+    common.STORED_TRANSPOSE_MIN_STEPS steps reads a transposed copy made in the call instead), so
+    outputs may differ from :func:`forward_stack`'s in the last bits (summation order).
 
     layers: one list per layer of (w_ih (G*H, I), the outer bias b_ih (G*H,) or None, weight_hh
     (R*H, H) or None for minGRU, bias_hh or None) per direction, C-contiguous as a torch layer

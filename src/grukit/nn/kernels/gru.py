@@ -20,8 +20,8 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed, gx_row,
-                     gx_shape, max_length, no_gx_index, no_operand, output_grad, project_frame, project_sequence,
-                     project_stored, recurrent_operand, run_forward, run_rows, run_step, sigmoid, stored_product, tanh,
+                     gx_shape, max_length, output_grad, project_frame, project_sequence, project_stored,
+                     recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid, stored_operand, tanh,
                      time_index, tiny_gradient, zero_tail)
 from .products import operand_pair
 
@@ -257,31 +257,31 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, w_t, w_nt, bhh, reset_after, h, gx, out, ones):
-    """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 3H) and
-    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+def frame(x, w_in_t, b_in, w_t, bhh, reset_after, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I), w_in_t = W_ih^T (I, 3H), w_t = W^T
+    (H, 3H); the state h (B, H) is updated in place. gx (1, B, 3H) and out (B, H) are scratch. The
+    step is stored_sequence's, so a frame equals a one-frame chunk."""
     project_frame(x, w_in_t, b_in, gx)
-    none = no_operand(h.dtype)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, w_nt, none, none, bhh, ones, np.bool_(False),
-              reset_after, np.bool_(False), out, h, out, out, out)
+    gr, rh, gn = _stored_scratch(h, reset_after)
+    _stored_step(gx[0], w_t, np.bool_(True), bhh, reset_after, h, out, gr, rh, gn)
 
 
 @njit(**JIT)
-def _stored_step(g, w, bhh, reset_after, h, o, gr, rh, gn):
+def _stored_step(g, w, transposed, bhh, reset_after, h, o, gr, rh, gn):
     """One step on the weights as stored, read in place: g (B, 3H) the step's input side,
-    w (3H, H) rows r, z, n, bhh (3H,); the state h (B, H) is updated in place and copied to o.
-    Scratch: gr (B, 3H) reset after, (B, 2H) before; rh and gn (B, H). The same gate passes as
-    the forward loop, on products from common.stored_product."""
+    w (3H, H) rows r, z, n (with ``transposed``, W^T (H, 3H)), bhh (3H,); the state h (B, H) is
+    updated in place and copied to o. Scratch: gr (B, 3H) reset after, (B, 2H) before; rh and gn
+    (B, H). The same gate passes as the forward loop, on products from common.rows_product."""
     B, H = h.shape
     if reset_after:
-        stored_product(h, w, gr)
+        rows_product(h, w, transposed, np.int64(0), 3 * H, gr)
         for i in range(B):
             _gates_after(g[i], gr[i], bhh, h[i], o[i], H)
         return
-    stored_product(h, w[:2 * H], gr)
+    rows_product(h, w, transposed, np.int64(0), 2 * H, gr)
     for i in range(B):
         _reset_before(g[i], gr[i], h[i], rh[i], H)
-    stored_product(rh, w[2 * H:], gn)
+    rows_product(rh, w, transposed, 2 * H, 3 * H, gn)
     for i in range(B):
         _gates_before(g[i], gr[i], gn[i], h[i], o[i], H)
 
@@ -301,20 +301,22 @@ def stored_frame(x, w_ih, b_in, w, bhh, reset_after, h):
     g = np.empty((B, 3 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
     gr, rh, gn = _stored_scratch(h, reset_after)
-    _stored_step(g, w, bhh, reset_after, h, np.empty((B, H), h.dtype), gr, rh, gn)
+    _stored_step(g, w, np.bool_(False), bhh, reset_after, h, np.empty((B, H), h.dtype), gr, rh, gn)
 
 
 @njit(**JIT)
 def stored_sequence(x, w_ih, b_in, w, bhh, reset_after, reverse, h, out):
     """A whole sequence on the weights as stored, in one call (a batch of one: see
-    api.forward_stack_stored): x (T, B, I) C-contiguous, out (T, B, H); the state h (B, H) is
-    updated in place. Shapes as in :func:`stored_frame`."""
+    api.SequenceStack): x (T, B, I) C-contiguous, out (T, B, H); the state h (B, H) is
+    updated in place. Shapes as in :func:`stored_frame`. A long sequence's products read a
+    transposed copy of w (common.stored_operand)."""
     T = x.shape[0]
     g = project_sequence(x, w_ih, b_in)
     gr, rh, gn = _stored_scratch(h, reset_after)
+    w_r, transposed = stored_operand(w, T)
     for s in range(T):
         t = time_index(s, T, reverse)
-        _stored_step(g[t], w, bhh, reset_after, h, out[t], gr, rh, gn)
+        _stored_step(g[t], w_r, transposed, bhh, reset_after, h, out[t], gr, rh, gn)
 
 
 def split_weight(w_t, reset_after):

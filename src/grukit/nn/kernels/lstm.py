@@ -15,10 +15,9 @@ from numba import njit
 from . import buffers
 from .products import operands
 from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
-                     gemm_packed, gx_row, gx_shape, max_length, no_gx_index, no_operand, one_length,
-                     output_grad, project_frame, project_sequence, project_stored, recurrent_operand, run_forward,
-                     run_rows, run_step, sigmoid, stored_product, tanh, time_index, tiny_gradient, zero_tail,
-                     zero_vector)
+                     gemm_packed, gx_row, gx_shape, max_length, one_length, output_grad, project_frame,
+                     project_sequence, project_stored, recurrent_operand, rows_product, run_forward, run_rows,
+                     run_step, sigmoid, tanh, time_index, tiny_gradient, zero_tail, zero_vector)
 
 
 # Per-row gate passes on 1-D row views: a flag test or a store into a 3-D workspace inside
@@ -168,21 +167,21 @@ def _bwd_rows(b0, b1, w, op_w, lengths, reverse, grad_out, grad_bf, grad_h_n, gr
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out, ones):
-    """One streaming frame: x (B, I) -> the states h and c updated in place. gx (1, B, 4H) and
-    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I), w_in_t = W_ih^T (I, 4H), w_t = W^T
+    (H, 4H); the states h and c (B, H) are updated in place. gx (1, B, 4H) and out (B, H) are
+    scratch. The step is stored_sequence's, so a frame equals a one-frame chunk."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, c, w_t, no_operand(h.dtype), bhh, ones,
-              np.bool_(False), np.bool_(False), out, h, c, out, out, out)
+    _stored_step(gx[0], w_t, np.bool_(True), bhh, h, c, out, np.empty((h.shape[0], 4 * h.shape[1]), h.dtype))
 
 
 @njit(**JIT)
-def _stored_step(g, w, bhh, h, c, o, gr):
+def _stored_step(g, w, transposed, bhh, h, c, o, gr):
     """One step on the weights as stored, read in place: g (B, 4H) the step's input side,
-    w (4H, H), bhh (4H,); the states h and c (B, H) are updated in place and h copied to o.
-    gr (B, 4H) is scratch."""
+    w (4H, H) (with ``transposed``, W^T (H, 4H)), bhh (4H,); the states h and c (B, H) are updated
+    in place and h copied to o. gr (B, 4H) is scratch."""
     H = h.shape[1]
-    stored_product(h, w, gr)
+    rows_product(h, w, transposed, np.int64(0), 4 * H, gr)
     for i in range(h.shape[0]):
         _gates(g[i], gr[i], bhh, h[i], c[i], o[i], H)
 
@@ -194,7 +193,7 @@ def stored_frame(x, w_ih, b_in, w, bhh, h, c):
     B, H = h.shape
     g = np.empty((B, 4 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    _stored_step(g, w, bhh, h, c, np.empty((B, H), h.dtype), np.empty((B, 4 * H), h.dtype))
+    _stored_step(g, w, np.bool_(False), bhh, h, c, np.empty((B, H), h.dtype), np.empty((B, 4 * H), h.dtype))
 
 
 @njit(**JIT)
@@ -206,7 +205,7 @@ def stored_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out):
     gr = np.empty((h.shape[0], 4 * h.shape[1]), h.dtype)
     for s in range(T):
         t = time_index(s, T, reverse)
-        _stored_step(g[t], w, bhh, h, c, out[t], gr)
+        _stored_step(g[t], w, np.bool_(False), bhh, h, c, out[t], gr)
 
 
 def step(gx_t, h, c, w_t, bhh, products=None):

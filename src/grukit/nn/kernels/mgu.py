@@ -15,10 +15,9 @@ from numba import njit
 
 from . import buffers
 from .products import operand_pair
-from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, no_operand, output_grad, project_frame, project_sequence, project_stored,
-                     recurrent_operand, run_forward, run_rows, run_step, sigmoid, stored_product, tanh, time_index,
-                     zero_tail)
+from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length, output_grad,
+                     project_frame, project_sequence, project_stored, recurrent_operand, rows_product, run_forward,
+                     run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
 
 # --- the per-row update pass ---------------------------------------------------------
@@ -173,26 +172,28 @@ def _bwd_rows(b0, b1, w, op_f, op_n, lengths, reverse, has_uf, grad_out, grad_bf
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, w_ft, w_nt, has_uf, h, gx, out, ones):
-    """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
-    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+def frame(x, w_in_t, b_in, w_t, has_uf, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I), w_in_t (I, 2H) over both gates (zero
+    columns where a variant has no input weights), w_t = W^T (H, 2H) columns U_f, U_n (without U_f,
+    (H, H)); the state h (B, H) is updated in place. gx (1, B, 2H) and out (B, H) are scratch. The
+    step is stored_sequence's, so a frame equals a one-frame chunk."""
     project_frame(x, w_in_t, b_in, gx)
-    none = no_operand(h.dtype)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_ft, w_nt, none, none, ones, np.bool_(False), has_uf,
-              np.bool_(False), out, h, out, out, out)
+    _stored_step(gx[0], w_t, np.bool_(True), has_uf, h, out, np.empty(h.shape, h.dtype),
+                 np.empty(h.shape, h.dtype), np.empty(h.shape, h.dtype))
 
 
 @njit(**JIT)
-def _stored_step(g, w, has_uf, h, o, gf, fh, gn):
+def _stored_step(g, w, transposed, has_uf, h, o, gf, fh, gn):
     """One step on the weights as stored, read in place: g (B, 2H) the step's input side, w
-    (2H, H) rows U_f, U_n (without U_f, (H, H): U_n); the state h (B, H) is updated in place and
-    copied to o. gf, fh and gn (B, H) are scratch."""
+    (2H, H) rows U_f, U_n (without U_f, (H, H): U_n; with ``transposed``, W^T); the state h (B, H)
+    is updated in place and copied to o. gf, fh and gn (B, H) are scratch."""
     B, H = h.shape
     if has_uf:
-        stored_product(h, w[:H], gf)
+        rows_product(h, w, transposed, np.int64(0), H, gf)
     for i in range(B):
         _forget(g[i], gf[i], h[i], fh[i], H, has_uf)
-    stored_product(fh, w[H:] if has_uf else w, gn)
+    n0 = H if has_uf else np.int64(0)     # U_n's rows
+    rows_product(fh, w, transposed, n0, n0 + H, gn)
     for i in range(B):
         _update(g[i], gf[i], gn[i], h[i], o[i], H)
 
@@ -205,7 +206,7 @@ def stored_frame(x, w_ih, b_in, w, h):
     B, H = h.shape
     g = np.empty((B, 2 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    _stored_step(g, w, np.bool_(True), h, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype),
+    _stored_step(g, w, np.bool_(False), np.bool_(True), h, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype),
                  np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
 
 
@@ -221,7 +222,7 @@ def stored_sequence(x, w_ih, b_in, w, has_uf, reverse, h, out):
     gn = np.empty(h.shape, h.dtype)
     for s in range(T):
         t = time_index(s, T, reverse)
-        _stored_step(g[t], w, has_uf, h, out[t], gf, fh, gn)
+        _stored_step(g[t], w, np.bool_(False), has_uf, h, out[t], gf, fh, gn)
 
 
 def split_weight(w_t, has_uf):

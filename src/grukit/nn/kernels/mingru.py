@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import (HALF, JIT, ONE, copy_vector, fma, gx_row, gx_shape, no_gx_index, output_grad, project_frame,
+from .common import (HALF, JIT, ONE, copy_vector, fma, gx_row, gx_shape, output_grad, project_frame,
                      project_sequence, project_stored, run_forward, run_rows, run_step, sigmoid, time_index, zero_tail)
 
 
@@ -143,12 +143,12 @@ _WORK_PER_ELEMENT = 40
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, use_g, h, gx, out, ones):
-    """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, 2H) and
-    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+def frame(x, w_in_t, b_in, use_g, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I), w_in_t = W_ih^T (I, 2H); the state h
+    (B, H) is updated in place. gx (1, B, 2H) and out (B, H) are scratch. The step is
+    stored_sequence's, so a frame equals a one-frame chunk."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, ones, np.bool_(False), use_g, np.bool_(False), out,
-              h, out)
+    _stored_step(gx[0], use_g, h, out)
 
 
 @njit(**JIT)

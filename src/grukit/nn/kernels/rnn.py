@@ -17,9 +17,9 @@ from numba import njit
 
 from . import buffers
 from .products import operands
-from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_row, gx_shape, max_length,
-                     no_gx_index, no_operand, output_grad, project_frame, project_sequence, project_stored,
-                     recurrent_operand, run_forward, run_rows, run_step, stored_product, tanh, time_index, zero_tail)
+from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_row, gx_shape, max_length, output_grad,
+                     project_frame, project_sequence, project_stored, recurrent_operand, rows_product, run_forward,
+                     run_rows, run_step, tanh, time_index, zero_tail)
 
 
 # --- the per-row forward passes ------------------------------------------------------
@@ -108,20 +108,21 @@ def _bwd_rows(b0, b1, w, op_w, lengths, reverse, relu, grad_out, grad_bf, grad_h
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out, ones):
-    """One streaming frame: x (B, I) -> the state updated in place. gx (1, B, H) and
-    out (1, B, H) are scratch, ones is (B,) int64 ones: the frame is a one-step sequence."""
+def frame(x, w_in_t, b_in, w_t, bhh, relu, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I), w_in_t = W_ih^T (I, H), w_t = W^T
+    (H, H); the state h (B, H) is updated in place. gx (1, B, H) and out (B, H) are scratch. The
+    step is stored_sequence's, so a frame equals a one-frame chunk."""
     project_frame(x, w_in_t, b_in, gx)
-    _fwd_rows(np.int64(0), h.shape[0], gx, no_gx_index(), h, w_t, no_operand(h.dtype), bhh, ones,
-              np.bool_(False), relu, np.bool_(False), out, h)
+    _stored_step(gx[0], w_t, np.bool_(True), bhh, relu, h, out, np.empty(h.shape, h.dtype))
 
 
 @njit(**JIT)
-def _stored_step(g, w, bhh, relu, h, o, gr):
-    """One step on the weights as stored, read in place: g (B, H) the step's input side, w (H, H),
-    bhh (H,); the state h (B, H) is updated in place and copied to o. gr (B, H) is scratch."""
+def _stored_step(g, w, transposed, bhh, relu, h, o, gr):
+    """One step on the weights as stored, read in place: g (B, H) the step's input side, w (H, H)
+    (with ``transposed``, W^T), bhh (H,); the state h (B, H) is updated in place and copied to o.
+    gr (B, H) is scratch."""
     H = h.shape[1]
-    stored_product(h, w, gr)
+    rows_product(h, w, transposed, np.int64(0), H, gr)
     for i in range(h.shape[0]):
         if relu:
             _relu_row(g[i], gr[i], bhh, h[i], o[i], H)
@@ -136,7 +137,7 @@ def stored_frame(x, w_ih, b_in, w, bhh, relu, h):
     B, H = h.shape
     g = np.empty((B, H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    _stored_step(g, w, bhh, relu, h, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
+    _stored_step(g, w, np.bool_(False), bhh, relu, h, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
 
 
 @njit(**JIT)
@@ -148,7 +149,7 @@ def stored_sequence(x, w_ih, b_in, w, bhh, relu, reverse, h, out):
     gr = np.empty(h.shape, h.dtype)
     for s in range(T):
         t = time_index(s, T, reverse)
-        _stored_step(g[t], w, bhh, relu, h, out[t], gr)
+        _stored_step(g[t], w, np.bool_(False), bhh, relu, h, out[t], gr)
 
 
 def step(gx_t, h, w_t, bhh, relu, products=None):
