@@ -11,6 +11,7 @@ from .scenarios import CELLS, PEAK_SHARE_TARGET, SCENARIOS, STEP_TARGET_US, targ
 
 PEER_LABELS = {"torch": "torch.nn", "onnxruntime": "ONNX Runtime", "keras-jax": "Keras 3 / JAX",
                "torch-cell": "torch.nn *Cell", "matmul-peak": "matmul peak"}
+_ENGINES = {"mkl": "torch.matmul (MKL)", "onednn": "oneDNN's matmul"}
 MODE_LABELS = {"chunk": "inference via `streamer.run`", "training-bf16": "training, bfloat16 mode"}
 
 
@@ -134,8 +135,10 @@ def markdown(result: dict) -> str:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in result["other_load"].items())
         lines += [f"Share of the benchmark's CPUs used by other processes (noise): {shares}.", ""]
     if result.get("matmul_peak"):
-        lines += [f"Float32 matmul peak (torch.matmul, same threads): "
-                  f"{result['matmul_peak']['gflops']:.1f} GFLOP/s. {result['flop_formula']}.", ""]
+        engines = result["matmul_peak"].get("engine_gflops", {})
+        by_engine = ", ".join(f"{_ENGINES.get(e, e)} {g:.1f}" for e, g in engines.items())
+        lines += [f"Float32 matmul peak (the faster GEMM of torch's build, same threads): "
+                  f"{result['matmul_peak']['gflops']:.1f} GFLOP/s ({by_engine}). {result['flop_formula']}.", ""]
     floor = result.get("weight_read_floor")
     if floor:
         shape = floor["shape"]

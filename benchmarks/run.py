@@ -274,10 +274,11 @@ def main(argv: list[str] | None = None) -> int:
               "other_load": {}, "numba_cache_index_files_at_start": cache_files,
               "cold_start": []}
     if "S4" in args.only:
-        progress("float32 matmul peak (torch.matmul)")
+        progress("float32 matmul peak (torch.matmul and oneDNN's matmul)")
         sizes = (1024, 2048) if args.quick else (1024, 2048, 3072)
         result["matmul_peak"] = matmul_peak(settings, sizes)
-        progress(f"    {result['matmul_peak']['gflops']:.1f} GFLOP/s")
+        engines = result["matmul_peak"]["engine_gflops"]
+        progress("    " + ", ".join(f"{e} {g:.1f}" for e, g in engines.items()) + " GFLOP/s")
     if "S1" in args.only:
         progress("weight-read floor of a batch-of-one GRU step (S1's layer)")
         s1 = SCENARIOS["S1"]

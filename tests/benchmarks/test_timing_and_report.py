@@ -86,3 +86,32 @@ def test_the_sentiment_report_warns_about_other_load_only_when_there_was_some():
     assert _load_sentence(0.0) == "Other processes used 0% of these CPUs over the run (per row below)."
     assert "inflated and noisy" not in _load_sentence(NOTICEABLE_LOAD / 2)
     assert "used 20% of these CPUs" in _load_sentence(0.2) and "inflated and noisy" in _load_sentence(0.2)
+
+
+def test_the_training_flops_count_the_products_the_step_computes():
+    """Literal count for the GRU at S4 (the input takes no gradient): forward x @ W_ih^T and
+    h @ W_hh^T, backward grad W_ih = dG^T x, grad h = dG @ W_hh, grad W_hh = dG^T h."""
+    from benchmarks.scenarios import SCENARIOS, training_flops
+    T, B, I, H = 100, 128, 512, 512
+    rows = T * B
+    forward = rows * 3 * H * I + rows * 3 * H * H
+    backward = rows * 3 * H * I + rows * 3 * H * H + rows * 3 * H * H
+    assert training_flops("gru", SCENARIOS["S4"]) == 2 * (forward + backward)
+    assert training_flops("mingru", SCENARIOS["S4"]) == 2 * (2 * rows * 2 * H * I)   # no recurrent matrix
+
+
+def test_the_matmul_peak_is_the_faster_of_torchs_gemms():
+    import torch
+
+    from benchmarks.machine import matmul_peak
+    peak = matmul_peak(Settings(repeats=3, warmup=1, exact=True), sizes=(64, 128))
+    engines = peak["engine_gflops"]
+    assert "mkl" in engines and ("onednn" in engines) == torch.backends.mkldnn.is_available()
+    assert peak["gflops"] == max(engines.values())
+    result = {"machine": {"date": "d", "cpu_model": "c", "usable_cpus": 2, "logical_cpus": 2, "versions": {}},
+              "threads": {"pinned": {"threads": 2, "cpus": [0, 1], "environment": {}},
+                          "torch.get_num_threads": 2, "torch.get_num_interop_threads": 2,
+                          "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
+              "settings": {"warmup": 1}, "comparisons": [], "measurements": [], "matmul_peak": peak,
+              "flop_formula": "F"}
+    assert f"torch.matmul (MKL) {engines['mkl']:.1f}" in markdown(result)

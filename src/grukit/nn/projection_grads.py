@@ -3,7 +3,11 @@ projection (recurrent._InputProjection) and the fused kernels' in-loop one (kern
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from .kernels import backward_gemms
+from .kernels.common import set_threads
 
 # torch's own (linear's) backward forms grad weight as grad^T @ rows, to match the transposed view
 # of the weight, and MKL runs that (G, R) x (R, I) product 4-5x slower than (rows^T @ grad)^T for
@@ -22,7 +26,12 @@ PAD_COLUMNS = 16
 
 
 def _input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """grad @ weight, on the weight padded to PAD_COLUMNS columns when it has 2 to 15."""
+    """grad @ weight: through oneDNN's microkernel where backward_gemms takes it, else torch's matmul,
+    on the weight padded to PAD_COLUMNS columns when it has 2 to 15."""
+    operands = _numpy_operands(grad, weight)
+    if operands is not None and backward_gemms.applies(*operands):
+        set_threads(torch.get_num_threads())
+        return torch.from_numpy(backward_gemms.product(*operands))
     columns = weight.shape[1]
     if not 2 <= columns < PAD_COLUMNS:
         return grad @ weight
@@ -38,6 +47,28 @@ def projection_grads(rows: torch.Tensor, weight: torch.Tensor, grad: torch.Tenso
     grad_rows = _input_grad(grad, weight) if need_rows else None
     grad_weight = None
     if need_weight:
-        grad_weight = (rows.t() @ grad).t() if rows.shape[1] <= NARROW_INPUT else grad.t() @ rows
+        grad_weight = weight_gradient(grad, rows)
     grad_bias = grad.sum(0) if need_bias else None
     return grad_rows, grad_weight, grad_bias
+
+
+def weight_gradient(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """grad^T @ rows, C-contiguous: through oneDNN's microkernel on the kernels' threads where it is
+    the faster GEMM (kernels/backward_gemms.py: 1.4-1.8x torch's matmul for S2 and S4, 2.5x and
+    more for narrow inputs), else torch's matmul in the faster of its two orders."""
+    operands = _numpy_operands(grad, rows)
+    if operands is not None and backward_gemms.applies_transposed(*operands):
+        set_threads(torch.get_num_threads())
+        return torch.from_numpy(np.ascontiguousarray(backward_gemms.transposed_product(*operands)))
+    return (rows.t() @ grad).t() if rows.shape[1] <= NARROW_INPUT else grad.t() @ rows
+
+
+def _numpy_operands(*tensors: torch.Tensor) -> tuple[np.ndarray, ...] | None:
+    """The tensors as numpy arrays for backward_gemms, or None: float32 CPU tensors only, and only
+    when the backward records no graph (``create_graph=True``, torch.func.grad: a double backward
+    needs torch's own ops, and torch.func's wrapped tensors have no storage to read)."""
+    if not backward_gemms.USABLE or torch.is_grad_enabled():
+        return None
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    return tuple(t.detach().numpy() for t in tensors)

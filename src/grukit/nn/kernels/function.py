@@ -33,7 +33,7 @@ from ..embedded import TableRows, row_sums
 from ..first_order import first_order_backward
 from ..projection_grads import projection_grads
 from ..reference import DirectionWeights
-from . import api, buffers, products
+from . import api, backward_gemms, buffers, products
 from .blas import PER_THREAD_LIMIT
 from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
 
@@ -237,7 +237,7 @@ class _FusedDirection(torch.autograd.Function):
         if terms and (ctx.needs_input_grad[_WEIGHT_HH] or ctx.needs_input_grad[_BIAS_HH]):
             grad_w, grad_b = api.weight_grads(api.merged_terms(terms) if ctx.bf16 else terms,
                                               bias_src if ctx.has_bias else None, w.shape,
-                                              matmul=bfloat16.numpy_matmul if ctx.bf16 else _torch_matmul)
+                                              matmul=bfloat16.numpy_matmul if ctx.bf16 else _weight_matmul)
             grad_w = torch.from_numpy(grad_w)
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))
         grad_gx = torch.from_numpy(dgx)
@@ -262,7 +262,11 @@ def kept_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(buffers.empty(shape, _DTYPES_NP[dtype]))
 
 
-def _torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _weight_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for api.weight_grads, whose a is a transposed view (G^T): oneDNN's microkernel where
+    backward_gemms takes it, else torch's matmul (and its threads)."""
+    if backward_gemms.applies_transposed(a.T, b):
+        return backward_gemms.transposed_product(a.T, b)
     return torch.from_numpy(a).matmul(torch.from_numpy(b)).numpy()
 
 

@@ -1,0 +1,170 @@
+"""The backward's large float32 GEMMs through oneDNN's microkernel on the kernels' threads, where it
+is the faster GEMM: the weight gradients a^T @ b (G^T X summed over all time steps and sequences:
+grad weight_hh from the kernels' terms, grad weight_ih of the projection) and the input's gradient
+a @ b (grad @ weight_ih).
+
+On AMD CPUs with AVX-512 torch's matmul runs MKL's AVX2 code (onednn.py), and these GEMMs were the
+slowest part of a large training step: on a Zen 5, S4's (1536 x 12800) by (12800 x 512) ran at 190
+GFLOP/s on two threads where oneDNN's own matmul reaches 400.
+
+The microkernel takes row-major operands only. For a^T @ b the K = R rows of the sum run in chunks of
+``CHUNK_ROWS``: the narrower operand's chunk is transposed into a buffer of the thread, the other is
+read as stored. Each thread owns whole tiles of the result (``TILE_ROWS`` x ``TILE_COLUMNS``), so every
+element is summed in the same chunks, in the same order, whatever the thread count: the bits do not
+depend on it. The sums are not MKL's: the results agree with torch's matmul to float32 round-off
+(tested against float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+
+from . import onednn
+from .common import JIT, run_rows
+
+# Tiles of the result and chunks of the summed rows. One thread, Zen 5, (12800 x 512)^T by
+# (12800 x 1536): chunks of 512 rows with 64 x 128 tiles 121 ms, 256 rows 130, 1024 rows 150;
+# untiled columns 150 (MKL: 219 ms).
+CHUNK_ROWS = 512
+TILE_ROWS = 64
+TILE_COLUMNS = 128
+NARROW_TILE_COLUMNS = 64
+# Where it is used: from MIN_WORK multiply-adds, or with an operand narrower than NARROW, whose
+# product MKL runs slowly (projection_grads.py). Two threads, Zen 5, paired medians, against torch's
+# matmul: S4's (12800 x 1536)^T by (12800 x 512) 1.78x, S2's 6400 rows by 384 x 128 1.39-1.45x and
+# 512 x 128 1.47-1.70x, a narrow input's 3200 rows by 192 x 10 2.5-3.6x; but S3's 3200 rows by
+# 192 x 64 0.82-0.95x and 256 x 64 0.74-0.95x, whose result is a single tile row.
+MIN_WORK = 1 << 26
+NARROW = 16
+MIN_NARROW_WORK = 1 << 16
+# a @ b (the input's gradient) needs no transposed copy: 1.47-2.43x torch's matmul from S3's 3200 x 192
+# by 192 x 64 to S4's 12800 x 1536 by 1536 x 512, 1.5x at S4 (two threads, Zen 5).
+MIN_PRODUCT_WORK = 1 << 22
+
+USABLE = onednn.FASTER_F32
+
+
+def applies_transposed(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether :func:`transposed_product` takes these operands: float32 2-D (R, M) and (R, N) arrays of one
+    dtype whose rows are contiguous, on a CPU where the microkernel is the faster GEMM."""
+    return (USABLE and a.ndim == 2 and b.ndim == 2 and a.shape[0] == b.shape[0]
+            and a.dtype == np.float32 and b.dtype == np.float32
+            and a.strides[1] == 4 and b.strides[1] == 4
+            and _worth_it(a.shape[0] * a.shape[1] * b.shape[1], min(a.shape[1], b.shape[1])))
+
+
+def applies(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether :func:`product` takes these operands: float32 2-D (R, K) and (K, N) arrays whose rows
+    are contiguous, at least MIN_PRODUCT_WORK multiply-adds, on a CPU where the microkernel is the
+    faster GEMM."""
+    return (USABLE and a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0]
+            and a.dtype == np.float32 and b.dtype == np.float32
+            and a.strides[1] == 4 and b.strides[1] == 4
+            and a.shape[0] * a.shape[1] * b.shape[1] >= MIN_PRODUCT_WORK)
+
+
+def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (R, N) for a (R, K) and b (K, N) that :func:`applies` takes: each thread a block of
+    TILE_ROWS-row tiles of the result, every tile one microkernel call per TILE_COLUMNS columns
+    over the whole K."""
+    out = np.empty((a.shape[0], b.shape[1]), np.float32)
+    run_rows(_product_tiles, -(-a.shape[0] // TILE_ROWS), a.shape[0] * a.shape[1] * b.shape[1], (a, b, out),
+             MIN_PRODUCT_WORK)
+    return out
+
+
+def _worth_it(work: int, narrower: int) -> bool:
+    return work >= MIN_WORK or (narrower < NARROW and work >= MIN_NARROW_WORK)
+
+
+def transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a^T @ b (M, N) for a (R, M) and b (R, N) that :func:`applies_transposed` takes. The narrower operand is
+    the one transposed: for b narrower, b^T a is formed and its transposed view returned."""
+    if a.shape[1] > b.shape[1]:
+        return transposed_product(b, a).T
+    M, N = a.shape[1], b.shape[1]
+    out = np.empty((M, N), np.float32)
+    work = a.shape[0] * M * N
+    row_tiles = -(-M // TILE_ROWS)
+    if row_tiles >= 2:      # each thread a block of whole row tiles, or with one tile, of column tiles
+        run_rows(_row_tiles, row_tiles, work, (a, b, out), MIN_NARROW_WORK)
+    else:
+        run_rows(_column_tiles, -(-N // NARROW_TILE_COLUMNS), work, (a, b, out), MIN_NARROW_WORK)
+    return out
+
+
+# Explicit signatures (arrays of any strides, "A"): the operands come C-contiguous or as column views
+# of the kernels' gradients, in either order, and each combination would otherwise compile again.
+# They compile (or load from the cache) on import, callees first.
+_A = types.float32[:, :]
+_C = types.float32[:, ::1]
+_TILES = types.void(types.int64, types.int64, _A, _A, _C)
+
+
+@njit(types.void(_A, *(types.int64,) * 4, _C), **JIT)
+def _transpose_chunk(a, k0, k, m0, m1, buf):
+    """buf[i, r] = a[k0 + r, m0 + i] in 16 x 16 blocks (both sides stay within a few cache lines)."""
+    for r0 in range(0, k, 16):
+        r1 = min(r0 + 16, k)
+        for i0 in range(0, m1 - m0, 16):
+            i1 = min(i0 + 16, m1 - m0)
+            for r in range(r0, r1):
+                src = a[k0 + r]
+                for i in range(i0, i1):
+                    buf[i, r] = src[m0 + i]
+
+
+@njit(types.void(*(types.int64,) * 5, _A, _A, _C), **JIT)
+def _block(m0, m1, n0, n1, tile_columns, a, b, out):
+    """out[m0:m1, n0:n1] = a[:, m0:m1]^T @ b[:, n0:n1], in tiles of out that start at multiples of
+    TILE_ROWS and TILE_COLUMNS, over chunks of CHUNK_ROWS rows of a and b."""
+    R = a.shape[0]
+    if m1 <= m0 or n1 <= n0:
+        return
+    buf = np.empty((m1 - m0, CHUNK_ROWS), np.float32)   # a's chunk, transposed
+    lda = np.int64(CHUNK_ROWS)
+    ldb = np.int64(b.strides[0] // 4)
+    ldc = np.int64(out.strides[0] // 4)
+    for k0 in range(0, R, CHUNK_ROWS):
+        k = min(CHUNK_ROWS, R - k0)
+        _transpose_chunk(a, k0, k, m0, m1, buf)
+        accumulate = np.int32(1 if k0 > 0 else 0)
+        for c0 in range(n0, n1, tile_columns):
+            n = min(tile_columns, n1 - c0)
+            for i0 in range(m0, m1, TILE_ROWS):
+                rows = min(TILE_ROWS, m1 - i0)
+                onednn.brgemm_f32(rows, n, np.int64(k), lda, ldb, ldc, accumulate, buf[i0 - m0:].ctypes.data,
+                                  b[k0:, c0:].ctypes.data, out[i0:, c0:].ctypes.data, np.int32(0))
+
+
+@njit(_TILES, **JIT)
+def _row_tiles(t0, t1, a, b, out):
+    _block(t0 * TILE_ROWS, min(t1 * TILE_ROWS, a.shape[1]), np.int64(0), b.shape[1], np.int64(TILE_COLUMNS),
+           a, b, out)
+
+
+@njit(_TILES, **JIT)
+def _column_tiles(t0, t1, a, b, out):
+    _block(np.int64(0), a.shape[1], t0 * NARROW_TILE_COLUMNS, min(t1 * NARROW_TILE_COLUMNS, b.shape[1]),
+           np.int64(NARROW_TILE_COLUMNS), a, b, out)
+
+
+@njit(_TILES, **JIT)
+def _product_tiles(t0, t1, a, b, out):
+    """out[r0:r1] = a[r0:r1] @ b for the row tiles t0 <= t < t1."""
+    R = a.shape[0]
+    K = a.shape[1]
+    N = b.shape[1]
+    lda = np.int64(a.strides[0] // 4)
+    ldb = np.int64(b.strides[0] // 4)
+    ldc = np.int64(out.strides[0] // 4)
+    for i0 in range(t0 * TILE_ROWS, min(t1 * TILE_ROWS, R), TILE_ROWS):
+        rows = min(TILE_ROWS, R - i0)
+        for c0 in range(0, N, TILE_COLUMNS):
+            n = min(TILE_COLUMNS, N - c0)
+            onednn.brgemm_f32(rows, n, K, lda, ldb, ldc, np.int32(0), a[i0:].ctypes.data, b[:, c0:].ctypes.data,
+                              out[i0:, c0:].ctypes.data, np.int32(0))
+
+
+__all__ = ["applies", "applies_transposed", "product", "transposed_product", "USABLE"]

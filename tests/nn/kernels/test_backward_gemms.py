@@ -1,0 +1,162 @@
+"""The backward's GEMMs on oneDNN's float32 microkernel (kernels/backward_gemms.py): the weight
+gradients' a^T @ b and the input gradient's a @ b.
+
+Oracles: numpy's product in float64, within the float32 error bound of a sum of R products
+(R * eps * (|a|^T |b|), elementwise) and within 4x the error of torch's float32 matmul; the same layer trained in float64 on its reference loop. The
+bits must not depend on the thread count. Runs only where the microkernel is the float32 GEMM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import grukit.nn as gnn
+from grukit.nn import projection_grads
+from grukit.nn.kernels import backward_gemms, common, onednn
+
+pytestmark = pytest.mark.skipif(not onednn.FASTER_F32,
+                                reason="oneDNN's float32 microkernel is used on AMD CPUs with AVX-512 only")
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _operands(R, M, N, seed=0, strided=False):
+    rng = np.random.default_rng(seed)
+    if strided:   # column slices of wider arrays, as the kernels' terms are views of dgx
+        return (rng.standard_normal((R, M + 7), np.float32)[:, 3:3 + M],
+                rng.standard_normal((R, N + 5), np.float32)[:, 2:2 + N])
+    return rng.standard_normal((R, M), np.float32), rng.standard_normal((R, N), np.float32)
+
+
+def _assert_within_float32_bound(out, a, b, torch_error_factor=4):
+    """out = a^T b within the worst-case bound of a float32 sum of R products, and at most
+    ``torch_error_factor`` times as far from the float64 product as torch's float32 matmul (MKL's) is."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    exact = a64.T @ b64
+    bound = a.shape[0] * EPS32 * (np.abs(a64).T @ np.abs(b64))
+    error = np.abs(out.astype(np.float64) - exact)
+    assert (error <= bound).all(), f"largest error / bound: {(error / bound).max():.3g}"
+    torch_error = np.abs((torch.from_numpy(a).t() @ torch.from_numpy(b)).numpy().astype(np.float64) - exact)
+    assert error.max() <= torch_error_factor * torch_error.max(), f"error {error.max():.3g}, torch's {torch_error.max():.3g}"
+
+
+def _on_two_threads_and_one(product, a, b):
+    threads = common.set_threads(2)
+    try:
+        out = product(a, b)
+        common.set_threads(1)
+        return out, product(a, b)
+    finally:
+        common.set_threads(threads)
+
+
+# Shapes: several row tiles (split by rows), one row tile (split by columns), a narrow operand,
+# the narrower operand first or second; R not a multiple of CHUNK_ROWS, M not one of TILE_ROWS.
+SHAPES = [(1300, 200, 70), (1300, 70, 200), (2100, 40, 900), (700, 130, 9), (9000, 3, 1), (5000, 64, 250)]
+
+
+@pytest.mark.parametrize("R,M,N", SHAPES)
+@pytest.mark.parametrize("strided", [False, True])
+def test_against_float64_and_the_same_bits_on_one_or_two_threads(R, M, N, strided, monkeypatch):
+    monkeypatch.setattr(backward_gemms, "MIN_WORK", 1)   # the small shapes too
+    a, b = _operands(R, M, N, strided=strided)
+    assert backward_gemms.applies_transposed(a, b)
+    out, serial = _on_two_threads_and_one(backward_gemms.transposed_product, a, b)
+    assert out.shape == (M, N)
+    _assert_within_float32_bound(out, a, b)
+    np.testing.assert_array_equal(out, serial)
+
+
+def test_applies_to_large_float32_operands_with_contiguous_rows_only(monkeypatch):
+    a, b = _operands(6400, 384, 128)
+    assert backward_gemms.applies_transposed(a, b)
+    assert backward_gemms.applies_transposed(*_operands(3200, 192, 10))                   # narrow
+    assert not backward_gemms.applies_transposed(*_operands(3200, 192, 64))               # S3: MKL is as fast
+    assert not backward_gemms.applies_transposed(a.astype(np.float64), b.astype(np.float64))
+    assert not backward_gemms.applies_transposed(np.asfortranarray(a), b)                 # strided rows
+    assert not backward_gemms.applies_transposed(a[:-1], b)                               # row counts differ
+    monkeypatch.setattr(backward_gemms, "USABLE", False)
+    assert not backward_gemms.applies_transposed(a, b)
+
+
+# a @ b: several tiles of rows and columns, ragged ones, a long K (S4's input gradient), narrow results.
+PRODUCT_SHAPES = [(1000, 200, 70), (129, 1536, 512), (3000, 64, 200), (700, 130, 10), (5000, 384, 1)]
+
+
+@pytest.mark.parametrize("R,K,N", PRODUCT_SHAPES)
+@pytest.mark.parametrize("strided", [False, True])
+def test_the_product_against_float64_and_the_same_bits_on_one_or_two_threads(R, K, N, strided, monkeypatch):
+    monkeypatch.setattr(backward_gemms, "MIN_PRODUCT_WORK", 1)   # the small shapes too
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((R, K + 7), np.float32), rng.standard_normal((K, N + 5), np.float32)
+    a, b = (a[:, 3:3 + K], b[:, 2:2 + N]) if strided else (np.ascontiguousarray(a[:, :K]), np.ascontiguousarray(b[:, :N]))
+    assert backward_gemms.applies(a, b)
+    out, serial = _on_two_threads_and_one(backward_gemms.product, a, b)
+    assert out.shape == (R, N)
+    _assert_within_float32_bound(out, np.ascontiguousarray(a.T), b, torch_error_factor=8)
+    np.testing.assert_array_equal(out, serial)
+
+
+def test_the_product_applies_to_float32_operands_with_contiguous_rows_only(monkeypatch):
+    a, b = np.ones((3200, 192), np.float32), np.ones((192, 64), np.float32)
+    assert backward_gemms.applies(a, b)
+    assert not backward_gemms.applies(a[:100], b)                       # too small to pay
+    assert not backward_gemms.applies(a.astype(np.float64), b.astype(np.float64))
+    assert not backward_gemms.applies(np.asfortranarray(a), b)
+    assert not backward_gemms.applies(a[:, :-1], b)                     # inner sizes differ
+    monkeypatch.setattr(backward_gemms, "USABLE", False)
+    assert not backward_gemms.applies(a, b)
+
+
+def test_weight_gradient_takes_it_and_falls_back_to_torch(monkeypatch):
+    a, b = _operands(3000, 300, 150, seed=1)
+    grad, rows = torch.from_numpy(a), torch.from_numpy(b)
+    calls = []
+    original = backward_gemms.transposed_product
+    monkeypatch.setattr(backward_gemms, "transposed_product", lambda a, b: calls.append(1) or original(a, b))
+    with torch.no_grad():     # as in a backward that records no graph
+        ours = projection_grads.weight_gradient(grad, rows)
+        assert calls and ours.is_contiguous() and ours.shape == (300, 150)
+        _assert_within_float32_bound(ours.numpy(), a, b)
+        monkeypatch.setattr(backward_gemms, "USABLE", False)
+        torch.testing.assert_close(projection_grads.weight_gradient(grad, rows), grad.t() @ rows, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", [gnn.GRU, gnn.LSTM])
+def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
+    """A spy on both products: an S2-like layer's weight gradients (the kernels' terms' grad weight_hh,
+    the projection's grad weight_ih) and its input's gradient go through them; the gradients match the
+    float64 reference loop's."""
+    calls = []
+    for name in ("transposed_product", "product"):
+        original = getattr(backward_gemms, name)
+        monkeypatch.setattr(backward_gemms, name, lambda a, b, f=original, name=name: calls.append(name) or f(a, b))
+    torch.manual_seed(0)
+    layer = cell(96, 128, batch_first=True)
+    oracle = cell(96, 128, batch_first=True, dtype=torch.float64, kernel="reference")
+    oracle.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
+    x = torch.randn(24, 120, 96, requires_grad=True)
+    x_oracle = x.detach().double().requires_grad_()
+    layer(x)[0].square().mean().backward()
+    oracle(x_oracle)[0].square().mean().backward()
+    assert calls.count("transposed_product") >= 2 and calls.count("product") == 1
+    torch.testing.assert_close(x.grad.double(), x_oracle.grad, rtol=0, atol=2e-5 * x_oracle.grad.abs().max().item())
+    for (name, p), q in zip(layer.named_parameters(), oracle.parameters()):
+        scale = q.grad.abs().max().item()
+        torch.testing.assert_close(p.grad.double(), q.grad, rtol=0, atol=2e-5 * scale, msg=name)
+
+
+def test_a_backward_that_records_a_graph_keeps_torchs_ops():
+    """create_graph=True (and torch.func) differentiate the gradients again: the products must then
+    be torch's, recorded, not numpy results."""
+    grad = torch.randn(3000, 300, requires_grad=True)
+    rows, weight = torch.randn(3000, 150), torch.randn(300, 150)
+    with torch.no_grad():
+        assert projection_grads.weight_gradient(grad, rows).grad_fn is None
+    with torch.enable_grad():
+        recorded = projection_grads.weight_gradient(grad, rows)
+        recorded_input = projection_grads._input_grad(grad, weight)
+    assert recorded.grad_fn is not None and recorded_input.grad_fn is not None
+    torch.autograd.grad(recorded.sum() + recorded_input.sum(), grad)
