@@ -52,9 +52,11 @@ def _on_two_threads_and_one(product, a, b):
         common.set_threads(threads)
 
 
-# Shapes: several row tiles (split by rows), one row tile (split by columns), a narrow operand,
-# the narrower operand first or second; R not a multiple of CHUNK_ROWS, M not one of TILE_ROWS.
-SHAPES = [(1300, 200, 70), (1300, 70, 200), (2100, 40, 900), (700, 130, 9), (9000, 3, 1), (5000, 64, 250)]
+# Shapes: several row tiles (split by rows), one row tile (the summed rows split in parts; split by
+# columns when they are a single chunk), a narrow operand, the narrower operand first or second; R
+# not a multiple of CHUNK_ROWS, M not one of TILE_ROWS.
+SHAPES = [(1300, 200, 70), (1300, 70, 200), (2100, 40, 900), (700, 130, 9), (9000, 3, 1), (5000, 64, 250),
+          (400, 40, 300), (1024, 17, 33)]
 
 
 @pytest.mark.parametrize("R,M,N", SHAPES)
@@ -73,7 +75,8 @@ def test_applies_to_large_float32_operands_with_contiguous_rows_only(monkeypatch
     a, b = _operands(6400, 384, 128)
     assert backward_gemms.applies_transposed(a, b)
     assert backward_gemms.applies_transposed(*_operands(3200, 192, 10))                   # narrow
-    assert not backward_gemms.applies_transposed(*_operands(3200, 192, 64))               # S3: MKL is as fast
+    assert backward_gemms.applies_transposed(*_operands(3200, 192, 64))                   # S3
+    assert not backward_gemms.applies_transposed(*_operands(2000, 96, 32))                # MKL is faster
     assert not backward_gemms.applies_transposed(a.astype(np.float64), b.astype(np.float64))
     assert not backward_gemms.applies_transposed(np.asfortranarray(a), b)                 # strided rows
     assert not backward_gemms.applies_transposed(a[:-1], b)                               # row counts differ

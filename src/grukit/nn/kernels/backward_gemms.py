@@ -9,9 +9,10 @@ GFLOP/s on two threads where oneDNN's own matmul reaches 400.
 
 The microkernel takes row-major operands only. For a^T @ b the K = R rows of the sum run in chunks of
 ``CHUNK_ROWS``: the narrower operand's chunk is transposed into a buffer of the thread, the other is
-read as stored. Each thread owns whole tiles of the result (``TILE_ROWS`` x ``TILE_COLUMNS``), so every
-element is summed in the same chunks, in the same order, whatever the thread count: the bits do not
-depend on it. The sums are not MKL's: the results agree with torch's matmul to float32 round-off
+read as stored. Each thread owns whole tiles of the result (``TILE_ROWS`` x ``TILE_COLUMNS``), or, for
+a result of one row tile, a fixed part of the summed rows (``SUM_PARTS``, set by the row count alone;
+the partial results added in order), so every element is summed in the same chunks, in the same
+order, whatever the thread count: the bits do not depend on it. The sums are not MKL's: the results agree with torch's matmul to float32 round-off
 (tested against float64).
 """
 
@@ -30,14 +31,17 @@ CHUNK_ROWS = 512
 TILE_ROWS = 64
 TILE_COLUMNS = 128
 NARROW_TILE_COLUMNS = 64
+SUM_PARTS = 2
 # Where it is used: from MIN_WORK multiply-adds, or with an operand narrower than NARROW, whose
 # product MKL runs slowly (projection_grads.py). Two threads, Zen 5, paired medians, against torch's
-# matmul: S4's (12800 x 1536)^T by (12800 x 512) 1.78x, S2's 6400 rows by 384 x 128 1.39-1.45x and
-# 512 x 128 1.47-1.70x, a narrow input's 3200 rows by 192 x 10 2.5-3.6x; but S3's 3200 rows by
-# 192 x 64 0.82-0.95x and 256 x 64 0.74-0.95x, whose result is a single tile row.
-MIN_WORK = 1 << 26
+# matmul: S4's (12800 x 1536)^T by (12800 x 512) 1.78x, S2's 6400 rows by 384 x 128 1.39-1.60x and
+# 512 x 128 1.47-1.70x, S3's 3200 rows by 192 x 64 1.31-1.33x and 256 x 64 1.68x; 1000 rows by 192 x 64
+# (12 M multiply-adds) 1.16x, but 3200 rows by 64 x 64 (13 M) 0.90x and 2000 by 96 x 32 (6 M) 0.72x.
+# A narrow input's grad weight_ih against torch's faster order for it (projection_grads.py): 3200
+# rows by 256 x 10 (8 M) 2.0x, 192 x 10 1.24x, 128 x 10 1.00x, 64 x 10 (2 M) 0.66x.
+MIN_WORK = 1 << 24
 NARROW = 16
-MIN_NARROW_WORK = 1 << 16
+MIN_NARROW_WORK = 1 << 22
 # a @ b (the input's gradient) needs no transposed copy: 1.47-2.43x torch's matmul from S3's 3200 x 192
 # by 192 x 64 to S4's 12800 x 1536 by 1536 x 512, 1.5x at S4 (two threads, Zen 5).
 MIN_PRODUCT_WORK = 1 << 22
@@ -87,10 +91,20 @@ def transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty((M, N), np.float32)
     work = a.shape[0] * M * N
     row_tiles = -(-M // TILE_ROWS)
-    if row_tiles >= 2:      # each thread a block of whole row tiles, or with one tile, of column tiles
+    if row_tiles >= 2:      # each thread a block of whole row tiles
         run_rows(_row_tiles, row_tiles, work, (a, b, out), MIN_NARROW_WORK)
-    else:
+        return out
+    parts = min(SUM_PARTS, -(-a.shape[0] // CHUNK_ROWS))
+    if parts < 2:
         run_rows(_column_tiles, -(-N // NARROW_TILE_COLUMNS), work, (a, b, out), MIN_NARROW_WORK)
+        return out
+    # One row tile: the summed rows split into SUM_PARTS fixed parts (by R alone, not by the thread
+    # count), one partial result each, added in order.
+    partial = np.empty((parts, M, N), np.float32)
+    run_rows(_sum_parts, parts, work, (a, b, partial), MIN_NARROW_WORK)
+    out = partial[0]
+    for p in range(1, parts):
+        out += partial[p]
     return out
 
 
@@ -104,15 +118,26 @@ _TILES = types.void(types.int64, types.int64, _A, _A, _C)
 
 @njit(types.void(_A, *(types.int64,) * 4, _C), **JIT)
 def _transpose_chunk(a, k0, k, m0, m1, buf):
-    """buf[i, r] = a[k0 + r, m0 + i] in 16 x 16 blocks (both sides stay within a few cache lines)."""
-    for r0 in range(0, k, 16):
-        r1 = min(r0 + 16, k)
-        for i0 in range(0, m1 - m0, 16):
-            i1 = min(i0 + 16, m1 - m0)
-            for r in range(r0, r1):
-                src = a[k0 + r]
-                for i in range(i0, i1):
-                    buf[i, r] = src[m0 + i]
+    """buf[i, r] = a[k0 + r, m0 + i]: whole 16 x 16 blocks in loops of constant length, which LLVM
+    unrolls (0.39-0.52 ns an element against 0.95-1.09 for the same blocks with computed bounds, one
+    Zen 5 core), then the edges."""
+    M = m1 - m0
+    kf = k - k % 16
+    mf = M - M % 16
+    for r0 in range(0, kf, 16):
+        for i0 in range(0, mf, 16):
+            for r in range(16):
+                src = a[k0 + r0 + r]
+                for i in range(16):
+                    buf[i0 + i, r0 + r] = src[m0 + i0 + i]
+    for r in range(k):
+        src = a[k0 + r]
+        for i in range(mf, M):
+            buf[i, r] = src[m0 + i]
+    for r in range(kf, k):
+        src = a[k0 + r]
+        for i in range(mf):
+            buf[i, r] = src[m0 + i]
 
 
 @njit(types.void(*(types.int64,) * 5, _A, _A, _C), **JIT)
@@ -165,6 +190,20 @@ def _product_tiles(t0, t1, a, b, out):
             n = min(TILE_COLUMNS, N - c0)
             onednn.brgemm_f32(rows, n, K, lda, ldb, ldc, np.int32(0), a[i0:].ctypes.data, b[:, c0:].ctypes.data,
                               out[i0:, c0:].ctypes.data, np.int32(0))
+
+
+@njit(types.void(types.int64, types.int64, _A, _A, types.float32[:, :, ::1]), **JIT)
+def _sum_parts(p0, p1, a, b, partial):
+    """partial[p] = a[r0:r1]^T @ b[r0:r1] for the parts p0 <= p < p1 of the summed rows, each part a
+    whole number of chunks (the last one the rest)."""
+    R = a.shape[0]
+    parts = partial.shape[0]
+    per_part = -(-(-(-R // CHUNK_ROWS)) // parts) * CHUNK_ROWS
+    for p in range(p0, p1):
+        r0 = min(p * per_part, R)
+        r1 = min(r0 + per_part, R)
+        _block(np.int64(0), a.shape[1], np.int64(0), b.shape[1], np.int64(TILE_COLUMNS), a[r0:r1], b[r0:r1],
+               partial[p])
 
 
 __all__ = ["applies", "applies_transposed", "product", "transposed_product", "USABLE"]
