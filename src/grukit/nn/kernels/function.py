@@ -20,6 +20,7 @@ backward) so tests can prove the fused path ran.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections import Counter
 from typing import NamedTuple
 
@@ -254,6 +255,12 @@ class _FusedDirection(torch.autograd.Function):
                                ctx.gx_rows)
         return (None, None, None, None, None, None, grad_gx, torch.from_numpy(dh0),
                 None if dc0 is None else torch.from_numpy(dc0), grad_w, grad_b, *grad_projection)
+
+
+# Function.apply binds forward's arguments on every call (setup_context takes them with defaults);
+# inspect.signature rebuilds the signature each time unless the function carries it: 20 against 7 us
+# a call, with it stored (one process, Zen 5).
+_FusedDirection.forward.__signature__ = inspect.signature(_FusedDirection.forward)
 
 
 def kept_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
