@@ -630,6 +630,31 @@ def _gx_row(gx, gidx, t, b):
     return read
 
 
+def gx_block(gx, gidx, t, b0, b1, scratch):
+    """Step t's input pre-activations of the sequences b0 <= b < b1 (all of one length) as one
+    (b1 - b0, G*H) block whose rows lie side by side, for the block gate passes: gx[t, b0:b1]; for
+    input rows, each row projected into the scratch gx (:func:`gx_row`), gx[0, b0:b1]; a table's
+    rows (gidx an index) copied into ``scratch`` (b1 - b0, G*H)."""
+
+
+@overload(gx_block, jit_options=OVERLOAD_JIT)
+def _gx_block(gx, gidx, t, b0, b1, scratch):
+    if isinstance(gidx, types.BaseTuple):
+        def projected(gx, gidx, t, b0, b1, scratch):
+            for b in range(b0, b1):
+                gx_row(gx, gidx, t, b)
+            return gx[0, b0:b1]
+        return projected
+
+    def read(gx, gidx, t, b0, b1, scratch):
+        if gidx.shape[0] == 0:
+            return gx[t, b0:b1]
+        for b in range(b0, b1):
+            copy_vector(scratch[b - b0], gx[0, gidx[t, b]])
+        return scratch
+    return read
+
+
 @njit(**JIT)
 def no_gx_index():
     """The empty gidx of gx_row: gx is read as it is, not as a table."""
