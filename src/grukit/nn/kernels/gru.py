@@ -19,8 +19,8 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed, gx_row,
-                     gx_shape, max_length, output_grad, project_frame, project_sequence, project_stored,
+from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed,
+                     gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence, project_stored,
                      recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid, stored_operand, tanh,
                      time_index, tiny_gradient, zero_tail)
 from .products import operand_pair
@@ -42,15 +42,36 @@ def _update_and_reset(g, a, bhh, H):
         a[j] = sigmoid(g[j] + (a[j] + bhh[j]))
 
 
-@njit(**JIT)
-def _gates_after(g, gr, bhh, h, o, H):
-    _update_and_reset(g, gr, bhh, H)
+# The loops after r and z, shared by the per-row and the block passes and inlined by Numba into each.
+
+
+@njit(inline="always", **JIT)
+def _candidate_and_output(g, a, bhh, h, o, H):
+    """Inference: n and h' = z h + (1 - z) n into h and the output row o."""
     for j in range(H):
-        z = gr[H + j]
-        n = tanh(g[2 * H + j] + gr[j] * (gr[2 * H + j] + bhh[2 * H + j]))
+        z = a[H + j]
+        n = tanh(g[2 * H + j] + a[j] * (a[2 * H + j] + bhh[2 * H + j]))
         hj = fma(z, h[j], (ONE - z) * n)
         h[j] = hj
         o[j] = hj
+
+
+@njit(inline="always", **JIT)
+def _candidate(g, a, bhh, h, w, H):
+    """Training: h' into h, n and W_hn h + b_hn into the workspace row w."""
+    for j in range(H):
+        z = a[H + j]
+        ghn = a[2 * H + j] + bhh[2 * H + j]
+        n = tanh(g[2 * H + j] + a[j] * ghn)
+        h[j] = fma(z, h[j], (ONE - z) * n)
+        w[2 * H + j] = n
+        w[3 * H + j] = ghn
+
+
+@njit(**JIT)
+def _gates_after(g, gr, bhh, h, o, H):
+    _update_and_reset(g, gr, bhh, H)
+    _candidate_and_output(g, gr, bhh, h, o, H)
 
 
 @njit(**JIT)
@@ -59,15 +80,34 @@ def _gates_after_training(g, gr, bhh, h, o, H, wg, wh):
     writes h and the two blocks it computes; the copies get loops of their own (common.GATE_LOOPS)."""
     copy_vector(wh, h)
     _update_and_reset(g, gr, bhh, H)
-    for j in range(H):
-        z = gr[H + j]
-        ghn = gr[2 * H + j] + bhh[2 * H + j]
-        n = tanh(g[2 * H + j] + gr[j] * ghn)
-        h[j] = fma(z, h[j], (ONE - z) * n)
-        wg[2 * H + j] = n
-        wg[3 * H + j] = ghn
+    _candidate(g, gr, bhh, h, wg, H)
     copy_vector(o, h)
     copy_vector(wg[:2 * H], gr)
+
+
+# The block passes (reset after): the same arithmetic over a step's whole block of rows, one stage
+# at a time for every row, as lstm.py's (a call per row costs more than the arithmetic at H = 64).
+
+
+@njit(**JIT)
+def _block_gates_after(g, gr, bhh, h, o, H):
+    for i in range(gr.shape[0]):
+        _update_and_reset(g[i], gr[i], bhh, H)
+    for i in range(gr.shape[0]):
+        _candidate_and_output(g[i], gr[i], bhh, h[i], o[i], H)
+
+
+@njit(**JIT)
+def _block_gates_after_training(g, gr, bhh, h, o, H, wg, wh):
+    R = gr.shape[0]
+    copy_matrix(wh, h)
+    for i in range(R):
+        _update_and_reset(g[i], gr[i], bhh, H)
+    for i in range(R):
+        _candidate(g[i], gr[i], bhh, h[i], wg[i], H)
+    copy_matrix(o, h)
+    for i in range(R):
+        copy_vector(wg[i, :2 * H], gr[i])
 
 
 @njit(**JIT)
@@ -130,8 +170,18 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, revers
             zero_tail(ws_h, b, lengths[b])
             if not reset_after:
                 zero_tail(ws_x, b, lengths[b])
+    uniform = reset_after and one_length(lengths, b0, b1)
+    scratch = np.empty((R if uniform else 0, 3 * H), dt)   # a table's rows (gx_block)
     for s in range(max_length(lengths, b0, b1)):
         gemm_packed(hb, w_t, p_t, gh)
+        if uniform:
+            t = time_index(s, lengths[b0], reverse)
+            g = gx_block(gx, gidx, t, b0, b1, scratch)
+            if training:
+                _block_gates_after_training(g, gh, bhh, hb, out[t, b0:b1], H, ws_g[t, b0:b1], ws_h[t, b0:b1])
+            else:
+                _block_gates_after(g, gh, bhh, hb, out[t, b0:b1], H)
+            continue
         if not reset_after:
             for i in range(R):
                 t = time_index(s, lengths[b0 + i], reverse)
@@ -174,6 +224,18 @@ def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
         dhi[j] = d * z
     copy_and_sum(dg, gb[:2 * H], gsum)
     copy_and_sum(dn_r, gb[2 * H:], gsum[2 * H:])
+
+
+_bwd_after_inlined = njit(inline="always", **JIT)(_bwd_after.py_func)   # inlined by Numba, not called
+
+
+@njit(**JIT)
+def _block_bwd_after(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgh_n, dh, bias_rows, H, tiny):
+    """_bwd_after for step t's rows b0 <= b < b1 (sequences of one length) in one call."""
+    for i in range(b1 - b0):
+        b = b0 + i
+        _bwd_after_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                           dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
 
 
 @njit(**JIT)
@@ -230,7 +292,13 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
         zero_tail(dgx, b, lengths[b])
         if reset_after:
             zero_tail(dgh_n, b, lengths[b])
+    uniform = reset_after and one_length(lengths, b0, b1)
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
+        if uniform:
+            _block_bwd_after(grad_out, grad_bf, time_index(s, lengths[b0], reverse), b0, b1, ws_g, ws_h, dgx, dgb,
+                             dgh_n, dh, bias_rows, H, tiny)
+            gemm_add(dgb, w, p_main, acc, dh)
+            continue
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
