@@ -15,8 +15,8 @@ from numba import njit
 
 from . import buffers
 from .products import operand_pair
-from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_row, gx_shape, max_length, output_grad,
-                     project_frame, project_sequence, project_stored, recurrent_operand, rows_product, run_forward,
+from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_block, gx_row, gx_shape, max_length,
+                     one_length, output_grad, project_frame, project_sequence, project_stored, recurrent_operand, rows_product, run_forward,
                      run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
 
 
@@ -64,6 +64,31 @@ def _update_training(g, gf, gn, h, o, H, wg, wh, wx, fh):
         wg[H + j] = n
 
 
+# Sequences of one length: a step's rows as one block, each stage's row pass inlined by Numba into
+# one loop over them (a call per row per step costs more than a row's arithmetic at small H; see
+# lstm.py); the block's input rows are read (or projected) once per step.
+_forget_inlined = njit(inline="always", **JIT)(_forget.py_func)
+_update_inlined = njit(inline="always", **JIT)(_update.py_func)
+_update_training_inlined = njit(inline="always", **JIT)(_update_training.py_func)
+
+
+@njit(**JIT)
+def _block_step(g, gf, gn, hb, fh, w_nt, p_nt, has_uf, training, H, t, b0, out, ws_g, ws_h, ws_x):
+    """After h @ U_f^T (in gf): the forget gates, (f * h) @ U_n^T and the updates of step t for the
+    block of rows b0 <= b < b0 + len(hb) (the workspace is read only in training: else a stand-in)."""
+    R = hb.shape[0]
+    for i in range(R):
+        _forget_inlined(g[i], gf[i], hb[i], fh[i], H, has_uf)
+    gemm_packed(fh, w_nt, p_nt, gn)
+    for i in range(R):
+        b = b0 + i
+        if training:
+            _update_training_inlined(g[i], gf[i], gn[i], hb[i], out[t, b], H, ws_g[t, b], ws_h[t, b], ws_x[t, b],
+                                     fh[i])
+        else:
+            _update_inlined(g[i], gf[i], gn[i], hb[i], out[t, b], H)
+
+
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, op_ft, op_nt, lengths, reverse, has_uf, training,
               out, h_n, ws_g, ws_h, ws_x):
@@ -84,9 +109,16 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, op_ft, op_nt, lengths, reverse, 
             zero_tail(ws_g, b, lengths[b])
             zero_tail(ws_h, b, lengths[b])
             zero_tail(ws_x, b, lengths[b])
+    uniform = one_length(lengths, b0, b1)
+    scratch = np.empty((R if uniform else 0, 2 * H), h0.dtype)   # a table's rows (gx_block)
     for s in range(max_length(lengths, b0, b1)):
         if has_uf:
             gemm_packed(hb, w_ft, p_ft, gf)
+        if uniform:
+            t = time_index(s, lengths[b0], reverse)
+            _block_step(gx_block(gx, gidx, t, b0, b1, scratch), gf, gn, hb, fh, w_nt, p_nt, has_uf, training, H, t, b0,
+                        out, ws_g, ws_h, ws_x)
+            continue
         for i in range(R):
             t = time_index(s, lengths[b0 + i], reverse)
             if t < 0:

@@ -17,8 +17,8 @@ from numba import njit
 
 from . import buffers
 from .products import operands
-from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_row, gx_shape, max_length, output_grad,
-                     project_frame, project_sequence, project_stored, recurrent_operand, rows_product, run_forward,
+from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_block, gx_row, gx_shape, max_length,
+                     one_length, output_grad, project_frame, project_sequence, project_stored, recurrent_operand, rows_product, run_forward,
                      run_rows, run_step, tanh, time_index, zero_tail)
 
 
@@ -50,6 +50,21 @@ def _relu_row(g, gh, bhh, h, o, H):
         o[j] = hj
 
 
+# Sequences of one length: a step's rows as one block, the row passes inlined by Numba into one loop
+# over them (a call per row per step costs more than a row's arithmetic at small H; see lstm.py).
+_tanh_row_inlined = njit(inline="always", **JIT)(_tanh_row.py_func)
+_relu_row_inlined = njit(inline="always", **JIT)(_relu_row.py_func)
+
+
+@njit(**JIT)
+def _block_rows(g, gh, bhh, h, o, H, relu):
+    for i in range(gh.shape[0]):
+        if relu:
+            _relu_row_inlined(g[i], gh[i], bhh, h[i], o[i], H)
+        else:
+            _tanh_row_inlined(g[i], gh[i], bhh, h[i], o[i], H)
+
+
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, gidx, h0, w_t, op_t, bhh, lengths, reverse, relu, training, out, h_n):
     """``training`` is accepted for run_forward's common signature and not needed: backward
@@ -61,8 +76,14 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, op_t, bhh, lengths, reverse, relu, trai
     p_t = recurrent_operand(w_t, R, op_t)   # op_t: its operand for the step's products (products.py)
     for b in range(b0, b1):
         zero_tail(out, b, lengths[b])
+    uniform = one_length(lengths, b0, b1)
+    scratch = np.empty((R if uniform else 0, H), h0.dtype)   # a table's rows (gx_block)
     for s in range(max_length(lengths, b0, b1)):
         gemm_packed(hb, w_t, p_t, gh)
+        if uniform:
+            t = time_index(s, lengths[b0], reverse)
+            _block_rows(gx_block(gx, gidx, t, b0, b1, scratch), gh, bhh, hb, out[t, b0:b1], H, relu)
+            continue
         for i in range(R):
             b = b0 + i
             t = time_index(s, lengths[b], reverse)
