@@ -146,6 +146,28 @@ def _gates_before_training(g, gr, gn, h, o, H, wg, wh, wx, rh):
         wg[2 * H + j] = n
 
 
+_reset_before_inlined = njit(inline="always", **JIT)(_reset_before.py_func)
+_gates_before_inlined = njit(inline="always", **JIT)(_gates_before.py_func)
+_gates_before_training_inlined = njit(inline="always", **JIT)(_gates_before_training.py_func)
+
+
+@njit(**JIT)
+def _block_gates_before(g, gr, gn, h, rh, w_nt, p_nt, training, H, t, b0, out, ws_g, ws_h, ws_x):
+    """Reset before, step t for a block of rows (sequences of one length): r and r * h, the second
+    GEMM, then the update; the row passes inlined (the workspace is read only in training)."""
+    R = h.shape[0]
+    for i in range(R):
+        _reset_before_inlined(g[i], gr[i], h[i], rh[i], H)
+    gemm_packed(rh, w_nt, p_nt, gn)
+    for i in range(R):
+        b = b0 + i
+        if training:
+            _gates_before_training_inlined(g[i], gr[i], gn[i], h[i], out[t, b], H, ws_g[t, b], ws_h[t, b],
+                                           ws_x[t, b], rh[i])
+        else:
+            _gates_before_inlined(g[i], gr[i], gn[i], h[i], out[t, b], H)
+
+
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, reverse, reset_after, training,
               out, h_n, ws_g, ws_h, ws_x):
@@ -170,14 +192,16 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, revers
             zero_tail(ws_h, b, lengths[b])
             if not reset_after:
                 zero_tail(ws_x, b, lengths[b])
-    uniform = reset_after and one_length(lengths, b0, b1)
+    uniform = one_length(lengths, b0, b1)
     scratch = np.empty((R if uniform else 0, 3 * H), dt)   # a table's rows (gx_block)
     for s in range(max_length(lengths, b0, b1)):
         gemm_packed(hb, w_t, p_t, gh)
         if uniform:
             t = time_index(s, lengths[b0], reverse)
             g = gx_block(gx, gidx, t, b0, b1, scratch)
-            if training:
+            if not reset_after:
+                _block_gates_before(g, gh, gn, hb, rh, w_nt, p_nt, training, H, t, b0, out, ws_g, ws_h, ws_x)
+            elif training:
                 _block_gates_after_training(g, gh, bhh, hb, out[t, b0:b1], H, ws_g[t, b0:b1], ws_h[t, b0:b1])
             else:
                 _block_gates_after(g, gh, bhh, hb, out[t, b0:b1], H)
@@ -265,6 +289,24 @@ def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H, tiny):
         dhi[j] += drh[j] * r
 
 
+_bwd_before_inlined = njit(inline="always", **JIT)(_bwd_before.py_func)
+_bwd_before_reset_inlined = njit(inline="always", **JIT)(_bwd_before_reset.py_func)
+
+
+@njit(**JIT)
+def _block_bwd_before(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgn, dh, d_rh, w_n, p_n, H, tiny):
+    """Reset before, step t for a block of rows (sequences of one length): dz and dn, d(r * h) =
+    dn @ W_n, then dr; the row passes inlined."""
+    for i in range(b1 - b0):
+        b = b0 + i
+        _bwd_before_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgn[i],
+                            dh[i], H, tiny)
+    gemm_packed(dgn, w_n, p_n, d_rh)
+    for i in range(b1 - b0):
+        b = b0 + i
+        _bwd_before_reset_inlined(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
+
+
 @njit(**JIT)
 def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h,
               dgx, dgh_n, dh0, bias_rows, tiny):
@@ -292,12 +334,16 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
         zero_tail(dgx, b, lengths[b])
         if reset_after:
             zero_tail(dgh_n, b, lengths[b])
-    uniform = reset_after and one_length(lengths, b0, b1)
+    uniform = one_length(lengths, b0, b1)
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
         if uniform:
-            _block_bwd_after(grad_out, grad_bf, time_index(s, lengths[b0], reverse), b0, b1, ws_g, ws_h, dgx, dgb,
-                             dgh_n, dh, bias_rows, H, tiny)
-            gemm_add(dgb, w, p_main, acc, dh)
+            t = time_index(s, lengths[b0], reverse)
+            if reset_after:
+                _block_bwd_after(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgh_n, dh, bias_rows, H, tiny)
+                gemm_add(dgb, w, p_main, acc, dh)
+            else:
+                _block_bwd_before(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgn, dh, d_rh, w_n, p_n, H, tiny)
+                gemm_add(dgb, w_rz, p_main, acc, dh)
             continue
         for i in range(R):
             b = b0 + i
