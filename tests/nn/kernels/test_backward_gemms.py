@@ -2,8 +2,9 @@
 gradients' a^T @ b and the input gradient's a @ b.
 
 Oracles: numpy's product in float64, within the float32 error bound of a sum of R products
-(R * eps * (|a|^T |b|), elementwise) and within 4x the error of torch's float32 matmul; the same layer trained in float64 on its reference loop. The
-bits must not depend on the thread count. Runs only where the microkernel is the float32 GEMM.
+(R * eps * (|a|^T |b|), elementwise) and within 4x the error of torch's float32 matmul; the same
+layer trained in float64 on its reference loop. The bits must not depend on the thread count. Runs
+only where the microkernel is the float32 GEMM.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _assert_within_float32_bound(out, a, b, torch_error_factor=4):
     error = np.abs(out.astype(np.float64) - exact)
     assert (error <= bound).all(), f"largest error / bound: {(error / bound).max():.3g}"
     torch_error = np.abs((torch.from_numpy(a).t() @ torch.from_numpy(b)).numpy().astype(np.float64) - exact)
-    assert error.max() <= torch_error_factor * torch_error.max(), f"error {error.max():.3g}, torch's {torch_error.max():.3g}"
+    assert error.max() <= torch_error_factor * torch_error.max(), \
+        f"error {error.max():.3g}, torch's {torch_error.max():.3g}"
 
 
 def _on_two_threads_and_one(product, a, b):
@@ -94,7 +96,9 @@ def test_the_product_against_float64_and_the_same_bits_on_one_or_two_threads(R, 
     monkeypatch.setattr(backward_gemms, "MIN_PRODUCT_WORK", 1)   # the small shapes too
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((R, K + 7), np.float32), rng.standard_normal((K, N + 5), np.float32)
-    a, b = (a[:, 3:3 + K], b[:, 2:2 + N]) if strided else (np.ascontiguousarray(a[:, :K]), np.ascontiguousarray(b[:, :N]))
+    a, b = a[:, 3:3 + K], b[:, 2:2 + N]      # column slices of wider arrays
+    if not strided:
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     assert backward_gemms.applies(a, b)
     out, serial = _on_two_threads_and_one(backward_gemms.product, a, b)
     assert out.shape == (R, N)

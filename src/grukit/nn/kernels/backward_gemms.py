@@ -12,8 +12,8 @@ The microkernel takes row-major operands only. For a^T @ b the K = R rows of the
 read as stored. Each thread owns whole tiles of the result (``TILE_ROWS`` x ``TILE_COLUMNS``), or, for
 a result of one row tile, a fixed part of the summed rows (``SUM_PARTS``, set by the row count alone;
 the partial results added in order), so every element is summed in the same chunks, in the same
-order, whatever the thread count: the bits do not depend on it. The sums are not MKL's: the results agree with torch's matmul to float32 round-off
-(tested against float64).
+order, whatever the thread count: the bits do not depend on it. The sums are not MKL's: the results
+agree with torch's matmul to float32 round-off (tested against float64).
 """
 
 from __future__ import annotations

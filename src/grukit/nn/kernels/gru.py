@@ -19,10 +19,10 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed,
-                     gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence, project_stored,
-                     recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid, stored_operand, tanh,
-                     time_index, tiny_gradient, zero_tail)
+from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed, gx_block,
+                     gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence,
+                     project_stored, recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid,
+                     stored_operand, tanh, time_index, tiny_gradient, zero_tail)
 from .products import operand_pair
 
 

@@ -14,10 +14,10 @@ from numba import njit
 
 from . import buffers
 from .products import operands
-from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
-                     gemm_packed, gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame,
-                     project_sequence, project_stored, recurrent_operand, rows_product, run_forward, run_rows,
-                     run_step, sigmoid, tanh, time_index, tiny_gradient, zero_tail, zero_vector)
+from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed,
+                     gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence,
+                     project_stored, recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid, tanh,
+                     time_index, tiny_gradient, zero_tail, zero_vector)
 
 
 # Per-row gate passes on 1-D row views: a flag test or a store into a 3-D workspace inside

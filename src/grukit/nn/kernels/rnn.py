@@ -18,8 +18,8 @@ from numba import njit
 from . import buffers
 from .products import operands
 from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_block, gx_row, gx_shape, max_length,
-                     one_length, output_grad, project_frame, project_sequence, project_stored, recurrent_operand, rows_product, run_forward,
-                     run_rows, run_step, tanh, time_index, zero_tail)
+                     one_length, output_grad, project_frame, project_sequence, project_stored, recurrent_operand,
+                     rows_product, run_forward, run_rows, run_step, tanh, time_index, zero_tail)
 
 
 # --- the per-row forward passes ------------------------------------------------------
