@@ -146,6 +146,10 @@ def _gates_before_training(g, gr, gn, h, o, H, wg, wh, wx, rh):
         wg[2 * H + j] = n
 
 
+# Inlined by Numba into the block passes and the padded batches' per-row loops (a call per row per
+# step costs more than a row's arithmetic at small H).
+_gates_after_inlined = njit(inline="always", **JIT)(_gates_after.py_func)
+_gates_after_training_inlined = njit(inline="always", **JIT)(_gates_after_training.py_func)
 _reset_before_inlined = njit(inline="always", **JIT)(_reset_before.py_func)
 _gates_before_inlined = njit(inline="always", **JIT)(_gates_before.py_func)
 _gates_before_training_inlined = njit(inline="always", **JIT)(_gates_before_training.py_func)
@@ -210,7 +214,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, revers
             for i in range(R):
                 t = time_index(s, lengths[b0 + i], reverse)
                 if t >= 0:
-                    _reset_before(gx_row(gx, gidx, t, b0 + i), gh[i], hb[i], rh[i], H)
+                    _reset_before_inlined(gx_row(gx, gidx, t, b0 + i), gh[i], hb[i], rh[i], H)
             gemm_packed(rh, w_nt, p_nt, gn)
         for i in range(R):
             b = b0 + i
@@ -218,15 +222,15 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, revers
             if t < 0:
                 continue
             if reset_after and training:
-                _gates_after_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b],
+                _gates_after_training_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b],
                                       ws_h[t, b])
             elif reset_after:
-                _gates_after(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
+                _gates_after_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
             elif training:
-                _gates_before_training(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H, ws_g[t, b],
+                _gates_before_training_inlined(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H, ws_g[t, b],
                                        ws_h[t, b], ws_x[t, b], rh[i])
             else:
-                _gates_before(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H)
+                _gates_before_inlined(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H)
     copy_matrix(h_n[b0:b1], hb)
 
 
@@ -352,10 +356,10 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
                 dgb[i, :] = 0
                 dgn[i, :] = 0
             elif reset_after:
-                _bwd_after(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                _bwd_after_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
                            dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
             else:
-                _bwd_before(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                _bwd_before_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
                             dgn[i], dh[i], H, tiny)
         if not reset_after:
             gemm_packed(dgn, w_n, p_n, d_rh)
@@ -363,7 +367,7 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
                 b = b0 + i
                 t = time_index(s, lengths[b], reverse)
                 if t >= 0:
-                    _bwd_before_reset(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
+                    _bwd_before_reset_inlined(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
             gemm_add(dgb, w_rz, p_main, acc, dh)
         else:
             gemm_add(dgb, w, p_main, acc, dh)

@@ -123,6 +123,12 @@ def _block_gates_training(g, gr, bhh, h, c, o, H, wg, wh, wc):
     copy_matrix(o, h)
 
 
+# Padded batches (sequences of several lengths) keep a pass per row, inlined by Numba rather than
+# called (S3 with lengths: training 1.18x, S2 1.06x, S2 inference 1.04x; no longer compile measured).
+_gates_inlined = njit(inline="always", **JIT)(_gates.py_func)
+_gates_training_inlined = njit(inline="always", **JIT)(_gates_training.py_func)
+
+
 @njit(**JIT)
 def _fwd_rows(b0, b1, gx, gidx, h0, c0, w_t, op_t, bhh, lengths, reverse, training,
               out, h_n, c_n, ws_g, ws_h, ws_c):
@@ -157,10 +163,10 @@ def _fwd_rows(b0, b1, gx, gidx, h0, c0, w_t, op_t, bhh, lengths, reverse, traini
             if t < 0:
                 continue
             if training:
-                _gates_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H, ws_g[t, b],
+                _gates_training_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H, ws_g[t, b],
                                 ws_h[t, b], ws_c[t, b])
             else:
-                _gates(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H)
+                _gates_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H)
     copy_matrix(h_n[b0:b1], hb)
     copy_matrix(c_n[b0:b1], cb)
 
@@ -242,8 +248,12 @@ def _bwd_rows(b0, b1, w, op_w, lengths, reverse, grad_out, grad_bf, grad_h_n, gr
             if t < 0:            # past this sequence's end: h and c carried
                 dgb[i, :] = 0
             else:
-                _bwd_gates(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_c[t, b], dgx[t, b], dh[i], dc[i],
-                           H, tiny)
+                if H <= BLOCK_BACKWARD_MAX_H:
+                    _bwd_gates_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_c[t, b], dgx[t, b], dh[i],
+                                       dc[i], H, tiny)
+                else:
+                    _bwd_gates(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_c[t, b], dgx[t, b], dh[i], dc[i],
+                               H, tiny)
                 copy_and_sum(dgx[t, b], dgb[i], bias_rows[b])
                 zero_vector(dh[i])
         gemm_add(dgb, w, p_w, acc, dh)          # rows past their end: dgb = 0, dh carried

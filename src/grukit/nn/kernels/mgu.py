@@ -123,7 +123,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, op_ft, op_nt, lengths, reverse, 
             t = time_index(s, lengths[b0 + i], reverse)
             if t < 0:
                 continue
-            _forget(gx_row(gx, gidx, t, b0 + i), gf[i], hb[i], fh[i], H, has_uf)
+            _forget_inlined(gx_row(gx, gidx, t, b0 + i), gf[i], hb[i], fh[i], H, has_uf)
         gemm_packed(fh, w_nt, p_nt, gn)
         for i in range(R):
             b = b0 + i
@@ -131,10 +131,10 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, op_ft, op_nt, lengths, reverse, 
             if t < 0:
                 continue
             if training:
-                _update_training(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H,
+                _update_training_inlined(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H,
                                  ws_g[t, b], ws_h[t, b], ws_x[t, b], fh[i])
             else:
-                _update(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H)
+                _update_inlined(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H)
     copy_matrix(h_n[b0:b1], hb)
 
 

@@ -90,9 +90,9 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, op_t, bhh, lengths, reverse, relu, trai
             if t < 0:
                 continue
             if relu:
-                _relu_row(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
+                _relu_row_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
             else:
-                _tanh_row(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
+                _tanh_row_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
     copy_matrix(h_n[b0:b1], hb)
 
 
