@@ -54,8 +54,8 @@ def projection_grads(rows: torch.Tensor, weight: torch.Tensor, grad: torch.Tenso
 
 def weight_gradient(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """grad^T @ rows, C-contiguous: through oneDNN's microkernel on the kernels' threads where it is
-    the faster GEMM (kernels/backward_gemms.py: 1.4-1.8x torch's matmul for S2 and S4, 2.5x and
-    more for narrow inputs), else torch's matmul in the faster of its two orders."""
+    the faster GEMM (kernels/backward_gemms.py: 1.3-1.8x torch's matmul for S2 to S4, 1.2-2.0x for
+    narrow inputs against torch's faster order), else torch's matmul in the faster of its two orders."""
     operands = _numpy_operands(grad, rows)
     if operands is not None and backward_gemms.applies_transposed(*operands):
         set_threads(torch.get_num_threads())

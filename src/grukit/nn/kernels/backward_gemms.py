@@ -52,9 +52,7 @@ USABLE = onednn.FASTER_F32
 def applies_transposed(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether :func:`transposed_product` takes these operands: float32 2-D (R, M) and (R, N) arrays of one
     dtype whose rows are contiguous, on a CPU where the microkernel is the faster GEMM."""
-    return (USABLE and a.ndim == 2 and b.ndim == 2 and a.shape[0] == b.shape[0]
-            and a.dtype == np.float32 and b.dtype == np.float32
-            and a.strides[1] == 4 and b.strides[1] == 4
+    return (_float32_rows(a, b) and a.shape[0] == b.shape[0]
             and _worth_it(a.shape[0] * a.shape[1] * b.shape[1], min(a.shape[1], b.shape[1])))
 
 
@@ -62,10 +60,14 @@ def applies(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether :func:`product` takes these operands: float32 2-D (R, K) and (K, N) arrays whose rows
     are contiguous, at least MIN_PRODUCT_WORK multiply-adds, on a CPU where the microkernel is the
     faster GEMM."""
-    return (USABLE and a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0]
-            and a.dtype == np.float32 and b.dtype == np.float32
-            and a.strides[1] == 4 and b.strides[1] == 4
+    return (_float32_rows(a, b) and a.shape[1] == b.shape[0]
             and a.shape[0] * a.shape[1] * b.shape[1] >= MIN_PRODUCT_WORK)
+
+
+def _float32_rows(a: np.ndarray, b: np.ndarray) -> bool:
+    """Both operands float32 2-D arrays with contiguous rows, on a CPU where the microkernel is used."""
+    return (USABLE and a.ndim == 2 and b.ndim == 2 and a.dtype == np.float32 and b.dtype == np.float32
+            and a.strides[1] == 4 and b.strides[1] == 4)
 
 
 def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -74,7 +74,7 @@ def _gates_after(g, gr, bhh, h, o, H):
     _candidate_and_output(g, gr, bhh, h, o, H)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _gates_after_training(g, gr, bhh, h, o, H, wg, wh):
     """As _gates_after, keeping h_{t-1} in wh and (r, z, n, W_hn h + b_hn) in wg. The main loop
     writes h and the two blocks it computes; the copies get loops of their own (common.GATE_LOOPS)."""
@@ -129,7 +129,7 @@ def _gates_before(g, gr, gn, h, o, H):
         o[j] = hj
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _gates_before_training(g, gr, gn, h, o, H, wg, wh, wx, rh):
     """As _gates_before, keeping h_{t-1} in wh, (r, z, n) in wg and r * h_{t-1} in wx."""
     for j in range(H):
@@ -149,10 +149,8 @@ def _gates_before_training(g, gr, gn, h, o, H, wg, wh, wx, rh):
 # Inlined by Numba into the block passes and the padded batches' per-row loops (a call per row per
 # step costs more than a row's arithmetic at small H).
 _gates_after_inlined = njit(inline="always", **JIT)(_gates_after.py_func)
-_gates_after_training_inlined = njit(inline="always", **JIT)(_gates_after_training.py_func)
 _reset_before_inlined = njit(inline="always", **JIT)(_reset_before.py_func)
 _gates_before_inlined = njit(inline="always", **JIT)(_gates_before.py_func)
-_gates_before_training_inlined = njit(inline="always", **JIT)(_gates_before_training.py_func)
 
 
 @njit(**JIT)
@@ -166,8 +164,8 @@ def _block_gates_before(g, gr, gn, h, rh, w_nt, p_nt, training, H, t, b0, out, w
     for i in range(R):
         b = b0 + i
         if training:
-            _gates_before_training_inlined(g[i], gr[i], gn[i], h[i], out[t, b], H, ws_g[t, b], ws_h[t, b],
-                                           ws_x[t, b], rh[i])
+            _gates_before_training(g[i], gr[i], gn[i], h[i], out[t, b], H, ws_g[t, b], ws_h[t, b], ws_x[t, b],
+                                   rh[i])
         else:
             _gates_before_inlined(g[i], gr[i], gn[i], h[i], out[t, b], H)
 
@@ -222,19 +220,19 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, revers
             if t < 0:
                 continue
             if reset_after and training:
-                _gates_after_training_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b],
+                _gates_after_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b],
                                       ws_h[t, b])
             elif reset_after:
                 _gates_after_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
             elif training:
-                _gates_before_training_inlined(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H, ws_g[t, b],
+                _gates_before_training(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H, ws_g[t, b],
                                        ws_h[t, b], ws_x[t, b], rh[i])
             else:
                 _gates_before_inlined(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H)
     copy_matrix(h_n[b0:b1], hb)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
     """Reset after, one row: dgx row (dr, dz, dn) into dg, dn * r into dn_r, dh_{t-1}'s direct
     part d * z into dhi; then the recurrent side's (dr, dz, dn * r) into gb and summed over time
@@ -254,7 +252,6 @@ def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
     copy_and_sum(dn_r, gb[2 * H:], gsum[2 * H:])
 
 
-_bwd_after_inlined = njit(inline="always", **JIT)(_bwd_after.py_func)   # inlined by Numba, not called
 
 
 @njit(**JIT)
@@ -262,11 +259,11 @@ def _block_bwd_after(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgh_n, 
     """_bwd_after for step t's rows b0 <= b < b1 (sequences of one length) in one call."""
     for i in range(b1 - b0):
         b = b0 + i
-        _bwd_after_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
-                           dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
+        _bwd_after(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgh_n[t, b],
+                   dh[i], H, bias_rows[b], tiny)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _bwd_before(go, gs, hp, dg, gb, gn, dhi, H, tiny):
     """Reset before, one row's first half: dz and dn (into dg and gb / gn), dhi = d * z."""
     for j in range(H):
@@ -282,7 +279,7 @@ def _bwd_before(go, gs, hp, dg, gb, gn, dhi, H, tiny):
         dhi[j] = d * z
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H, tiny):
     """Reset before, second half: d(r * h) = dn @ W_n gives dr and adds r * d(r * h) to dhi."""
     for j in range(H):
@@ -293,8 +290,6 @@ def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H, tiny):
         dhi[j] += drh[j] * r
 
 
-_bwd_before_inlined = njit(inline="always", **JIT)(_bwd_before.py_func)
-_bwd_before_reset_inlined = njit(inline="always", **JIT)(_bwd_before_reset.py_func)
 
 
 @njit(**JIT)
@@ -303,12 +298,12 @@ def _block_bwd_before(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgn, d
     dn @ W_n, then dr; the row passes inlined."""
     for i in range(b1 - b0):
         b = b0 + i
-        _bwd_before_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgn[i],
-                            dh[i], H, tiny)
+        _bwd_before(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgn[i],
+                    dh[i], H, tiny)
     gemm_packed(dgn, w_n, p_n, d_rh)
     for i in range(b1 - b0):
         b = b0 + i
-        _bwd_before_reset_inlined(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
+        _bwd_before_reset(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
 
 
 @njit(**JIT)
@@ -356,10 +351,10 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
                 dgb[i, :] = 0
                 dgn[i, :] = 0
             elif reset_after:
-                _bwd_after_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
-                           dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
+                _bwd_after(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgh_n[t, b],
+                   dh[i], H, bias_rows[b], tiny)
             else:
-                _bwd_before_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                _bwd_before(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
                             dgn[i], dh[i], H, tiny)
         if not reset_after:
             gemm_packed(dgn, w_n, p_n, d_rh)
@@ -367,7 +362,7 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
                 b = b0 + i
                 t = time_index(s, lengths[b], reverse)
                 if t >= 0:
-                    _bwd_before_reset_inlined(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
+                    _bwd_before_reset(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
             gemm_add(dgb, w_rz, p_main, acc, dh)
         else:
             gemm_add(dgb, w, p_main, acc, dh)

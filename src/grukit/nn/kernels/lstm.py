@@ -79,7 +79,7 @@ def _gates(g, gr, bhh, h, c, o, H):
     _cell_and_output(gr, c, h, o, H)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)   # inlined: the block and the padded batches' passes call it per row
 def _gates_training(g, gr, bhh, h, c, o, H, wg, wh, wc):
     """As _gates, keeping h_{t-1}, c_{t-1} in wh, wc and (i, f, g, o, tanh(c')) in wg. Each loop
     writes at most two arrays, so that it vectorizes (see common.GATE_LOOPS)."""
@@ -124,9 +124,9 @@ def _block_gates_training(g, gr, bhh, h, c, o, H, wg, wh, wc):
 
 
 # Padded batches (sequences of several lengths) keep a pass per row, inlined by Numba rather than
-# called (S3 with lengths: training 1.18x, S2 1.06x, S2 inference 1.04x; no longer compile measured).
+# called (S3 with lengths: training 1.18x, S2 1.06x, S2 inference 1.04x; the first call's compile
+# time unchanged). _gates itself stays a function: the streaming step calls it too.
 _gates_inlined = njit(inline="always", **JIT)(_gates.py_func)
-_gates_training_inlined = njit(inline="always", **JIT)(_gates_training.py_func)
 
 
 @njit(**JIT)
@@ -163,7 +163,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, c0, w_t, op_t, bhh, lengths, reverse, traini
             if t < 0:
                 continue
             if training:
-                _gates_training_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H, ws_g[t, b],
+                _gates_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H, ws_g[t, b],
                                 ws_h[t, b], ws_c[t, b])
             else:
                 _gates_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], cb[i], out[t, b], H)
@@ -200,10 +200,15 @@ _bwd_gates_inlined = njit(inline="always", **JIT)(_bwd_gates.py_func)   # inline
 @njit(**JIT)
 def _block_bwd_gates(grad_out, grad_bf, t, b0, b1, ws_g, ws_c, dgx, dh, dc, H, tiny, bias_rows):
     """_bwd_gates for step t's rows b0 <= b < b1 (sequences of one length), then their bias sums."""
-    for i in range(b1 - b0):
-        b = b0 + i
-        _bwd_gates_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_c[t, b], dgx[t, b], dh[i], dc[i],
-                           H, tiny)
+    if H <= BLOCK_BACKWARD_MAX_H:
+        for i in range(b1 - b0):
+            b = b0 + i
+            _bwd_gates_inlined(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_c[t, b], dgx[t, b], dh[i], dc[i],
+                               H, tiny)
+    else:
+        for i in range(b1 - b0):
+            b = b0 + i
+            _bwd_gates(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_c[t, b], dgx[t, b], dh[i], dc[i], H, tiny)
     for b in range(b0, b1):
         add_vector(bias_rows[b], dgx[t, b])
 
@@ -232,14 +237,7 @@ def _bwd_rows(b0, b1, w, op_w, lengths, reverse, grad_out, grad_bf, grad_h_n, gr
     for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
         if uniform:
             t = time_index(s, lengths[b0], reverse)
-            if H <= BLOCK_BACKWARD_MAX_H:
-                _block_bwd_gates(grad_out, grad_bf, t, b0, b1, ws_g, ws_c, dgx, dh, dc, H, tiny, bias_rows)
-            else:
-                for i in range(R):
-                    b = b0 + i
-                    _bwd_gates(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_c[t, b], dgx[t, b], dh[i],
-                               dc[i], H, tiny)
-                    add_vector(bias_rows[b], dgx[t, b])
+            _block_bwd_gates(grad_out, grad_bf, t, b0, b1, ws_g, ws_c, dgx, dh, dc, H, tiny, bias_rows)
             gemm_packed(dgx[t, b0:b1], w, p_w, dh)
             continue
         for i in range(R):

@@ -48,7 +48,7 @@ def _update(g, gf, gn, h, o, H):
         o[j] = hj
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _update_training(g, gf, gn, h, o, H, wg, wh, wx, fh):
     """As _update, keeping h_{t-1} in wh, (f, n) in wg and f * h_{t-1} in wx."""
     for j in range(H):
@@ -69,7 +69,6 @@ def _update_training(g, gf, gn, h, o, H, wg, wh, wx, fh):
 # lstm.py); the block's input rows are read (or projected) once per step.
 _forget_inlined = njit(inline="always", **JIT)(_forget.py_func)
 _update_inlined = njit(inline="always", **JIT)(_update.py_func)
-_update_training_inlined = njit(inline="always", **JIT)(_update_training.py_func)
 
 
 @njit(**JIT)
@@ -83,8 +82,7 @@ def _block_step(g, gf, gn, hb, fh, w_nt, p_nt, has_uf, training, H, t, b0, out, 
     for i in range(R):
         b = b0 + i
         if training:
-            _update_training_inlined(g[i], gf[i], gn[i], hb[i], out[t, b], H, ws_g[t, b], ws_h[t, b], ws_x[t, b],
-                                     fh[i])
+            _update_training(g[i], gf[i], gn[i], hb[i], out[t, b], H, ws_g[t, b], ws_h[t, b], ws_x[t, b], fh[i])
         else:
             _update_inlined(g[i], gf[i], gn[i], hb[i], out[t, b], H)
 
@@ -131,7 +129,7 @@ def _fwd_rows(b0, b1, gx, gidx, h0, w_ft, w_nt, op_ft, op_nt, lengths, reverse, 
             if t < 0:
                 continue
             if training:
-                _update_training_inlined(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H,
+                _update_training(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H,
                                  ws_g[t, b], ws_h[t, b], ws_x[t, b], fh[i])
             else:
                 _update_inlined(gx_row(gx, gidx, t, b), gf[i], gn[i], hb[i], out[t, b], H)
