@@ -34,8 +34,9 @@ CELLS = ("gru", "lstm", "rnn", "mgu", "mingru")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "mixed_bfloat16": torch.float32}
 # small shapes: compiling does not depend on them, and they run in milliseconds
 _INPUT, _HIDDEN, _STEPS = 6, 8, 5
-# Inputs up to INPUT_ROWS_MAX wide are projected inside the time loop, wider ones before it (a batch
-# in inference and in training): both forms are compiled.
+# Inputs up to INPUT_ROWS_MAX wide are projected inside the time loop, wider ones before it in a
+# batch as small as this one's (api.projects_in_loop), in inference and in training: both forms are
+# compiled. Wider inputs projected inside the loop share the narrow ones' compiled code.
 _WIDE_INPUT = INPUT_ROWS_MAX + 1
 
 

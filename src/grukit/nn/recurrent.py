@@ -357,7 +357,7 @@ class RecurrentLayer(nn.Module):
             mask = self.recurrent_dropout_mask(x.shape[1], x)
         path = dispatch.choose_path(self.kernel, self.mode, x.dtype, x.device, weights, self.layout,
                                     recurrent_dropout=mask is not None)
-        gx = self._preactivations(x, params, fused=path == "fused")
+        gx = self._preactivations(x, params, fused=path == "fused", lengths=lengths)
         if path == "fused":
             from .kernels.function import fused_run_direction
             return fused_run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate)
@@ -365,8 +365,8 @@ class RecurrentLayer(nn.Module):
             return mingru_parallel_scan(gx, state0, lengths, reverse, self.candidate)
         return run_direction(self.mode, gx, state0, weights, lengths, reverse, self.candidate, self.layout, mask)
 
-    def _preactivations(self, x: torch.Tensor | EmbeddedTokens, params: dict,
-                        fused: bool) -> torch.Tensor | TableRows:
+    def _preactivations(self, x: torch.Tensor | EmbeddedTokens, params: dict, fused: bool,
+                        lengths: torch.Tensor | None = None) -> torch.Tensor | TableRows:
         """gx (T, N, G*H) of one direction: through the distinct tokens for an embedded first
         layer (for the fused kernels as the per-token table and index, which they read without
         gathering; minGRU's backward reads gx again, so it gets gx), else the kernels' projection
@@ -378,7 +378,7 @@ class RecurrentLayer(nn.Module):
             x = x.materialize()   # MGU1-3: some gates have no input weights
         if fused and not bfloat16.enabled():
             from .kernels.function import fused_projection, input_rows
-            gx = input_rows(self.mode, x, single) or fused_projection(x, single)
+            gx = input_rows(self.mode, x, single, lengths) or fused_projection(x, single)
             if gx is not None:
                 return gx
         return input_preactivations(self.layout, x, params, self.hidden_size, fused)

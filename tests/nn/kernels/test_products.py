@@ -3,7 +3,8 @@ sgemm) and oneDNN's float32 microkernel, the default where it is the faster one 
 
 Oracle: the same layer run in float64 (BLAS's dgemm). Both float32 kinds must agree with it to float32
 round-off, outputs and every gradient, over a ragged batch in reverse with blocks wide enough for
-the GEMM path (common.GEMM_MIN_ROWS) and a block that stays on the mat-vec loop.
+the GEMM path (common.GEMM_MIN_ROWS, common.ONEDNN_MIN_ROWS) and blocks that stay on the mat-vec
+loop (3 rows under BLAS, 1 under oneDNN).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _run(mode, dtype, kind, B):
     return [np.asarray(r, np.float64) for r in results]
 
 
-@pytest.mark.parametrize("B", [GEMM_MIN_ROWS + 10, 3])
+@pytest.mark.parametrize("B", [GEMM_MIN_ROWS + 10, 3, 1])
 @pytest.mark.parametrize("kind", FLOAT32_KINDS)
 @pytest.mark.parametrize("mode", MODES)
 def test_float32_products_agree_with_float64_to_round_off(mode, kind, B):
@@ -115,7 +116,7 @@ def test_the_training_projection_runs_on_the_microkernel_and_agrees_with_float64
     threads and oneDNN's GEMM: a spy on the kernels' counter, and the output and every gradient against
     the same layer in float64, to float32 round-off."""
     torch.manual_seed(0)
-    wide = api.INPUT_ROWS_MAX + 4   # narrower inputs are projected inside the loop
+    wide = api.BLOCK_PROJECTION_MAX + 4   # narrower inputs are projected inside the loop
     layer = cell(wide, 16, batch_first=True)
     oracle = cell(wide, 16, batch_first=True, dtype=torch.float64)
     oracle.load_state_dict(layer.state_dict())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import gru, lstm, mgu, mingru, products, rnn
-from .common import flushing_subnormals, full_lengths, gx_shape, pack_transposed, project_rows, run_rows
+from .common import flushing_subnormals, full_lengths, get_threads, gx_shape, pack_transposed, project_rows, run_rows
 
 GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1,
          "MGU": 2, "MGU1": 2, "MGU2": 2, "MGU3": 2, "MINGRU": 2}
@@ -97,15 +97,17 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
     gx_index[t, b], as if gx were ``table[gx_index]`` (an embedded first layer's projection per
     distinct token), without that (T, B, G*H) array being written.
     ``input_rows`` (x, w_ih, b_ih or None, batch_first), with gx None: each step projects its rows
-    itself, x[t, b] @ w_ih.T + b_ih (x[b, t] when batch_first), as if gx were that projection; for
-    narrow inputs (:data:`INPUT_ROWS_MAX`), where writing and reading back gx costs more than the
-    projection (see :func:`input_rows_source`). Not for MINGRU (its backward reads gx).
+    itself, x[t, b] @ w_ih.T + b_ih (x[b, t] when batch_first), as if gx were that projection; where
+    :func:`projects_in_loop` says so: writing and reading back gx costs more than projecting there.
     Returns (out, h_n, c_n or None, workspace or None).
     """
     if input_rows is not None:
-        if not projects_in_loop(mode, input_rows[0].shape[-1]):
-            raise ValueError(f"input_rows: {mode} with {input_rows[0].shape[-1]} input features takes gx (MINGRU's "
-                             f"backward reads gx; inputs wider than {INPUT_ROWS_MAX} are projected before the loop)")
+        x, batch_first = input_rows[0], input_rows[3]
+        batch = x.shape[0 if batch_first else 1] if x.ndim == 3 else 0
+        if not projects_in_loop(mode, x.shape[-1], x.dtype, batch, lengths):
+            raise ValueError(f"input_rows: {mode} with {x.shape[-1]} input features takes gx (MINGRU's "
+                             f"backward reads gx; inputs wider than {INPUT_ROWS_MAX} are projected before the loop, "
+                             f"unless projects_in_loop says otherwise)")
         gx, gx_index = input_rows_source(*input_rows, G=GATES[mode] * h0.shape[1])
     else:
         gx, gx_index = _table_and_index(gx, gx_index)
@@ -140,18 +142,41 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
 # 7.2 in the step. Inside the loop its forward costs the kernel 0.17 ms (two threads), and the step
 # is 1.08x faster (the backward's GEMMs remain; benchmarks/NOTES.md).
 INPUT_ROWS_MAX = 16
+# Wider inputs, up to BLOCK_PROJECTION_MAX features, are projected in the loop too where a step's
+# rows are projected as one block by oneDNN's microkernel (float32 where it is the faster GEMM,
+# products.resolve), each thread's block has at least BLOCK_PROJECTION_MIN_ROWS rows and the
+# sequences all have one length (a padded batch would project row by row): the (T, B, G*H) gx is
+# then neither written nor read back. Inference on the Zen 5, one process, alternating: S2's shape
+# (I = H = 128) LSTM 1.12-1.21x, GRU 1.09-1.24x, SimpleRNN 1.36x; I = 256 GRU 1.075x; but I = 512
+# (H = 128) 0.90x, its W_ih^T no longer in the core's cache beside W_hh^T, and blocks of 1-2 rows
+# 0.89-0.98x against one large GEMM before the loop. Training: level at S2 and S4.
+BLOCK_PROJECTION_MAX = 256
+BLOCK_PROJECTION_MIN_ROWS = 3
 
 
-def projects_in_loop(mode: str, input_size: int) -> bool:
-    """Whether a layer input this wide is projected inside the time loop (input_rows): at most
-    INPUT_ROWS_MAX features, and not for MINGRU, whose backward reads gx."""
-    return input_size <= INPUT_ROWS_MAX and mode != "MINGRU"
+def projects_in_loop(mode: str, input_size: int, dtype=np.float32, batch: int = 0, lengths=None) -> bool:
+    """Whether a layer input this wide is projected inside the time loop (input_rows): not for
+    MINGRU, whose backward reads gx; at most INPUT_ROWS_MAX features, or BLOCK_PROJECTION_MAX on
+    oneDNN's microkernel for ``batch`` sequences of one length (``lengths`` None or all equal)."""
+    if mode == "MINGRU":
+        return False
+    if input_size <= INPUT_ROWS_MAX:
+        return True
+    return (input_size <= BLOCK_PROJECTION_MAX and block_projection(dtype)
+            and batch >= BLOCK_PROJECTION_MIN_ROWS * get_threads()
+            and (lengths is None or bool(np.all(lengths == lengths[0]))))
+
+
+def block_projection(dtype) -> bool:
+    """Whether a step's input rows are projected as one block, by oneDNN's microkernel, in ``dtype``."""
+    return products.resolve(None, dtype) == "onednn"
 
 
 def input_rows_source(x, w_ih, b_ih, batch_first, G):
     """forward's (gx, gx_index) for input rows: a (1, B, G) scratch array, each row of which a step
-    overwrites with its own projection, and the tuple (x, w_ih.T, bias, batch_first) that
-    common.gx_row projects from."""
+    overwrites with its own projection, and the tuple (x, w_ih.T, bias, batch_first, operand) that
+    common.gx_row and gx_block project from; ``operand``: products.operands of w_ih.T where a step's
+    block of rows is projected by oneDNN's microkernel (:func:`block_projection`), else empty."""
     dt = x.dtype
     if x.ndim != 3 or not x.flags.c_contiguous or dt not in (np.float32, np.float64):
         raise ValueError(f"input_rows: expected x a C-contiguous 3-D float32 or float64 array, got {x.shape} {dt}")
@@ -159,7 +184,9 @@ def input_rows_source(x, w_ih, b_ih, batch_first, G):
     _check_array("input_rows weight_ih", w_ih, (G, x.shape[2]), dt)
     bias = np.zeros(G, dt) if b_ih is None else b_ih
     _check_array("input_rows bias", bias, (G,), dt)
-    return np.empty((1, B, G), dt), (x, pack_transposed(w_ih), bias, np.bool_(batch_first))
+    w_in_t = pack_transposed(w_ih)
+    (operand,) = products.operands((w_in_t,), None) if block_projection(dt) else (np.empty(0, dt),)
+    return np.empty((1, B, G), dt), (x, w_in_t, bias, np.bool_(batch_first), operand)
 
 
 def _table_and_index(gx, gx_index):
@@ -203,7 +230,7 @@ def forward_stack(mode, x, directions, h0, c0=None, lengths=None, candidate="ide
                 gx = first_gx[direction]
                 if isinstance(gx, tuple):
                     gx, gx_index = gx
-            elif projects_in_loop(mode, x.shape[-1]):
+            elif projects_in_loop(mode, x.shape[-1], x.dtype, x.shape[0 if batch_first else 1], lengths):
                 input_rows = (x, w_ih, b_ih, batch_first)
             elif batch_first:
                 gx, gx_index = project_batch_first(x, w_ih, b_ih)

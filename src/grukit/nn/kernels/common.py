@@ -411,6 +411,13 @@ def project_frame(x, w_in_t, b_in, gx):
 # 58-76 ms vs 80-105; B=128, H=512: 1.37-1.57 s vs 1.44-1.69) and, at H=512, one serial
 # block (1.7-1.9 s), although the serial block wins when the kernel is timed alone.
 GEMM_MIN_ROWS = 6
+# oneDNN's microkernel (products "onednn") takes blocks from 2 rows: up to 5 rows it reads the
+# weight once for all of them, in about the time of one row. One Zen 5 core, per product, 128 x
+# 512 weight: 2-5 rows 2.9-3.2 us against 5.1-8.2 us on the mat-vec loop, 1 row 3.2 against 2.6;
+# 128 x 384: 2-5 rows 1.9-2.4 against 4.2-9.3 us; 64 x 256: 0.76-0.86 against 1.5-2.9 us. LSTM
+# layer, T = 100, I = 64, H = 128, alternating processes: inference B = 4 0.99 -> 0.66 ms, B = 8
+# 1.57 -> 0.68 ms; training B = 8 3.1 -> 2.4 ms.
+ONEDNN_MIN_ROWS = 2
 GEMM_SMALL_MNK = 1_000_000
 GEMM_MIN_CHUNK = 4
 
@@ -461,8 +468,8 @@ def _onednn(x, batch_of_one, out, accumulate):
 @njit(**JIT)
 def _onednn_gemm(x, batch_of_one, out):
     """out = x @ m through oneDNN's microkernel (:func:`_onednn`); the mat-vec loop for blocks of
-    fewer than GEMM_MIN_ROWS rows, as :func:`gemm`."""
-    if x.shape[0] < GEMM_MIN_ROWS:
+    fewer than ONEDNN_MIN_ROWS rows, as :func:`gemm`."""
+    if x.shape[0] < ONEDNN_MIN_ROWS:
         gemm(x, batch_of_one[0], out)
     else:
         _onednn(x, batch_of_one, out, np.bool_(False))   # typed, not a literal: compiled once
@@ -608,15 +615,16 @@ def gx_row(gx, gidx, t, b):
     table of one row per distinct token (nn/embedded.py); reading it through the token index saves
     writing the (T, B, G*H) gather, 7.7 MB per batch of the tutorial IMDB GRU.
 
-    With ``gidx = (x, w_in_t, b_in, batch_first)`` (input_rows), the row is projected here, into
-    row b of the scratch gx (1, B, G*H): x[t, b] @ w_in_t + b_in (x[b, t] when batch_first)."""
+    With ``gidx = (x, w_in_t, b_in, batch_first, operand)`` (api.input_rows_source), the row is
+    projected here, into row b of the scratch gx (1, B, G*H): x[t, b] @ w_in_t + b_in (x[b, t] when
+    batch_first)."""
 
 
 @overload(gx_row, jit_options=OVERLOAD_JIT)
 def _gx_row(gx, gidx, t, b):
     if isinstance(gidx, types.BaseTuple):
         def projected(gx, gidx, t, b):
-            x, w_in_t, b_in, batch_first = gidx
+            x, w_in_t, b_in, batch_first, operand = gidx
             row = gx[0, b]
             copy_vector(row, b_in)
             axpy_matvec(x[b, t] if batch_first else x[t, b], w_in_t, np.int64(0), np.int64(0), row.shape[0], row)
@@ -633,12 +641,24 @@ def _gx_row(gx, gidx, t, b):
 def gx_block(gx, gidx, t, b0, b1, scratch):
     """Step t's input pre-activations of the sequences b0 <= b < b1 (all of one length) as one
     (b1 - b0, G*H) block whose rows lie side by side, for the block gate passes: gx[t, b0:b1]; for
-    input rows, each row projected into the scratch gx (:func:`gx_row`), gx[0, b0:b1]; a table's
-    rows (gidx an index) copied into ``scratch`` (b1 - b0, G*H)."""
+    input rows, the scratch gx's rows gx[0, b0:b1], projected there as one block by oneDNN's
+    microkernel when the source's operand is 3-D (products.operands of w_in_t: the rows filled with
+    the bias, then x @ w_in_t added, as the projection before the loop does, project_rows), else
+    row by row (:func:`gx_row`); a table's rows (gidx an index) copied into ``scratch``
+    (b1 - b0, G*H)."""
 
 
 @overload(gx_block, jit_options=OVERLOAD_JIT)
 def _gx_block(gx, gidx, t, b0, b1, scratch):
+    if isinstance(gidx, types.BaseTuple) and gidx.types[4].ndim == 3:
+        def block_projected(gx, gidx, t, b0, b1, scratch):
+            x, w_in_t, b_in, batch_first, operand = gidx
+            g = gx[0, b0:b1]
+            for i in range(b1 - b0):
+                copy_vector(g[i], b_in)
+            _onednn(x[b0:b1, t] if batch_first else x[t, b0:b1], operand, g, np.bool_(True))
+            return g
+        return block_projected
     if isinstance(gidx, types.BaseTuple):
         def projected(gx, gidx, t, b0, b1, scratch):
             for b in range(b0, b1):

@@ -286,11 +286,16 @@ class InputRows(NamedTuple):
     bias: torch.Tensor | None
 
 
-def input_rows(mode: str, x, single: tuple[torch.Tensor, torch.Tensor | None] | None) -> InputRows | None:
+def input_rows(mode: str, x, single: tuple[torch.Tensor, torch.Tensor | None] | None,
+               lengths: torch.Tensor | None = None) -> InputRows | None:
     """gx as InputRows where the kernels project inside the loop: a single projection of an input
-    that api.projects_in_loop takes, recorded for backward, on the CPU in x's dtype. None otherwise
-    (api.INPUT_ROWS_MAX says why)."""
-    if single is None or not isinstance(x, torch.Tensor) or not api.projects_in_loop(mode, x.shape[-1]):
+    that api.projects_in_loop takes (for these ``lengths``), recorded for backward, on the CPU in x's
+    dtype. None otherwise (api.projects_in_loop says why)."""
+    if single is None or not isinstance(x, torch.Tensor) or x.dtype not in _DTYPES_NP:
+        return None
+    T, N = x.shape[:2]
+    if not api.projects_in_loop(mode, x.shape[-1], _DTYPES_NP[x.dtype], N,
+                                None if lengths is None else _lengths_np(lengths, T, N)):
         return None
     weight, bias = single
     if not records_gradient(x, weight, bias) or not _on_cpu_as(x.dtype, x, weight, bias):
