@@ -30,7 +30,7 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from .kernels import api, gru, lstm, mgu, mingru, rnn
-from .kernels.common import set_threads
+from .kernels.common import set_threads, stored_matvec
 from .kernels.function import one_blas_thread
 from .recurrent import RecurrentLayer, input_preactivations
 
@@ -42,12 +42,13 @@ def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
 class _LayerWeights(NamedTuple):
     """One layer's snapshot, copies of its parameters in each layout a kernel reads."""
 
-    input_t: np.ndarray          # W_ih^T over every gate (I, G*H): the frames' input side
+    input_t: np.ndarray          # W_ih^T over every gate (I, G*H): the frames' input side on W^T
     input_bias: np.ndarray       # the outer bias (G*H,)
-    w_t: np.ndarray | None       # W_hh^T packed (H, R*H): the frames' and forward_stack's products
+    w_t: np.ndarray | None       # W_hh^T packed (H, R*H): forward_stack's products, the frames' on W^T
     bias_hh: np.ndarray          # (G*H,), zeros where the cell has none
-    w_ih: np.ndarray             # W_ih as stored (G*H, I): run()'s projection
-    w_hh: np.ndarray | None      # W_hh as stored (R*H, H): a batch of one's api.SequenceStack
+    w_ih: np.ndarray             # W_ih as stored (G*H, I): run()'s projection, the frames' as stored
+    w_hh: np.ndarray | None      # W_hh as stored (R*H, H): a batch of one's api.SequenceStack, the
+                                 # frames' where dot products are the faster mat-vec
 
 
 class Streamer:
@@ -111,24 +112,29 @@ class Streamer:
         update in place), with its weights and scratch buffers bound. The output is left in the
         layer's state ``self.h[index]``."""
         weights = self._weights[index]
-        input_t, input_bias, w_t, bias_hh = weights.input_t, weights.input_bias, weights.w_t, weights.bias_hh
+        input_bias, bias_hh = weights.input_bias, weights.bias_hh
+        # each weight as stored where dot products are its faster mat-vec, else transposed
+        input_stored, stored = stored_matvec(self.input_size), stored_matvec(self.hidden_size)
+        w_in = weights.w_ih if input_stored else weights.input_t
+        w = weights.w_hh if stored else weights.w_t
+        input_transposed, transposed = np.bool_(not input_stored), np.bool_(not stored)
         B, mode, h = self.batch_size, self.mode, self.h[index]
-        gx = np.empty((1, B, input_t.shape[1]), self.dtype)
+        gx = np.empty((1, B, input_bias.shape[0]), self.dtype)
         out = np.empty((B, self.hidden_size), self.dtype)
         if mode in ("GRU", "GRU_RESET_BEFORE"):
             reset_after = mode == "GRU"
-            return lambda x: gru.frame(x, input_t, input_bias, w_t, bias_hh, reset_after, h, gx, out)
+            return lambda x: gru.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, reset_after, h, gx, out)
         if mode == "LSTM":
             c = self.c[index]
-            return lambda x: lstm.frame(x, input_t, input_bias, w_t, bias_hh, h, c, gx, out)
+            return lambda x: lstm.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, h, c, gx, out)
         if mode in ("RNN_TANH", "RNN_RELU"):
             relu = mode == "RNN_RELU"
-            return lambda x: rnn.frame(x, input_t, input_bias, w_t, bias_hh, relu, h, gx, out)
+            return lambda x: rnn.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, relu, h, gx, out)
         if mode == "MINGRU":
             use_g = self.candidate == "g"
-            return lambda x: mingru.frame(x, input_t, input_bias, use_g, h, gx, out)
+            return lambda x: mingru.frame(x, w_in, input_transposed, input_bias, use_g, h, gx, out)
         has_uf = mode != "MGU3"
-        return lambda x: mgu.frame(x, input_t, input_bias, w_t, has_uf, h, gx, out)
+        return lambda x: mgu.frame(x, w_in, input_transposed, input_bias, w, transposed, has_uf, h, gx, out)
 
     def step(self, frame) -> np.ndarray:
         """One frame (H_in,) or (batch_size, H_in) in, the last layer's output out (same rank).

@@ -11,11 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import grukit.nn as gnn
+from grukit.nn import streaming
 from grukit.nn.kernels import api
-from grukit.nn.kernels.common import STORED_TRANSPOSE_MIN_STEPS, stored_operand
+from grukit.nn.kernels.common import (STORED_MATVEC_FASTER, STORED_MATVEC_MIN_K, STORED_TRANSPOSE_MIN_STEPS,
+                                      stored_operand)
 
 I, H, T = 5, 6, 7
-# A sequence this long reads weight_hh through a transposed copy (common.stored_operand); T does not.
+# A sequence this long reads weight_hh through a transposed copy (common.stored_operand) where W^T is
+# the faster mat-vec; T does not.
 LONG = STORED_TRANSPOSE_MIN_STEPS
 
 CELLS = {   # kind: (layer class, options)
@@ -137,12 +140,20 @@ def test_property_random_shapes(kind, inputs, hidden, steps, layers, bidirection
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
-def test_long_sequences_read_a_transposed_copy_of_the_recurrent_weight():
+def test_long_sequences_read_a_transposed_copy_of_the_recurrent_weight_where_it_is_faster():
+    """common.stored_operand: short sequences and, on a core where dot products of that length are the
+    faster mat-vec (common.stored_matvec), wide weights read W as stored; else W^T, copied."""
     w = np.arange(12.0).reshape(4, 3)
     operand, transposed = stored_operand(w, LONG - 1)
     assert not transposed and operand is w
-    operand, transposed = stored_operand(w, LONG)
+    operand, transposed = stored_operand(w, LONG)   # 3 columns: short dot products
     assert transposed and np.array_equal(operand, w.T) and operand.flags.c_contiguous
+    wide = np.arange(4.0 * STORED_MATVEC_MIN_K).reshape(4, STORED_MATVEC_MIN_K)
+    operand, transposed = stored_operand(wide, LONG)
+    if STORED_MATVEC_FASTER:
+        assert not transposed and operand is wide
+    else:
+        assert transposed and np.array_equal(operand, wide.T)
 
 
 def test_lengths_take_the_batched_path(stored_calls):
@@ -156,10 +167,13 @@ def test_lengths_take_the_batched_path(stored_calls):
     assert stored_calls == []
 
 
+@pytest.mark.parametrize("stored_frames", [True, False], ids=["frames-on-W", "frames-on-W^T"])
 @pytest.mark.parametrize("kind", list(BUILDERS) + list(MGU_VARIANTS))
-def test_streamer_run_on_a_batch_of_one_equals_its_frames(kind, stored_calls):
-    """run() in two chunks carries the state and gives what frame-by-frame step() gives, float64;
-    and the reference loop's output over the whole sequence."""
+def test_streamer_run_on_a_batch_of_one_equals_its_frames(kind, stored_frames, stored_calls, monkeypatch):
+    """run() in two chunks carries the state and gives what frame-by-frame step() gives, float64, with
+    the frames on the weights as stored (dot products) and transposed, whichever this core prefers
+    (common.stored_matvec); and the reference loop's output over the whole sequence."""
+    monkeypatch.setattr(streaming, "stored_matvec", lambda K: stored_frames)
     build = (lambda **o: gnn.MGU(I, H, variant=kind, **o)) if kind in MGU_VARIANTS else BUILDERS[kind]
     layer, reference = twins(build, torch.float64)
     x = torch.randn(T, I, dtype=torch.float64)

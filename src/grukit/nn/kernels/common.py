@@ -24,6 +24,7 @@ import math
 import os
 import platform
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 from llvmlite import ir
@@ -352,12 +353,27 @@ def rows_product(x, w, transposed, r0, r1, out):
     matmul_acc(x, w, np.int64(0), r0, r1 - r0, out)
 
 
-# The GRU's stored_sequence reads weight_hh through a transposed copy from this many steps on. One
-# row's 384 x 128 mat-vec took 2.6 us on W^T (matmul_acc) against 3.4 us as dot products on W as
-# stored (Zen 4, one process), and the copy 15 us. The GRU's loop at T=100, I=64, H=128, float32,
-# the two forms alternating in one process: 1.10-1.16x faster on the copy; at T=24 0.98x, T=32
+# A batch of one's product with a weight (stored_sequence, the streamer's frames): dot products on W
+# as stored (dot_matvec) or passes over W^T (matmul_acc). Which is faster depends on the core and on
+# the dot products' length K. One row, float32, one process: 384 x 128 on a Zen 4 2.6 us on W^T
+# against 3.4 us as dot products; on the first hosts (Xeon, Zen 3) 1.7 against 1.9; on a Zen 5
+# 2.04-2.06 against 1.35-1.38 us for K = 128 (512 x 128 2.8 against 2.6), but 0.19 against 0.82 us
+# for K = 13, 0.44-0.60 against 0.48-0.54 for K = 64, and level from K = 256 (two runs each). So dot
+# products run on the Zen 5 (LLVM's "znver5") from STORED_MATVEC_MIN_K on, W^T elsewhere.
+STORED_MATVEC_FASTER = llvm.get_host_cpu_name() == "znver5"
+STORED_MATVEC_MIN_K = 128
+
+
+def stored_matvec(K: int) -> bool:
+    """Whether a batch of one's product with a weight of K columns (each output a dot product of
+    length K) reads it as stored (dot products) rather than transposed."""
+    return STORED_MATVEC_FASTER and K >= STORED_MATVEC_MIN_K
+# Where W^T is the faster form, the GRU's stored_sequence reads weight_hh through a transposed copy
+# from this many steps on (the copy took 15 us). The GRU's loop at T=100, I=64, H=128, float32, the
+# two forms alternating in one process, Zen 4: 1.10-1.16x faster on the copy; at T=24 0.98x, T=32
 # 1.05x, T=48 1.16x. The LSTM, SimpleRNN and MGU loops gained nothing that held (0.87-1.04x,
-# 0.83-0.91x, 1.00x) and read W as stored.
+# 0.83-0.91x, 1.00x) and read W as stored. On the Zen 5 the GRU's loop on W as stored: `layer(x)`
+# at S1 1.22-1.29x (313 to 242-257 us), `streamer.run` 1.13x.
 STORED_TRANSPOSE_MIN_STEPS = 32
 
 
@@ -365,7 +381,7 @@ STORED_TRANSPOSE_MIN_STEPS = 32
 def stored_operand(w, T):
     """The recurrent weight for rows_product over a sequence of T steps: (W^T, True), transposed
     here, from STORED_TRANSPOSE_MIN_STEPS steps on, else (W as stored, False)."""
-    if T < STORED_TRANSPOSE_MIN_STEPS:
+    if T < STORED_TRANSPOSE_MIN_STEPS or (STORED_MATVEC_FASTER and w.shape[1] >= STORED_MATVEC_MIN_K):
         return w, False
     w_t = np.empty((w.shape[1], w.shape[0]), w.dtype)
     _transpose_into(w, w_t)
@@ -381,14 +397,17 @@ def project_stored(x, w_ih, b_in, g):
 
 
 @njit(**JIT)
-def project_frame(x, w_in_t, b_in, gx):
-    """gx[0] = x @ w_in_t + b_in for one frame of streaming: x (B, I), w_in_t (I, G*H),
-    b_in (G*H,), gx (1, B, G*H). The input side of a frame is a handful of mat-vecs, too
-    small for a BLAS call to pay off."""
+def project_frame(x, w_in, transposed, b_in, gx):
+    """gx[0] = x @ W_ih^T + b_in for one frame of streaming: x (B, I), w_in W_ih^T (I, G*H) with
+    ``transposed``, else W_ih as stored (G*H, I) (:func:`stored_matvec`), b_in (G*H,), gx (1,
+    B, G*H). The input side of a frame is a handful of mat-vecs, too small for a BLAS call to pay off."""
     g = gx[0]
+    if not transposed:
+        project_stored(x, w_in, b_in, g)
+        return
     for i in range(g.shape[0]):
         copy_vector(g[i], b_in)
-    matmul_acc(x, w_in_t, np.int64(0), np.int64(0), g.shape[1], g)
+    matmul_acc(x, w_in, np.int64(0), np.int64(0), g.shape[1], g)
 
 
 # The per-step recurrent products are BLAS GEMMs (blas.blas_gemm: MKL from torch's build, else

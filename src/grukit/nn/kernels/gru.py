@@ -370,13 +370,14 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, w_t, bhh, reset_after, h, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I), w_in_t = W_ih^T (I, 3H), w_t = W^T
-    (H, 3H); the state h (B, H) is updated in place. gx (1, B, 3H) and out (B, H) are scratch. The
-    step is stored_sequence's, so a frame equals a one-frame chunk."""
-    project_frame(x, w_in_t, b_in, gx)
+def frame(x, w_in, input_transposed, b_in, w, transposed, bhh, reset_after, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I); w_in = W_ih^T (I, 3H) with
+    ``input_transposed``, else W_ih as stored; w = W^T (H, 3H) with ``transposed``, else W as stored
+    (common.stored_matvec says which); the state h (B, H) is updated in place. gx (1, B, 3H) and
+    out (B, H) are scratch. The step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, b_in, gx)
     gr, rh, gn = _stored_scratch(h, reset_after)
-    _stored_step(gx[0], w_t, np.bool_(True), bhh, reset_after, h, out, gr, rh, gn)
+    _stored_step(gx[0], w, transposed, bhh, reset_after, h, out, gr, rh, gn)
 
 
 @njit(**JIT)

@@ -260,12 +260,13 @@ def _bwd_rows(b0, b1, w, op_w, lengths, reverse, grad_out, grad_bf, grad_h_n, gr
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, w_t, bhh, h, c, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I), w_in_t = W_ih^T (I, 4H), w_t = W^T
-    (H, 4H); the states h and c (B, H) are updated in place. gx (1, B, 4H) and out (B, H) are
-    scratch. The step is stored_sequence's, so a frame equals a one-frame chunk."""
-    project_frame(x, w_in_t, b_in, gx)
-    _stored_step(gx[0], w_t, np.bool_(True), bhh, h, c, out, np.empty((h.shape[0], 4 * h.shape[1]), h.dtype))
+def frame(x, w_in, input_transposed, b_in, w, transposed, bhh, h, c, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I); w_in = W_ih^T (I, 4H) with
+    ``input_transposed``, else W_ih as stored; w = W^T (H, 4H) with ``transposed``, else W as stored
+    (common.stored_matvec says which); the states h and c (B, H) are updated in place. gx (1, B, 4H)
+    and out (B, H) are scratch. The step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, b_in, gx)
+    _stored_step(gx[0], w, transposed, bhh, h, c, out, np.empty((h.shape[0], 4 * h.shape[1]), h.dtype))
 
 
 @njit(**JIT)

@@ -202,13 +202,14 @@ def _bwd_rows(b0, b1, w, op_f, op_n, lengths, reverse, has_uf, grad_out, grad_bf
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, w_t, has_uf, h, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I), w_in_t (I, 2H) over both gates (zero
-    columns where a variant has no input weights), w_t = W^T (H, 2H) columns U_f, U_n (without U_f,
-    (H, H)); the state h (B, H) is updated in place. gx (1, B, 2H) and out (B, H) are scratch. The
-    step is stored_sequence's, so a frame equals a one-frame chunk."""
-    project_frame(x, w_in_t, b_in, gx)
-    _stored_step(gx[0], w_t, np.bool_(True), has_uf, h, out, np.empty(h.shape, h.dtype),
+def frame(x, w_in, input_transposed, b_in, w, transposed, has_uf, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I); w_in = W_ih^T (I, 2H) over both gates
+    (zero columns where a variant has no input weights) with ``input_transposed``, else as stored; w =
+    W^T (H, 2H) columns U_f, U_n (without U_f, (H, H)) with ``transposed``, else as stored
+    (common.stored_matvec says which); the state h (B, H) is updated in place. gx (1, B, 2H) and out
+    (B, H) are scratch. The step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, b_in, gx)
+    _stored_step(gx[0], w, transposed, has_uf, h, out, np.empty(h.shape, h.dtype),
                  np.empty(h.shape, h.dtype), np.empty(h.shape, h.dtype))
 
 

@@ -143,11 +143,11 @@ _WORK_PER_ELEMENT = 40
 
 
 @njit(**JIT)
-def frame(x, w_in_t, b_in, use_g, h, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I), w_in_t = W_ih^T (I, 2H); the state h
-    (B, H) is updated in place. gx (1, B, 2H) and out (B, H) are scratch. The step is
-    stored_sequence's, so a frame equals a one-frame chunk."""
-    project_frame(x, w_in_t, b_in, gx)
+def frame(x, w_in, input_transposed, b_in, use_g, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I), w_in = W_ih^T (I, 2H) with
+    ``input_transposed``, else W_ih as stored (common.stored_matvec says which); the state h (B, H) is
+    updated in place. gx (1, B, 2H) and out (B, H) are scratch. The step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, b_in, gx)
     _stored_step(gx[0], use_g, h, out)
 
 
