@@ -105,9 +105,10 @@ def forward(mode, gx, h0, c0=None, w_t=None, bias_hh=None, lengths=None,
         x, batch_first = input_rows[0], input_rows[3]
         batch = x.shape[0 if batch_first else 1] if x.ndim == 3 else 0
         if not projects_in_loop(mode, x.shape[-1], x.dtype, batch, lengths):
-            raise ValueError(f"input_rows: {mode} with {x.shape[-1]} input features takes gx (MINGRU's "
-                             f"backward reads gx; inputs wider than {INPUT_ROWS_MAX} are projected before the loop, "
-                             f"unless projects_in_loop says otherwise)")
+            raise ValueError(f"input_rows: {mode} with {x.shape[-1]} input features takes gx (api.projects_in_loop: "
+                             f"MINGRU's backward reads gx; inputs wider than {INPUT_ROWS_MAX} are projected in the "
+                             f"loop only on oneDNN's microkernel, up to {BLOCK_PROJECTION_MAX} features, for "
+                             f"sequences of one length and at least {BLOCK_PROJECTION_MIN_ROWS} rows a thread)")
         gx, gx_index = input_rows_source(*input_rows, G=GATES[mode] * h0.shape[1])
     else:
         gx, gx_index = _table_and_index(gx, gx_index)

@@ -364,10 +364,13 @@ STORED_MATVEC_FASTER = llvm.get_host_cpu_name() == "znver5"
 STORED_MATVEC_MIN_K = 128
 
 
-def stored_matvec(K: int) -> bool:
+@njit(**JIT)
+def stored_matvec(K):
     """Whether a batch of one's product with a weight of K columns (each output a dot product of
     length K) reads it as stored (dot products) rather than transposed."""
     return STORED_MATVEC_FASTER and K >= STORED_MATVEC_MIN_K
+
+
 # Where W^T is the faster form, the GRU's stored_sequence reads weight_hh through a transposed copy
 # from this many steps on (the copy took 15 us). The GRU's loop at T=100, I=64, H=128, float32, the
 # two forms alternating in one process, Zen 4: 1.10-1.16x faster on the copy; at T=24 0.98x, T=32
@@ -380,8 +383,9 @@ STORED_TRANSPOSE_MIN_STEPS = 32
 @njit(**JIT)
 def stored_operand(w, T):
     """The recurrent weight for rows_product over a sequence of T steps: (W^T, True), transposed
-    here, from STORED_TRANSPOSE_MIN_STEPS steps on, else (W as stored, False)."""
-    if T < STORED_TRANSPOSE_MIN_STEPS or (STORED_MATVEC_FASTER and w.shape[1] >= STORED_MATVEC_MIN_K):
+    here, from STORED_TRANSPOSE_MIN_STEPS steps on where W^T is the faster form (:func:`stored_matvec`),
+    else (W as stored, False)."""
+    if T < STORED_TRANSPOSE_MIN_STEPS or stored_matvec(w.shape[1]):
         return w, False
     w_t = np.empty((w.shape[1], w.shape[0]), w.dtype)
     _transpose_into(w, w_t)
