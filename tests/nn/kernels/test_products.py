@@ -144,10 +144,11 @@ def test_the_training_projection_is_torchs_where_onednn_is_not_the_faster_gemm(m
 
 @pytest.mark.skipif(not onednn.FASTER_F32, reason="oneDNN's float32 microkernel is used on AMD CPUs with AVX-512 only")
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_a_large_operand_goes_in_column_tiles_with_the_bits_of_one_call(accumulate):
-    """common._onednn splits an m of ONEDNN_TILE_MIN_BYTES or more (K at most ONEDNN_TILE_MAX_K) into
-    column tiles: the same bits as one microkernel call over all columns (compiled here), a last tile
-    narrower than the others, and float64's product to float32 round-off."""
+def test_a_large_operand_goes_in_tiles(accumulate):
+    """common._onednn splits an m of ONEDNN_TILE_MIN_BYTES or more into tiles: with K within one tile,
+    the same bits as one microkernel call over all columns (compiled here), a last tile narrower than
+    the others; with K over several tiles, float64's product to float32 round-off, and each row's
+    result the same whatever the other rows (the threads' blocks)."""
     from numba import njit
 
     from grukit.nn.kernels import common
@@ -158,15 +159,19 @@ def test_a_large_operand_goes_in_column_tiles_with_the_bits_of_one_call(accumula
                           np.int32(1 if accumulate else 0), x.ctypes.data, m.ctypes.data, out.ctypes.data,
                           np.int32(0))
 
-    K = common.ONEDNN_TILE_MAX_K
-    N = common.ONEDNN_TILE_MIN_BYTES // (4 * K) + common.ONEDNN_TILE_COLUMNS // 2 + 3
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((9, K)).astype(np.float32)
-    m = rng.standard_normal((K, N)).astype(np.float32)
-    start = rng.standard_normal((9, N)).astype(np.float32)
-    tiled, whole = start.copy(), start.copy()
-    common._onednn(x, m.reshape((1, K, N)), tiled, np.bool_(accumulate))
-    one_call(x, m, whole, accumulate)
-    assert np.array_equal(tiled, whole)
-    want = x.astype(np.float64) @ m + (start if accumulate else 0)
-    np.testing.assert_allclose(tiled, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    for K in (common.ONEDNN_TILE_ROWS, 2 * common.ONEDNN_TILE_ROWS + 37):
+        N = common.ONEDNN_TILE_MIN_BYTES // (4 * K) + common.ONEDNN_TILE_COLUMNS // 2 + 3
+        x = rng.standard_normal((9, K)).astype(np.float32)
+        m = rng.standard_normal((K, N)).astype(np.float32)
+        start = rng.standard_normal((9, N)).astype(np.float32)
+        tiled, whole, rows = start.copy(), start.copy(), start.copy()
+        common._onednn(x, m.reshape((1, K, N)), tiled, np.bool_(accumulate))
+        if K <= common.ONEDNN_TILE_ROWS:
+            one_call(x, m, whole, accumulate)
+            assert np.array_equal(tiled, whole)
+        for r in (slice(0, 4), slice(4, 9)):
+            common._onednn(x[r], m.reshape((1, K, N)), rows[r], np.bool_(accumulate))
+        assert np.array_equal(tiled, rows)
+        want = x.astype(np.float64) @ m + (start if accumulate else 0)
+        np.testing.assert_allclose(tiled, want, rtol=0, atol=1e-5 * np.abs(want).max())

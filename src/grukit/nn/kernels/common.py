@@ -477,34 +477,38 @@ def _float_gemm_packed(x, m, packed, out):
 
 
 # The microkernel reads all of m for each block of rows it holds in registers: an m larger than the
-# core's cache (S4's 512 x 2048 W_hh^T and W_ih^T, 4 MB) comes from L3 again and again. In column
-# tiles of ONEDNN_TILE_COLUMNS each tile's part of m stays in cache while every row passes over it,
-# with each output's sum over K in the same order (the same bits). One Zen 5 core, rows of 64: by
-# 512 x 2048 777-780 -> 666-676 us, 512 x 1536 476-488 -> 438-449 us; but by 2048 x 512 (the
-# backward's dG @ W) tiles of 64-256 columns took 990-1090 against 847-852 us, hence K at most
-# ONEDNN_TILE_MAX_K; 128 x 512 (256 KB) level.
+# core's cache (S4's 512 x 2048 W_hh^T and W_ih^T, 4 MB; the backward's 2048 x 512 W) comes from L3
+# again and again. From ONEDNN_TILE_MIN_BYTES on it goes in tiles of ONEDNN_TILE_COLUMNS columns by
+# ONEDNN_TILE_ROWS rows of m, each of which stays in cache while every row of x passes over it (a
+# K longer than a tile is summed tile by tile, in a fixed order: a row's result still does not
+# depend on the other rows). One Zen 5 core, rows of 64, against one call: by 512 x 2048 777-780 ->
+# 666-676 us, 512 x 1536 476-488 -> 438-449 us (the same bits: K in one tile); by 2048 x 512 746-769
+# -> 594-600 us, 1536 x 512 744-749 -> 438-442 us (tiles of 128 columns over all 2048 rows took
+# 990-1090: the K tiles are what pays there); 128 x 512 (256 KB) level.
 ONEDNN_TILE_COLUMNS = 128
-ONEDNN_TILE_MAX_K = 512
+ONEDNN_TILE_ROWS = 512
 ONEDNN_TILE_MIN_BYTES = 512 * 1024
 
 
 @njit(**JIT)
 def _onednn(x, batch_of_one, out, accumulate):
     """out = x @ m (``out += x @ m`` with ``accumulate``) through oneDNN's float32 microkernel,
-    ``batch_of_one`` = m (K, N) as (1, K, N); rows of x and out contiguous. A large m goes in column
-    tiles (ONEDNN_TILE_COLUMNS), with the same bits."""
+    ``batch_of_one`` = m (K, N) as (1, K, N); rows of x and out contiguous. A large m goes in tiles
+    (ONEDNN_TILE_COLUMNS x ONEDNN_TILE_ROWS)."""
     R, K = x.shape
     m = batch_of_one[0]
     N = m.shape[1]
-    tile = N
-    if K <= ONEDNN_TILE_MAX_K and K * N * 4 >= ONEDNN_TILE_MIN_BYTES:
-        tile = ONEDNN_TILE_COLUMNS
+    columns, rows = N, K
+    if K * N * 4 >= ONEDNN_TILE_MIN_BYTES:
+        columns, rows = ONEDNN_TILE_COLUMNS, ONEDNN_TILE_ROWS
     lda = x.strides[0] // 4 if R > 1 else K
     ldb = m.strides[0] // 4 if K > 1 else N
     ldc = out.strides[0] // 4 if R > 1 else N
-    for n0 in range(0, N, tile):
-        onednn.brgemm_f32(R, min(tile, N - n0), K, lda, ldb, ldc, np.int32(1 if accumulate else 0), x.ctypes.data,
-                          m[:, n0:].ctypes.data, out[:, n0:].ctypes.data, np.int32(0))
+    for n0 in range(0, N, columns):
+        for k0 in range(0, K, rows):
+            add = accumulate or k0 > 0
+            onednn.brgemm_f32(R, min(columns, N - n0), min(rows, K - k0), lda, ldb, ldc, np.int32(1 if add else 0),
+                              x[:, k0:].ctypes.data, m[k0:, n0:].ctypes.data, out[:, n0:].ctypes.data, np.int32(0))
 
 
 @njit(**JIT)
