@@ -148,10 +148,11 @@ INPUT_ROWS_MAX = 16
 # products.resolve), each thread's block has at least BLOCK_PROJECTION_MIN_ROWS rows and the
 # sequences all have one length (a padded batch would project row by row): the (T, B, G*H) gx is
 # then neither written nor read back. Inference on the Zen 5, one process, alternating: S2's shape
-# (I = H = 128) LSTM 1.12-1.21x, GRU 1.09-1.24x, SimpleRNN 1.36x; I = 256 GRU 1.075x; but I = 512
-# (H = 128) 0.90x, its W_ih^T no longer in the core's cache beside W_hh^T, and blocks of 1-2 rows
-# 0.89-0.98x against one large GEMM before the loop. Training: level at S2 and S4.
-BLOCK_PROJECTION_MAX = 256
+# (I = H = 128) LSTM 1.12-1.21x, GRU 1.09-1.24x, SimpleRNN 1.36x; I = 256 GRU 1.075x; I = 512 (H =
+# 128) GRU 1.07x, LSTM 1.005x, S4's shape (I = H = 512) GRU 1.09x, LSTM 1.06x, since the large
+# operands go in tiles (common._onednn; I = 512 had been 0.90x); I = 1024 1.02x; blocks of 1-2 rows
+# 0.89-0.98x against one large GEMM before the loop. Training: level at S2 and S4 (0.99-1.01x).
+BLOCK_PROJECTION_MAX = 512
 BLOCK_PROJECTION_MIN_ROWS = 3
 
 
