@@ -123,7 +123,8 @@ class Streamer:
         out = np.empty((B, self.hidden_size), self.dtype)
         if mode in ("GRU", "GRU_RESET_BEFORE"):
             reset_after = mode == "GRU"
-            return lambda x: gru.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, reset_after, h, gx, out)
+            return lambda x: gru.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, reset_after, h,
+                                       gx, out)
         if mode == "LSTM":
             c = self.c[index]
             return lambda x: lstm.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, h, c, gx, out)

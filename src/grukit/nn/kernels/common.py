@@ -688,10 +688,9 @@ def gx_block(gx, gidx, t, b0, b1, scratch):
     """Step t's input pre-activations of the sequences b0 <= b < b1 (all of one length) as one
     (b1 - b0, G*H) block whose rows lie side by side, for the block gate passes: gx[t, b0:b1]; for
     input rows, the scratch gx's rows gx[0, b0:b1], projected there as one block by oneDNN's
-    microkernel when the source's operand is 3-D (products.operands of w_in_t: the rows filled with
-    the bias, then x @ w_in_t added, as the projection before the loop does, project_rows), else
-    row by row (:func:`gx_row`); a table's rows (gidx an index) copied into ``scratch``
-    (b1 - b0, G*H)."""
+    microkernel when the source's operand is 3-D (products.operands of w_in_t), by
+    :func:`project_rows`, the projection before the loop (so the same bits), else row by row
+    (:func:`gx_row`); a table's rows (gidx an index) copied into ``scratch`` (b1 - b0, G*H)."""
 
 
 @overload(gx_block, jit_options=OVERLOAD_JIT)
@@ -700,9 +699,8 @@ def _gx_block(gx, gidx, t, b0, b1, scratch):
         def block_projected(gx, gidx, t, b0, b1, scratch):
             x, w_in_t, b_in, batch_first, operand = gidx
             g = gx[0, b0:b1]
-            for i in range(b1 - b0):
-                copy_vector(g[i], b_in)
-            _onednn(x[b0:b1, t] if batch_first else x[t, b0:b1], operand, g, np.bool_(True))
+            # project_rows reads its w_ih only for MKL's GEMM, never with a 3-D operand
+            project_rows(np.int64(0), b1 - b0, x[b0:b1, t] if batch_first else x[t, b0:b1], w_in_t, b_in, g, operand)
             return g
         return block_projected
     if isinstance(gidx, types.BaseTuple):

@@ -252,8 +252,6 @@ def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
     copy_and_sum(dn_r, gb[2 * H:], gsum[2 * H:])
 
 
-
-
 @njit(**JIT)
 def _block_bwd_after(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgh_n, dh, bias_rows, H, tiny):
     """_bwd_after for step t's rows b0 <= b < b1 (sequences of one length) in one call."""
@@ -288,8 +286,6 @@ def _bwd_before_reset(gs, hp, dg, gb, dhi, drh, H, tiny):
         dg[j] = dr
         gb[j] = dr
         dhi[j] += drh[j] * r
-
-
 
 
 @njit(**JIT)
@@ -351,8 +347,8 @@ def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out,
                 dgb[i, :] = 0
                 dgn[i, :] = 0
             elif reset_after:
-                _bwd_after(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dgh_n[t, b],
-                   dh[i], H, bias_rows[b], tiny)
+                _bwd_after(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                           dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
             else:
                 _bwd_before(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
                             dgn[i], dh[i], H, tiny)
