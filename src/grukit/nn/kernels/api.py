@@ -24,6 +24,9 @@ HAS_BIAS_HH = ("GRU", "LSTM", "RNN_TANH", "RNN_RELU")
 # Modes whose backward zeroes float32 gradients below common.TINY_GRADIENT_FLOAT32 inside its
 # gate loop; the torch wrapper flushes the other modes' gradients in a pass after the kernel.
 FLUSHES_IN_KERNEL = ("GRU", "GRU_RESET_BEFORE", "LSTM")
+# Modes whose backward's bias source sums to the gradient of every gate's pre-activation summed
+# over all rows, which is also the gradient of an input-side bias (see gate_sums).
+BIAS_SOURCE_IS_GATES = ("LSTM", "RNN_TANH", "RNN_RELU")
 # Modes whose training workspace is (out, h0), the forward's own output and initial state.
 WORKSPACE_IS_OUTPUT = ("RNN_TANH", "RNN_RELU")
 CANDIDATES = ("identity", "g")
@@ -383,6 +386,17 @@ def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
     sources = bias_source if isinstance(bias_source, list) else [bias_source]
     grad_b = np.concatenate([s.reshape(-1, s.shape[-1]).sum(0) for s in sources])
     return grad_w, grad_b
+
+
+def gate_sums(mode, bias_source, grad_bias_hh=None):
+    """The gates' pre-activation gradients summed over all rows (T, B): the gradient of a bias added
+    on the input side, or None where this mode's bias source is not those sums (GRU's is dn * r for
+    its candidate, the others have none). ``grad_bias_hh``, when weight_grads gave it, is that sum."""
+    if mode not in BIAS_SOURCE_IS_GATES or bias_source is None:
+        return None
+    if grad_bias_hh is not None:
+        return grad_bias_hh
+    return bias_source.reshape(-1, bias_source.shape[-1]).sum(0)
 
 
 class StepStack:
