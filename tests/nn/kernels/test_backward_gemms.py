@@ -86,6 +86,55 @@ def test_applies_to_large_float32_operands_with_contiguous_rows_only(monkeypatch
     assert not backward_gemms.applies_transposed(a, b)
 
 
+# (R, width of g, first's, second's): both on the summed rows' parts (S3's LSTM), both on column tiles
+# (few rows), both on row tiles (S2's LSTM on this CPU), and the pairs that run apart: row tiles with first
+# not a whole number of tiles, and two different paths.
+SHARED_SHAPES = [(3200, 256, 64, 10), (400, 256, 64, 10), (1300, 512, 128, 70), (1300, 256, 100, 10),
+                 (3200, 256, 64, 100)]
+
+
+@pytest.mark.parametrize("R,G,M1,M2", SHARED_SHAPES)
+def test_shared_products_have_the_bits_of_two_products(R, G, M1, M2, monkeypatch):
+    """An LSTM's grad weight_hh and grad weight_ih from one pass over g: the bits of two transposed_product
+    calls, on one thread or two, within the float32 bound of the float64 products."""
+    monkeypatch.setattr(backward_gemms, "MIN_WORK", 1)
+    rng = np.random.default_rng(3)
+    g, first, second = (rng.standard_normal((R, n), np.float32) for n in (G, M1, M2))
+    threads = common.set_threads(2)
+    try:
+        shared = backward_gemms.shared_transposed_products(g, first, second)
+        common.set_threads(1)
+        serial = backward_gemms.shared_transposed_products(g, first, second)
+    finally:
+        common.set_threads(threads)
+    apart = backward_gemms.transposed_product(g, first), backward_gemms.transposed_product(g, second)
+    for ours, one_thread, alone, operand in zip(shared, serial, apart, (first, second)):
+        assert ours.shape == (G, operand.shape[1])
+        np.testing.assert_array_equal(ours, alone)
+        np.testing.assert_array_equal(ours, one_thread)
+        _assert_within_float32_bound(np.ascontiguousarray(ours), g, operand)
+
+
+def test_an_lstm_with_a_narrow_input_forms_both_weight_gradients_in_one_pass(monkeypatch):
+    """S3's LSTM (10 features, projected inside the loop): grad weight_hh and grad weight_ih come from
+    shared_transposed_products, and every gradient matches the float64 reference loop's."""
+    calls = []
+    original = backward_gemms.shared_transposed_products
+    monkeypatch.setattr(backward_gemms, "shared_transposed_products", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    layer = gnn.LSTM(10, 64, batch_first=True)
+    oracle = gnn.LSTM(10, 64, batch_first=True, dtype=torch.float64, kernel="reference")
+    oracle.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
+    x = torch.randn(64, 50, 10)
+    target = torch.randn(64, 64)
+    for model, inputs in ((layer, x), (oracle, x.double())):
+        torch.nn.functional.mse_loss(model(inputs)[0][:, -1], target.to(inputs.dtype)).backward()
+    assert calls == [1]
+    for (name, p), q in zip(layer.named_parameters(), oracle.parameters()):
+        scale = q.grad.abs().max().item()
+        torch.testing.assert_close(p.grad.double(), q.grad, rtol=0, atol=2e-5 * scale, msg=name)
+
+
 # a @ b: several tiles of rows and columns, ragged ones, a long K (S4's input gradient), narrow results.
 PRODUCT_SHAPES = [(1000, 200, 70), (129, 1536, 512), (3000, 64, 200), (700, 130, 10), (5000, 384, 1)]
 
@@ -137,9 +186,9 @@ def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
     the projection's grad weight_ih) and its input's gradient go through them; the gradients match the
     float64 reference loop's."""
     calls = []
-    for name in ("transposed_product", "product"):
+    for name in ("transposed_product", "shared_transposed_products", "product"):
         original = getattr(backward_gemms, name)
-        monkeypatch.setattr(backward_gemms, name, lambda a, b, f=original, name=name: calls.append(name) or f(a, b))
+        monkeypatch.setattr(backward_gemms, name, lambda *a, f=original, name=name: calls.append(name) or f(*a))
     torch.manual_seed(0)
     layer = cell(96, 128, batch_first=True)
     oracle = cell(96, 128, batch_first=True, dtype=torch.float64, kernel="reference")
@@ -148,7 +197,9 @@ def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
     x_oracle = x.detach().double().requires_grad_()
     layer(x)[0].square().mean().backward()
     oracle(x_oracle)[0].square().mean().backward()
-    assert calls.count("transposed_product") >= 2 and calls.count("product") == 1
+    # two weight gradients: two products, or (an LSTM projecting inside its loop) one shared pass
+    assert calls.count("transposed_product") + 2 * calls.count("shared_transposed_products") >= 2
+    assert calls.count("product") == 1
     torch.testing.assert_close(x.grad.double(), x_oracle.grad, rtol=0, atol=2e-5 * x_oracle.grad.abs().max().item())
     for (name, p), q in zip(layer.named_parameters(), oracle.parameters()):
         scale = q.grad.abs().max().item()

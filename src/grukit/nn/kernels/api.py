@@ -381,11 +381,15 @@ def weight_grads(terms, bias_source, w_shape, matmul=np.matmul):
     grad_w = np.zeros(w_shape, terms[0][2].dtype)
     for row0, row1, g, x in terms:       # terms may share rows (RNN: the h0 term): they add up
         grad_w[row0:row1] += matmul(g.reshape(-1, row1 - row0).T, x.reshape(-1, H))
+    return grad_w, bias_grad(bias_source)
+
+
+def bias_grad(bias_source):
+    """grad bias_hh from a backward's bias source (see :func:`weight_grads`), or None without one."""
     if bias_source is None:
-        return grad_w, None
+        return None
     sources = bias_source if isinstance(bias_source, list) else [bias_source]
-    grad_b = np.concatenate([s.reshape(-1, s.shape[-1]).sum(0) for s in sources])
-    return grad_w, grad_b
+    return np.concatenate([s.reshape(-1, s.shape[-1]).sum(0) for s in sources])
 
 
 def gate_sums(mode, bias_source, grad_bias_hh=None):

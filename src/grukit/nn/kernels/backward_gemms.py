@@ -13,7 +13,9 @@ read as stored. Each thread owns whole tiles of the result (``TILE_ROWS`` x ``TI
 a result of one row tile, a fixed part of the summed rows (``SUM_PARTS``, set by the row count alone;
 the partial results added in order), so every element is summed in the same chunks, in the same
 order, whatever the thread count: the bits do not depend on it. The sums are not MKL's: the results
-agree with torch's matmul to float32 round-off (tested against float64).
+agree with torch's matmul to float32 round-off (tested against float64). Two products that share the
+wide operand (an LSTM's grad weight_hh and grad weight_ih share its gate gradients) can run as one,
+reading each chunk of it once (:func:`shared_transposed_products`), with the same bits.
 """
 
 from __future__ import annotations
@@ -89,21 +91,47 @@ def transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     the one transposed: for b narrower, b^T a is formed and its transposed view returned."""
     if a.shape[1] > b.shape[1]:
         return transposed_product(b, a).T
-    M, N = a.shape[1], b.shape[1]
+    return _stacked_product(a, a[:, :0], b)
+
+
+def shared_transposed_products(g: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(g^T @ first, g^T @ second) for operands that :func:`applies_transposed` takes pairwise, first and
+    second narrower than g: an LSTM's grad weight_hh and grad weight_ih, which share the gate gradients g.
+    Where both products take the same path (_path), one pass forms [first | second]^T g and reads each
+    chunk of g once for both (S3's LSTM: 3200 rows, g 256 wide, 64 + 10 columns); the bits are those of
+    the two transposed_product calls, which run otherwise. Results may be transposed views."""
+    path = _path(first.shape[1], first.shape[0])
+    if path != _path(second.shape[1], second.shape[0]) or (path == "row tiles" and first.shape[1] % TILE_ROWS):
+        return transposed_product(g, first), transposed_product(g, second)
+    out = _stacked_product(first, second, g)
+    return out[:first.shape[1]].T, out[first.shape[1]:].T
+
+
+def _path(M: int, R: int) -> str:
+    """How _stacked_product splits the work of an M-column operand's product over R summed rows: whole
+    row tiles per thread, whole column tiles (few rows), or fixed parts of the summed rows."""
+    if M > TILE_ROWS:
+        return "row tiles"
+    return "column tiles" if R <= CHUNK_ROWS else "sum parts"
+
+
+def _stacked_product(a: np.ndarray, a2: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[a | a2]^T @ b, the work split as _path says for a. With a2 empty, a^T @ b."""
+    M, N = a.shape[1] + a2.shape[1], b.shape[1]
     out = np.empty((M, N), np.float32)
     work = a.shape[0] * M * N
-    row_tiles = -(-M // TILE_ROWS)
-    if row_tiles >= 2:      # each thread a block of whole row tiles
-        run_rows(_row_tiles, row_tiles, work, (a, b, out), MIN_NARROW_WORK)
+    path = _path(a.shape[1], a.shape[0])
+    if path == "row tiles":      # each thread a block of whole row tiles
+        run_rows(_row_tiles, -(-M // TILE_ROWS), work, (a, a2, b, out), MIN_NARROW_WORK)
         return out
-    parts = min(SUM_PARTS, -(-a.shape[0] // CHUNK_ROWS))
-    if parts < 2:
-        run_rows(_column_tiles, -(-N // NARROW_TILE_COLUMNS), work, (a, b, out), MIN_NARROW_WORK)
+    if path == "column tiles":
+        run_rows(_column_tiles, -(-N // NARROW_TILE_COLUMNS), work, (a, a2, b, out), MIN_NARROW_WORK)
         return out
     # One row tile: the summed rows split into SUM_PARTS fixed parts (by R alone, not by the thread
     # count), one partial result each, added in order.
+    parts = SUM_PARTS
     partial = np.empty((parts, M, N), np.float32)
-    run_rows(_sum_parts, parts, work, (a, b, partial), MIN_NARROW_WORK)
+    run_rows(_sum_parts, parts, work, (a, a2, b, partial), MIN_NARROW_WORK)
     out = partial[0]
     for p in range(1, parts):
         out += partial[p]
@@ -116,11 +144,12 @@ def transposed_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _A = types.float32[:, :]
 _C = types.float32[:, ::1]
 _TILES = types.void(types.int64, types.int64, _A, _A, _C)
+_STACKED_TILES = types.void(types.int64, types.int64, _A, _A, _A, _C)
 
 
-@njit(types.void(_A, *(types.int64,) * 4, _C), **JIT)
-def _transpose_chunk(a, k0, k, m0, m1, buf):
-    """buf[i, r] = a[k0 + r, m0 + i]: whole 16 x 16 blocks in loops of constant length, which LLVM
+@njit(types.void(_A, *(types.int64,) * 4, _C, types.int64), **JIT)
+def _transpose_chunk(a, k0, k, m0, m1, buf, row0):
+    """buf[row0 + i, r] = a[k0 + r, m0 + i]: whole 16 x 16 blocks in loops of constant length, which LLVM
     unrolls (0.39-0.52 ns an element against 0.95-1.09 for the same blocks with computed bounds, one
     Zen 5 core), then the edges."""
     M = m1 - m0
@@ -131,22 +160,23 @@ def _transpose_chunk(a, k0, k, m0, m1, buf):
             for r in range(16):
                 src = a[k0 + r0 + r]
                 for i in range(16):
-                    buf[i0 + i, r0 + r] = src[m0 + i0 + i]
+                    buf[row0 + i0 + i, r0 + r] = src[m0 + i0 + i]
     for r in range(k):
         src = a[k0 + r]
         for i in range(mf, M):
-            buf[i, r] = src[m0 + i]
+            buf[row0 + i, r] = src[m0 + i]
     for r in range(kf, k):
         src = a[k0 + r]
         for i in range(mf):
-            buf[i, r] = src[m0 + i]
+            buf[row0 + i, r] = src[m0 + i]
 
 
-@njit(types.void(*(types.int64,) * 5, _A, _A, _C), **JIT)
-def _block(m0, m1, n0, n1, tile_columns, a, b, out):
-    """out[m0:m1, n0:n1] = a[:, m0:m1]^T @ b[:, n0:n1], in tiles of out that start at multiples of
-    TILE_ROWS and TILE_COLUMNS, over chunks of CHUNK_ROWS rows of a and b."""
+@njit(types.void(*(types.int64,) * 5, _A, _A, _A, _C), **JIT)
+def _block(m0, m1, n0, n1, tile_columns, a, a2, b, out):
+    """out[m0:m1, n0:n1] = s[:, m0:m1]^T @ b[:, n0:n1] for s = [a | a2] (a2 may have no columns), in tiles
+    of out that start at multiples of TILE_ROWS and TILE_COLUMNS, over chunks of CHUNK_ROWS rows."""
     R = a.shape[0]
+    M1 = a.shape[1]
     if m1 <= m0 or n1 <= n0:
         return
     buf = np.empty((m1 - m0, CHUNK_ROWS), np.float32)   # a's chunk, transposed
@@ -155,7 +185,11 @@ def _block(m0, m1, n0, n1, tile_columns, a, b, out):
     ldc = np.int64(out.strides[0] // 4)
     for k0 in range(0, R, CHUNK_ROWS):
         k = min(CHUNK_ROWS, R - k0)
-        _transpose_chunk(a, k0, k, m0, m1, buf)
+        if m0 < M1:
+            _transpose_chunk(a, k0, k, m0, min(m1, M1), buf, np.int64(0))
+        if m1 > M1:
+            s0 = max(m0, M1)
+            _transpose_chunk(a2, k0, k, s0 - M1, m1 - M1, buf, s0 - m0)
         accumulate = np.int32(1 if k0 > 0 else 0)
         for c0 in range(n0, n1, tile_columns):
             n = min(tile_columns, n1 - c0)
@@ -165,16 +199,16 @@ def _block(m0, m1, n0, n1, tile_columns, a, b, out):
                                   b[k0:, c0:].ctypes.data, out[i0:, c0:].ctypes.data, np.int32(0))
 
 
-@njit(_TILES, **JIT)
-def _row_tiles(t0, t1, a, b, out):
-    _block(t0 * TILE_ROWS, min(t1 * TILE_ROWS, a.shape[1]), np.int64(0), b.shape[1], np.int64(TILE_COLUMNS),
-           a, b, out)
+@njit(_STACKED_TILES, **JIT)
+def _row_tiles(t0, t1, a, a2, b, out):
+    _block(t0 * TILE_ROWS, min(t1 * TILE_ROWS, out.shape[0]), np.int64(0), b.shape[1], np.int64(TILE_COLUMNS),
+           a, a2, b, out)
 
 
-@njit(_TILES, **JIT)
-def _column_tiles(t0, t1, a, b, out):
-    _block(np.int64(0), a.shape[1], t0 * NARROW_TILE_COLUMNS, min(t1 * NARROW_TILE_COLUMNS, b.shape[1]),
-           np.int64(NARROW_TILE_COLUMNS), a, b, out)
+@njit(_STACKED_TILES, **JIT)
+def _column_tiles(t0, t1, a, a2, b, out):
+    _block(np.int64(0), out.shape[0], t0 * NARROW_TILE_COLUMNS, min(t1 * NARROW_TILE_COLUMNS, b.shape[1]),
+           np.int64(NARROW_TILE_COLUMNS), a, a2, b, out)
 
 
 @njit(_TILES, **JIT)
@@ -194,8 +228,8 @@ def _product_tiles(t0, t1, a, b, out):
                               out[i0:, c0:].ctypes.data, np.int32(0))
 
 
-@njit(types.void(types.int64, types.int64, _A, _A, types.float32[:, :, ::1]), **JIT)
-def _sum_parts(p0, p1, a, b, partial):
+@njit(types.void(types.int64, types.int64, _A, _A, _A, types.float32[:, :, ::1]), **JIT)
+def _sum_parts(p0, p1, a, a2, b, partial):
     """partial[p] = a[r0:r1]^T @ b[r0:r1] for the parts p0 <= p < p1 of the summed rows: even parts,
     their bounds multiples of 16 (the last one takes the rest). Parts of whole chunks had been uneven,
     S3's 3200 rows 2048 and 1152: the two threads' parts now take 1.08-1.13x less time for S3's and S2's
@@ -205,8 +239,8 @@ def _sum_parts(p0, p1, a, b, partial):
     for p in range(p0, p1):
         r0 = (R * p // parts) // 16 * 16
         r1 = R if p == parts - 1 else (R * (p + 1) // parts) // 16 * 16
-        _block(np.int64(0), a.shape[1], np.int64(0), b.shape[1], np.int64(TILE_COLUMNS), a[r0:r1], b[r0:r1],
-               partial[p])
+        _block(np.int64(0), partial.shape[1], np.int64(0), b.shape[1], np.int64(TILE_COLUMNS), a[r0:r1], a2[r0:r1],
+               b[r0:r1], partial[p])
 
 
-__all__ = ["applies", "applies_transposed", "product", "transposed_product", "USABLE"]
+__all__ = ["applies", "applies_transposed", "product", "shared_transposed_products", "transposed_product", "USABLE"]
