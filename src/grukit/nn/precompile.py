@@ -6,10 +6,11 @@ loads the machine code in milliseconds. :func:`precompile` pays that cost now, f
 image, a CI cache or a device image, so that no user call does: it runs each cell through every
 entry point of the kernels (inference batch-first and time-major, a batch of one, padded lengths,
 both directions, token ids with an embedding, ``step()``, the streamer, and training's forward and
-backward; inputs narrow enough to be projected inside the loop and wider ones), each cell variant (both GRU reset placements, tanh and relu SimpleRNN, every MGU
-variant, both minGRU candidates), in the dtypes asked for; "mixed_bfloat16" runs float32 layers in
-the bfloat16 mode (``fit(precision="mixed_bfloat16")``, autocast), whose per-step products are
-kernels of their own.
+backward; a GRU wide enough for a batch of one to split its steps over the threads; inputs narrow
+enough to be projected inside the loop and wider ones), each cell variant (both GRU reset
+placements, tanh and relu SimpleRNN, every MGU variant, both minGRU candidates), in the dtypes asked
+for; "mixed_bfloat16" runs float32 layers in the bfloat16 mode (``fit(precision="mixed_bfloat16")``,
+autocast), whose per-step products are kernels of their own.
 
 The cache is where Numba keeps it: beside the kernels' sources when that folder is writable, else
 in Numba's per-user cache, or in ``NUMBA_CACHE_DIR`` when that is set; :func:`cache_location`
@@ -27,7 +28,7 @@ from numba.core import event
 
 from ..errors import ConfigError
 from . import bfloat16
-from .kernels.api import INPUT_ROWS_MAX
+from .kernels.api import INPUT_ROWS_MAX, SPLIT_SEQUENCE_MIN_H
 from .recurrent import GRU, LSTM, MGU, MGU_VARIANTS, RNN, MinGRU, RecurrentLayer
 
 CELLS = ("gru", "lstm", "rnn", "mgu", "mingru")
@@ -101,6 +102,14 @@ def _exercise_wide(layer: RecurrentLayer, dtype: torch.dtype, training: bool) ->
         _train(layer, x, torch.tensor([_STEPS, 2, 3]))
 
 
+def _exercise_split(dtype: torch.dtype) -> None:
+    """A GRU wide enough for a batch of one's steps to split over the threads (api.SPLIT_SEQUENCE_MIN_H):
+    its own compiled sequence (gru.split_sequence), run where torch's team can take it."""
+    layer = GRU(_INPUT, SPLIT_SEQUENCE_MIN_H, batch_first=True, kernel="fused").to(dtype).eval()
+    with torch.no_grad():
+        layer(torch.randn(1, _STEPS, _INPUT, dtype=dtype))
+
+
 def _train(layer: RecurrentLayer, x: torch.Tensor, lengths: torch.Tensor) -> None:
     """Training's forward and backward on x, batch-first, without and with lengths."""
     layer.train()
@@ -144,6 +153,9 @@ def _compile_cell(cell: str, dtype: str, training: bool) -> dict:
                     _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
                     _exercise_wide(make(inputs=_WIDE_INPUT, bidirectional=bidirectional, kernel="fused"),
                                    DTYPES[dtype], training)
+        if cell == "gru":
+            with bfloat16.mode(dtype == "mixed_bfloat16"):
+                _exercise_split(DTYPES[dtype])
     return {"cell": cell, "dtype": dtype, "seconds": time.perf_counter() - start, "compiled": len(listener.names)}
 
 

@@ -174,10 +174,10 @@ class Streamer:
                              f"(T, {self.input_size}) or (T, {self.batch_size}, {self.input_size}) "
                              f"with time first, got {np.shape(frames)}")
         x = np.ascontiguousarray(x)
+        set_threads(torch.get_num_threads())
         if self._sequence is not None:   # one compiled call per layer (api.SequenceStack), states in place
             out = self._sequence.advance(x, self._h, self._c)
             return out[:, 0] if single else out
-        set_threads(torch.get_num_threads())
         with one_blas_thread(x.shape[0] * x.shape[1]):    # the projection's rows and the steps' GEMMs
             out, h_n, c_n = api.forward_stack(self.mode, x, self._stack, self.h, self.c, candidate=self.candidate)
         self._h[...] = h_n       # in place: the frame functions hold views of these arrays

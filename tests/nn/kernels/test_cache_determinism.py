@@ -26,6 +26,7 @@ import hashlib, os, torch
 from numba.core import event, types
 from numba.core.registry import CPUDispatcher
 from grukit.nn import GRU, LSTM, MGU, MGU_VARIANTS, RNN, MinGRU
+from grukit.nn.kernels.api import SPLIT_SEQUENCE_MIN_H
 
 class Names(event.Listener):     # every function Numba compiles in this process, by qualified name
     def on_start(self, ev):
@@ -65,6 +66,10 @@ for name, make in cells():
     parts = [inference, y_t, out.detach(), x.grad] + [p.grad for p in layer.parameters()]
     digest = hashlib.sha256(b"".join(p.numpy().tobytes() for p in parts)).hexdigest()
     print(name, "=", digest[:16])
+
+split = GRU(12, SPLIT_SEQUENCE_MIN_H, kernel="fused")   # a batch of one wide enough to split its steps
+with torch.no_grad():
+    split(torch.randn(5, 1, 12))
 
 wide = LSTM(20, 16, kernel="fused")   # wider than INPUT_ROWS_MAX: projected before the loop
 with torch.no_grad():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import gru, lstm, mgu, mingru, products, rnn
+from . import gru, lstm, mgu, mingru, products, region, rnn
 from .common import flushing_subnormals, full_lengths, get_threads, gx_shape, pack_transposed, project_rows, run_rows
 
 GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1,
@@ -580,6 +580,8 @@ def _stored_frame(mode, candidate, w_ih, b_in, w_hh, bias):
 def _stored_sequence(mode, candidate, w_ih, b_in, w_hh, bias):
     """The family's compiled ``stored_sequence`` for one layer and direction, its weights bound:
     (x, reverse, h, c, out) -> the state(s) updated in place, out filled."""
+    if mode == "GRU" and w_hh.shape[1] >= SPLIT_SEQUENCE_MIN_H:
+        return lambda x, reverse, h, c, out: _gru_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out)
     if mode in ("GRU", "GRU_RESET_BEFORE"):
         reset_after = mode == "GRU"
         return lambda x, reverse, h, c, out: gru.stored_sequence(x, w_ih, b_in, w_hh, bias, reset_after, reverse,
@@ -594,6 +596,27 @@ def _stored_sequence(mode, candidate, w_ih, b_in, w_hh, bias):
         return lambda x, reverse, h, c, out: mingru.stored_sequence(x, w_ih, b_in, use_g, reverse, h, out)
     has_uf = mode != "MGU3"
     return lambda x, reverse, h, c, out: mgu.stored_sequence(x, w_ih, b_in, w_hh, has_uf, reverse, h, out)
+
+
+# A batch of one's GRU sequence (reset after) splits its hidden units over the threads from this
+# width on (gru.split_sequence). `layer(x)` at T = 100, I = 64 on the Zen 5, round-robin with torch's
+# GRU in one process, two threads split against one: H = 128 0.85x, H = 192 1.10x, H = 256 1.32x,
+# H = 512 1.68x (the sequence call alone, alternating: H = 64 0.76x, H = 128 1.05-1.35x over three
+# runs, H = 256 1.67x). Each step exchanges the new state between the cores and meets at a barrier,
+# about 0.5-0.8 us here, which a narrow layer's half of W_hh does not pay for; and a region whose
+# team has gone to sleep (after a gap, or after torch's own calls) first waits for it to wake.
+SPLIT_SEQUENCE_MIN_H = 256
+
+
+def _gru_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out):
+    """gru.stored_sequence (reset after), split over the threads (gru.split_sequence) for a batch of
+    one where they are torch's team (region.usable)."""
+    threads = get_threads()
+    if x.shape[1] != 1 or threads < 2 or not region.usable():
+        gru.stored_sequence(x, w_ih, b_in, w_hh, bias, True, reverse, h, out)
+        return
+    if gru.split_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out, threads) != 0:
+        raise RuntimeError("gru.split_sequence: a thread's part of the sequence raised")
 
 
 def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity", products=None):

@@ -407,6 +407,7 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
         stack = made.get("sequence")
         if stack is None:
             stack = made["sequence"] = api.SequenceStack(mode, directions, candidate)
+        set_threads(torch.get_num_threads())   # a wide GRU's steps split over them (api.SPLIT_SEQUENCE_MIN_H)
         return _stack_results(*stack.run(_np(x), h0, c0))
     if h0 is None:
         h0 = np.zeros((sum(len(layer) for layer in directions), N, hidden_size), _DTYPES_NP[x.dtype])

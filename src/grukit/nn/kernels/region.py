@@ -1,0 +1,136 @@
+"""A parallel region started from compiled code: every thread of torch's OpenMP team runs a
+compiled function, with no Python on any of them, and the threads meet at spinning barriers.
+
+team.run_blocks starts each block as a Python callback, which costs 25-60 us a region on the Zen
+5 (the team's thread takes the GIL, then hands it back); that is nothing beside a training step's
+loops, but it is a third of a batch of one's whole sequence at S1. Here a compiled caller calls
+``GOMP_parallel`` itself (a 5 us region), with a thunk made by :func:`run_in_team`'s code generator:
+it loads the arguments the caller stored, sets flush-to-zero (common.py) and calls the function.
+
+The threads of one region synchronise through :func:`barrier`, a counter each thread adds to and
+then spins on (40 ns a barrier on the Zen 5's two cores). A spinning wait is what OpenMP's own
+barriers do first; here it never sleeps, so a region is for work that keeps every thread busy
+between barriers.
+
+Nothing here imports torch: libgomp is found on disk (torch_libraries.py); where it is missing,
+the symbols are bound to a stub so that cached code links, and :func:`usable` says False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import team
+from .torch_libraries import open_torch_library
+
+_NAMES = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+_LIBRARY = open_torch_library("libgomp.so.1", _NAMES)
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+_stub = ctypes.CFUNCTYPE(None)(lambda *args: None)
+for _name in _NAMES:
+    _function = getattr(_LIBRARY, _name) if _LIBRARY is not None else _stub
+    llvm.add_symbol(f"grukit_{_name}", ctypes.cast(_function, ctypes.c_void_p).value)
+_thread_num = types.ExternalFunction("grukit_omp_get_thread_num", types.int32())
+_num_threads = types.ExternalFunction("grukit_omp_get_num_threads", types.int32())
+
+
+def usable() -> bool:
+    """Whether :func:`run_in_team` may be called in this process: torch's libgomp is loaded and
+    its team is this process's (not a forked child's), on x86 (the spin's pause instruction)."""
+    return _LIBRARY is not None and _X86 and team.provider() == "torch's OpenMP team"
+
+
+@intrinsic
+def atomic_add(typingctx, counter, index, value):
+    """counter[index] += value as one atomic operation (int64 array); returns the new value."""
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]])
+        return builder.add(builder.atomic_rmw("add", pointer, args[2], ordering="seq_cst"), args[2])
+    return types.int64(counter, index, value), codegen
+
+
+@intrinsic
+def atomic_read(typingctx, counter, index):
+    """counter[index], read with acquire ordering: a load the compiler may not hoist out of a loop,
+    after which the writes made before the matching atomic_add are visible."""
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, signature.args[0], array, [args[1]])
+        return builder.load_atomic(pointer, ordering="acquire", align=8)
+    return types.int64(counter, index), codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    def codegen(context, builder, signature, args):
+        pause = builder.module.declare_intrinsic("llvm.x86.sse2.pause", fnty=ir.FunctionType(ir.VoidType(), []))
+        builder.call(pause, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit(cache=True, nogil=True)
+def barrier(counter, arrivals):
+    """Add this thread's arrival to counter[0], then wait until it reaches ``arrivals`` (the
+    threads times the barriers passed so far, this one included): the counter is never reset."""
+    atomic_add(counter, 0, 1)
+    while atomic_read(counter, 0) < arrivals:
+        _pause()
+
+
+@intrinsic
+def run_in_team(typingctx, function, threads, args):
+    """Call ``function(thread, team_size, *args)`` on each of ``threads`` threads of a GOMP_parallel
+    region (thread = omp_get_thread_num(), team_size = omp_get_num_threads(), which may be smaller
+    than asked for, in a nested region), each with flush-to-zero set; returns 0, or 1 when a thread's
+    call raised. ``function`` is a jitted function (a global of the caller), ``args`` a tuple."""
+    from .common import _enter_flush_to_zero, _restore_fp_mode
+
+    def block(function, args):
+        previous = _enter_flush_to_zero()
+        function(_thread_num(), _num_threads(), *args)
+        _restore_fp_mode(previous)
+
+    block_signature = types.void(function, args)
+
+    def codegen(context, builder, signature, llargs):
+        _, count, values = llargs
+        module = builder.module
+        bytes_pointer = ir.IntType(8).as_pointer()
+        payload_type = ir.LiteralStructType([values.type, ir.IntType(32)])   # the args, the error flag
+        thunk = ir.Function(module, ir.FunctionType(ir.VoidType(), [bytes_pointer]),
+                            name=module.get_unique_name("grukit_team_block"))
+        thunk.linkage = "internal"
+        body = ir.IRBuilder(thunk.append_basic_block())
+        payload = body.bitcast(thunk.args[0], payload_type.as_pointer())
+        zero = ir.Constant(ir.IntType(32), 0)
+        compiled = context.compile_subroutine(body, block, block_signature)
+        status, _ = context.call_internal_no_propagate(
+            body, compiled.fndesc, block_signature,
+            [context.get_dummy_value(), body.load(body.gep(payload, [zero, zero]))])
+        with body.if_then(status.is_error):
+            body.store(ir.Constant(ir.IntType(32), 1), body.gep(payload, [zero, ir.Constant(ir.IntType(32), 1)]))
+        body.ret_void()
+
+        slot = cgutils.alloca_once(builder, payload_type)
+        builder.store(values, builder.gep(slot, [zero, zero]))
+        error = builder.gep(slot, [zero, ir.Constant(ir.IntType(32), 1)])
+        builder.store(zero, error)
+        parallel = cgutils.get_or_insert_function(
+            module, ir.FunctionType(ir.VoidType(), [thunk.type, bytes_pointer, ir.IntType(32), ir.IntType(32)]),
+            "grukit_GOMP_parallel")
+        builder.call(parallel, [thunk, builder.bitcast(slot, bytes_pointer), builder.trunc(count, ir.IntType(32)), zero])
+        return builder.sext(builder.load(error), ir.IntType(64))
+
+    return types.int64(function, threads, args), codegen
+
+
+__all__ = ["atomic_add", "atomic_read", "barrier", "run_in_team", "usable"]
