@@ -580,8 +580,8 @@ def _stored_frame(mode, candidate, w_ih, b_in, w_hh, bias):
 def _stored_sequence(mode, candidate, w_ih, b_in, w_hh, bias):
     """The family's compiled ``stored_sequence`` for one layer and direction, its weights bound:
     (x, reverse, h, c, out) -> the state(s) updated in place, out filled."""
-    if mode == "GRU" and w_hh.shape[1] >= SPLIT_SEQUENCE_MIN_H:
-        return lambda x, reverse, h, c, out: _gru_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out)
+    if mode in SPLITS and w_hh.shape[1] >= SPLIT_SEQUENCE_MIN_H:
+        return lambda x, reverse, h, c, out: _split_sequence(mode, x, w_ih, b_in, w_hh, bias, reverse, h, c, out)
     if mode in ("GRU", "GRU_RESET_BEFORE"):
         reset_after = mode == "GRU"
         return lambda x, reverse, h, c, out: gru.stored_sequence(x, w_ih, b_in, w_hh, bias, reset_after, reverse,
@@ -598,25 +598,35 @@ def _stored_sequence(mode, candidate, w_ih, b_in, w_hh, bias):
     return lambda x, reverse, h, c, out: mgu.stored_sequence(x, w_ih, b_in, w_hh, has_uf, reverse, h, out)
 
 
-# A batch of one's GRU sequence (reset after) splits its hidden units over the threads from this
-# width on (gru.split_sequence). `layer(x)` at T = 100, I = 64 on the Zen 5, round-robin with torch's
-# GRU in one process, two threads split against one: H = 128 0.85x, H = 192 1.10x, H = 256 1.32x,
-# H = 512 1.68x (the sequence call alone, alternating: H = 64 0.76x, H = 128 1.05-1.35x over three
-# runs, H = 256 1.67x). Each step exchanges the new state between the cores and meets at a barrier,
-# about 0.5-0.8 us here, which a narrow layer's half of W_hh does not pay for; and a region whose
-# team has gone to sleep (after a gap, or after torch's own calls) first waits for it to wake.
+# A batch of one's GRU (reset after) or LSTM sequence splits its hidden units over the threads from
+# this width on (each family's split_sequence, unit_shares.py). `layer(x)` at T = 100, I = 64 on the
+# Zen 5, round-robin with torch's layer in one process, two threads split against one: GRU H = 128
+# 0.85x, H = 192 1.10x, H = 256 1.10-1.32x, H = 512 1.53-1.68x (the sequence call alone, alternating:
+# H = 64 0.76x, H = 128 1.05-1.35x over three runs, H = 256 1.67x). Each step exchanges the new state
+# between the cores and meets at a barrier (a 60 ns round trip), but the two cores each run the
+# gates' vector code 13-80% slower while both are busy (measured on this host: an exp loop 25 ms
+# alone, 35-46 ms beside its twin), and a region whose team has gone to sleep (after a gap, or after
+# torch's own calls) first waits for it to wake; a narrow layer's half of W_hh does not pay for that.
 SPLIT_SEQUENCE_MIN_H = 256
+SPLITS = ("GRU", "LSTM")
 
 
-def _gru_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out):
-    """gru.stored_sequence (reset after), split over the threads (gru.split_sequence) for a batch of
-    one where they are torch's team (region.usable)."""
+def _split_sequence(mode, x, w_ih, b_in, w_hh, bias, reverse, h, c, out):
+    """The family's stored_sequence, split over the threads (its split_sequence) for a batch of one
+    where they are torch's team (region.usable)."""
     threads = get_threads()
     if x.shape[1] != 1 or threads < 2 or not region.usable():
-        gru.stored_sequence(x, w_ih, b_in, w_hh, bias, True, reverse, h, out)
+        if mode == "LSTM":
+            lstm.stored_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, c, out)
+        else:
+            gru.stored_sequence(x, w_ih, b_in, w_hh, bias, True, reverse, h, out)
         return
-    if gru.split_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out, threads) != 0:
-        raise RuntimeError("gru.split_sequence: a thread's part of the sequence raised")
+    if mode == "LSTM":
+        status = lstm.split_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, c, out, threads)
+    else:
+        status = gru.split_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out, threads)
+    if status != 0:
+        raise RuntimeError(f"{mode}: a thread's part of the split sequence raised")
 
 
 def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity", products=None):

@@ -25,6 +25,7 @@ from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, 
                      stored_operand, tanh, time_index, tiny_gradient, zero_tail)
 from .products import operand_pair
 from .region import barrier, run_in_team
+from .unit_shares import gather_rows, share_products, unit_share
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -430,11 +431,7 @@ def stored_sequence(x, w_ih, b_in, w, bhh, reset_after, reverse, h, out):
         _stored_step(g[t], w_r, transposed, bhh, reset_after, h, out[t], gr, rh, gn)
 
 
-# A batch of one's sequence on two (or more) threads, reset after: each thread computes the gates of
-# its own share of the hidden units, reading only its rows of W_hh (half of them on two threads,
-# from its own core's cache), and the threads exchange the new state at a barrier every step
-# (region.py). On one thread the step is bound by reading W_hh (the weight-read floor, 1.4 us a
-# step at H = 128 on the Zen 5); split, each core reads half.
+# A batch of one's sequence on two (or more) threads, reset after (unit_shares.py, api._split_sequence).
 
 
 @njit(**JIT)
@@ -453,32 +450,28 @@ def split_sequence(x, w_ih, b_in, w, bhh, reverse, h, out, threads):
 
 @njit(**JIT)
 def _split_part(thread, team_size, g, w, transposed, bhh, reverse, h, out, states, counter):
-    """One thread's share of split_sequence: the hidden units u0 <= j < u1 (bounds at multiples of 16),
-    their r, z and n rows gathered into local arrays of width 3U for the gate pass stored_sequence
-    runs over the whole row (_gates_after, called: inlined here, its arithmetic compiled otherwise
-    and gave other bits at H = 48)."""
+    """One thread's share of split_sequence: its units' r, z and n rows gathered for the gate pass
+    stored_sequence runs over the whole row (_gates_after, called: inlined here, its arithmetic
+    compiled otherwise and gave other bits at H = 48)."""
     T = g.shape[0]
     H = h.shape[1]
-    u0 = (H * thread // team_size) // 16 * 16
-    u1 = H if thread == team_size - 1 else (H * (thread + 1) // team_size) // 16 * 16
+    u0, u1 = unit_share(H, thread, team_size)
     U = u1 - u0
     local_g = np.empty(3 * U, g.dtype)
     local_b = np.empty(3 * U, g.dtype)
-    products = np.empty((3, 1, U), g.dtype)   # per gate, C-contiguous (a column slice would not vectorise)
-    gates = products.reshape(3 * U)
-    for k in range(3):     # copy_vector, not slice assignment (see tests/nn/kernels/test_cache_determinism.py)
-        copy_vector(local_b[k * U:(k + 1) * U], bhh[k * H + u0:k * H + u1])
+    products = np.empty((3, 1, U), g.dtype)
+    gathered = products.reshape(3 * U)
+    gather_rows(bhh, u0, u1, H, 3, local_b)
     copy_vector(states[0, 0, u0:u1], h[0, u0:u1])
     barrier(counter, team_size)
     for s in range(T):
         t = time_index(s, T, reverse)
         before = states[s % 2]
         after = states[(s + 1) % 2, 0, u0:u1]
-        for k in range(3):
-            rows_product(before, w, transposed, k * H + u0, k * H + u1, products[k])
-            copy_vector(local_g[k * U:(k + 1) * U], g[t, 0, k * H + u0:k * H + u1])
+        share_products(before, w, transposed, u0, u1, products)
+        gather_rows(g[t, 0], u0, u1, H, 3, local_g)
         copy_vector(after, before[0, u0:u1])
-        _gates_after(local_g, gates, local_b, after, out[t, 0, u0:u1], U)   # stored_sequence's pass
+        _gates_after(local_g, gathered, local_b, after, out[t, 0, u0:u1], U)
         barrier(counter, team_size * (s + 2))
     copy_vector(h[0, u0:u1], states[T % 2, 0, u0:u1])
 

@@ -14,6 +14,8 @@ from numba import njit
 
 from . import buffers
 from .products import operands
+from .region import barrier, run_in_team
+from .unit_shares import gather_rows, share_products, unit_share
 from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed,
                      gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence,
                      project_stored, recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid, tanh,
@@ -300,6 +302,46 @@ def stored_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out):
     for s in range(T):
         t = time_index(s, T, reverse)
         _stored_step(g[t], w, np.bool_(False), bhh, h, c, out[t], gr)
+
+
+@njit(**JIT)
+def split_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out, threads):
+    """stored_sequence for a batch of one, its steps on ``threads`` threads of torch's team
+    (region.run_in_team; unit_shares.py), with the same bits: x (T, 1, I) C-contiguous, out (T, 1, H),
+    the states h and c (1, H) updated in place. Returns 0, or 1 when a thread's call raised."""
+    H = h.shape[1]
+    g = project_sequence(x, w_ih, b_in)
+    states = np.empty((2, 1, H), h.dtype)     # h before and after each step; c stays with its units
+    counter = np.zeros(8, np.int64)
+    return run_in_team(_split_part, threads, (g, w, bhh, reverse, h, c, out, states, counter))
+
+
+@njit(**JIT)
+def _split_part(thread, team_size, g, w, bhh, reverse, h, c, out, states, counter):
+    """One thread's share of split_sequence: its units' i, f, g and o rows gathered for the gate pass
+    stored_sequence runs over the whole row (_gates)."""
+    T = g.shape[0]
+    H = h.shape[1]
+    u0, u1 = unit_share(H, thread, team_size)
+    U = u1 - u0
+    local_g = np.empty(4 * U, g.dtype)
+    local_b = np.empty(4 * U, g.dtype)
+    products = np.empty((4, 1, U), g.dtype)
+    gathered = products.reshape(4 * U)
+    gather_rows(bhh, u0, u1, H, 4, local_b)
+    copy_vector(states[0, 0, u0:u1], h[0, u0:u1])
+    cell = c[0, u0:u1]
+    barrier(counter, team_size)
+    for s in range(T):
+        t = time_index(s, T, reverse)
+        before = states[s % 2]
+        after = states[(s + 1) % 2, 0, u0:u1]
+        share_products(before, w, np.bool_(False), u0, u1, products)
+        gather_rows(g[t, 0], u0, u1, H, 4, local_g)
+        copy_vector(after, before[0, u0:u1])
+        _gates(local_g, gathered, local_b, after, cell, out[t, 0, u0:u1], U)
+        barrier(counter, team_size * (s + 2))
+    copy_vector(h[0, u0:u1], states[T % 2, 0, u0:u1])
 
 
 def step(gx_t, h, c, w_t, bhh, products=None):
