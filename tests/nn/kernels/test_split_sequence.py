@@ -121,8 +121,8 @@ def test_the_streamer_splits_too_and_carries_its_state(split_calls, family):
 
 @pytest.mark.parametrize("family", ["gru", "lstm"])
 def test_narrow_layers_one_thread_and_batches_keep_the_one_thread_loop(split_calls, family, monkeypatch):
-    """Below SPLIT_SEQUENCE_MIN_H, on one thread, or where the team is not usable, the same call runs
-    the one-thread loop, with the same bits."""
+    """Below SPLIT_SEQUENCE_MIN_H, on one thread, while another split sequence runs, or where the team
+    is not usable, the same call runs the one-thread loop, with the same bits."""
     layer, _ = _twins(family, api.SPLIT_SEQUENCE_MIN_H, torch.float32)
     x = torch.randn(1, 9, 6)
     with torch.no_grad():
@@ -133,12 +133,15 @@ def test_narrow_layers_one_thread_and_batches_keep_the_one_thread_loop(split_cal
             one_thread = layer(x)[0]
         finally:
             torch.set_num_threads(threads)
+        with api._SPLIT_RUNNING:     # another thread's split sequence running
+            while_running = layer(x)[0]
         monkeypatch.setattr(region, "usable", lambda: False)
         unusable = layer(x)[0]
         narrow = LAYERS[family](6, api.SPLIT_SEQUENCE_MIN_H - 16, batch_first=True).eval()(x)
     assert split_calls == [threads]
     torch.testing.assert_close(one_thread, split, rtol=0, atol=0)
     torch.testing.assert_close(unusable, split, rtol=0, atol=0)
+    torch.testing.assert_close(while_running, split, rtol=0, atol=0)
     assert narrow[0].shape == (1, 9, api.SPLIT_SEQUENCE_MIN_H - 16)
 
 

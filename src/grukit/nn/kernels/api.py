@@ -12,6 +12,8 @@ Shapes are checked here because the compiled loops do not check bounds.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import gru, lstm, mgu, mingru, products, region, rnn
@@ -609,24 +611,32 @@ def _stored_sequence(mode, candidate, w_ih, b_in, w_hh, bias):
 # torch's own calls) first waits for it to wake; a narrow layer's half of W_hh does not pay for that.
 SPLIT_SEQUENCE_MIN_H = 256
 SPLITS = ("GRU", "LSTM")
+# One split sequence at a time in the process: its threads spin at every step's barrier, and two
+# at once (two Python threads, each with its own OpenMP team) would put four spinning threads on two
+# cores. A call that finds one running takes the one-thread loop. A wide GRU's layer(x) from two
+# Python threads at once (T = 100, H = 256, 0.5 ms a call alone): 2.8-4.9 ms a call over ten runs, as
+# with no split at all (3.4-5.3 ms; one run in ten of either took 300 ms a call: see the issue's note).
+_SPLIT_RUNNING = threading.Lock()
 
 
 def _split_sequence(mode, x, w_ih, b_in, w_hh, bias, reverse, h, c, out):
     """The family's stored_sequence, split over the threads (its split_sequence) for a batch of one
-    where they are torch's team (region.usable)."""
+    where they are torch's team (region.usable) and no other split sequence is running."""
     threads = get_threads()
-    if x.shape[1] != 1 or threads < 2 or not region.usable():
-        if mode == "LSTM":
-            lstm.stored_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, c, out)
-        else:
-            gru.stored_sequence(x, w_ih, b_in, w_hh, bias, True, reverse, h, out)
-        return
-    if mode == "LSTM":
-        status = lstm.split_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, c, out, threads)
+    if x.shape[1] == 1 and threads >= 2 and region.usable() and _SPLIT_RUNNING.acquire(blocking=False):
+        try:
+            if mode == "LSTM":
+                status = lstm.split_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, c, out, threads)
+            else:
+                status = gru.split_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out, threads)
+        finally:
+            _SPLIT_RUNNING.release()
+        if status != 0:
+            raise RuntimeError(f"{mode}: a thread's part of the split sequence raised")
+    elif mode == "LSTM":
+        lstm.stored_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, c, out)
     else:
-        status = gru.split_sequence(x, w_ih, b_in, w_hh, bias, reverse, h, out, threads)
-    if status != 0:
-        raise RuntimeError(f"{mode}: a thread's part of the split sequence raised")
+        gru.stored_sequence(x, w_ih, b_in, w_hh, bias, True, reverse, h, out)
 
 
 def step(mode, gx_t, h, c=None, w_t=None, bias_hh=None, candidate="identity", products=None):

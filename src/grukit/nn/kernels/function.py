@@ -273,7 +273,7 @@ def _shared_weight_grads(ctx, terms, dgx: np.ndarray, x_rows: torch.Tensor | Non
     """(grad weight_hh, grad weight_ih) as numpy arrays from one pass over the gate gradients
     (backward_gemms.shared_transposed_products), where both are needed, the input was projected in the
     loop and the kernel's one weight term pairs all of dgx with the previous states (LSTM's); None where
-    the two run apart. S3's LSTM: 0.75 -> 0.68 ms for the two (3200 rows, 256 x (64 + 10))."""
+    the two run apart. S3's LSTM: 496 -> 425 us for the two (3200 rows, 256 x (64 + 10); alternating)."""
     if (x_rows is None or ctx.bf16 or not terms or len(terms) != 1 or terms[0][2] is not dgx
             or not (ctx.needs_input_grad[_WEIGHT_HH] and ctx.needs_input_grad[_WEIGHT_IH])):
         return None
@@ -407,7 +407,7 @@ def fused_inference(mode: str, x: torch.Tensor, state0, directions, lengths: tor
         stack = made.get("sequence")
         if stack is None:
             stack = made["sequence"] = api.SequenceStack(mode, directions, candidate)
-        set_threads(torch.get_num_threads())   # a wide GRU's steps split over them (api.SPLIT_SEQUENCE_MIN_H)
+        set_threads(torch.get_num_threads())   # a wide GRU's or LSTM's steps split over them (api.SPLITS)
         return _stack_results(*stack.run(_np(x), h0, c0))
     if h0 is None:
         h0 = np.zeros((sum(len(layer) for layer in directions), N, hidden_size), _DTYPES_NP[x.dtype])
