@@ -2,15 +2,17 @@
 compiled function, with no Python on any of them, and the threads meet at spinning barriers.
 
 team.run_blocks starts each block as a Python callback, which costs 25-60 us a region on the Zen
-5 (the team's thread takes the GIL, then hands it back); that is nothing beside a training step's
-loops, but it is a third of a batch of one's whole sequence at S1. Here a compiled caller calls
-``GOMP_parallel`` itself (a 5 us region), with a thunk made by :func:`run_in_team`'s code generator:
-it loads the arguments the caller stored, sets flush-to-zero (common.py) and calls the function.
+5 (the team's thread takes the GIL, then hands it back); that is little beside a training step's
+loops (starting those regions from compiled code measured 1.01-1.05x on S3's steps), but much of a
+batch of one's sequence, whose steps a wide layer splits over the threads (unit_shares.py). Here a
+compiled caller calls ``GOMP_parallel`` itself (a 5 us region), with a thunk made by
+:func:`run_in_team`'s code generator: it loads the arguments the caller stored, sets flush-to-zero
+(common.py) and calls the function.
 
 The threads of one region synchronise through :func:`barrier`, a counter each thread adds to and
-then spins on (40 ns a barrier on the Zen 5's two cores). A spinning wait is what OpenMP's own
-barriers do first; here it never sleeps, so a region is for work that keeps every thread busy
-between barriers.
+then spins on (40 ns a barrier, a 60 ns round trip, on the Zen 5's two cores). A spinning wait is
+what OpenMP's own barriers do first; here it never sleeps, so a region is for work that keeps every
+thread busy between barriers, and the callers run one such region at a time (api._SPLIT_RUNNING).
 
 Nothing here imports torch: libgomp is found on disk (torch_libraries.py); where it is missing,
 the symbols are bound to a stub so that cached code links, and :func:`usable` says False.
