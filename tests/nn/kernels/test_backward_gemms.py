@@ -115,24 +115,67 @@ def test_shared_products_have_the_bits_of_two_products(R, G, M1, M2, monkeypatch
         _assert_within_float32_bound(np.ascontiguousarray(ours), g, operand)
 
 
-def test_an_lstm_with_a_narrow_input_forms_both_weight_gradients_in_one_pass(monkeypatch):
-    """S3's LSTM (10 features, projected inside the loop): grad weight_hh and grad weight_ih come from
-    shared_transposed_products, and every gradient matches the float64 reference loop's."""
+def _s3_step_calls_and_matches_float64(cell, function_name, monkeypatch):
+    """An S3 training step (10 features, H = 64, loss on the last step) of ``cell``: asserts that it called
+    backward_gemms.``function_name`` once and that every gradient matches the float64 reference loop's."""
     calls = []
-    original = backward_gemms.shared_transposed_products
-    monkeypatch.setattr(backward_gemms, "shared_transposed_products", lambda *a: calls.append(1) or original(*a))
+    original = getattr(backward_gemms, function_name)
+    monkeypatch.setattr(backward_gemms, function_name, lambda *a: calls.append(1) or original(*a))
     torch.manual_seed(0)
-    layer = gnn.LSTM(10, 64, batch_first=True)
-    oracle = gnn.LSTM(10, 64, batch_first=True, dtype=torch.float64, kernel="reference")
+    layer = cell(10, 64, batch_first=True)
+    oracle = cell(10, 64, batch_first=True, dtype=torch.float64, kernel="reference")
     oracle.load_state_dict({k: v.double() for k, v in layer.state_dict().items()})
-    x = torch.randn(64, 50, 10)
-    target = torch.randn(64, 64)
+    x, target = torch.randn(64, 50, 10), torch.randn(64, 64)
     for model, inputs in ((layer, x), (oracle, x.double())):
         torch.nn.functional.mse_loss(model(inputs)[0][:, -1], target.to(inputs.dtype)).backward()
     assert calls == [1]
     for (name, p), q in zip(layer.named_parameters(), oracle.parameters()):
         scale = q.grad.abs().max().item()
         torch.testing.assert_close(p.grad.double(), q.grad, rtol=0, atol=2e-5 * scale, msg=name)
+
+
+def test_an_lstm_with_a_narrow_input_forms_both_weight_gradients_in_one_pass(monkeypatch):
+    """S3's LSTM (10 features, projected inside the loop): grad weight_hh and grad weight_ih come from
+    shared_transposed_products."""
+    _s3_step_calls_and_matches_float64(gnn.LSTM, "shared_transposed_products", monkeypatch)
+
+
+# (R, narrow, wide, wide2): S3's GRU (summed rows' parts), few rows (column tiles, whose threads' ranges
+# cross from wide into wide2), S2's GRU (row tiles), ragged widths.
+SHARED_NARROW_SHAPES = [(3200, 64, 128, 64), (400, 64, 128, 64), (6400, 128, 256, 128), (1300, 50, 100, 50),
+                        (3200, 100, 200, 100)]
+
+
+@pytest.mark.parametrize("R,M,N1,N2", SHARED_NARROW_SHAPES)
+def test_products_with_a_shared_narrow_operand_have_the_bits_of_two_products(R, M, N1, N2, monkeypatch):
+    """A GRU's two grad weight_hh terms against h in one pass: the bits of two transposed_product calls,
+    on one thread or two, within the float32 bound of the float64 products."""
+    monkeypatch.setattr(backward_gemms, "MIN_WORK", 1)   # the small shapes too
+    rng = np.random.default_rng(4)
+    narrow, wide, wide2 = (rng.standard_normal((R, n), np.float32) for n in (M, N1, N2))
+    assert backward_gemms.applies_with_shared_narrow(narrow, wide, wide2)
+    out, serial = _on_two_threads_and_one(lambda a, b: backward_gemms.products_with_shared_narrow(a, *b),
+                                          narrow, (wide, wide2))
+    assert out.shape == (M, N1 + N2)
+    np.testing.assert_array_equal(out, serial)
+    np.testing.assert_array_equal(out[:, :N1].T, backward_gemms.transposed_product(wide, narrow))
+    np.testing.assert_array_equal(out[:, N1:].T, backward_gemms.transposed_product(wide2, narrow))
+    _assert_within_float32_bound(out, narrow, np.concatenate([wide, wide2], 1))
+
+
+def test_a_shared_narrow_operand_applies_to_the_two_products_work_together():
+    narrow, wide, wide2 = np.ones((3200, 64), np.float32), np.ones((3200, 128), np.float32), np.ones((3200, 64), np.float32)
+    assert backward_gemms.applies_with_shared_narrow(narrow, wide, wide2)
+    assert not backward_gemms.applies_transposed(wide2, narrow)          # alone, torch's matmul is faster
+    assert not backward_gemms.applies_with_shared_narrow(narrow[:1000], wide[:1000], wide2[:1000])  # too small
+    assert not backward_gemms.applies_with_shared_narrow(wide, narrow, wide2)     # the narrow one wider
+    assert not backward_gemms.applies_with_shared_narrow(narrow, wide[:-1], wide2)  # row counts differ
+
+
+def test_a_gru_forms_its_weight_hh_gradient_in_one_pass(monkeypatch):
+    """S3's GRU (reset after): grad weight_hh's two terms (dG_rz and dn * r against h) come from
+    products_with_shared_narrow."""
+    _s3_step_calls_and_matches_float64(gnn.GRU, "products_with_shared_narrow", monkeypatch)
 
 
 # a @ b: several tiles of rows and columns, ragged ones, a long K (S4's input gradient), narrow results.
@@ -186,7 +229,7 @@ def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
     the projection's grad weight_ih) and its input's gradient go through them; the gradients match the
     float64 reference loop's."""
     calls = []
-    for name in ("transposed_product", "shared_transposed_products", "product"):
+    for name in ("transposed_product", "shared_transposed_products", "products_with_shared_narrow", "product"):
         original = getattr(backward_gemms, name)
         monkeypatch.setattr(backward_gemms, name, lambda *a, f=original, name=name: calls.append(name) or f(*a))
     torch.manual_seed(0)
@@ -197,8 +240,10 @@ def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
     x_oracle = x.detach().double().requires_grad_()
     layer(x)[0].square().mean().backward()
     oracle(x_oracle)[0].square().mean().backward()
-    # two weight gradients: two products, or (an LSTM projecting inside its loop) one shared pass
-    assert calls.count("transposed_product") + 2 * calls.count("shared_transposed_products") >= 2
+    # two weight gradients: two products, or (an LSTM projecting inside its loop) one shared pass; a GRU's
+    # weight_hh terms may be one product too
+    assert (calls.count("transposed_product") + 2 * calls.count("shared_transposed_products")
+            + calls.count("products_with_shared_narrow")) >= 2
     assert calls.count("product") == 1
     torch.testing.assert_close(x.grad.double(), x_oracle.grad, rtol=0, atol=2e-5 * x_oracle.grad.abs().max().item())
     for (name, p), q in zip(layer.named_parameters(), oracle.parameters()):

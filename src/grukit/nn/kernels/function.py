@@ -238,8 +238,9 @@ class _FusedDirection(torch.autograd.Function):
         x_rows = gx.reshape(-1, gx.shape[2]) if ctx.input_rows else None
         shared = _shared_weight_grads(ctx, terms, dgx, x_rows)
         if terms and (ctx.needs_input_grad[_WEIGHT_HH] or ctx.needs_input_grad[_BIAS_HH]):
-            if shared is not None:
-                grad_w, grad_b = np.ascontiguousarray(shared[0]), api.bias_grad(bias_src if ctx.has_bias else None)
+            one_pass = shared[0] if shared is not None else _one_pass_weight_hh_grad(ctx, terms, w.shape)
+            if one_pass is not None:
+                grad_w, grad_b = np.ascontiguousarray(one_pass), api.bias_grad(bias_src if ctx.has_bias else None)
             else:
                 grad_w, grad_b = api.weight_grads(api.merged_terms(terms) if ctx.bf16 else terms,
                                                   bias_src if ctx.has_bias else None, w.shape,
@@ -286,6 +287,22 @@ def _shared_weight_grads(ctx, terms, dgx: np.ndarray, x_rows: torch.Tensor | Non
     if max(states.shape[1], rows.shape[1]) > gates.shape[1]:
         return None
     return backward_gemms.shared_transposed_products(gates, states, rows)
+
+
+def _one_pass_weight_hh_grad(ctx, terms, w_shape):
+    """grad weight_hh as a (possibly transposed) numpy view where its two terms pair side-by-side rows of
+    it with one state array (the GRU's, reset after: dG_rz and dn * r, each against h): one product
+    over h (backward_gemms.products_with_shared_narrow), the bits of the two; None otherwise."""
+    if ctx.bf16 or not terms or len(terms) != 2 or terms[0][3] is not terms[1][3] or torch.is_grad_enabled():
+        return None
+    (row0, row1, g1, x), (row2, row3, g2, _) = terms
+    if row0 != 0 or row1 != row2 or row3 != w_shape[0]:
+        return None
+    states = x.reshape(-1, x.shape[2])
+    first, second = g1.reshape(-1, row1), g2.reshape(-1, row3 - row2)
+    if not backward_gemms.applies_with_shared_narrow(states, first, second):
+        return None
+    return backward_gemms.products_with_shared_narrow(states, first, second).T
 
 
 # Function.apply binds forward's arguments on every call (setup_context takes them with defaults);
