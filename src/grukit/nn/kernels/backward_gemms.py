@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, types
 
 from . import onednn
-from .common import JIT, run_rows
+from .common import JIT, part_bounds, run_rows
 
 # Tiles of the result and chunks of the summed rows. One thread, Zen 5, (12800 x 512)^T by
 # (12800 x 1536): chunks of 512 rows with 64 x 128 tiles 121 ms, 256 rows 130, 1024 rows 150;
@@ -262,8 +262,7 @@ def _sum_parts(p0, p1, a, a2, b, b2, partial):
     R = a.shape[0]
     parts = partial.shape[0]
     for p in range(p0, p1):
-        r0 = (R * p // parts) // 16 * 16
-        r1 = R if p == parts - 1 else (R * (p + 1) // parts) // 16 * 16
+        r0, r1 = part_bounds(R, p, parts)
         _block(np.int64(0), partial.shape[1], np.int64(0), partial.shape[2], np.int64(TILE_COLUMNS), a[r0:r1],
                a2[r0:r1], b[r0:r1], b2[r0:r1], partial[p])
 

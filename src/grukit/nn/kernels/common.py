@@ -773,6 +773,15 @@ def get_threads() -> int:
     return _threads
 
 
+@njit(**JIT)
+def part_bounds(n, part, parts):
+    """(i0, i1): part ``part`` of ``parts`` even parts of n items, the bounds at multiples of 16 (whole
+    vectors, whole cache lines of float32), the last part taking the rest. Set by n and parts alone."""
+    i0 = (n * part // parts) // 16 * 16
+    i1 = n if part == parts - 1 else (n * (part + 1) // parts) // 16 * 16
+    return i0, i1
+
+
 def chunk_bounds(batch: int, work: int, min_work: int = MIN_PARALLEL_WORK) -> list[int] | None:
     """Row bounds of the per-thread blocks, as even as whole rows allow, or None for a serial call
     (fewer than two rows or threads, or less than ``min_work`` multiply-adds). Integer arithmetic:

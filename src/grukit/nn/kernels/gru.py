@@ -25,7 +25,7 @@ from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, 
                      stored_operand, tanh, time_index, tiny_gradient, zero_tail)
 from .products import operand_pair
 from .region import barrier, run_in_team
-from .unit_shares import gather_rows, share_products, unit_share
+from .unit_shares import share_buffers, share_step
 
 
 # --- the per-row gate passes ------------------------------------------------------------
@@ -450,28 +450,17 @@ def split_sequence(x, w_ih, b_in, w, bhh, reverse, h, out, threads):
 
 @njit(**JIT)
 def _split_part(thread, team_size, g, w, transposed, bhh, reverse, h, out, states, counter):
-    """One thread's share of split_sequence: its units' r, z and n rows gathered for the gate pass
-    stored_sequence runs over the whole row (_gates_after, called: inlined here, its arithmetic
-    compiled otherwise and gave other bits at H = 48)."""
+    """One thread's share of split_sequence (unit_shares.py): its units' r, z and n rows gathered for
+    the gate pass stored_sequence runs over the whole row (_gates_after, called: inlined here, its
+    arithmetic compiled otherwise and gave other bits at H = 48)."""
     T = g.shape[0]
-    H = h.shape[1]
-    u0, u1 = unit_share(H, thread, team_size)
-    U = u1 - u0
-    local_g = np.empty(3 * U, g.dtype)
-    local_b = np.empty(3 * U, g.dtype)
-    products = np.empty((3, 1, U), g.dtype)
-    gathered = products.reshape(3 * U)
-    gather_rows(bhh, u0, u1, H, 3, local_b)
-    copy_vector(states[0, 0, u0:u1], h[0, u0:u1])
+    u0, u1, local_g, local_b, products = share_buffers(h.shape[1], 3, thread, team_size, bhh, h, states)
+    gathered = products.reshape(local_g.shape[0])
     barrier(counter, team_size)
     for s in range(T):
         t = time_index(s, T, reverse)
-        before = states[s % 2]
-        after = states[(s + 1) % 2, 0, u0:u1]
-        share_products(before, w, transposed, u0, u1, products)
-        gather_rows(g[t, 0], u0, u1, H, 3, local_g)
-        copy_vector(after, before[0, u0:u1])
-        _gates_after(local_g, gathered, local_b, after, out[t, 0, u0:u1], U)
+        after = share_step(g[t, 0], w, transposed, states, s, u0, u1, products, local_g)
+        _gates_after(local_g, gathered, local_b, after, out[t, 0, u0:u1], u1 - u0)
         barrier(counter, team_size * (s + 2))
     copy_vector(h[0, u0:u1], states[T % 2, 0, u0:u1])
 

@@ -15,7 +15,7 @@ from numba import njit
 from . import buffers
 from .products import operands
 from .region import barrier, run_in_team
-from .unit_shares import gather_rows, share_products, unit_share
+from .unit_shares import share_buffers, share_step
 from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed,
                      gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence,
                      project_stored, recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid, tanh,
@@ -318,28 +318,17 @@ def split_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out, threads):
 
 @njit(**JIT)
 def _split_part(thread, team_size, g, w, bhh, reverse, h, c, out, states, counter):
-    """One thread's share of split_sequence: its units' i, f, g and o rows gathered for the gate pass
-    stored_sequence runs over the whole row (_gates)."""
+    """One thread's share of split_sequence (unit_shares.py): its units' i, f, g and o rows gathered for
+    the gate pass stored_sequence runs over the whole row (_gates); their cell state stays in place."""
     T = g.shape[0]
-    H = h.shape[1]
-    u0, u1 = unit_share(H, thread, team_size)
-    U = u1 - u0
-    local_g = np.empty(4 * U, g.dtype)
-    local_b = np.empty(4 * U, g.dtype)
-    products = np.empty((4, 1, U), g.dtype)
-    gathered = products.reshape(4 * U)
-    gather_rows(bhh, u0, u1, H, 4, local_b)
-    copy_vector(states[0, 0, u0:u1], h[0, u0:u1])
+    u0, u1, local_g, local_b, products = share_buffers(h.shape[1], 4, thread, team_size, bhh, h, states)
+    gathered = products.reshape(local_g.shape[0])
     cell = c[0, u0:u1]
     barrier(counter, team_size)
     for s in range(T):
         t = time_index(s, T, reverse)
-        before = states[s % 2]
-        after = states[(s + 1) % 2, 0, u0:u1]
-        share_products(before, w, np.bool_(False), u0, u1, products)
-        gather_rows(g[t, 0], u0, u1, H, 4, local_g)
-        copy_vector(after, before[0, u0:u1])
-        _gates(local_g, gathered, local_b, after, cell, out[t, 0, u0:u1], U)
+        after = share_step(g[t, 0], w, np.bool_(False), states, s, u0, u1, products, local_g)
+        _gates(local_g, gathered, local_b, after, cell, out[t, 0, u0:u1], u1 - u0)
         barrier(counter, team_size * (s + 2))
     copy_vector(h[0, u0:u1], states[T % 2, 0, u0:u1])
 

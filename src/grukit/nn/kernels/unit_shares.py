@@ -12,15 +12,33 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import JIT, copy_vector, rows_product
+from .common import JIT, copy_vector, part_bounds, rows_product
 
 
 @njit(**JIT)
-def unit_share(H, thread, team_size):
-    """(u0, u1): thread's hidden units out of H, the bounds at multiples of 16 (whole vectors)."""
-    u0 = (H * thread // team_size) // 16 * 16
-    u1 = H if thread == team_size - 1 else (H * (thread + 1) // team_size) // 16 * 16
-    return u0, u1
+def share_buffers(H, gates, thread, team_size, bhh, h, states):
+    """A thread's share of the units and its local arrays: (u0, u1, local_g, local_b, products), local_b
+    its bias rows (gather_rows), products (gates, 1, U) for share_products; the share of the state h
+    (1, H) copied into states[0] (the state before the first step)."""
+    u0, u1 = part_bounds(H, thread, team_size)
+    U = u1 - u0
+    local_b = np.empty(gates * U, h.dtype)
+    gather_rows(bhh, u0, u1, H, gates, local_b)
+    copy_vector(states[0, 0, u0:u1], h[0, u0:u1])
+    return u0, u1, np.empty(gates * U, h.dtype), local_b, np.empty((gates, 1, U), h.dtype)
+
+
+@njit(**JIT)
+def share_step(g_row, w, transposed, states, s, u0, u1, products, local_g):
+    """Step s's products and input side of the share (share_products, gather_rows) from the state
+    before it, states[s % 2]; returns the share of states[(s + 1) % 2], the state after it, holding
+    the share of the state before (the gate pass updates it in place)."""
+    before = states[s % 2]
+    after = states[(s + 1) % 2, 0, u0:u1]
+    share_products(before, w, transposed, u0, u1, products)
+    gather_rows(g_row, u0, u1, before.shape[1], products.shape[0], local_g)
+    copy_vector(after, before[0, u0:u1])
+    return after
 
 
 @njit(**JIT)
@@ -41,4 +59,4 @@ def share_products(state, w, transposed, u0, u1, products):
         rows_product(state, w, transposed, k * H + u0, k * H + u1, products[k])
 
 
-__all__ = ["gather_rows", "share_products", "unit_share"]
+__all__ = ["gather_rows", "share_buffers", "share_products", "share_step"]
