@@ -454,7 +454,7 @@ def _split_part(thread, team_size, g, w, transposed, bhh, reverse, h, out, state
     the gate pass stored_sequence runs over the whole row (_gates_after, called: inlined here, its
     arithmetic compiled otherwise and gave other bits at H = 48)."""
     T = g.shape[0]
-    u0, u1, local_g, local_b, products = share_buffers(h.shape[1], 3, thread, team_size, bhh, h, states)
+    u0, u1, local_g, local_b, products = share_buffers(h.shape[1], np.int64(3), thread, team_size, bhh, h, states)
     gathered = products.reshape(local_g.shape[0])
     barrier(counter, team_size)
     for s in range(T):

@@ -321,7 +321,7 @@ def _split_part(thread, team_size, g, w, bhh, reverse, h, c, out, states, counte
     """One thread's share of split_sequence (unit_shares.py): its units' i, f, g and o rows gathered for
     the gate pass stored_sequence runs over the whole row (_gates); their cell state stays in place."""
     T = g.shape[0]
-    u0, u1, local_g, local_b, products = share_buffers(h.shape[1], 4, thread, team_size, bhh, h, states)
+    u0, u1, local_g, local_b, products = share_buffers(h.shape[1], np.int64(4), thread, team_size, bhh, h, states)
     gathered = products.reshape(local_g.shape[0])
     cell = c[0, u0:u1]
     barrier(counter, team_size)

@@ -19,7 +19,8 @@ from .common import JIT, copy_vector, part_bounds, rows_product
 def share_buffers(H, gates, thread, team_size, bhh, h, states):
     """A thread's share of the units and its local arrays: (u0, u1, local_g, local_b, products), local_b
     its bias rows (gather_rows), products (gates, 1, U) for share_products; the share of the state h
-    (1, H) copied into states[0] (the state before the first step)."""
+    (1, H) copied into states[0] (the state before the first step). ``gates`` typed (np.int64), not a
+    literal: a literal compiles this once per value (tests/nn/kernels/test_cache_determinism.py)."""
     u0, u1 = part_bounds(H, thread, team_size)
     U = u1 - u0
     local_b = np.empty(gates * U, h.dtype)
