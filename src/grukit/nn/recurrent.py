@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ConfigError, DataError, ShapeError
-from . import bfloat16, dispatch
+from . import bfloat16, dispatch, training_plan
 from .cells import LAYOUTS, CellLayout, State, activation_function
 from .embedded import EmbeddedTokens, TableRows, check_tokens, kept_empty
 from .projection_grads import projection_grads
@@ -209,6 +209,10 @@ class RecurrentLayer(nn.Module):
         Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer runs grukit's bfloat16
         mode (:mod:`grukit.nn.bfloat16`: bfloat16 products, float32 accumulation and outputs).
         """
+        if hx is None and lengths is None and embedding is None:   # training's common call, decided once
+            plan = training_plan.kept_plan(self, input)
+            if plan is not None:
+                return plan.run(self, input)
         hx = _state_tuple(hx)
         if torch.jit.is_tracing() or torch.compiler.is_exporting():   # torch.jit.trace, torch.onnx.export,
             return self._traced(input, hx, lengths, embedding)             # torch.export
@@ -533,6 +537,7 @@ class RecurrentLayer(nn.Module):
     def __getstate__(self):
         state = super().__getstate__()
         state.pop(self._KEPT_VIEWS, None)   # views of the parameters: made again after loading
+        state.pop(training_plan.KEPT, None)   # and the training plan, which holds them
         return state
 
     def _step_path(self, gx: torch.Tensor, weights: DirectionWeights) -> str:
