@@ -17,7 +17,8 @@ import threading
 import numpy as np
 
 from . import gru, lstm, mgu, mingru, products, region, rnn
-from .common import flushing_subnormals, full_lengths, get_threads, gx_shape, pack_transposed, project_rows, run_rows
+from .common import (flushing_subnormals, full_lengths, get_threads, gx_shape, pack_transposed, project_rows,
+                     project_rows_in_team, run_rows)
 
 GATES = {"GRU": 3, "GRU_RESET_BEFORE": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1,
          "MGU": 2, "MGU1": 2, "MGU2": 2, "MGU3": 2, "MINGRU": 2}
@@ -293,7 +294,8 @@ def project_into(rows, w_ih, b_ih, out):
     G = w_ih.shape[0]
     kind = products.resolve(None, rows.dtype)   # oneDNN's microkernel takes w_ih.T, a copy per call
     (operand,) = products.operands((pack_transposed(w_ih) if kind == "onednn" else w_ih,), kind)
-    run_rows(project_rows, R, R * G * I, (rows, w_ih, b_ih, out, operand), PROJECTION_MIN_PARALLEL_WORK)
+    run_rows(project_rows, R, R * G * I, (rows, w_ih, b_ih, out, operand), PROJECTION_MIN_PARALLEL_WORK,
+             project_rows_in_team)
     return out
 
 

@@ -25,6 +25,7 @@ from numba import njit, types
 
 from . import onednn
 from .common import JIT, part_bounds, run_rows
+from .region import team_rows
 
 # Tiles of the result and chunks of the summed rows. One thread, Zen 5, (12800 x 512)^T by
 # (12800 x 1536): chunks of 512 rows with 64 x 128 tiles 121 ms, 256 rows 130, 1024 rows 150;
@@ -78,7 +79,7 @@ def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     over the whole K."""
     out = np.empty((a.shape[0], b.shape[1]), np.float32)
     run_rows(_product_tiles, -(-a.shape[0] // TILE_ROWS), a.shape[0] * a.shape[1] * b.shape[1], (a, b, out),
-             MIN_PRODUCT_WORK)
+             MIN_PRODUCT_WORK, _product_tiles_in_team)
     return out
 
 
@@ -142,16 +143,17 @@ def _stacked_product(a: np.ndarray, a2: np.ndarray, b: np.ndarray, b2: np.ndarra
     work = a.shape[0] * M * N
     path = _path(a.shape[1], a.shape[0])
     if path == "row tiles":      # each thread a block of whole row tiles
-        run_rows(_row_tiles, -(-M // TILE_ROWS), work, (a, a2, b, b2, out), MIN_NARROW_WORK)
+        run_rows(_row_tiles, -(-M // TILE_ROWS), work, (a, a2, b, b2, out), MIN_NARROW_WORK, _row_tiles_in_team)
         return out
     if path == "column tiles":
-        run_rows(_column_tiles, -(-N // NARROW_TILE_COLUMNS), work, (a, a2, b, b2, out), MIN_NARROW_WORK)
+        run_rows(_column_tiles, -(-N // NARROW_TILE_COLUMNS), work, (a, a2, b, b2, out), MIN_NARROW_WORK,
+                 _column_tiles_in_team)
         return out
     # One row tile: the summed rows split into SUM_PARTS fixed parts (by R alone, not by the thread
     # count), one partial result each, added in order.
     parts = SUM_PARTS
     partial = np.empty((parts, M, N), np.float32)
-    run_rows(_sum_parts, parts, work, (a, a2, b, b2, partial), MIN_NARROW_WORK)
+    run_rows(_sum_parts, parts, work, (a, a2, b, b2, partial), MIN_NARROW_WORK, _sum_parts_in_team)
     out = partial[0]
     for p in range(1, parts):
         out += partial[p]
@@ -265,6 +267,31 @@ def _sum_parts(p0, p1, a, a2, b, b2, partial):
         r0, r1 = part_bounds(R, p, parts)
         _block(np.int64(0), partial.shape[1], np.int64(0), partial.shape[2], np.int64(TILE_COLUMNS), a[r0:r1],
                a2[r0:r1], b[r0:r1], b2[r0:r1], partial[p])
+
+
+# The blocks started from compiled code (common.run_rows, region.team_rows), typed as their rows
+# functions are: arrays of any strides, compiled once.
+_BOUNDS = types.int64[::1]
+
+
+@njit(types.int64(_BOUNDS, types.boolean, types.Tuple((_A, _A, _A, _A, _C))), **JIT)
+def _row_tiles_in_team(bounds, blas_limit, args):
+    return team_rows(_row_tiles, bounds, blas_limit, args)
+
+
+@njit(types.int64(_BOUNDS, types.boolean, types.Tuple((_A, _A, _A, _A, _C))), **JIT)
+def _column_tiles_in_team(bounds, blas_limit, args):
+    return team_rows(_column_tiles, bounds, blas_limit, args)
+
+
+@njit(types.int64(_BOUNDS, types.boolean, types.Tuple((_A, _A, _A, _A, types.float32[:, :, ::1]))), **JIT)
+def _sum_parts_in_team(bounds, blas_limit, args):
+    return team_rows(_sum_parts, bounds, blas_limit, args)
+
+
+@njit(types.int64(_BOUNDS, types.boolean, types.Tuple((_A, _A, _C))), **JIT)
+def _product_tiles_in_team(bounds, blas_limit, args):
+    return team_rows(_product_tiles, bounds, blas_limit, args)
 
 
 __all__ = ["applies", "applies_transposed", "applies_with_shared_narrow", "product", "products_with_shared_narrow", "shared_transposed_products",

@@ -86,6 +86,11 @@ for _name, _address in zip(("pack_get_size", "pack", "compute"), _packing):
     llvm.add_symbol(f"grukit_sgemm_{_name}", _address)
 
 PER_THREAD_LIMIT = _set_local_threads is not None
+# The same limit for compiled code (region.team_rows), which calls it only where PER_THREAD_LIMIT.
+_no_limit = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda n: 0)
+llvm.add_symbol("grukit_mkl_set_num_threads_local",
+                ctypes.cast(_set_local_threads if PER_THREAD_LIMIT else _no_limit, ctypes.c_void_p).value)
+set_local_threads = types.ExternalFunction("grukit_mkl_set_num_threads_local", types.int32(types.int32))
 
 
 def one_thread_here() -> int | None:

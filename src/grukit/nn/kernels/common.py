@@ -31,9 +31,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from . import buffers, onednn
+from . import buffers, onednn, region
 from .bf16 import rounded_product, vnni_product
-from .blas import (blas_gemm, blas_gemm_nt_acc, one_thread_here, pack_rows, packed_gemm,
+from .blas import (PER_THREAD_LIMIT, blas_gemm, blas_gemm_nt_acc, one_thread_here, pack_rows, packed_gemm,
                    restore_threads_here)
 from .team import run_blocks
 
@@ -615,6 +615,12 @@ def project_rows(r0, r1, x, w_ih, b_ih, gx, operand):
 
 
 @njit(**JIT)
+def project_rows_in_team(bounds, blas_limit, args):
+    """project_rows's blocks started from compiled code (run_rows, region.team_rows)."""
+    return region.team_rows(project_rows, bounds, blas_limit, args)
+
+
+@njit(**JIT)
 def project_sequence(x, w_ih, b_in):
     """g (T, B, G*H) = x @ w_ih.T + b_in on this thread, for a whole sequence x (T, B, I)
     C-contiguous; w_ih (G*H, I) as stored. The input side of each family's ``stored_sequence``."""
@@ -890,21 +896,30 @@ def flushing_subnormals(rows_fn, *args) -> None:
         restore_threads_here(threads)
 
 
-def run_rows(rows_fn, batch: int, work: int, args: tuple, min_work: int = MIN_PARALLEL_WORK) -> None:
+def run_rows(rows_fn, batch: int, work: int, args: tuple, min_work: int = MIN_PARALLEL_WORK,
+             in_team=None) -> None:
     """Call ``rows_fn(b0, b1, *args)`` over the batch in per-thread row blocks, each with
     subnormals flushed (see above); serial below ``min_work`` multiply-adds (chunk_bounds).
 
-    The calling thread runs the first block itself (team.run_blocks).
+    ``in_team``: rows_fn's compiled launcher (region.team_rows), which starts the blocks from compiled
+    code where torch's OpenMP team takes them (region.usable); else, and without one, each block is a
+    Python callback (team.run_blocks), whose thread takes the GIL to start it: there the team's second
+    thread started 40-76 us after the first (S3's LSTM step, three such regions a step).
+    The calling thread runs the first block itself.
     """
     bounds = chunk_bounds(batch, work, min_work)
     if bounds is None:
         flushing_subnormals(rows_fn, 0, batch, *args)
         return
+    if in_team is not None and region.usable():
+        if in_team(np.array(bounds, np.int64), np.bool_(PER_THREAD_LIMIT), args):
+            raise RuntimeError(f"{rows_fn.__name__}: a block raised inside the parallel region")
+        return
     run_blocks(lambda i: flushing_subnormals(rows_fn, bounds[i], bounds[i + 1], *args), len(bounds) - 1)
 
 
 def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training, ws_widths, work,
-                gx_index=None):
+                gx_index=None, in_team=None):
     """Allocate the results, run a family's forward loop over the batch, return them.
 
     Every family's ``_fwd_rows`` takes ``(b0, b1, gx, gidx, *states0, *params, lengths, reverse,
@@ -926,7 +941,7 @@ def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training,
         ws = (np.empty((1, 1, 1), dt),) * len(ws_widths)
     args = (gx, gx_index, *states0, *params, lengths, bool(reverse), *flags, bool(training), out, *states,
             *ws)
-    run_rows(rows_fn, B, work, args)
+    run_rows(rows_fn, B, work, args, in_team=in_team)
     return out, states, (ws if training else None)
 
 

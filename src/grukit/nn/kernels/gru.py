@@ -24,7 +24,7 @@ from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, 
                      project_stored, recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid,
                      stored_operand, tanh, time_index, tiny_gradient, zero_tail)
 from .products import operand_pair
-from .region import barrier, run_in_team
+from .region import barrier, run_in_team, team_rows
 from .unit_shares import share_buffers, share_step
 
 
@@ -480,6 +480,17 @@ def _forward_weights(w_t, reset_after, products):
     return w_main, w_n, *operand_pair(w_main, w_n, products)
 
 
+# The blocks of a batch started from compiled code (common.run_rows, region.team_rows).
+@njit(**JIT)
+def _fwd_in_team(bounds, blas_limit, args):
+    return team_rows(_fwd_rows, bounds, blas_limit, args)
+
+
+@njit(**JIT)
+def _bwd_in_team(bounds, blas_limit, args):
+    return team_rows(_bwd_rows, bounds, blas_limit, args)
+
+
 def step(gx_t, h, w_t, bhh, reset_after, products=None):
     """One inference step: gx_t (B, 3H), h (B, H) -> h'."""
     params = (*_forward_weights(w_t, reset_after, products), bhh)
@@ -494,7 +505,7 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training, gx_index=
     widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
     params = (*_forward_weights(w_t, reset_after, products), bhh)
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
-                                  (reset_after,), training, widths, T * B * G * H, gx_index)
+                                  (reset_after,), training, widths, T * B * G * H, gx_index, _fwd_in_team)
     return out, h_n, ws
 
 
@@ -511,7 +522,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=F
     ops = operand_pair(w, w, products) if reset_after else operand_pair(w[:2 * H], w[2 * H:], products)
     args = (w, *ops, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx,
             dgh_n, dh0, bias_rows, tiny_gradient(dt))
-    run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args)
+    run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args, in_team=_bwd_in_team)
     if reset_after:
         return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgh_n, ws_h)], bias_rows
     return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgx[..., 2 * H:], ws_x)], None

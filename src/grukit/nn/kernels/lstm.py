@@ -14,7 +14,7 @@ from numba import njit
 
 from . import buffers
 from .products import operands
-from .region import barrier, run_in_team
+from .region import barrier, run_in_team, team_rows
 from .unit_shares import share_buffers, share_step
 from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed,
                      gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence,
@@ -333,6 +333,17 @@ def _split_part(thread, team_size, g, w, bhh, reverse, h, c, out, states, counte
     copy_vector(h[0, u0:u1], states[T % 2, 0, u0:u1])
 
 
+# The blocks of a batch started from compiled code (common.run_rows, region.team_rows).
+@njit(**JIT)
+def _fwd_in_team(bounds, blas_limit, args):
+    return team_rows(_fwd_rows, bounds, blas_limit, args)
+
+
+@njit(**JIT)
+def _bwd_in_team(bounds, blas_limit, args):
+    return team_rows(_bwd_rows, bounds, blas_limit, args)
+
+
 def step(gx_t, h, c, w_t, bhh, products=None):
     """One inference step: gx_t (B, 4H), h and c (B, H) -> (h', c')."""
     return run_step(_fwd_rows, gx_t, (h, c), (w_t, *operands((w_t,), products), bhh), (), 3)
@@ -345,7 +356,7 @@ def forward(gx, h0, c0, w_t, bhh, lengths, reverse, training, gx_index=None, pro
     H = h0.shape[1]
     params = (w_t, *operands((w_t,), products), bhh)
     out, (h_n, c_n), ws = run_forward(_fwd_rows, gx, (h0, c0), params, lengths, reverse, (),
-                                      training, (5 * H, H, H), T * B * G * H, gx_index)
+                                      training, (5 * H, H, H), T * B * G * H, gx_index, _fwd_in_team)
     return out, h_n, c_n, ws
 
 
@@ -360,5 +371,5 @@ def backward(ws, w, grad_out, grad_h_n, grad_c_n, lengths, reverse, grad_bf=Fals
     bias_rows = np.zeros((B, 4 * H), dt)
     args = (w, *operands((w,), products), lengths, reverse, grad_out, grad_bf, grad_h_n, grad_c_n,
             ws_g, ws_c, dgx, dh0, dc0, bias_rows, tiny_gradient(dt))
-    run_rows(_bwd_rows, B, T * B * 4 * H * H, args)
+    run_rows(_bwd_rows, B, T * B * 4 * H * H, args, in_team=_bwd_in_team)
     return dgx, dh0, dc0, [(0, 4 * H, dgx, ws_h)], bias_rows

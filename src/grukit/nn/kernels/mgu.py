@@ -18,6 +18,7 @@ from .products import operand_pair
 from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_block, gx_row, gx_shape, max_length,
                      one_length, output_grad, project_frame, project_sequence, project_stored, recurrent_operand,
                      rows_product, run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
+from .region import team_rows
 
 
 # --- the per-row update pass ---------------------------------------------------------
@@ -265,6 +266,17 @@ def split_weight(w_t, has_uf):
     return np.ascontiguousarray(w_t[:, :H]), np.ascontiguousarray(w_t[:, H:])
 
 
+# The blocks of a batch started from compiled code (common.run_rows, region.team_rows).
+@njit(**JIT)
+def _fwd_in_team(bounds, blas_limit, args):
+    return team_rows(_fwd_rows, bounds, blas_limit, args)
+
+
+@njit(**JIT)
+def _bwd_in_team(bounds, blas_limit, args):
+    return team_rows(_bwd_rows, bounds, blas_limit, args)
+
+
 def step(gx_t, h, w_t, has_uf, products=None):
     """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
     w_ft, w_nt = split_weight(w_t, has_uf)
@@ -279,7 +291,8 @@ def forward(gx, h0, w_t, lengths, reverse, has_uf, training, gx_index=None, prod
     w_ft, w_nt = split_weight(w_t, has_uf)
     params = (w_ft, w_nt, *operand_pair(w_ft, w_nt, products))
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
-                                  (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H, gx_index)
+                                  (has_uf,), training, (2 * H, H, H), T * B * w_t.shape[1] * H, gx_index,
+                                  _fwd_in_team)
     return out, h_n, ws
 
 
@@ -292,7 +305,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, has_uf, grad_bf=False,
     ops = operand_pair(w[:H], w[H:2 * H], products) if has_uf else operand_pair(w, w, products)
     args = (w, *ops, lengths, reverse, has_uf, grad_out, grad_bf,
             grad_h_n, ws_g, ws_h, dgx, dh0)
-    run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args)
+    run_rows(_bwd_rows, B, T * B * w.shape[0] * H, args, in_team=_bwd_in_team)
     if has_uf:
         terms = [(0, H, dgx[..., :H], ws_h), (H, 2 * H, dgx[..., H:], ws_x)]
     else:

@@ -13,6 +13,7 @@ from numba import njit
 
 from .common import (HALF, JIT, ONE, copy_vector, fma, gx_row, gx_shape, output_grad, project_frame,
                      project_sequence, project_stored, run_forward, run_rows, run_step, sigmoid, time_index, zero_tail)
+from .region import team_rows
 
 
 # --- the per-row passes --------------------------------------------------------------
@@ -183,6 +184,17 @@ def stored_sequence(x, w_ih, b_in, use_g, reverse, h, out):
         _stored_step(g[t], use_g, h, out[t])
 
 
+# The blocks of a batch started from compiled code (common.run_rows, region.team_rows).
+@njit(**JIT)
+def _fwd_in_team(bounds, blas_limit, args):
+    return team_rows(_fwd_rows, bounds, blas_limit, args)
+
+
+@njit(**JIT)
+def _bwd_in_team(bounds, blas_limit, args):
+    return team_rows(_bwd_rows, bounds, blas_limit, args)
+
+
 def step(gx_t, h, use_g):
     """One inference step: gx_t (B, 2H), h (B, H) -> h'."""
     return run_step(_fwd_rows, gx_t, (h,), (), (use_g,), 1)[0]
@@ -192,7 +204,7 @@ def forward(gx, h0, lengths, reverse, use_g, training, gx_index=None):
     T, B, G = gx_shape(gx, gx_index)
     H = h0.shape[1]
     out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), (), lengths, reverse, (use_g,), training,
-                                  (H,), T * B * H * _WORK_PER_ELEMENT, gx_index)
+                                  (H,), T * B * H * _WORK_PER_ELEMENT, gx_index, _fwd_in_team)
     return out, h_n, ws
 
 
@@ -203,5 +215,5 @@ def backward(ws, gx, grad_out, grad_h_n, lengths, reverse, use_g, grad_bf=False)
     dgx = np.empty((T, B, 2 * H), dt)
     dh0 = np.empty((B, H), dt)
     args = (gx, lengths, reverse, use_g, grad_out, grad_bf, grad_h_n, ws_h, dgx, dh0)
-    run_rows(_bwd_rows, B, T * B * H * _WORK_PER_ELEMENT, args)
+    run_rows(_bwd_rows, B, T * B * H * _WORK_PER_ELEMENT, args, in_team=_bwd_in_team)
     return dgx, dh0, [], None

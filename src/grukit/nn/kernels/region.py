@@ -1,18 +1,23 @@
-"""A parallel region started from compiled code: every thread of torch's OpenMP team runs a
-compiled function, with no Python on any of them, and the threads meet at spinning barriers.
+"""Parallel regions started from compiled code: every thread of torch's OpenMP team runs a
+compiled function, with no Python on any of them.
 
-team.run_blocks starts each block as a Python callback, which costs 25-60 us a region on the Zen
-5 (the team's thread takes the GIL, then hands it back); that is little beside a training step's
-loops (starting those regions from compiled code measured 1.01-1.05x on S3's steps), but much of a
-batch of one's sequence, whose steps a wide layer splits over the threads (unit_shares.py). Here a
-compiled caller calls ``GOMP_parallel`` itself (a 5 us region), with a thunk made by
-:func:`run_in_team`'s code generator: it loads the arguments the caller stored, sets flush-to-zero
-(common.py) and calls the function.
+team.run_blocks starts each block as a Python callback: the team's second thread takes the GIL to
+start its block, after the first thread has let it go, and again to finish it; in S3's LSTM training
+step it started its block 40-76 us after the first thread. Here a compiled caller calls
+``GOMP_parallel`` itself (a 5 us region), with a thunk made by :func:`run_in_team`'s code generator:
+it loads the arguments the caller stored, sets flush-to-zero (common.py) and calls the function.
 
-The threads of one region synchronise through :func:`barrier`, a counter each thread adds to and
-then spins on (40 ns a barrier, a 60 ns round trip, on the Zen 5's two cores). A spinning wait is
-what OpenMP's own barriers do first; here it never sleeps, so a region is for work that keeps every
-thread busy between barriers, and the callers run one such region at a time (api._SPLIT_RUNNING).
+Two uses:
+
+* :func:`team_rows`, a batch's row blocks (common.run_rows), through a launcher per rows function
+  (each family's forward and backward, the backward's GEMMs, the inference projection). One process,
+  the two forms alternating, Zen 5: S3 training GRU 1.11x, LSTM 1.09-1.13x, SimpleRNN 1.20x, MGU
+  1.14x; S2 training 1.05x, inference 1.02x; S4 level.
+* A batch of one's steps split over the threads by hidden unit (unit_shares.py), whose threads meet
+  at :func:`barrier`, a counter each thread adds to and then spins on (40 ns a barrier, a 60 ns round
+  trip, on the Zen 5's two cores). A spinning wait is what OpenMP's own barriers do first; here it
+  never sleeps, so such a region is for work that keeps every thread busy between barriers, and the
+  callers run one such region at a time (api._SPLIT_RUNNING).
 
 Nothing here imports torch: libgomp is found on disk (torch_libraries.py); where it is missing,
 the symbols are bound to a stub so that cached code links, and :func:`usable` says False.
@@ -24,12 +29,14 @@ import ctypes
 import platform
 
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import team
+from .blas import set_local_threads
 from .torch_libraries import open_torch_library
 
 _NAMES = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
@@ -135,4 +142,30 @@ def run_in_team(typingctx, function, threads, args):
     return types.int64(function, threads, args), codegen
 
 
-__all__ = ["atomic_add", "atomic_read", "barrier", "run_in_team", "usable"]
+def team_rows(rows_fn, bounds, blas_limit, args):
+    """Call ``rows_fn(bounds[i], bounds[i + 1], *args)`` for each block i, in parallel on the threads of
+    one GOMP_parallel region (:func:`run_in_team`: flush-to-zero set in each); with ``blas_limit``, each
+    thread's BLAS (MKL) held at one thread meanwhile, as common.flushing_subnormals holds it. Returns
+    0, or 1 when a block raised. For compiled launchers, one per rows function, each a global of its
+    module: ``return team_rows(_fwd_rows, bounds, blas_limit, args)``. A launcher that took the rows
+    function as an argument would not be cached (Numba caches no function of a function argument)."""
+
+
+@overload(team_rows, jit_options={"nogil": True})
+def _team_rows(rows_fn, bounds, blas_limit, args):
+    function = rows_fn.dispatcher
+
+    @njit(nogil=True)   # compiled into each launcher, which is cached
+    def member(thread, team_size, bounds, blas_limit, args):
+        previous = set_local_threads(np.int32(1)) if blas_limit else np.int32(0)
+        for i in range(thread, len(bounds) - 1, team_size):
+            function(bounds[i], bounds[i + 1], *args)
+        if blas_limit:
+            set_local_threads(previous)
+
+    def launch(rows_fn, bounds, blas_limit, args):
+        return run_in_team(member, len(bounds) - 1, (bounds, blas_limit, args))
+    return launch
+
+
+__all__ = ["atomic_add", "atomic_read", "barrier", "run_in_team", "team_rows", "usable"]

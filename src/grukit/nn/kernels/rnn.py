@@ -20,6 +20,7 @@ from .products import operands
 from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_block, gx_row, gx_shape, max_length,
                      one_length, output_grad, project_frame, project_sequence, project_stored, recurrent_operand,
                      rows_product, run_forward, run_rows, run_step, tanh, time_index, zero_tail)
+from .region import team_rows
 
 
 # --- the per-row forward passes ------------------------------------------------------
@@ -174,6 +175,17 @@ def stored_sequence(x, w_ih, b_in, w, bhh, relu, reverse, h, out):
         _stored_step(g[t], w, np.bool_(False), bhh, relu, h, out[t], gr)
 
 
+# The blocks of a batch started from compiled code (common.run_rows, region.team_rows).
+@njit(**JIT)
+def _fwd_in_team(bounds, blas_limit, args):
+    return team_rows(_fwd_rows, bounds, blas_limit, args)
+
+
+@njit(**JIT)
+def _bwd_in_team(bounds, blas_limit, args):
+    return team_rows(_bwd_rows, bounds, blas_limit, args)
+
+
 def step(gx_t, h, w_t, bhh, relu, products=None):
     """One inference step: gx_t (B, H), h (B, H) -> h'."""
     return run_step(_fwd_rows, gx_t, (h,), (w_t, *operands((w_t,), products), bhh), (relu,), 0)[0]
@@ -186,7 +198,7 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, relu, training, gx_index=None, p
     T, B, H = gx_shape(gx, gx_index)
     params = (w_t, *operands((w_t,), products), bhh)
     out, (h_n,), _ = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse, (relu,),
-                                 False, (), T * B * H * H, gx_index)
+                                 False, (), T * B * H * H, gx_index, _fwd_in_team)
     return out, h_n, ((out, h0) if training else None)
 
 
@@ -212,5 +224,5 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, relu, grad_bf=False, p
     dh0 = np.empty((B, H), dt)
     args = (w, *operands((w,), products), lengths, reverse, relu, grad_out, grad_bf, grad_h_n, out,
             dgx, dh0)
-    run_rows(_bwd_rows, B, T * B * H * H, args)
+    run_rows(_bwd_rows, B, T * B * H * H, args, in_team=_bwd_in_team)
     return dgx, dh0, _previous_states(out, np.ascontiguousarray(h0, dt), dgx, lengths, reverse), dgx

@@ -11,8 +11,9 @@ rotating order, 2 cores (S2/S3 are the benchmark's shapes): S2 training GRU 67.9
 LSTM 89.6 -> 79.6 ms; S3 training GRU 16.0 -> 11.6 ms, LSTM 20.6 -> 15.0 ms; inference, whose
 projection runs on these threads too, unchanged.
 
-Each block is a Python callback (ctypes) that calls a compiled ``nogil`` loop, so the GIL is
-held only to start and finish it. Without torch's libgomp (a torch-free runtime, an LLVM OpenMP
+Here each block is a Python callback (ctypes) that calls a compiled ``nogil`` loop, so the GIL is
+held only to start and finish it; the kernels' row blocks start from compiled code instead where a
+launcher exists (region.team_rows, common.run_rows), and this is their fallback. Without torch's libgomp (a torch-free runtime, an LLVM OpenMP
 build, a process forked after the team was used: libgomp's team does not survive a fork) a small
 Python thread pool runs the blocks instead. Nothing here imports torch: the library is found on
 disk, as blas.py finds torch's MKL.
