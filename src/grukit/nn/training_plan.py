@@ -41,13 +41,18 @@ class TrainingPlan:
 
     def __init__(self, mode: str, layout: CellLayout, candidate: str, hidden_size: int,
                  layers: list[list[_Direction]]) -> None:
+        from .kernels.function import fused_run_direction, input_rows   # the kernels import numba: not before
+        from .recurrent import input_preactivations
         self.mode, self.layout, self.candidate, self.hidden_size = mode, layout, candidate, hidden_size
         self.layers = layers
+        # looked up here, once: an import statement in run() costs a few us a call
+        self._run_direction, self._input_rows, self._input_preactivations = (
+            fused_run_direction, input_rows, input_preactivations)
 
     def run(self, layer, input: torch.Tensor):
         """(output, h_n) (LSTM: (output, (h_n, c_n))) as the general path gives them for ``input``."""
-        from .kernels.function import fused_run_direction, input_rows
-        from .recurrent import input_preactivations
+        fused_run_direction, input_rows, input_preactivations = (
+            self._run_direction, self._input_rows, self._input_preactivations)
         x = input.transpose(0, 1) if layer.batch_first else input
         zeros = torch.zeros((x.shape[1], self.hidden_size), dtype=x.dtype, device=x.device)
         state0 = (zeros, zeros) if self.mode == "LSTM" else zeros   # read only: one tensor serves all
