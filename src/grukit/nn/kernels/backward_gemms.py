@@ -79,7 +79,7 @@ def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     over the whole K."""
     out = np.empty((a.shape[0], b.shape[1]), np.float32)
     run_rows(_product_tiles, -(-a.shape[0] // TILE_ROWS), a.shape[0] * a.shape[1] * b.shape[1], (a, b, out),
-             MIN_PRODUCT_WORK, _product_tiles_in_team)
+             MIN_PRODUCT_WORK, _product_tiles_in_team())
     return out
 
 
@@ -143,17 +143,17 @@ def _stacked_product(a: np.ndarray, a2: np.ndarray, b: np.ndarray, b2: np.ndarra
     work = a.shape[0] * M * N
     path = _path(a.shape[1], a.shape[0])
     if path == "row tiles":      # each thread a block of whole row tiles
-        run_rows(_row_tiles, -(-M // TILE_ROWS), work, (a, a2, b, b2, out), MIN_NARROW_WORK, _row_tiles_in_team)
+        run_rows(_row_tiles, -(-M // TILE_ROWS), work, (a, a2, b, b2, out), MIN_NARROW_WORK, _row_tiles_in_team())
         return out
     if path == "column tiles":
         run_rows(_column_tiles, -(-N // NARROW_TILE_COLUMNS), work, (a, a2, b, b2, out), MIN_NARROW_WORK,
-                 _column_tiles_in_team)
+                 _column_tiles_in_team())
         return out
     # One row tile: the summed rows split into SUM_PARTS fixed parts (by R alone, not by the thread
     # count), one partial result each, added in order.
     parts = SUM_PARTS
     partial = np.empty((parts, M, N), np.float32)
-    run_rows(_sum_parts, parts, work, (a, a2, b, b2, partial), MIN_NARROW_WORK, _sum_parts_in_team)
+    run_rows(_sum_parts, parts, work, (a, a2, b, b2, partial), MIN_NARROW_WORK, _sum_parts_in_team())
     out = partial[0]
     for p in range(1, parts):
         out += partial[p]
@@ -270,28 +270,43 @@ def _sum_parts(p0, p1, a, a2, b, b2, partial):
 
 
 # The blocks started from compiled code (common.run_rows, region.team_rows), typed as their rows
-# functions are: arrays of any strides, compiled once.
+# functions are (arrays of any strides: compiled once), and compiled (or loaded from the cache) on first
+# use, not on import: each compiles its rows function again, inlined.
 _BOUNDS = types.int64[::1]
+_TILE_ARGS = types.Tuple((_A, _A, _A, _A, _C))
 
 
-@njit(types.int64(_BOUNDS, types.boolean, types.Tuple((_A, _A, _A, _A, _C))), **JIT)
-def _row_tiles_in_team(bounds, blas_limit, args):
+def _in_team(launch, args):
+    """A getter of njit(launch)'s dispatcher for these args, made on its first call."""
+    made = []
+
+    def launcher():
+        if not made:
+            made.append(njit(types.int64(_BOUNDS, types.boolean, args), **JIT)(launch))
+        return made[0]
+    return launcher
+
+
+def _row_tiles_launch(bounds, blas_limit, args):
     return team_rows(_row_tiles, bounds, blas_limit, args)
 
 
-@njit(types.int64(_BOUNDS, types.boolean, types.Tuple((_A, _A, _A, _A, _C))), **JIT)
-def _column_tiles_in_team(bounds, blas_limit, args):
+def _column_tiles_launch(bounds, blas_limit, args):
     return team_rows(_column_tiles, bounds, blas_limit, args)
 
 
-@njit(types.int64(_BOUNDS, types.boolean, types.Tuple((_A, _A, _A, _A, types.float32[:, :, ::1]))), **JIT)
-def _sum_parts_in_team(bounds, blas_limit, args):
+def _sum_parts_launch(bounds, blas_limit, args):
     return team_rows(_sum_parts, bounds, blas_limit, args)
 
 
-@njit(types.int64(_BOUNDS, types.boolean, types.Tuple((_A, _A, _C))), **JIT)
-def _product_tiles_in_team(bounds, blas_limit, args):
+def _product_tiles_launch(bounds, blas_limit, args):
     return team_rows(_product_tiles, bounds, blas_limit, args)
+
+
+_row_tiles_in_team = _in_team(_row_tiles_launch, _TILE_ARGS)
+_column_tiles_in_team = _in_team(_column_tiles_launch, _TILE_ARGS)
+_sum_parts_in_team = _in_team(_sum_parts_launch, types.Tuple((_A, _A, _A, _A, types.float32[:, :, ::1])))
+_product_tiles_in_team = _in_team(_product_tiles_launch, types.Tuple((_A, _A, _C)))
 
 
 __all__ = ["applies", "applies_transposed", "applies_with_shared_narrow", "product", "products_with_shared_narrow", "shared_transposed_products",
