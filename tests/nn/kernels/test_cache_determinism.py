@@ -67,6 +67,17 @@ for name, make in cells():
     digest = hashlib.sha256(b"".join(p.numpy().tobytes() for p in parts)).hexdigest()
     print(name, "=", digest[:16])
 
+for name, make in cells():   # a batch large enough for its rows to run in blocks (region.team_rows)
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(50, 64, 12)
+    with torch.no_grad():
+        inference = layer(x)[0]
+    out = layer(x)[0]
+    out.square().sum().backward()
+    parts = [inference, out.detach()] + [p.grad for p in layer.parameters()]
+    print(name + " in blocks", "=", hashlib.sha256(b"".join(p.numpy().tobytes() for p in parts)).hexdigest()[:16])
+
 split = GRU(12, SPLIT_SEQUENCE_MIN_H, kernel="fused")   # a batch of one wide enough to split its steps
 with torch.no_grad():
     split(torch.randn(5, 1, 12))
@@ -128,7 +139,7 @@ def test_compiling_process_and_cache_loading_process_agree_bit_for_bit(first_pro
     loaded = _run(cache_dir)
     assert loaded["compiled"] == "-", "the second process should load every kernel from the cache"
     compiled, loaded = _cell_digests(compiled), _cell_digests(loaded)
-    assert len(compiled) == 10  # 2 GRU, LSTM, 2 RNN, 4 MGU, MinGRU
+    assert len(compiled) == 20  # 2 GRU, LSTM, 2 RNN, 4 MGU, MinGRU; each small, then in blocks
     differing = [name for name in compiled if compiled[name] != loaded[name]]
     assert not differing, f"fresh compile and cached code differ for: {differing}"
 

@@ -309,5 +309,12 @@ _sum_parts_in_team = _in_team(_sum_parts_launch, types.Tuple((_A, _A, _A, _A, ty
 _product_tiles_in_team = _in_team(_product_tiles_launch, types.Tuple((_A, _A, _C)))
 
 
-__all__ = ["applies", "applies_transposed", "applies_with_shared_narrow", "product", "products_with_shared_narrow", "shared_transposed_products",
+def compile_launchers() -> None:
+    """Compile (or load from the cache) the four launchers now (precompile): they are made on first use,
+    and precompile's small calls do not reach these GEMMs."""
+    for launcher in (_row_tiles_in_team, _column_tiles_in_team, _sum_parts_in_team, _product_tiles_in_team):
+        launcher()
+
+
+__all__ = ["applies", "applies_transposed", "compile_launchers", "applies_with_shared_narrow", "product", "products_with_shared_narrow", "shared_transposed_products",
            "transposed_product", "USABLE"]

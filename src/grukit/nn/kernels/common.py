@@ -20,6 +20,7 @@ calls changes in *another* file. After editing this module, delete
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -788,11 +789,29 @@ def part_bounds(n, part, parts):
     return i0, i1
 
 
+_EVERY_CALL_IN_BLOCKS = False
+
+
+@contextlib.contextmanager
+def every_call_in_blocks():
+    """Within: every call of two or more rows runs in two blocks (chunk_bounds), whatever its work and
+    the thread count, so that a small call compiles the launcher (region.team_rows) a large one
+    runs: for precompile, whose calls are small and may run on one thread."""
+    global _EVERY_CALL_IN_BLOCKS
+    previous, _EVERY_CALL_IN_BLOCKS = _EVERY_CALL_IN_BLOCKS, True
+    try:
+        yield
+    finally:
+        _EVERY_CALL_IN_BLOCKS = previous
+
+
 def chunk_bounds(batch: int, work: int, min_work: int = MIN_PARALLEL_WORK) -> list[int] | None:
     """Row bounds of the per-thread blocks, as even as whole rows allow, or None for a serial call
-    (fewer than two rows or threads, or less than ``min_work`` multiply-adds). Integer arithmetic:
-    numpy's linspace, round and astype cost some 10 us on every kernel call."""
+    (fewer than two rows or threads, or less than ``min_work`` multiply-adds; see every_call_in_blocks).
+    Integer arithmetic: numpy's linspace, round and astype cost some 10 us on every kernel call."""
     chunks = min(_threads, batch)
+    if _EVERY_CALL_IN_BLOCKS and batch >= 2:
+        chunks, work = 2, min_work
     if chunks < 2 or work < min_work:
         return None
     return [_round_half_even(batch * i, chunks) for i in range(chunks + 1)]
@@ -905,17 +924,28 @@ def run_rows(rows_fn, batch: int, work: int, args: tuple, min_work: int = MIN_PA
     code where torch's OpenMP team takes them (region.usable); else, and without one, each block is a
     Python callback (team.run_blocks), whose thread takes the GIL to start it: there the team's second
     thread started 40-76 us after the first (S3's LSTM step, three such regions a step).
-    The calling thread runs the first block itself.
+    The calling thread runs the first block itself. A serial call stays on rows_fn compiled alone, and
+    so do float64 calls: a launcher compiles its rows function again, at 1.7 times the cost (region.py),
+    and float64, the parity tests' dtype, is not what a model trains in; with float64 launched from
+    compiled code too, the test suite from an empty cache took 10 minutes against 5-7.
     """
     bounds = chunk_bounds(batch, work, min_work)
     if bounds is None:
         flushing_subnormals(rows_fn, 0, batch, *args)
         return
-    if in_team is not None and region.usable():
+    if in_team is not None and _float32_call(args) and region.usable():
         if in_team(np.array(bounds, np.int64), np.bool_(PER_THREAD_LIMIT), args):
             raise RuntimeError(f"{rows_fn.__name__}: a block raised inside the parallel region")
         return
     run_blocks(lambda i: flushing_subnormals(rows_fn, bounds[i], bounds[i + 1], *args), len(bounds) - 1)
+
+
+def _float32_call(args: tuple) -> bool:
+    """Whether a rows function's call computes in float32: its first array argument's dtype."""
+    for value in args:
+        if isinstance(value, np.ndarray):
+            return value.dtype == np.float32
+    return False
 
 
 def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training, ws_widths, work,
