@@ -9,8 +9,9 @@ it loads the arguments the caller stored, sets flush-to-zero (common.py) and cal
 
 Two uses:
 
-* :func:`team_rows`, a batch's row blocks (common.run_rows), through a launcher per rows function
-  (each family's forward and backward, the backward's GEMMs, the inference projection). One process,
+* :func:`team_rows`, a batch's row blocks (common.run_rows: float32 calls of two or more blocks),
+  through a launcher per rows function (each family's forward and backward, the backward's GEMMs,
+  the inference projection). One process,
   the two forms alternating, Zen 5: S3 training GRU 1.11x, LSTM 1.09-1.13x, SimpleRNN 1.20x, MGU
   1.14x; S2 training 1.05x, inference 1.02x; S4 level.
 * A batch of one's steps split over the threads by hidden unit (unit_shares.py), whose threads meet
