@@ -926,8 +926,8 @@ def run_rows(rows_fn, batch: int, work: int, args: tuple, min_work: int = MIN_PA
     thread started 40-76 us after the first (S3's LSTM step, three such regions a step).
     The calling thread runs the first block itself. A serial call stays on rows_fn compiled alone, and
     so do float64 calls: a launcher compiles its rows function again, at 1.7 times the cost (region.py),
-    and float64, the parity tests' dtype, is not what a model trains in; with float64 launched from
-    compiled code too, the test suite from an empty cache took 10 minutes against 5-7.
+    and float64, the parity tests' dtype, is not what a model trains in (the test suite from an empty
+    cache: 10 min 10 s with float64 launched too, 7 min 32 s and 9 min 29 s without; 5 before).
     """
     bounds = chunk_bounds(batch, work, min_work)
     if bounds is None:
