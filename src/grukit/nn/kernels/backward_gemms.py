@@ -316,5 +316,5 @@ def compile_launchers() -> None:
         launcher()
 
 
-__all__ = ["applies", "applies_transposed", "compile_launchers", "applies_with_shared_narrow", "product", "products_with_shared_narrow", "shared_transposed_products",
-           "transposed_product", "USABLE"]
+__all__ = ["applies", "applies_transposed", "applies_with_shared_narrow", "compile_launchers", "product",
+           "products_with_shared_narrow", "shared_transposed_products", "transposed_product", "USABLE"]

@@ -927,7 +927,8 @@ def run_rows(rows_fn, batch: int, work: int, args: tuple, min_work: int = MIN_PA
     The calling thread runs the first block itself. A serial call stays on rows_fn compiled alone, and
     so do float64 calls: a launcher compiles its rows function again, at 1.7 times the cost (region.py),
     and float64, the parity tests' dtype, is not what a model trains in (the test suite from an empty
-    cache: 10 min 10 s with float64 launched too, 7 min 32 s and 9 min 29 s without; 5 before).
+    cache: 10 min 10 s with float64 launched too, 7 min 32 s and 9 min 29 s without, 5-7 min before
+    the launchers).
     """
     bounds = chunk_bounds(batch, work, min_work)
     if bounds is None:
