@@ -150,10 +150,10 @@ def _compile_cell(cell: str, dtype: str, training: bool) -> dict:
     start = time.perf_counter()
     with event.install_listener("numba:compile", listener):
         backward_gemms.compile_launchers()
-        # The small calls here run serially, as small calls do; then, for float32 (float64 calls have no
-        # launcher), again in two blocks each (every_call_in_blocks), so that the launchers that start a
-        # large batch's blocks compile too (region.team_rows), also where torch has one thread.
-        for in_blocks in (False, True) if DTYPES[dtype] == torch.float32 else (False,):
+        # The small calls here run serially, as small calls do; then again in two blocks each
+        # (every_call_in_blocks), so that the launchers that start a large batch's blocks compile too
+        # (region.team_rows), also where torch has one thread.
+        for in_blocks in (False, True):
             with common.every_call_in_blocks() if in_blocks else contextlib.nullcontext():
                 for make in _variants(cell):
                     for bidirectional in (False, True):

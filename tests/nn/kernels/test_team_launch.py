@@ -1,13 +1,15 @@
 """The batch's blocks started from compiled code (common.run_rows with a family's or a GEMM's
 launcher, region.team_rows) give the bits of the same blocks started as Python callbacks
 (team.run_blocks), for every family's forward and backward, the backward's GEMMs and the inference
-projection; and they do run where region.usable says so, for float32 (float64 keeps the callbacks)."""
+projection; and they do run where region.usable says so. A launcher calls its rows function through
+its address (region.call_unlinked): it does not compile that function's code again."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from numba import njit
 
 import grukit.nn as gnn
 from grukit.nn.kernels import api, backward_gemms, common, gru, lstm, mgu, mingru, region, rnn
@@ -40,7 +42,7 @@ def counted_launches(monkeypatch):
     team_rows_calls = common.run_rows
 
     def run_rows(rows_fn, batch, work, args, min_work=common.MIN_PARALLEL_WORK, in_team=None):
-        if (in_team is not None and region.usable() and common._float32_call(args)
+        if (in_team is not None and region.usable()
                 and common.chunk_bounds(batch, work, min_work) is not None):
             counts["compiled"] += 1
         return team_rows_calls(rows_fn, batch, work, args, min_work, in_team)
@@ -49,10 +51,10 @@ def counted_launches(monkeypatch):
     return counts
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("input_size", [6, 40], ids=["projected in the loop", "projected before"])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_compiled_launches_give_the_bits_of_python_callbacks(name, input_size, monkeypatch):
-    dtype = torch.float32
+def test_compiled_launches_give_the_bits_of_python_callbacks(name, input_size, dtype, monkeypatch):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     layer = LAYERS[name](input_size, 64, batch_first=True).to(dtype)
@@ -73,11 +75,28 @@ def test_the_compiled_launchers_run_where_the_team_is_usable(counted_launches, m
     layer(x)[0][:, -1].sum().backward()
     # the forward, the backward and the weight gradients' GEMM: three regions, none from Python
     assert counted_launches == {"python": 0, "compiled": 3}
-    layer.double()(x.double())[0][:, -1].sum().backward()   # float64: callbacks (its weight gradients on torch)
-    assert counted_launches == {"python": 2, "compiled": 3}
+    layer.double()(x.double())[0][:, -1].sum().backward()   # float64: its weight gradients on torch
+    assert counted_launches == {"python": 0, "compiled": 5}
     monkeypatch.setattr(region, "usable", lambda: False)
     layer.float()(x)[0][:, -1].sum().backward()
-    assert counted_launches == {"python": 5, "compiled": 3}
+    assert counted_launches == {"python": 3, "compiled": 5}
+
+
+def test_a_launcher_calls_its_rows_function_without_compiling_it_again():
+    """A launcher freshly compiled (no cache) declares its rows function's registered symbol and
+    defines none of the rows function's code: linked or inlined, that code was optimized again in
+    every library above it, two to three times the rows function's own compile time."""
+    torch.set_num_threads(2)
+    layer = gnn.LSTM(10, 64, batch_first=True)
+    layer(torch.randn(64, 50, 10))[0][:, -1].sum().backward()   # compiles or loads both launchers
+    for launcher, rows in ((lstm._fwd_in_team, "_fwd_rows"), (lstm._bwd_in_team, "_bwd_rows")):
+        fresh = njit(nogil=True)(launcher.py_func)
+        signature = launcher.signatures[0]
+        fresh.compile(signature)
+        ir = fresh.inspect_llvm(signature)
+        assert f"declare i32 @\"grukit_unlinked.grukit.nn.kernels.lstm.{rows}(" in ir
+        defined = [line for line in ir.splitlines() if line.startswith("define") and rows in line]
+        assert not defined, f"{rows}'s code is compiled into its launcher: {defined[0][:200]}"
 
 
 def test_each_gemm_launcher_gives_the_callbacks_bits(monkeypatch):

@@ -924,29 +924,18 @@ def run_rows(rows_fn, batch: int, work: int, args: tuple, min_work: int = MIN_PA
     code where torch's OpenMP team takes them (region.usable); else, and without one, each block is a
     Python callback (team.run_blocks), whose thread takes the GIL to start it: there the team's second
     thread started 40-76 us after the first (S3's LSTM step, three such regions a step).
-    The calling thread runs the first block itself. A serial call stays on rows_fn compiled alone, and
-    so do float64 calls: a launcher compiles its rows function again, at 1.7 times the cost (region.py),
-    and float64, the parity tests' dtype, is not what a model trains in (the test suite from an empty
-    cache: 10 min 10 s with float64 launched too, 7 min 32 s and 9 min 29 s without, 5-7 min before
-    the launchers).
+    The calling thread runs the first block itself. Serial calls, blocks and launchers all run the one
+    compiled rows_fn (region.call_unlinked), so the path taken does not change the bits.
     """
     bounds = chunk_bounds(batch, work, min_work)
     if bounds is None:
         flushing_subnormals(rows_fn, 0, batch, *args)
         return
-    if in_team is not None and _float32_call(args) and region.usable():
+    if in_team is not None and region.usable():
         if in_team(np.array(bounds, np.int64), np.bool_(PER_THREAD_LIMIT), args):
             raise RuntimeError(f"{rows_fn.__name__}: a block raised inside the parallel region")
         return
     run_blocks(lambda i: flushing_subnormals(rows_fn, bounds[i], bounds[i + 1], *args), len(bounds) - 1)
-
-
-def _float32_call(args: tuple) -> bool:
-    """Whether a rows function's call computes in float32: its first array argument's dtype."""
-    for value in args:
-        if isinstance(value, np.ndarray):
-            return value.dtype == np.float32
-    return False
 
 
 def run_forward(rows_fn, gx, states0, params, lengths, reverse, flags, training, ws_widths, work,

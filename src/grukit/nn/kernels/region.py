@@ -9,11 +9,12 @@ it loads the arguments the caller stored, sets flush-to-zero (common.py) and cal
 
 Two uses:
 
-* :func:`team_rows`, a batch's row blocks (common.run_rows: float32 calls of two or more blocks),
-  through a launcher per rows function (each family's forward and backward, the backward's GEMMs,
-  the inference projection). One process,
-  the two forms alternating, Zen 5: S3 training GRU 1.11x, LSTM 1.09-1.13x, SimpleRNN 1.20x, MGU
-  1.14x; S2 training 1.05x, inference 1.02x; S4 level.
+* :func:`team_rows`, a batch's row blocks (common.run_rows: calls of two or more blocks), through a
+  launcher per rows function (each family's forward and backward, the backward's GEMMs, the
+  inference projection), which calls the rows function through its address (:func:`call_unlinked`):
+  the same compiled code as a serial call, and a launcher compiles in well under a second. One
+  process, the two forms alternating, Zen 5: S3 training GRU 1.11x, LSTM 1.09-1.13x, SimpleRNN
+  1.20x, MGU 1.14x; S2 training 1.05x, inference 1.02x; S4 level.
 * A batch of one's steps split over the threads by hidden unit (unit_shares.py), whose threads meet
   at :func:`barrier`, a counter each thread adds to and then spins on (40 ns a barrier, a 60 ns round
   trip, on the Zen 5's two cores). A spinning wait is what OpenMP's own barriers do first; here it
@@ -27,6 +28,8 @@ the symbols are bound to a stub so that cached code links, and :func:`usable` sa
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib
 import platform
 
 import llvmlite.binding as llvm
@@ -143,41 +146,86 @@ def run_in_team(typingctx, function, threads, args):
     return types.int64(function, threads, args), codegen
 
 
+def _symbol(dispatcher, argtypes) -> str:
+    """The stable name under which a compiled rows function is registered for call_unlinked: its
+    module, name and argument types (Numba's own mangled names carry a per-process counter)."""
+    py_func = dispatcher.py_func
+    return f"grukit_unlinked.{py_func.__module__}.{py_func.__qualname__}{tuple(argtypes)}"
+
+
+def _register_unlinked(module: str, qualname: str, argtypes: tuple) -> None:
+    """Compile (or load from the cache) ``module.qualname`` for ``argtypes`` (one of its signatures)
+    and register its address under :func:`_symbol`'s name. Run again before a caller is loaded from
+    the cache (Numba's reload_init), so that the caller's reference to it resolves."""
+    dispatcher = importlib.import_module(module)
+    for part in qualname.split("."):
+        dispatcher = getattr(dispatcher, part)
+    if argtypes not in dispatcher.overloads:      # (a function jitted with its signatures has them all)
+        dispatcher.compile(argtypes)
+    result = dispatcher.overloads[argtypes]
+    llvm.add_symbol(_symbol(dispatcher, argtypes),
+                    result.library.get_pointer_to_function(result.fndesc.llvm_func_name))
+
+
+@intrinsic
+def call_unlinked(typingctx, function, first, last, args):
+    """``function(first, last, *args)`` for a jitted ``function`` (a global), called through its
+    address: its compiled library is not linked into the caller. Numba optimizes a library again
+    with every library it links in, and once more in each library that links that one: a launcher
+    that linked or inlined its rows function compiled that function's code two or three times over
+    (S3's GRU, a first training step from an empty cache: 20-30 s, against 10 s for the rows
+    functions alone). Called this way, serial calls and blocks share one compiled rows function,
+    and so its bits. The address is registered as a symbol now and, through Numba's reload_init,
+    before the caller is loaded from the cache."""
+    dispatcher = function.dispatcher
+    py_func = dispatcher.py_func
+    given = (first, last, *args.types)
+    argtypes = typingctx.resolve_function_type(function, given, {}).args   # the overload a call would take
+    _register_unlinked(py_func.__module__, py_func.__qualname__, argtypes)
+    restype = dispatcher.overloads[argtypes].signature.return_type
+    reload = functools.partial(_register_unlinked, py_func.__module__, py_func.__qualname__, argtypes)
+
+    def codegen(context, builder, signature, llargs):
+        context.active_code_library._reload_init.add(reload)
+        callee = cgutils.get_or_insert_function(
+            builder.module, context.call_conv.get_function_type(restype, argtypes),
+            _symbol(dispatcher, argtypes))
+        values = [llargs[1], llargs[2], *cgutils.unpack_tuple(builder, llargs[3], len(args))]
+        values = [context.cast(builder, v, t, to) for v, t, to in zip(values, given, argtypes)]
+        status, value = context.call_conv.call_function(builder, callee, restype, argtypes, values)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return value
+
+    return restype(function, first, last, args), codegen
+
+
 def team_rows(rows_fn, bounds, blas_limit, args):
     """Call ``rows_fn(bounds[i], bounds[i + 1], *args)`` for each block i, in parallel on the threads of
     one GOMP_parallel region (:func:`run_in_team`: flush-to-zero set in each); with ``blas_limit``, each
     thread's BLAS (MKL) held at one thread meanwhile, as common.flushing_subnormals holds it. Returns
     0, or 1 when a block raised. For compiled launchers, one per rows function, each a global of its
     module: ``return team_rows(_fwd_rows, bounds, blas_limit, args)``. A launcher that took the rows
-    function as an argument would not be cached (Numba caches no function of a function argument)."""
+    function as an argument would not be cached (Numba caches no function of a function argument).
+    The rows function is called through its address (:func:`call_unlinked`), so a launcher compiles
+    in a fraction of a second."""
 
 
 @overload(team_rows, jit_options={"nogil": True})
 def _team_rows(rows_fn, bounds, blas_limit, args):
-    # The rows function is inlined into the member each thread runs (Numba's inline="always" on a copy
-    # of it): every compiled library that links another optimizes the linked code again, and a member
-    # that called the rows function as compiled on its own made the launcher 1.7 times as slow to
-    # compile as the rows function alone (S3's LSTM, forward and backward: a first training step 30.4
-    # against 17.9 s from an empty cache); inlined, 24.1 s. Numba inlines no call with *args, so the
-    # member spells the arguments out, its source made here for the tuple's length.
-    options = {k: v for k, v in rows_fn.dispatcher.targetoptions.items() if k not in ("nopython", "cache")}
-    function = njit(inline="always", **options)(rows_fn.dispatcher.py_func)
-    unpacked = ", ".join(f"args[{i}]" for i in range(len(args)))
-    source = (f"def member(thread, team_size, bounds, blas_limit, args):\n"
-              f"    previous = set_local_threads(np.int32(1)) if blas_limit else np.int32(0)\n"
-              f"    for i in range(thread, len(bounds) - 1, team_size):\n"
-              f"        function(bounds[i], bounds[i + 1], {unpacked})\n"
-              f"    if blas_limit:\n"
-              f"        set_local_threads(previous)\n")
-    scope = {"function": function, "set_local_threads": set_local_threads, "np": np}
-    exec(source, scope)   # noqa: S102  (generated from the argument count only)
-    # Compiled with the rows function's own options (fastmath, error model): the inlined code is
-    # lowered with the function it lands in, and so gives the bits of the rows function compiled alone.
-    member = njit(**options)(scope["member"])
+    function = rows_fn.dispatcher
+
+    @njit(nogil=True)
+    def member(thread, team_size, bounds, blas_limit, args):
+        previous = set_local_threads(np.int32(1)) if blas_limit else np.int32(0)
+        for i in range(thread, len(bounds) - 1, team_size):
+            call_unlinked(function, bounds[i], bounds[i + 1], args)
+        if blas_limit:
+            set_local_threads(previous)
 
     def launch(rows_fn, bounds, blas_limit, args):
         return run_in_team(member, len(bounds) - 1, (bounds, blas_limit, args))
     return launch
 
 
-__all__ = ["atomic_add", "atomic_read", "barrier", "run_in_team", "team_rows", "usable"]
+__all__ = ["atomic_add", "atomic_read", "barrier", "call_unlinked", "run_in_team", "team_rows", "usable"]

@@ -12,9 +12,8 @@ LSTM 89.6 -> 79.6 ms; S3 training GRU 16.0 -> 11.6 ms, LSTM 20.6 -> 15.0 ms; inf
 projection runs on these threads too, unchanged.
 
 Here each block is a Python callback (ctypes) that calls a compiled ``nogil`` loop, so the GIL is
-held only to start and finish it. A float32 call's blocks start from compiled code instead, through
-their rows function's launcher (region.team_rows, common.run_rows); this is the fallback, and
-float64's way. Without torch's libgomp (a torch-free runtime, an LLVM OpenMP build, a process forked
+held only to start and finish it. Where a rows function has a launcher its blocks start from
+compiled code instead (region.team_rows, common.run_rows); this is the fallback. Without torch's libgomp (a torch-free runtime, an LLVM OpenMP build, a process forked
 after the team was used: libgomp's team does not survive a fork) a small Python thread pool runs the
 blocks instead. Nothing here imports torch: the library is found on
 disk, as blas.py finds torch's MKL.
