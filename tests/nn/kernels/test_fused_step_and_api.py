@@ -209,7 +209,7 @@ def test_kernel_modules_import_numpy_and_numba_only():
                      else [])
             for name in names:
                 assert name.split(".")[0] in {"numpy", "numba", "llvmlite", "math", "os", "platform", "threading", "concurrent", "__future__",
-                                                "contextlib", "ctypes", "importlib", "scipy", "sys", "typing"}, (path.name, name)
+                                                "contextlib", "ctypes", "functools", "importlib", "scipy", "sys", "typing"}, (path.name, name)
 
 
 @pytest.mark.parametrize("make", [
