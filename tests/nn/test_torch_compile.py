@@ -1,6 +1,6 @@
 """A model holding grukit layers under ``torch.compile``: TorchDynamo runs the layers eagerly (their
-forward and step() are marked torch.compiler.disable), and the compiled model gives eager's outputs
-and gradients, bit for bit. Without the mark, a compiled model whose first call in the process was
+forward and step() are disabled for it, nn/dynamo.py: a spy inside them never sees Dynamo tracing),
+and the compiled model gives eager's outputs and gradients, bit for bit. Without the mark, a compiled model whose first call in the process was
 the compiled one failed: Dynamo traced into Numba's dispatcher, which loads or compiles a kernel on
 its first call. So the check runs in a fresh process, compiled call first. backend="eager" runs
 Dynamo's tracing without code generation, which is the part that failed."""
@@ -10,8 +10,18 @@ import sys
 import textwrap
 
 SCRIPT = textwrap.dedent('''
+    import sys
     import torch
     import grukit.nn as gnn
+    from grukit.nn import recurrent
+    assert "torch._dynamo" not in sys.modules, "import grukit.nn should not import TorchDynamo (nn/dynamo.py)"
+
+    traced = []     # calls of the layers' internals that Dynamo traced instead of running eagerly
+    state_tuple = recurrent._state_tuple
+    def spy(state):
+        traced.append(torch.compiler.is_compiling())
+        return state_tuple(state)
+    recurrent._state_tuple = spy
 
     class Model(torch.nn.Module):
         def __init__(self, cell):
@@ -51,6 +61,7 @@ SCRIPT = textwrap.dedent('''
 
     with torch.no_grad():
         assert torch.equal(torch.compile(run, backend="eager")(frames), run(frames))
+    assert traced and not any(traced), traced
     print("compiled models equal eager")
 ''')
 

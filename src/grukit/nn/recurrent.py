@@ -44,6 +44,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..errors import ConfigError, DataError, ShapeError
 from . import bfloat16, dispatch, training_plan
 from .cells import LAYOUTS, CellLayout, State, activation_function
+from .dynamo import eager_under_compile
 from .embedded import EmbeddedTokens, TableRows, check_tokens, kept_empty
 from .projection_grads import projection_grads
 from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
@@ -190,9 +191,8 @@ class RecurrentLayer(nn.Module):
         return text
 
     # -- forward ---------------------------------------------------------------------
-    # torch.compile runs these eagerly (a graph break): TorchDynamo cannot trace into the compiled
-    # kernels (it failed inside Numba's dispatcher), and the fused kernels need no tracing.
-    @torch.compiler.disable
+    # torch.compile runs these eagerly (a graph break): nn/dynamo.py.
+    @eager_under_compile
     def forward(self, input: torch.Tensor | PackedSequence, hx: State | None = None,
                 lengths: torch.Tensor | None = None, embedding: torch.Tensor | None = None):
         """Run the layer over a sequence.
@@ -397,7 +397,7 @@ class RecurrentLayer(nn.Module):
         return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
 
     # -- streaming -------------------------------------------------------------------
-    @torch.compiler.disable
+    @eager_under_compile
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Advance one time step, for streaming inference (unidirectional layers only).
 
