@@ -132,3 +132,29 @@ def test_each_gemm_launcher_gives_the_callbacks_bits(monkeypatch):
         api.project_into(rows, w_ih, b_ih, again)
     assert np.array_equal(out, again)
     np.testing.assert_allclose(out, rows.astype(np.float64) @ w_ih.T.astype(np.float64) + b_ih, rtol=1e-4, atol=1e-4)
+
+
+@njit(nogil=True)
+def _rows_raising_from(r0, r1, first_bad, out):
+    for r in range(r0, r1):
+        if r >= first_bad:
+            raise ValueError("bad row")
+        out[r] = r
+
+
+@njit(nogil=True)
+def _raising_in_team(bounds, blas_limit, args):
+    return region.team_rows(_rows_raising_from, bounds, blas_limit, args)
+
+
+def test_a_block_that_raises_makes_the_launcher_return_1_and_the_others_finish():
+    torch.set_num_threads(2)
+    torch.ones(1000).sum()    # torch's team started in this process
+    bounds = np.array([0, 50, 100], np.int64)
+    out = np.full(100, -1, np.int64)
+    assert _raising_in_team(bounds, np.bool_(True), (np.int64(60), out)) == 1
+    assert (out[:50] == np.arange(50)).all(), "the block that did not raise ran to its end"
+    assert _raising_in_team(bounds, np.bool_(True), (np.int64(100), out)) == 0
+    assert (out == np.arange(100)).all()
+    with pytest.raises(RuntimeError, match="a block raised inside the parallel region"):
+        common.run_rows(_rows_raising_from, 100, 10 ** 9, (np.int64(60), out), in_team=_raising_in_team)

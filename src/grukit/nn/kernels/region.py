@@ -169,20 +169,24 @@ def _register_unlinked(module: str, qualname: str, argtypes: tuple) -> None:
 
 @intrinsic
 def call_unlinked(typingctx, function, first, last, args):
-    """``function(first, last, *args)`` for a jitted ``function`` (a global), called through its
-    address: its compiled library is not linked into the caller. Numba optimizes a library again
-    with every library it links in, and once more in each library that links that one: a launcher
-    that linked or inlined its rows function compiled that function's code two or three times over
-    (S3's GRU, a first training step from an empty cache: 20-30 s, against 10 s for the rows
-    functions alone). Called this way, serial calls and blocks share one compiled rows function,
-    and so its bits. The address is registered as a symbol now and, through Numba's reload_init,
-    before the caller is loaded from the cache."""
+    """``function(first, last, *args)`` for a jitted ``function`` (a global) that returns nothing,
+    called through its address: its compiled library is not linked into the caller. Returns True
+    when the call raised (the exception itself is dropped; the callers raise their own).
+
+    Numba optimizes a library again with every library it links in, and once more in each library
+    that links that one: a launcher that linked or inlined its rows function compiled that
+    function's code two or three times over (S3's GRU, a first training step from an empty cache:
+    20-30 s, against 10 s for the rows functions alone). Called this way, serial calls and blocks
+    share one compiled rows function, and so its bits. The address is registered as a symbol now
+    and, through Numba's reload_init, before the caller is loaded from the cache."""
     dispatcher = function.dispatcher
     py_func = dispatcher.py_func
     given = (first, last, *args.types)
     argtypes = typingctx.resolve_function_type(function, given, {}).args   # the overload a call would take
     _register_unlinked(py_func.__module__, py_func.__qualname__, argtypes)
     restype = dispatcher.overloads[argtypes].signature.return_type
+    if restype != types.none:
+        raise TypeError(f"call_unlinked: {py_func.__qualname__} returns {restype}; it takes functions that return nothing")
     reload = functools.partial(_register_unlinked, py_func.__module__, py_func.__qualname__, argtypes)
 
     def codegen(context, builder, signature, llargs):
@@ -192,12 +196,10 @@ def call_unlinked(typingctx, function, first, last, args):
             _symbol(dispatcher, argtypes))
         values = [llargs[1], llargs[2], *cgutils.unpack_tuple(builder, llargs[3], len(args))]
         values = [context.cast(builder, v, t, to) for v, t, to in zip(values, given, argtypes)]
-        status, value = context.call_conv.call_function(builder, callee, restype, argtypes, values)
-        with cgutils.if_unlikely(builder, status.is_error):
-            context.call_conv.return_status_propagate(builder, status)
-        return value
+        status, _ = context.call_conv.call_function(builder, callee, restype, argtypes, values)
+        return status.is_error
 
-    return restype(function, first, last, args), codegen
+    return types.boolean(function, first, last, args), codegen
 
 
 def team_rows(rows_fn, bounds, blas_limit, args):
@@ -218,10 +220,13 @@ def _team_rows(rows_fn, bounds, blas_limit, args):
     @njit(nogil=True)
     def member(thread, team_size, bounds, blas_limit, args):
         previous = set_local_threads(np.int32(1)) if blas_limit else np.int32(0)
+        raised = False
         for i in range(thread, len(bounds) - 1, team_size):
-            call_unlinked(function, bounds[i], bounds[i + 1], args)
+            raised |= call_unlinked(function, bounds[i], bounds[i + 1], args)
         if blas_limit:
-            set_local_threads(previous)
+            set_local_threads(previous)     # also after a block raised
+        if raised:
+            raise RuntimeError("a block raised")
 
     def launch(rows_fn, bounds, blas_limit, args):
         return run_in_team(member, len(bounds) - 1, (bounds, blas_limit, args))
