@@ -1,9 +1,10 @@
 """A model holding grukit layers under ``torch.compile``: TorchDynamo runs the layers eagerly (their
 forward and step() are disabled for it, nn/dynamo.py: a spy inside them never sees Dynamo tracing),
-and the compiled model gives eager's outputs and gradients, bit for bit. Without the mark, a compiled model whose first call in the process was
-the compiled one failed: Dynamo traced into Numba's dispatcher, which loads or compiles a kernel on
-its first call. So the check runs in a fresh process, compiled call first. backend="eager" runs
-Dynamo's tracing without code generation, which is the part that failed."""
+and the compiled model gives eager's outputs and gradients, bit for bit. Without the mark Dynamo
+traces into the layers (the spy sees it), and a compiled model whose first call in the process was
+the compiled one failed inside Numba's dispatcher, which loads or compiles a kernel on its first
+call. So the check runs in a fresh process, compiled call first. backend="eager" runs Dynamo's
+tracing without code generation, which is the part that failed."""
 
 import subprocess
 import sys

@@ -186,7 +186,8 @@ def call_unlinked(typingctx, function, first, last, args):
     _register_unlinked(py_func.__module__, py_func.__qualname__, argtypes)
     restype = dispatcher.overloads[argtypes].signature.return_type
     if restype != types.none:
-        raise TypeError(f"call_unlinked: {py_func.__qualname__} returns {restype}; it takes functions that return nothing")
+        raise TypeError(f"call_unlinked: {py_func.__qualname__} returns {restype}; it takes functions that "
+                        "return nothing")
     reload = functools.partial(_register_unlinked, py_func.__module__, py_func.__qualname__, argtypes)
 
     def codegen(context, builder, signature, llargs):

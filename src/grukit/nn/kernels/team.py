@@ -13,10 +13,10 @@ projection runs on these threads too, unchanged.
 
 Here each block is a Python callback (ctypes) that calls a compiled ``nogil`` loop, so the GIL is
 held only to start and finish it. Where a rows function has a launcher its blocks start from
-compiled code instead (region.team_rows, common.run_rows); this is the fallback. Without torch's libgomp (a torch-free runtime, an LLVM OpenMP build, a process forked
-after the team was used: libgomp's team does not survive a fork) a small Python thread pool runs the
-blocks instead. Nothing here imports torch: the library is found on
-disk, as blas.py finds torch's MKL.
+compiled code instead (region.team_rows, common.run_rows); this is the fallback. Without torch's
+libgomp (a torch-free runtime, an LLVM OpenMP build, a process forked after the team was used:
+libgomp's team does not survive a fork) a small Python thread pool runs the blocks instead. Nothing
+here imports torch: the library is found on disk, as blas.py finds torch's MKL.
 """
 
 from __future__ import annotations
