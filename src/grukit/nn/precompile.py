@@ -20,7 +20,6 @@ grukit; a process on another machine compiles again.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -150,17 +149,17 @@ def _compile_cell(cell: str, dtype: str, training: bool) -> dict:
     start = time.perf_counter()
     with event.install_listener("numba:compile", listener):
         backward_gemms.compile_launchers()
-        # The small calls here run serially, as small calls do; then again in two blocks each
-        # (every_call_in_blocks), so that the launchers that start a large batch's blocks compile too
-        # (region.team_rows), also where torch has one thread.
-        for in_blocks in (False, True):
-            with common.every_call_in_blocks() if in_blocks else contextlib.nullcontext():
-                for make in _variants(cell):
-                    for bidirectional in (False, True):
-                        with bfloat16.mode(dtype == "mixed_bfloat16"):
-                            _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
-                            _exercise_wide(make(inputs=_WIDE_INPUT, bidirectional=bidirectional, kernel="fused"),
-                                           DTYPES[dtype], training)
+        # Every call of two or more rows runs in two blocks (every_call_in_blocks), also where torch has
+        # one thread, so that the launchers that start a large batch's blocks compile (region.team_rows).
+        # A launcher compiles its rows function for the very types a serial call passes (region.
+        # call_unlinked), so the serial calls need no pass of their own; a batch of one runs serially.
+        with common.every_call_in_blocks():
+            for make in _variants(cell):
+                for bidirectional in (False, True):
+                    with bfloat16.mode(dtype == "mixed_bfloat16"):
+                        _exercise(make(bidirectional=bidirectional, kernel="fused"), DTYPES[dtype], training)
+                        _exercise_wide(make(inputs=_WIDE_INPUT, bidirectional=bidirectional, kernel="fused"),
+                                       DTYPES[dtype], training)
         if cell == "gru":
             with bfloat16.mode(dtype == "mixed_bfloat16"):
                 _exercise_split(DTYPES[dtype])
