@@ -54,6 +54,10 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
             row = {"cell": cell, "scenario": scenario, "mode": mode, "peer": peer["impl"],
                    "grukit": ours["median"], "peer_value": peer["median"], "unit": ours["unit"],
                    "ratio": ratio, "path": ours.get("path", {}).get("path")}
+            if "after_switch" in ours and "after_switch" in peer:   # both timed in one group (timing.py)
+                row["after_switch"] = {"grukit": ours["after_switch"]["median"],
+                                       "peer_value": peer["after_switch"]["median"],
+                                       "ratio": peer["after_switch"]["median"] / ours["after_switch"]["median"]}
             if mode in ("step", "stream"):
                 row["target"] = f"grukit < {STEP_TARGET_US:g} us" if cell == "gru" else None
                 row["met"] = ours["median"] < STEP_TARGET_US if cell == "gru" else None
@@ -127,7 +131,11 @@ def markdown(result: dict) -> str:
              f"Each time is the median of the repetitions after {result['settings']['warmup']} "
              "warm-up call(s) (the first call, which includes Numba compilation or cache loading, "
              "is reported separately below); implementations in one row were timed round-robin "
-             "in the same run. **Speed-up = peer time / grukit time** (> 1: grukit is faster). "
+             "in the same run. A repetition is a lead call and then consecutive calls for about "
+             f"{result['settings'].get('loop_s', 0) * 1e3:g} ms, timed together (a longer call is timed "
+             "alone), as a training loop or a stream of requests runs them; the lead calls, each "
+             "right after another implementation's, are compared in their own table below. "
+             "**Speed-up = peer time / grukit time** (> 1: grukit is faster). "
              "grukit runs `kernel=\"auto\"`; the path in brackets is what ran, read from the "
              "kernels' spy counter. A training step = zero grads, forward, MSE loss on the last "
              "step's output, backward, SGD update (the same step for Keras/JAX, jitted).", ""]
@@ -164,11 +172,13 @@ def markdown(result: dict) -> str:
                          f"{PEER_LABELS.get(r['peer'], r['peer'])} | {_fmt(r['peer_value'], r['unit'])} | "
                          f"{ratio} | {r['target'] or '—'} | {_yes_no(r['met'])} |")
         lines.append("")
-        s4 = [m for m in result["measurements"] if m["cell"] == cell and m.get("peak_share") is not None]
-        if s4:
-            lines += ["S4 training throughput: " + ", ".join(
-                f"{m['impl']}{' in the bfloat16 mode' if m['mode'] == 'training-bf16' else ''} {m['gflops']:.1f} "
-                f"GFLOP/s ({m['peak_share']:.0%} of the matmul peak)" for m in s4) + ".", ""]
+        for scenario in SCENARIOS:
+            shares = [m for m in result["measurements"] if m["cell"] == cell and m["scenario"] == scenario
+                      and m.get("peak_share") is not None]
+            if shares:
+                lines += [f"{scenario} training throughput: " + ", ".join(
+                    f"{m['impl']}{' in the bfloat16 mode' if m['mode'] == 'training-bf16' else ''} "
+                    f"{m['gflops']:.1f} GFLOP/s ({m['peak_share']:.0%} of the matmul peak)" for m in shares) + ".", ""]
     alone = [m for m in result["measurements"] if m["impl"] == "grukit" and CELLS[m["cell"]]["torch"] is None]
     if alone:
         lines += ["## Cells without a peer (grukit only)", "",
@@ -181,6 +191,20 @@ def markdown(result: dict) -> str:
                          f"{MODE_LABELS.get(m['mode'], m['mode'])} | "
                          f"{_fmt(m['median'], m['unit'])} | {m.get('path', {}).get('path', '—')} | "
                          f"{gflops} | {share} |")
+        lines.append("")
+    switched = [r for r in rows if "after_switch" in r]
+    if switched:
+        lines += ["## Calls right after another implementation's", "",
+                  "Each repetition's lead call, where it followed another implementation's calls (median): "
+                  "caches cold and the other library's threads maybe still spinning. This costs every "
+                  "implementation about the same fixed time, so it weighs most on the shortest calls.", "",
+                  "| cell | scenario | measure | grukit | peer | peer value | speed-up |", "|---|---|---|---|---|---|---|"]
+        for r in switched:
+            a = r["after_switch"]
+            lines.append(f"| {CELLS[r['cell']]['grukit']} | {_scenario_text(r['scenario'])} | "
+                         f"{MODE_LABELS.get(r['mode'], r['mode'])} | {_fmt(a['grukit'], r['unit'])} | "
+                         f"{PEER_LABELS.get(r['peer'], r['peer'])} | {_fmt(a['peer_value'], r['unit'])} | "
+                         f"{a['ratio']:.2f}x |")
         lines.append("")
     cache = result.get("numba_cache_index_files_at_start")
     lines += ["## First calls (not in the medians)", "",

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from .machine import OtherLoad, machine_info, pin_threads
-from .scenarios import BF16_SCENARIOS, CELLS, DEFAULT_CELLS, FLOP_FORMULA, SCENARIOS, training_flops
+from .scenarios import (BF16_SCENARIOS, CELLS, DEFAULT_CELLS, FLOP_FORMULA, PEAK_SHARE_SCENARIOS, SCENARIOS,
+                        training_flops)
 from .timing import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"exactly N timed repetitions per measurement (default: up to "
                              f"{Settings.repeats}, stopping after about {Settings.budget_s:g} s of timed "
                              f"calls once {Settings.min_repeats} are done)")
+    parser.add_argument("--loop-ms", type=float, default=Settings.loop_s * 1e3, metavar="MS",
+                        help="each repetition times an implementation's consecutive calls for about MS "
+                             "milliseconds after a lead call (default: %(default)g); 0 times one call per "
+                             "repetition, right after another implementation's")
     parser.add_argument("--threads", type=int, default=2, help="threads for every library (default: 2)")
     parser.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="default",
                         help="OMP_WAIT_POLICY for every library in the run, torch included (default: unset, "
@@ -65,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cells = _choices(parser, "--cells", args.cells, CELLS, upper=False)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.loop_ms < 0:
+        parser.error(f"--loop-ms must be 0 or more, got {args.loop_ms:g}")
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     return args
@@ -79,12 +86,13 @@ def _choices(parser, option: str, text: str, known, upper: bool) -> list[str]:
 
 
 def settings_from(args) -> Settings:
+    loop_s = args.loop_ms * 1e-3
     if args.repeats is not None:
         return Settings(repeats=args.repeats, min_repeats=args.repeats, exact=True,
-                        step_count=300 if args.quick else 3000)
+                        step_count=300 if args.quick else 3000, loop_s=loop_s)
     if args.quick:
-        return Settings(repeats=3, min_repeats=2, budget_s=1.0, step_count=300)
-    return Settings()
+        return Settings(repeats=3, min_repeats=2, budget_s=1.0, step_count=300, loop_s=loop_s)
+    return Settings(loop_s=loop_s)
 
 
 def numba_cache_files() -> int:
@@ -143,7 +151,7 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                     counters = ("run", "backward")
                 before = torch_peer.snapshot_calls()
                 records = measure_group(functions, settings)
-                calls = settings.warmup + records["grukit"]["repeats"]
+                calls = records["grukit"]["calls"]
                 for impl, record in records.items():
                     variant = {"grukit-chunk": "chunk", "grukit-bf16": "training-bf16"}.get(impl)
                     record.update(cell=cell, scenario=name, mode=variant or mode,
@@ -152,7 +160,7 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                         record["path"] = torch_peer.observed_path(before, calls, counters, dispatcher)
                     if mode == "training":
                         record["gflops"] = training_flops(cell, scenario) / (record["median"] * 1e-3) / 1e9
-                        if peak and name == "S4":
+                        if peak and name in PEAK_SHARE_SCENARIOS:
                             record["peak_share"] = record["gflops"] / peak
                     measurements.append(record)
                     progress(f"    {impl:12s} {record['median']:10.3f} ms  (first call "
@@ -273,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
               "flop_formula": FLOP_FORMULA, "measurements": [], "memory": memory, "notes": notes,
               "other_load": {}, "numba_cache_index_files_at_start": cache_files,
               "cold_start": []}
-    if "S4" in args.only:
+    if any(name in args.only for name in PEAK_SHARE_SCENARIOS):
         progress("float32 matmul peak (torch.matmul and oneDNN's matmul)")
         sizes = (1024, 2048) if args.quick else (1024, 2048, 3072)
         result["matmul_peak"] = matmul_peak(settings, sizes)

@@ -5,7 +5,8 @@ from collections import Counter
 import pytest
 
 from benchmarks.report import comparisons, markdown
-from benchmarks.timing import Settings, balanced_orders, measure_group
+from benchmarks import timing
+from benchmarks.timing import Settings, balanced_orders, loop_length, measure_group
 
 
 @pytest.mark.parametrize("n", range(1, 8))
@@ -19,12 +20,51 @@ def test_balanced_orders_put_every_implementation_after_every_other_equally_ofte
 def test_measure_group_runs_the_balanced_orders_round_by_round():
     calls = []
     functions = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
-    records = measure_group(functions, Settings(repeats=8, warmup=1, exact=True))
-    assert calls[:4] == list("abcd")                       # warm-up, in the given order
-    rounds = [calls[4 + 4 * r: 8 + 4 * r] for r in range(8)]
+    records = measure_group(functions, Settings(repeats=8, warmup=1, exact=True, loop_s=0))
+    assert calls[:8] == list("aabbccdd")         # warm-up and the call that sizes the loop, in the given order
+    rounds = [calls[8 + 4 * r: 12 + 4 * r] for r in range(8)]
     expected = ["".join("abcd"[i] for i in order) for order in balanced_orders(4)] * 2
     assert ["".join(r) for r in rounds] == expected
-    assert all(record["repeats"] == 8 for record in records.values())
+    assert all(record["repeats"] == 8 and record["calls"] == 10 and "after_switch" not in record
+               for record in records.values())
+
+
+def test_a_repetition_is_a_lead_call_then_a_loop_whose_mean_is_its_time(monkeypatch):
+    """A fake clock: a call takes 1 ms (a) or 5 ms (b), and 3 ms more right after the other's call.
+    Each repetition's lead call carries that switch; the loop after it times the calls alone."""
+    now, calls = [0.0], []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+
+    def call(name, seconds):
+        def run():
+            now[0] += seconds + (0.003 if calls and calls[-1] != name else 0.0)
+            calls.append(name)
+        return run
+
+    records = measure_group({"a": call("a", 0.001), "b": call("b", 0.005)},
+                            Settings(repeats=4, warmup=1, exact=True, loop_s=0.02))
+    assert [records[n]["calls_per_repeat"] for n in "ab"] == [20, 4]
+    rounds = "".join(calls[4:])                  # after "aa" and "bb"
+    assert rounds == ("a" * 21 + "b" * 5) + ("b" * 5 + "a" * 21) + ("a" * 21 + "b" * 5) + ("b" * 5 + "a" * 21)
+    assert records["a"]["median"] == pytest.approx(1.0) and records["b"]["median"] == pytest.approx(5.0)
+    # a's lead in the third round followed a's own loop: only the other three followed b
+    assert records["a"]["after_switch"]["times"] == pytest.approx([4.0] * 3)
+    assert records["b"]["after_switch"]["times"] == pytest.approx([8.0] * 2)
+    assert records["a"]["calls"] == 2 + 4 * 21 and len(calls) == 2 + 4 * 21 + 2 + 4 * 5
+
+
+def test_a_call_as_long_as_the_loop_is_timed_alone():
+    assert loop_length(0.03, 0.02) == 0 and loop_length(0.02, 0.02) == 0 and loop_length(0.001, 0) == 0
+    assert loop_length(0.015, 0.02) == 2 and loop_length(0.0049, 0.02) == 4 and loop_length(1e-7, 0.02) == 200
+
+
+def _result(**parts) -> dict:
+    """A benchmark result for report.markdown: a made-up machine and threads, no rows unless given."""
+    return {"machine": {"date": "d", "cpu_model": "c", "usable_cpus": 2, "logical_cpus": 2, "versions": {}},
+            "threads": {"pinned": {"threads": 2, "cpus": [0, 1], "environment": {}},
+                        "torch.get_num_threads": 2, "torch.get_num_interop_threads": 2,
+                        "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
+            "settings": {"warmup": 1}, "comparisons": [], "measurements": [], **parts}
 
 
 def _measurement(impl, mode, median, cell="gru"):
@@ -42,11 +82,7 @@ def test_the_streamers_chunk_call_is_compared_with_the_peers_inference_against_i
     assert chunk["onnxruntime"]["ratio"] == pytest.approx(2.4) and chunk["onnxruntime"]["met"] is True
     layer = {r["peer"]: r for r in rows if r["mode"] == "inference"}
     assert layer["torch"]["ratio"] == pytest.approx(4.0) and layer["torch"]["met"] is False
-    result = {"machine": {"date": "d", "cpu_model": "c", "usable_cpus": 2, "logical_cpus": 2, "versions": {}},
-              "threads": {"pinned": {"threads": 2, "cpus": [0, 1], "environment": {}},
-                          "torch.get_num_threads": 2, "torch.get_num_interop_threads": 2,
-                          "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
-              "settings": {"warmup": 1}, "comparisons": rows, "measurements": measurements}
+    result = _result(comparisons=rows, measurements=measurements)
     assert "| inference via `streamer.run` | 0.500 ms |" in markdown(result)
 
 
@@ -73,11 +109,7 @@ def test_the_weight_read_floor_is_the_weights_bytes_over_the_measured_read_rate(
     assert rate > 0
     assert floor["frame_us"] == pytest.approx(floor["bytes"] / rate * 1e6)
     assert floor["recurrent_us"] == pytest.approx(16 * 3 * 16 * 4 / rate * 1e6)
-    result = {"machine": {"date": "d", "cpu_model": "c", "usable_cpus": 2, "logical_cpus": 2, "versions": {}},
-              "threads": {"pinned": {"threads": 2, "cpus": [0, 1], "environment": {}},
-                          "torch.get_num_threads": 2, "torch.get_num_interop_threads": 2,
-                          "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
-              "settings": {"warmup": 1}, "comparisons": [], "measurements": [], "weight_read_floor": floor}
+    result = _result(weight_read_floor=floor)
     assert f"{floor['frame_us']:.2f} us per streamed frame" in markdown(result)
 
 
@@ -108,10 +140,22 @@ def test_the_matmul_peak_is_the_faster_of_torchs_gemms():
     engines = peak["engine_gflops"]
     assert "mkl" in engines and ("onednn" in engines) == torch.backends.mkldnn.is_available()
     assert peak["gflops"] == max(engines.values())
-    result = {"machine": {"date": "d", "cpu_model": "c", "usable_cpus": 2, "logical_cpus": 2, "versions": {}},
-              "threads": {"pinned": {"threads": 2, "cpus": [0, 1], "environment": {}},
-                          "torch.get_num_threads": 2, "torch.get_num_interop_threads": 2,
-                          "numba.get_num_threads": 2, "numba.threading_layer": "omp"},
-              "settings": {"warmup": 1}, "comparisons": [], "measurements": [], "matmul_peak": peak,
-              "flop_formula": "F"}
+    result = _result(matmul_peak=peak, flop_formula="F")
     assert f"torch.matmul (MKL) {engines['mkl']:.1f}" in markdown(result)
+
+
+def test_the_lead_calls_after_a_switch_get_a_table_of_their_own():
+    def timed(impl, median, lead):
+        return {**_measurement(impl, "training", median), "scenario": "S3", "after_switch": {"median": lead}}
+    measurements = [timed("grukit", 1.7, 2.5), timed("torch", 7.5, 7.6),
+                    {**_measurement("keras-jax", "training", 3.4), "scenario": "S3"}]   # its own process
+    rows = {r["peer"]: r for r in comparisons(measurements, [], None)}
+    assert rows["torch"]["ratio"] == pytest.approx(7.5 / 1.7)
+    assert rows["torch"]["after_switch"]["ratio"] == pytest.approx(7.6 / 2.5)
+    assert "after_switch" not in rows["keras-jax"]
+    result = _result(settings={"warmup": 1, "loop_s": 0.02}, comparisons=list(rows.values()),
+                     measurements=measurements)
+    text = markdown(result)
+    assert "consecutive calls for about 20 ms" in text
+    table = text.split("## Calls right after another implementation's")[1]
+    assert "| 2.500 ms | torch.nn | 7.600 ms | 3.04x |" in table and "Keras" not in table
