@@ -169,7 +169,7 @@ def _compile_cell(cell: str, dtype: str, training: bool) -> dict:
 def cache_location() -> str:
     """The folder where this process reads and writes the kernels' compiled code."""
     from .kernels import gru
-    return str(gru._fwd_rows._cache._cache_path)
+    return str(gru._fwd_rows_after._cache._cache_path)
 
 
 class _CompiledNames(event.Listener):

@@ -77,6 +77,7 @@ def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b (R, N) for a (R, K) and b (K, N) that :func:`applies` takes: each thread a block of
     TILE_ROWS-row tiles of the result, every tile one microkernel call per TILE_COLUMNS columns
     over the whole K."""
+    _ready()
     out = np.empty((a.shape[0], b.shape[1]), np.float32)
     run_rows(_product_tiles, -(-a.shape[0] // TILE_ROWS), a.shape[0] * a.shape[1] * b.shape[1], (a, b, out),
              MIN_PRODUCT_WORK, _product_tiles_in_team())
@@ -137,6 +138,7 @@ def _path(M: int, R: int) -> str:
 
 def _stacked_product(a: np.ndarray, a2: np.ndarray, b: np.ndarray, b2: np.ndarray | None = None) -> np.ndarray:
     """[a | a2]^T @ [b | b2], the work split as _path says for a. With a2 and b2 empty, a^T @ b."""
+    _ready()
     b2 = b[:, :0] if b2 is None else b2
     M, N = a.shape[1] + a2.shape[1], b.shape[1] + b2.shape[1]
     out = np.empty((M, N), np.float32)
@@ -160,16 +162,17 @@ def _stacked_product(a: np.ndarray, a2: np.ndarray, b: np.ndarray, b2: np.ndarra
     return out
 
 
-# Explicit signatures (arrays of any strides, "A"): the operands come C-contiguous or as column views
+# One signature each (arrays of any strides, "A"): the operands come C-contiguous or as column views
 # of the kernels' gradients, in either order, and each combination would otherwise compile again.
-# They compile (or load from the cache) on import, callees first.
+# They compile (or load from the cache) on the first product, callees first (_ready), not on import:
+# from an empty cache that took 1.3 s, which an inference-only process paid in its first call.
 _A = types.float32[:, :]
 _C = types.float32[:, ::1]
 _TILES = types.void(types.int64, types.int64, _A, _A, _C)
 _STACKED_TILES = types.void(types.int64, types.int64, _A, _A, _A, _A, _C)
 
 
-@njit(types.void(_A, *(types.int64,) * 4, _C, types.int64), **JIT)
+@njit(**JIT)
 def _transpose_chunk(a, k0, k, m0, m1, buf, row0):
     """buf[row0 + i, r] = a[k0 + r, m0 + i]: whole 16 x 16 blocks in loops of constant length, which LLVM
     unrolls (0.39-0.52 ns an element against 0.95-1.09 for the same blocks with computed bounds, one
@@ -193,7 +196,7 @@ def _transpose_chunk(a, k0, k, m0, m1, buf, row0):
             buf[row0 + i, r] = src[m0 + i]
 
 
-@njit(types.void(*(types.int64,) * 5, _A, _A, _A, _A, _C), **JIT)
+@njit(**JIT)
 def _block(m0, m1, n0, n1, tile_columns, a, a2, b, b2, out):
     """out[m0:m1, n0:n1] = s[:, m0:m1]^T @ w[:, n0:n1] for s = [a | a2] and w = [b | b2] (a2 and b2 may
     have no columns), in tiles of out that start at multiples of TILE_ROWS and, within b and within b2,
@@ -226,19 +229,19 @@ def _block(m0, m1, n0, n1, tile_columns, a, a2, b, b2, out):
                                       source[k0:, c0 - offset:].ctypes.data, out[i0:, c0:].ctypes.data, np.int32(0))
 
 
-@njit(_STACKED_TILES, **JIT)
+@njit(**JIT)
 def _row_tiles(t0, t1, a, a2, b, b2, out):
     _block(t0 * TILE_ROWS, min(t1 * TILE_ROWS, out.shape[0]), np.int64(0), out.shape[1], np.int64(TILE_COLUMNS),
            a, a2, b, b2, out)
 
 
-@njit(_STACKED_TILES, **JIT)
+@njit(**JIT)
 def _column_tiles(t0, t1, a, a2, b, b2, out):
     _block(np.int64(0), out.shape[0], t0 * NARROW_TILE_COLUMNS, min(t1 * NARROW_TILE_COLUMNS, out.shape[1]),
            np.int64(NARROW_TILE_COLUMNS), a, a2, b, b2, out)
 
 
-@njit(_TILES, **JIT)
+@njit(**JIT)
 def _product_tiles(t0, t1, a, b, out):
     """out[r0:r1] = a[r0:r1] @ b for the row tiles t0 <= t < t1."""
     R = a.shape[0]
@@ -255,7 +258,7 @@ def _product_tiles(t0, t1, a, b, out):
                               out[i0:, c0:].ctypes.data, np.int32(0))
 
 
-@njit(types.void(types.int64, types.int64, _A, _A, _A, _A, types.float32[:, :, ::1]), **JIT)
+@njit(**JIT)
 def _sum_parts(p0, p1, a, a2, b, b2, partial):
     """partial[p] = a[r0:r1]^T @ b[r0:r1] for the parts p0 <= p < p1 of the summed rows: even parts,
     their bounds multiples of 16 (the last one takes the rest). Parts of whole chunks had been uneven,
@@ -267,6 +270,26 @@ def _sum_parts(p0, p1, a, a2, b, b2, partial):
         r0, r1 = part_bounds(R, p, parts)
         _block(np.int64(0), partial.shape[1], np.int64(0), partial.shape[2], np.int64(TILE_COLUMNS), a[r0:r1],
                a2[r0:r1], b[r0:r1], b2[r0:r1], partial[p])
+
+
+_PARTS = types.float32[:, :, ::1]
+# callees first: each caller is typed against its callees' one signature
+_SIGNATURES = ((_transpose_chunk, types.void(_A, *(types.int64,) * 4, _C, types.int64)),
+               (_block, types.void(*(types.int64,) * 5, _A, _A, _A, _A, _C)),
+               (_row_tiles, _STACKED_TILES), (_column_tiles, _STACKED_TILES), (_product_tiles, _TILES),
+               (_sum_parts, types.void(types.int64, types.int64, _A, _A, _A, _A, _PARTS)))
+_compiled = []
+
+
+def _ready() -> None:
+    """Compile (or load from the cache) each function for its one signature, then no other: a call
+    with C-contiguous arrays takes that signature, as with signatures given to njit."""
+    if _compiled:
+        return
+    for function, signature in _SIGNATURES:
+        function.compile(signature)
+        function.disable_compile()
+    _compiled.append(True)
 
 
 # The blocks started from compiled code (common.run_rows, region.team_rows), typed as their rows
@@ -306,13 +329,14 @@ def _product_tiles_launch(bounds, blas_limit, args):
 
 _row_tiles_in_team = _in_team(_row_tiles_launch, _TILE_ARGS)
 _column_tiles_in_team = _in_team(_column_tiles_launch, _TILE_ARGS)
-_sum_parts_in_team = _in_team(_sum_parts_launch, types.Tuple((_A, _A, _A, _A, types.float32[:, :, ::1])))
+_sum_parts_in_team = _in_team(_sum_parts_launch, types.Tuple((_A, _A, _A, _A, _PARTS)))
 _product_tiles_in_team = _in_team(_product_tiles_launch, types.Tuple((_A, _A, _C)))
 
 
 def compile_launchers() -> None:
     """Compile (or load from the cache) the four launchers now (precompile): they are made on first use,
     and precompile's small calls do not reach these GEMMs."""
+    _ready()
     for launcher in (_row_tiles_in_team, _column_tiles_in_team, _sum_parts_in_team, _product_tiles_in_team):
         launcher()
 

@@ -172,66 +172,85 @@ def _block_gates_before(g, gr, gn, h, rh, w_nt, p_nt, training, H, t, b0, out, w
             _gates_before_inlined(g[i], gr[i], gn[i], h[i], out[t, b], H)
 
 
-@njit(**JIT)
-def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, reverse, reset_after, training,
-              out, h_n, ws_g, ws_h, ws_x):
-    """reset_after: w_t is W^T (H, 3H) and one GEMM per step gives all three recurrent
-    terms. Reset before: w_t is W_rz^T (H, 2H), w_nt is W_n^T (H, H) and the step takes
-    two GEMMs, h @ W_rz^T then (r * h) @ W_n^T. Every row of the block goes through the
-    GEMMs; rows past their sequence's end skip the gate pass, so their state is carried.
-    op_t, op_nt: the operands of w_t and w_nt for the step's products (common.recurrent_operand)."""
-    H = h0.shape[1]
-    R = b1 - b0
-    dt = h0.dtype
-    hb = h0[b0:b1].copy()
-    gh = np.zeros((R, w_t.shape[1]), dt)   # h @ w_t: 3H (reset after) or 2H columns
-    gn = np.zeros((R, H), dt)              # reset before: (r * h) @ W_n^T
-    rh = np.zeros((R, H), dt)
-    p_t = recurrent_operand(w_t, R, op_t)
-    p_nt = recurrent_operand(w_nt, 0 if reset_after else R, op_nt)
-    for b in range(b0, b1):
-        zero_tail(out, b, lengths[b])
-        if training:
-            zero_tail(ws_g, b, lengths[b])
-            zero_tail(ws_h, b, lengths[b])
-            if not reset_after:
-                zero_tail(ws_x, b, lengths[b])
-    uniform = one_length(lengths, b0, b1)
-    scratch = np.empty((R if uniform else 0, 3 * H), dt)   # a table's rows (gx_block)
-    for s in range(max_length(lengths, b0, b1)):
-        gemm_packed(hb, w_t, p_t, gh)
-        if uniform:
-            t = time_index(s, lengths[b0], reverse)
-            g = gx_block(gx, gidx, t, b0, b1, scratch)
-            if not reset_after:
-                _block_gates_before(g, gh, gn, hb, rh, w_nt, p_nt, training, H, t, b0, out, ws_g, ws_h, ws_x)
-            elif training:
-                _block_gates_after_training(g, gh, bhh, hb, out[t, b0:b1], H, ws_g[t, b0:b1], ws_h[t, b0:b1])
-            else:
-                _block_gates_after(g, gh, bhh, hb, out[t, b0:b1], H)
-            continue
-        if not reset_after:
-            for i in range(R):
-                t = time_index(s, lengths[b0 + i], reverse)
-                if t >= 0:
-                    _reset_before_inlined(gx_row(gx, gidx, t, b0 + i), gh[i], hb[i], rh[i], H)
-            gemm_packed(rh, w_nt, p_nt, gn)
-        for i in range(R):
-            b = b0 + i
-            t = time_index(s, lengths[b], reverse)
-            if t < 0:
+# The time loops are compiled once per reset placement, ``reset_after`` a constant of each (a closure
+# variable): Numba prunes the other placement's branches before typing them, so a layer compiles only
+# its own placement's code. With the placement an argument, a GRU's first training step compiled both:
+# 14.5-16.7 s from an empty cache against 13.7 s with the other placement's branches pruned (Zen 5).
+def _specialised(rows, name: str):
+    """njit(rows) under ``name``, the module attribute it is assigned to: region.call_unlinked finds
+    a rows function by its module and qualified name, and Numba names its cache files after it."""
+    rows.__name__ = rows.__qualname__ = name
+    return njit(**JIT)(rows)
+
+
+def _forward_rows(reset_after: bool):
+    """_fwd_rows for one reset placement, a constant of its compiled code (see _specialised)."""
+
+    def _fwd_rows(b0, b1, gx, gidx, h0, w_t, w_nt, op_t, op_nt, bhh, lengths, reverse, training,
+                  out, h_n, ws_g, ws_h, ws_x):
+        """reset_after: w_t is W^T (H, 3H) and one GEMM per step gives all three recurrent
+        terms. Reset before: w_t is W_rz^T (H, 2H), w_nt is W_n^T (H, H) and the step takes
+        two GEMMs, h @ W_rz^T then (r * h) @ W_n^T. Every row of the block goes through the
+        GEMMs; rows past their sequence's end skip the gate pass, so their state is carried.
+        op_t, op_nt: the operands of w_t and w_nt for the step's products (common.recurrent_operand)."""
+        H = h0.shape[1]
+        R = b1 - b0
+        dt = h0.dtype
+        hb = h0[b0:b1].copy()
+        gh = np.zeros((R, w_t.shape[1]), dt)   # h @ w_t: 3H (reset after) or 2H columns
+        gn = np.zeros((R, H), dt)              # reset before: (r * h) @ W_n^T
+        rh = np.zeros((R, H), dt)
+        p_t = recurrent_operand(w_t, R, op_t)
+        p_nt = recurrent_operand(w_nt, 0 if reset_after else R, op_nt)
+        for b in range(b0, b1):
+            zero_tail(out, b, lengths[b])
+            if training:
+                zero_tail(ws_g, b, lengths[b])
+                zero_tail(ws_h, b, lengths[b])
+                if not reset_after:
+                    zero_tail(ws_x, b, lengths[b])
+        uniform = one_length(lengths, b0, b1)
+        scratch = np.empty((R if uniform else 0, 3 * H), dt)   # a table's rows (gx_block)
+        for s in range(max_length(lengths, b0, b1)):
+            gemm_packed(hb, w_t, p_t, gh)
+            if uniform:
+                t = time_index(s, lengths[b0], reverse)
+                g = gx_block(gx, gidx, t, b0, b1, scratch)
+                if not reset_after:
+                    _block_gates_before(g, gh, gn, hb, rh, w_nt, p_nt, training, H, t, b0, out, ws_g, ws_h, ws_x)
+                elif training:
+                    _block_gates_after_training(g, gh, bhh, hb, out[t, b0:b1], H, ws_g[t, b0:b1], ws_h[t, b0:b1])
+                else:
+                    _block_gates_after(g, gh, bhh, hb, out[t, b0:b1], H)
                 continue
-            if reset_after and training:
-                _gates_after_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b],
-                                      ws_h[t, b])
-            elif reset_after:
-                _gates_after_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
-            elif training:
-                _gates_before_training(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H, ws_g[t, b],
-                                       ws_h[t, b], ws_x[t, b], rh[i])
-            else:
-                _gates_before_inlined(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H)
-    copy_matrix(h_n[b0:b1], hb)
+            if not reset_after:
+                for i in range(R):
+                    t = time_index(s, lengths[b0 + i], reverse)
+                    if t >= 0:
+                        _reset_before_inlined(gx_row(gx, gidx, t, b0 + i), gh[i], hb[i], rh[i], H)
+                gemm_packed(rh, w_nt, p_nt, gn)
+            for i in range(R):
+                b = b0 + i
+                t = time_index(s, lengths[b], reverse)
+                if t < 0:
+                    continue
+                if reset_after and training:
+                    _gates_after_training(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H, ws_g[t, b],
+                                          ws_h[t, b])
+                elif reset_after:
+                    _gates_after_inlined(gx_row(gx, gidx, t, b), gh[i], bhh, hb[i], out[t, b], H)
+                elif training:
+                    _gates_before_training(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H, ws_g[t, b],
+                                           ws_h[t, b], ws_x[t, b], rh[i])
+                else:
+                    _gates_before_inlined(gx_row(gx, gidx, t, b), gh[i], gn[i], hb[i], out[t, b], H)
+        copy_matrix(h_n[b0:b1], hb)
+
+    return _specialised(_fwd_rows, "_fwd_rows_after" if reset_after else "_fwd_rows_before")
+
+
+_fwd_rows_after = _forward_rows(True)
+_fwd_rows_before = _forward_rows(False)
 
 
 @njit(inline="always", **JIT)
@@ -304,67 +323,75 @@ def _block_bwd_before(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgn, d
         _bwd_before_reset(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
 
 
-@njit(**JIT)
-def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h,
-              dgx, dgh_n, dh0, bias_rows, tiny):
-    """Per step: the pointwise pass over the block's rows, then dh_{t-1} += dgates @ W as
-    one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows).
+def _backward_rows(reset_after: bool):
+    """_bwd_rows for one reset placement, a constant of its compiled code (see _specialised)."""
 
-    Reset after, the recurrent side's gradient is (dr, dz, dn * r): dgx holds (dr, dz, dn)
-    and dgh_n (T, B, H) the one block that differs, dn * r; bias_rows (B, 3H) receives its
-    sum over time per sequence (grad bias_hh is their sum over the batch). Gate gradients
-    below ``tiny`` leave as 0 (see common.TINY_GRADIENT_FLOAT32). op_main, op_n: the operands
-    of W (reset before W_rz) and W_n for the step's products (common.recurrent_operand)."""
-    H = grad_out.shape[2]
-    R = b1 - b0
-    dt = dgx.dtype
-    dh = grad_h_n[b0:b1].copy()
-    dgb = np.zeros((R, 3 * H if reset_after else 2 * H), dt)   # recurrent-side grads (r, z[, n])
-    dgn = np.zeros((R, H), dt)                                  # reset before: dn
-    d_rh = np.empty((R, H), dt)
-    acc = np.empty((R, H), dt)
-    w_rz = w[:2 * H]
-    w_n = w[2 * H:]
-    p_main = recurrent_operand(w if reset_after else w_rz, R, op_main)
-    p_n = recurrent_operand(w_n, 0 if reset_after else R, op_n)
-    for b in range(b0, b1):
-        zero_tail(dgx, b, lengths[b])
-        if reset_after:
-            zero_tail(dgh_n, b, lengths[b])
-    uniform = one_length(lengths, b0, b1)
-    for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
-        if uniform:
-            t = time_index(s, lengths[b0], reverse)
+    def _bwd_rows(b0, b1, w, op_main, op_n, lengths, reverse, grad_out, grad_bf, grad_h_n, ws_g, ws_h,
+                  dgx, dgh_n, dh0, bias_rows, tiny):
+        """Per step: the pointwise pass over the block's rows, then dh_{t-1} += dgates @ W as
+        one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows).
+
+        Reset after, the recurrent side's gradient is (dr, dz, dn * r): dgx holds (dr, dz, dn)
+        and dgh_n (T, B, H) the one block that differs, dn * r; bias_rows (B, 3H) receives its
+        sum over time per sequence (grad bias_hh is their sum over the batch). Gate gradients
+        below ``tiny`` leave as 0 (see common.TINY_GRADIENT_FLOAT32). op_main, op_n: the operands
+        of W (reset before W_rz) and W_n for the step's products (common.recurrent_operand)."""
+        H = grad_out.shape[2]
+        R = b1 - b0
+        dt = dgx.dtype
+        dh = grad_h_n[b0:b1].copy()
+        dgb = np.zeros((R, 3 * H if reset_after else 2 * H), dt)   # recurrent-side grads (r, z[, n])
+        dgn = np.zeros((R, H), dt)                                  # reset before: dn
+        d_rh = np.empty((R, H), dt)
+        acc = np.empty((R, H), dt)
+        w_rz = w[:2 * H]
+        w_n = w[2 * H:]
+        p_main = recurrent_operand(w if reset_after else w_rz, R, op_main)
+        p_n = recurrent_operand(w_n, 0 if reset_after else R, op_n)
+        for b in range(b0, b1):
+            zero_tail(dgx, b, lengths[b])
             if reset_after:
-                _block_bwd_after(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgh_n, dh, bias_rows, H, tiny)
-                gemm_add(dgb, w, p_main, acc, dh)
-            else:
-                _block_bwd_before(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgn, dh, d_rh, w_n, p_n, H, tiny)
-                gemm_add(dgb, w_rz, p_main, acc, dh)
-            continue
-        for i in range(R):
-            b = b0 + i
-            t = time_index(s, lengths[b], reverse)
-            if t < 0:            # past this sequence's end: state carried, nothing flows
-                dgb[i, :] = 0
-                dgn[i, :] = 0
-            elif reset_after:
-                _bwd_after(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
-                           dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
-            else:
-                _bwd_before(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
-                            dgn[i], dh[i], H, tiny)
-        if not reset_after:
-            gemm_packed(dgn, w_n, p_n, d_rh)
+                zero_tail(dgh_n, b, lengths[b])
+        uniform = one_length(lengths, b0, b1)
+        for s in range(max_length(lengths, b0, b1) - 1, -1, -1):
+            if uniform:
+                t = time_index(s, lengths[b0], reverse)
+                if reset_after:
+                    _block_bwd_after(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgh_n, dh, bias_rows, H, tiny)
+                    gemm_add(dgb, w, p_main, acc, dh)
+                else:
+                    _block_bwd_before(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgn, dh, d_rh, w_n, p_n, H, tiny)
+                    gemm_add(dgb, w_rz, p_main, acc, dh)
+                continue
             for i in range(R):
                 b = b0 + i
                 t = time_index(s, lengths[b], reverse)
-                if t >= 0:
-                    _bwd_before_reset(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
-            gemm_add(dgb, w_rz, p_main, acc, dh)
-        else:
-            gemm_add(dgb, w, p_main, acc, dh)
-    copy_matrix(dh0[b0:b1], dh)
+                if t < 0:            # past this sequence's end: state carried, nothing flows
+                    dgb[i, :] = 0
+                    dgn[i, :] = 0
+                elif reset_after:
+                    _bwd_after(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                               dgh_n[t, b], dh[i], H, bias_rows[b], tiny)
+                else:
+                    _bwd_before(output_grad(grad_out, t, b, grad_bf), ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i],
+                                dgn[i], dh[i], H, tiny)
+            if not reset_after:
+                gemm_packed(dgn, w_n, p_n, d_rh)
+                for i in range(R):
+                    b = b0 + i
+                    t = time_index(s, lengths[b], reverse)
+                    if t >= 0:
+                        _bwd_before_reset(ws_g[t, b], ws_h[t, b], dgx[t, b], dgb[i], dh[i], d_rh[i], H, tiny)
+                gemm_add(dgb, w_rz, p_main, acc, dh)
+            else:
+                gemm_add(dgb, w, p_main, acc, dh)
+        copy_matrix(dh0[b0:b1], dh)
+
+    return _specialised(_bwd_rows, "_bwd_rows_after" if reset_after else "_bwd_rows_before")
+
+
+_bwd_rows_after = _backward_rows(True)
+_bwd_rows_before = _backward_rows(False)
 
 
 @njit(**JIT)
@@ -482,19 +509,34 @@ def _forward_weights(w_t, reset_after, products):
 
 # The blocks of a batch started from compiled code (common.run_rows, region.team_rows).
 @njit(**JIT)
-def _fwd_in_team(bounds, blas_limit, args):
-    return team_rows(_fwd_rows, bounds, blas_limit, args)
+def _fwd_after_in_team(bounds, blas_limit, args):
+    return team_rows(_fwd_rows_after, bounds, blas_limit, args)
 
 
 @njit(**JIT)
-def _bwd_in_team(bounds, blas_limit, args):
-    return team_rows(_bwd_rows, bounds, blas_limit, args)
+def _fwd_before_in_team(bounds, blas_limit, args):
+    return team_rows(_fwd_rows_before, bounds, blas_limit, args)
+
+
+@njit(**JIT)
+def _bwd_after_in_team(bounds, blas_limit, args):
+    return team_rows(_bwd_rows_after, bounds, blas_limit, args)
+
+
+@njit(**JIT)
+def _bwd_before_in_team(bounds, blas_limit, args):
+    return team_rows(_bwd_rows_before, bounds, blas_limit, args)
+
+
+def _forward_loop(reset_after):
+    """(the rows function, its launcher) of the forward for this reset placement."""
+    return (_fwd_rows_after, _fwd_after_in_team) if reset_after else (_fwd_rows_before, _fwd_before_in_team)
 
 
 def step(gx_t, h, w_t, bhh, reset_after, products=None):
     """One inference step: gx_t (B, 3H), h (B, H) -> h'."""
     params = (*_forward_weights(w_t, reset_after, products), bhh)
-    return run_step(_fwd_rows, gx_t, (h,), params, (reset_after,), 3)[0]
+    return run_step(_forward_loop(reset_after)[0], gx_t, (h,), params, (), 3)[0]
 
 
 def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training, gx_index=None, products=None):
@@ -504,8 +546,9 @@ def forward(gx, h0, w_t, bhh, lengths, reverse, reset_after, training, gx_index=
     H = h0.shape[1]
     widths = (4 * H, H, H) if reset_after else (3 * H, H, H)
     params = (*_forward_weights(w_t, reset_after, products), bhh)
-    out, (h_n,), ws = run_forward(_fwd_rows, gx, (h0,), params, lengths, reverse,
-                                  (reset_after,), training, widths, T * B * G * H, gx_index, _fwd_in_team)
+    rows, in_team = _forward_loop(reset_after)
+    out, (h_n,), ws = run_forward(rows, gx, (h0,), params, lengths, reverse, (), training, widths, T * B * G * H,
+                                  gx_index, in_team)
     return out, h_n, ws
 
 
@@ -520,9 +563,12 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=F
     dh0 = np.empty((B, H), dt)
     bias_rows = np.zeros((B, 3 * H) if reset_after else (1, 1), dt)
     ops = operand_pair(w, w, products) if reset_after else operand_pair(w[:2 * H], w[2 * H:], products)
-    args = (w, *ops, lengths, reverse, reset_after, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx,
-            dgh_n, dh0, bias_rows, tiny_gradient(dt))
-    run_rows(_bwd_rows, B, 2 * T * B * 3 * H * H, args, in_team=_bwd_in_team)
+    args = (w, *ops, lengths, reverse, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows,
+            tiny_gradient(dt))
+    if reset_after:
+        run_rows(_bwd_rows_after, B, 2 * T * B * 3 * H * H, args, in_team=_bwd_after_in_team)
+    else:
+        run_rows(_bwd_rows_before, B, 2 * T * B * 3 * H * H, args, in_team=_bwd_before_in_team)
     if reset_after:
         return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgh_n, ws_h)], bias_rows
     return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgx[..., 2 * H:], ws_x)], None
