@@ -30,7 +30,7 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from .kernels import api, gru, lstm, mgu, mingru, rnn
-from .kernels.common import set_threads, stored_matvec
+from .kernels.common import aligned_copy, set_threads, stored_matvec
 from .kernels.function import one_blas_thread
 from .recurrent import RecurrentLayer, input_preactivations
 
@@ -74,9 +74,10 @@ class Streamer:
             bias_hh = params["bias_hh"].copy() if params["bias_hh"] is not None else np.zeros(
                 len(layer.layout.gates) * H, self.dtype)
             weight_hh = params["weight_hh"]
+            # aligned copies: the loops read each row with 64-byte vector loads (common.ALIGNMENT)
             self._weights.append(_LayerWeights(input_t, input_bias, api.pack_weight(weight_hh), bias_hh,
-                                               np.ascontiguousarray(input_t.T),
-                                               None if weight_hh is None else weight_hh.copy()))
+                                               aligned_copy(input_t.T),
+                                               None if weight_hh is None else aligned_copy(weight_hh)))
         self._stack = [[(w.w_ih, w.input_bias, w.w_t, w.bias_hh)] for w in self._weights]
         self._sequence = None if batch_size != 1 else api.SequenceStack(
             self.mode, [[(w.w_ih, w.input_bias, w.w_hh, w.bias_hh)] for w in self._weights], self.candidate)
@@ -100,7 +101,7 @@ class Streamer:
         with torch.no_grad():
             weight_t = input_preactivations(layer.layout, eye, no_bias, layer.hidden_size)
             bias = input_preactivations(layer.layout, eye[:1] * 0, params, layer.hidden_size)[0]
-        return np.ascontiguousarray(weight_t.numpy()), bias.numpy().copy()
+        return aligned_copy(weight_t.numpy()), bias.numpy().copy()
 
     def reset(self) -> None:
         """Zero the state: the next frame starts a new sequence."""

@@ -75,3 +75,16 @@ def test_training_twice_through_reused_buffers_gives_the_same_gradients():
     for later in grads[1:]:
         for a, b in zip(later, grads[0]):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_kept_view_starts_on_a_cache_line(dtype):
+    """New arrays and reused ones, of any size that fits: numpy's own large arrays start 16 bytes in."""
+    first = buffers.empty((300, 1000), dtype)
+    address = first.ctypes.data
+    assert address % buffers.ALIGNMENT == 0 and first.flags.c_contiguous
+    del first
+    again = buffers.empty((299, 999), dtype)     # the same kept array, reused
+    assert again.ctypes.data == address
+    held = [buffers.empty((n, 777), dtype) for n in (100, 211, 333)]
+    assert all(a.ctypes.data % buffers.ALIGNMENT == 0 for a in held + [again])

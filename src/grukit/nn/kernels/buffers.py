@@ -13,6 +13,9 @@ batch to batch (on the tutorial IMDB model: 480 faults per batch on average with
 Measured in alternating processes (three pairs each), page faults and time per training step:
 LSTM S3 1490-1850 faults and 15.0-17.0 ms without, 100-200 faults and 12.9-14.7 ms with; GRU S2
 730-1270 faults and 51.6-62.9 ms without, 300-800 faults and 42.8-50.9 ms with.
+Each view starts on a cache line (ALIGNMENT), as the weights the kernels copy do (common.ALIGNMENT):
+the gate passes read the rows of these arrays with 64-byte vector loads, and a large numpy array
+starts 16 bytes into a line.
 :func:`release` lets the kept arrays go.
 """
 
@@ -26,17 +29,18 @@ import numpy as np
 
 MIN_BYTES = 256 * 1024
 LIMIT_BYTES = 256 * 1024 * 1024
-_kept: dict[str, list[np.ndarray]] = {}   # dtype -> flat arrays
+ALIGNMENT = 64
+_kept: dict[str, list[tuple[np.ndarray, int]]] = {}   # dtype -> (flat array, elements before its aligned start)
 _kept_bytes = 0
 _lock = threading.Lock()
 
 
-def _free_arrays(arrays: list[np.ndarray]):
-    """The arrays of the list no one else holds: while the loop looks at one, its references are
-    the list's, the loop variable's and getrefcount's argument."""
-    for array in arrays:
+def _free_arrays(arrays: list[tuple[np.ndarray, int]]):
+    """The (array, skip) pairs of the list whose array no one else holds: while the loop looks at one,
+    its references are the pair's, the loop variable's and getrefcount's argument."""
+    for array, skip in arrays:
         if sys.getrefcount(array) == 3:
-            yield array
+            yield array, skip
 
 
 def empty(shape: tuple, dtype) -> np.ndarray:
@@ -51,27 +55,28 @@ def empty(shape: tuple, dtype) -> np.ndarray:
     with _lock:
         kept = _kept.setdefault(dtype.str, [])
         best = None
-        for array in _free_arrays(kept):
-            if array.size >= size and (best is None or array.size < best.size):
-                best = array
+        for array, skip in _free_arrays(kept):
+            if array.size - skip >= size and (best is None or array.size < best[0].size):
+                best = array, skip
         if best is not None:
-            return best[:size].reshape(shape)
-        array = np.empty(size, dtype)
+            return best[0][best[1]:best[1] + size].reshape(shape)
+        array = np.empty(size + ALIGNMENT // dtype.itemsize, dtype)
+        skip = (-array.ctypes.data % ALIGNMENT) // dtype.itemsize
         if _kept_bytes + nbytes > LIMIT_BYTES:
             _release_free()
         if _kept_bytes + nbytes <= LIMIT_BYTES:
-            kept.append(array)
+            kept.append((array, skip))
             _kept_bytes += nbytes
-        return array.reshape(shape)
+        return array[skip:skip + size].reshape(shape)
 
 
 def _release_free() -> None:
     """Forget every kept array no one holds (under the lock)."""
     global _kept_bytes
     for arrays in _kept.values():
-        free = {id(array) for array in _free_arrays(arrays)}
-        _kept_bytes -= sum(array.nbytes for array in arrays if id(array) in free)
-        arrays[:] = [array for array in arrays if id(array) not in free]
+        free = {id(array) for array, _ in _free_arrays(arrays)}
+        _kept_bytes -= sum(array.nbytes - ALIGNMENT for array, _ in arrays if id(array) in free)
+        arrays[:] = [pair for pair in arrays if id(pair[0]) not in free]
 
 
 def release() -> None:
@@ -81,5 +86,6 @@ def release() -> None:
 
 
 def kept_bytes() -> int:
-    """Bytes of the arrays kept for reuse, held elsewhere or not."""
+    """Bytes of the arrays kept for reuse, held elsewhere or not (each array's ALIGNMENT bytes of
+    slack aside)."""
     return _kept_bytes

@@ -19,10 +19,10 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed, gx_block,
-                     gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence,
-                     project_stored, recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid,
-                     stored_operand, tanh, time_index, tiny_gradient, zero_tail)
+from .common import (JIT, ONE, aligned_copy, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
+                     gemm_packed, gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame,
+                     project_sequence, project_stored, recurrent_operand, rows_product, run_forward, run_rows,
+                     run_step, sigmoid, stored_operand, tanh, time_index, tiny_gradient, zero_tail)
 from .products import operand_pair
 from .region import barrier, run_in_team, team_rows
 from .unit_shares import share_buffers, share_step
@@ -360,7 +360,8 @@ def _backward_rows(reset_after: bool):
                     _block_bwd_after(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgh_n, dh, bias_rows, H, tiny)
                     gemm_add(dgb, w, p_main, acc, dh)
                 else:
-                    _block_bwd_before(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgn, dh, d_rh, w_n, p_n, H, tiny)
+                    _block_bwd_before(grad_out, grad_bf, t, b0, b1, ws_g, ws_h, dgx, dgb, dgn, dh, d_rh, w_n, p_n, H,
+                                      tiny)
                     gemm_add(dgb, w_rz, p_main, acc, dh)
                 continue
             for i in range(R):
@@ -498,7 +499,7 @@ def split_weight(w_t, reset_after):
     if reset_after:
         return w_t, w_t
     H = w_t.shape[0]
-    return np.ascontiguousarray(w_t[:, :2 * H]), np.ascontiguousarray(w_t[:, 2 * H:])
+    return aligned_copy(w_t[:, :2 * H]), aligned_copy(w_t[:, 2 * H:])
 
 
 def _forward_weights(w_t, reset_after, products):
