@@ -30,7 +30,8 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from .kernels import api, gru, lstm, mgu, mingru, rnn
-from .kernels.common import aligned_copy, set_threads, stored_matvec
+from .kernels.buffers import aligned_copy
+from .kernels.common import set_threads, stored_matvec
 from .kernels.function import one_blas_thread
 from .recurrent import RecurrentLayer, input_preactivations
 
@@ -74,7 +75,7 @@ class Streamer:
             bias_hh = params["bias_hh"].copy() if params["bias_hh"] is not None else np.zeros(
                 len(layer.layout.gates) * H, self.dtype)
             weight_hh = params["weight_hh"]
-            # aligned copies: the loops read each row with 64-byte vector loads (common.ALIGNMENT)
+            # aligned copies: the loops read each row with 64-byte vector loads (buffers.ALIGNMENT)
             self._weights.append(_LayerWeights(input_t, input_bias, api.pack_weight(weight_hh), bias_hh,
                                                aligned_copy(input_t.T),
                                                None if weight_hh is None else aligned_copy(weight_hh)))

@@ -13,9 +13,9 @@ batch to batch (on the tutorial IMDB model: 480 faults per batch on average with
 Measured in alternating processes (three pairs each), page faults and time per training step:
 LSTM S3 1490-1850 faults and 15.0-17.0 ms without, 100-200 faults and 12.9-14.7 ms with; GRU S2
 730-1270 faults and 51.6-62.9 ms without, 300-800 faults and 42.8-50.9 ms with.
-Each view starts on a cache line (ALIGNMENT), as the weights the kernels copy do (common.ALIGNMENT):
-the gate passes read the rows of these arrays with 64-byte vector loads, and a large numpy array
-starts 16 bytes into a line.
+Each view starts on a cache line (ALIGNMENT), as the weights the kernels copy do (:func:`aligned_empty`):
+the loops read rows with 64-byte vector loads, and numpy's arrays start 16 bytes into a line, so
+each load of a row read two lines (benchmarks/NOTES.md, "Alignment").
 :func:`release` lets the kept arrays go.
 """
 
@@ -33,6 +33,27 @@ ALIGNMENT = 64
 _kept: dict[str, list[tuple[np.ndarray, int]]] = {}   # dtype -> (flat array, elements before its aligned start)
 _kept_bytes = 0
 _lock = threading.Lock()
+
+
+def _skip(array: np.ndarray) -> int:
+    """How many elements of ``array`` lie before its first ALIGNMENT-byte boundary."""
+    return (-array.ctypes.data % ALIGNMENT) // array.itemsize
+
+
+def aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """np.empty(shape, dtype), C-contiguous, its data starting on an ALIGNMENT-byte boundary."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape)
+    array = np.empty(size + ALIGNMENT // dtype.itemsize, dtype)
+    skip = _skip(array)
+    return array[skip:skip + size].reshape(shape)
+
+
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` on an ALIGNMENT-byte boundary (:func:`aligned_empty`)."""
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
 
 
 def _free_arrays(arrays: list[tuple[np.ndarray, int]]):
@@ -61,7 +82,7 @@ def empty(shape: tuple, dtype) -> np.ndarray:
         if best is not None:
             return best[0][best[1]:best[1] + size].reshape(shape)
         array = np.empty(size + ALIGNMENT // dtype.itemsize, dtype)
-        skip = (-array.ctypes.data % ALIGNMENT) // dtype.itemsize
+        skip = _skip(array)
         if _kept_bytes + nbytes > LIMIT_BYTES:
             _release_free()
         if _kept_bytes + nbytes <= LIMIT_BYTES:

@@ -382,27 +382,10 @@ STORED_TRANSPOSE_MIN_STEPS = 32
 
 
 # Weights the kernels copy (W^T for the batch-of-one loops, the packed W^T of the batched ones, a
-# streamer's snapshot) start on a cache line. numpy's and Numba's allocations start 16 or 32 bytes
-# into one, and every 64-byte vector load of such a row then spans two lines. Zen 5, one process,
-# alternating, the batch-of-one loop at S1 (T=100, I=64, H=128): the GRU's on W^T 219 us against 250
-# at offsets 16 and 32; the LSTM's on W as stored 237 against 289 and 273 us.
-ALIGNMENT = 64
-
-
-def aligned_empty(shape: tuple, dtype) -> np.ndarray:
-    """np.empty(shape, dtype), C-contiguous, its data starting on an ALIGNMENT-byte boundary."""
-    dtype = np.dtype(dtype)
-    size = math.prod(shape)
-    buf = np.empty(size + ALIGNMENT // dtype.itemsize, dtype)
-    skip = (-buf.ctypes.data % ALIGNMENT) // dtype.itemsize
-    return buf[skip:skip + size].reshape(shape)
-
-
-def aligned_copy(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``a`` on an ALIGNMENT-byte boundary (:func:`aligned_empty`)."""
-    out = aligned_empty(a.shape, a.dtype)
-    out[...] = a
-    return out
+# streamer's snapshot) start on a cache line (buffers.ALIGNMENT, buffers.aligned_empty). Zen 5, one
+# process, alternating, the batch-of-one loop at S1 (T=100, I=64, H=128): the GRU's on W^T 219 us
+# against 250 at offsets 16 and 32; the LSTM's on W as stored 237 against 289 and 273 us.
+ALIGNMENT = buffers.ALIGNMENT
 
 
 @njit(**JIT)
@@ -1043,6 +1026,6 @@ def pack_transposed(w: np.ndarray) -> np.ndarray:
     """W (rows, H) -> W^T (H, rows) C-contiguous: the layout the forward inner loop reads."""
     if w.ndim != 2 or w.dtype not in (np.float32, np.float64):
         return np.ascontiguousarray(w.T)
-    out = aligned_empty((w.shape[1], w.shape[0]), w.dtype)
+    out = buffers.aligned_empty((w.shape[1], w.shape[0]), w.dtype)
     _transpose_into(np.ascontiguousarray(w), out)
     return out

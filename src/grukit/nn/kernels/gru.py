@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, aligned_copy, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
+from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
                      gemm_packed, gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame,
                      project_sequence, project_stored, recurrent_operand, rows_product, run_forward, run_rows,
                      run_step, sigmoid, stored_operand, tanh, time_index, tiny_gradient, zero_tail)
@@ -499,7 +499,7 @@ def split_weight(w_t, reset_after):
     if reset_after:
         return w_t, w_t
     H = w_t.shape[0]
-    return aligned_copy(w_t[:, :2 * H]), aligned_copy(w_t[:, 2 * H:])
+    return buffers.aligned_copy(w_t[:, :2 * H]), buffers.aligned_copy(w_t[:, 2 * H:])
 
 
 def _forward_weights(w_t, reset_after, products):
