@@ -85,11 +85,13 @@ def measure_group(functions: dict[str, Callable[[], object]], settings: Settings
     lead calls that followed another implementation's calls as ``after_switch``."""
     clock = time.perf_counter
 
-    def timed(fn) -> float:
+    def timed(fn, count: int = 1) -> float:
+        """Seconds for ``count`` consecutive calls of fn."""
         start = clock()
-        result = fn()
-        if sync:
-            sync(result)
+        for _ in range(count):
+            result = fn()
+            if sync:
+                sync(result)
         return clock() - start
 
     first: dict[str, float] = {}
@@ -115,27 +117,21 @@ def measure_group(functions: dict[str, Callable[[], object]], settings: Settings
             if count == 0:
                 elapsed = timed(fn)
                 times[name].append(elapsed)
-                spent += elapsed
-                previous = name
-                continue
-            lead = timed(fn)
-            if previous != name:
-                leads[name].append(lead)
+            else:
+                lead = timed(fn)
+                if previous != name:
+                    leads[name].append(lead)
+                elapsed = timed(fn, count)
+                times[name].append(elapsed / count)
+                spent += lead
+            spent += elapsed
             previous = name
-            start = clock()
-            for _ in range(count):
-                result = fn()
-                if sync:
-                    sync(result)
-            elapsed = clock() - start
-            times[name].append(elapsed / count)
-            spent += lead + elapsed
     records = {}
     for name in functions:
         record = summary(times[name], first.get(name))
         record["calls_per_repeat"] = max(loops[name], 1)
         record["calls"] = settings.warmup + 1 + len(times[name]) * (loops[name] + 1 if loops[name] else 1)
-        if leads[name] and len(names) > 1:
+        if leads[name]:   # none where a single implementation only ever follows itself
             record["after_switch"] = summary(leads[name], None)
         records[name] = record
     return records

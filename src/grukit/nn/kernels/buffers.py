@@ -35,17 +35,17 @@ _kept_bytes = 0
 _lock = threading.Lock()
 
 
-def _skip(array: np.ndarray) -> int:
-    """How many elements of ``array`` lie before its first ALIGNMENT-byte boundary."""
-    return (-array.ctypes.data % ALIGNMENT) // array.itemsize
+def _padded(size: int, dtype: np.dtype) -> tuple[np.ndarray, int]:
+    """A flat array with room for ``size`` elements from its first ALIGNMENT-byte boundary, and how many
+    elements lie before that boundary."""
+    array = np.empty(size + ALIGNMENT // dtype.itemsize, dtype)
+    return array, (-array.ctypes.data % ALIGNMENT) // dtype.itemsize
 
 
 def aligned_empty(shape: tuple, dtype) -> np.ndarray:
     """np.empty(shape, dtype), C-contiguous, its data starting on an ALIGNMENT-byte boundary."""
-    dtype = np.dtype(dtype)
     size = math.prod(shape)
-    array = np.empty(size + ALIGNMENT // dtype.itemsize, dtype)
-    skip = _skip(array)
+    array, skip = _padded(size, np.dtype(dtype))
     return array[skip:skip + size].reshape(shape)
 
 
@@ -81,8 +81,7 @@ def empty(shape: tuple, dtype) -> np.ndarray:
                 best = array, skip
         if best is not None:
             return best[0][best[1]:best[1] + size].reshape(shape)
-        array = np.empty(size + ALIGNMENT // dtype.itemsize, dtype)
-        skip = _skip(array)
+        array, skip = _padded(size, dtype)
         if _kept_bytes + nbytes > LIMIT_BYTES:
             _release_free()
         if _kept_bytes + nbytes <= LIMIT_BYTES:

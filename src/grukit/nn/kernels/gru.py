@@ -534,6 +534,11 @@ def _forward_loop(reset_after):
     return (_fwd_rows_after, _fwd_after_in_team) if reset_after else (_fwd_rows_before, _fwd_before_in_team)
 
 
+def _backward_loop(reset_after):
+    """(the rows function, its launcher) of the backward for this reset placement."""
+    return (_bwd_rows_after, _bwd_after_in_team) if reset_after else (_bwd_rows_before, _bwd_before_in_team)
+
+
 def step(gx_t, h, w_t, bhh, reset_after, products=None):
     """One inference step: gx_t (B, 3H), h (B, H) -> h'."""
     params = (*_forward_weights(w_t, reset_after, products), bhh)
@@ -566,10 +571,8 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=F
     ops = operand_pair(w, w, products) if reset_after else operand_pair(w[:2 * H], w[2 * H:], products)
     args = (w, *ops, lengths, reverse, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows,
             tiny_gradient(dt))
-    if reset_after:
-        run_rows(_bwd_rows_after, B, 2 * T * B * 3 * H * H, args, in_team=_bwd_after_in_team)
-    else:
-        run_rows(_bwd_rows_before, B, 2 * T * B * 3 * H * H, args, in_team=_bwd_before_in_team)
+    rows, in_team = _backward_loop(reset_after)
+    run_rows(rows, B, 2 * T * B * 3 * H * H, args, in_team=in_team)
     if reset_after:
         return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgh_n, ws_h)], bias_rows
     return dgx, dh0, [(0, 2 * H, dgx[..., :2 * H], ws_h), (2 * H, 3 * H, dgx[..., 2 * H:], ws_x)], None
