@@ -72,14 +72,17 @@ def test_the_compiled_launchers_run_where_the_team_is_usable(counted_launches, m
     torch.set_num_threads(2)
     layer = gnn.LSTM(10, 64, batch_first=True)
     x = torch.randn(64, 50, 10)
+    # the weight gradients' GEMM is a region of its own only where the microkernel is the faster GEMM
+    # (AVX-512 Zen); elsewhere torch's matmul forms it
+    gemm = int(backward_gemms.USABLE)
     layer(x)[0][:, -1].sum().backward()
-    # the forward, the backward and the weight gradients' GEMM: three regions, none from Python
-    assert counted_launches == {"python": 0, "compiled": 3}
+    # the forward, the backward (and the weight gradients' GEMM): regions, none from Python
+    assert counted_launches == {"python": 0, "compiled": 2 + gemm}
     layer.double()(x.double())[0][:, -1].sum().backward()   # float64: its weight gradients on torch
-    assert counted_launches == {"python": 0, "compiled": 5}
+    assert counted_launches == {"python": 0, "compiled": 4 + gemm}
     monkeypatch.setattr(region, "usable", lambda: False)
     layer.float()(x)[0][:, -1].sum().backward()
-    assert counted_launches == {"python": 3, "compiled": 5}
+    assert counted_launches == {"python": 2 + gemm, "compiled": 4 + gemm}
 
 
 def test_a_launcher_calls_its_rows_function_without_compiling_it_again():
