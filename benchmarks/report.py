@@ -145,8 +145,10 @@ def markdown(result: dict) -> str:
     if result.get("matmul_peak"):
         engines = result["matmul_peak"].get("engine_gflops", {})
         by_engine = ", ".join(f"{_ENGINES.get(e, e)} {g:.1f}" for e, g in engines.items())
-        lines += [f"Float32 matmul peak (the faster GEMM of torch's build, same threads): "
-                  f"{result['matmul_peak']['gflops']:.1f} GFLOP/s ({by_engine}). {result['flop_formula']}.", ""]
+        peak = result["matmul_peak"]
+        median = f"; {peak['median_gflops']:.1f} from the medians" if "median_gflops" in peak else ""
+        lines += [f"Float32 matmul peak (the faster GEMM of torch's build, same threads, its fastest repetition): "
+                  f"{peak['gflops']:.1f} GFLOP/s ({by_engine}{median}). {result['flop_formula']}.", ""]
     floor = result.get("weight_read_floor")
     if floor:
         shape = floor["shape"]

@@ -140,8 +140,16 @@ def test_the_matmul_peak_is_the_faster_of_torchs_gemms():
     engines = peak["engine_gflops"]
     assert "mkl" in engines and ("onednn" in engines) == torch.backends.mkldnn.is_available()
     assert peak["gflops"] == max(engines.values())
+    # a ceiling: each size's fastest repetition, the medians' rate kept beside it
+    for n, record in peak["by_size"].items():
+        assert record["gflops"] == pytest.approx(2 * int(n) ** 3 / (record["min"] * 1e-3) / 1e9)
+        assert record["min"] == pytest.approx(min(record["times"]), abs=1e-4)   # times are kept to 4 decimals
+        assert record["median_gflops"] <= record["gflops"]
+    assert peak["median_gflops"] <= peak["gflops"]
     result = _result(matmul_peak=peak, flop_formula="F")
-    assert f"torch.matmul (MKL) {engines['mkl']:.1f}" in markdown(result)
+    text = markdown(result)
+    assert f"torch.matmul (MKL) {engines['mkl']:.1f}" in text
+    assert f"{peak['median_gflops']:.1f} from the medians" in text
 
 
 def test_the_lead_calls_after_a_switch_get_a_table_of_their_own():
