@@ -33,6 +33,7 @@ print(sorted(name for name, count in after.items() if count > before.get(name, 0
 """
 
 
+@pytest.mark.slow   # a fresh process per cell, which on a fresh clone compiles its kernels: 20-25 s each
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_the_full_step_compiles_and_loads_nothing_after_the_warm_up(cell):
     completed = subprocess.run([sys.executable, "-c", _SCRIPT, cell], cwd=ROOT, capture_output=True,
