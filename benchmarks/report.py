@@ -54,6 +54,9 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
             row = {"cell": cell, "scenario": scenario, "mode": mode, "peer": peer["impl"],
                    "grukit": ours["median"], "peer_value": peer["median"], "unit": ours["unit"],
                    "ratio": ratio, "path": ours.get("path", {}).get("path")}
+            paired = paired_ratios(ours, peer)
+            if paired:
+                row["paired"] = paired
             if "after_switch" in ours and "after_switch" in peer:   # both timed in one group (timing.py)
                 row["after_switch"] = {"grukit": ours["after_switch"]["median"],
                                        "peer_value": peer["after_switch"]["median"],
@@ -83,6 +86,28 @@ def comparisons(measurements: list[dict], memory: list[dict], peak_gflops: float
                          "ratio": ratio, "path": None, "target": "<= torch",
                          "met": ours["peak_mb"] <= theirs["peak_mb"]})
     return rows
+
+
+def paired_ratios(ours: dict, peer: dict) -> dict | None:
+    """The spread of peer / grukit over the rounds of one group (timing.measure_group times every
+    implementation of a group once per round, so the i-th times of two were taken minutes, not hours,
+    apart): the quartiles of the per-round ratios and their count. None for measurements of different
+    groups (the Keras/JAX peer runs in its own process) or without rounds."""
+    if ours.get("group") is None or ours.get("group") != peer.get("group"):
+        return None
+    a, b = ours.get("times") or [], peer.get("times") or []
+    if len(a) != len(b) or len(a) < 4:
+        return None
+    ratios = sorted(p / o for o, p in zip(a, b))
+    return {"q25": _quantile(ratios, 0.25), "q75": _quantile(ratios, 0.75), "rounds": len(ratios)}
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default), of a sorted list."""
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -135,7 +160,9 @@ def markdown(result: dict) -> str:
              f"{result['settings'].get('loop_s', 0) * 1e3:g} ms, timed together (a longer call is timed "
              "alone), as a training loop or a stream of requests runs them; the lead calls, each "
              "right after another implementation's, are compared in their own table below. "
-             "**Speed-up = peer time / grukit time** (> 1: grukit is faster). "
+             "**Speed-up = peer time / grukit time** (> 1: grukit is faster); in brackets, where both "
+             "were timed in the same rounds, the middle half of the per-round speed-ups (their quartiles), "
+             "which shows how far the host's swings move a ratio. "
              "grukit runs `kernel=\"auto\"`; the path in brackets is what ran, read from the "
              "kernels' spy counter. A training step = zero grads, forward, MSE loss on the last "
              "step's output, backward, SGD update (the same step for Keras/JAX, jitted).", ""]
@@ -170,6 +197,8 @@ def markdown(result: dict) -> str:
         for r in cell_rows:
             ours = _fmt(r["grukit"], r["unit"]) + (f" ({r['path']})" if r["path"] else "")
             ratio = f"{r['ratio']:.0%} of peak" if r["peer"] == "matmul-peak" else f"{r['ratio']:.2f}x"
+            if r.get("paired"):
+                ratio += f" ({r['paired']['q25']:.2f}-{r['paired']['q75']:.2f})"
             lines.append(f"| {_scenario_text(r['scenario'])} | {MODE_LABELS.get(r['mode'], r['mode'])} | {ours} | "
                          f"{PEER_LABELS.get(r['peer'], r['peer'])} | {_fmt(r['peer_value'], r['unit'])} | "
                          f"{ratio} | {r['target'] or '—'} | {_yes_no(r['met'])} |")

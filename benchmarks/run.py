@@ -155,7 +155,8 @@ def run_in_process(args, settings: Settings, result: dict) -> None:
                 for impl, record in records.items():
                     variant = {"grukit-chunk": "chunk", "grukit-bf16": "training-bf16"}.get(impl)
                     record.update(cell=cell, scenario=name, mode=variant or mode,
-                                  impl="grukit" if variant else impl, shape=scenario.shape(), unit="ms")
+                                  impl="grukit" if variant else impl, shape=scenario.shape(), unit="ms",
+                                  group=f"{name}/{cell}/{mode}")   # timed round by round together
                     if impl == "grukit":
                         record["path"] = torch_peer.observed_path(before, calls, counters, dispatcher)
                     if mode == "training":

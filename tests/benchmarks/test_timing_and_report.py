@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from benchmarks.report import comparisons, markdown
@@ -167,3 +168,30 @@ def test_the_lead_calls_after_a_switch_get_a_table_of_their_own():
     assert "consecutive calls for about 20 ms" in text
     table = text.split("## Calls right after another implementation's")[1]
     assert "| 2.500 ms | torch.nn | 7.600 ms | 3.04x |" in table and "Keras" not in table
+
+
+def test_the_speed_ups_spread_over_the_rounds_of_one_group():
+    """Each comparison of two implementations timed in the same rounds carries the quartiles of its
+    per-round ratios (numpy's quantiles as the oracle); the Keras/JAX peer, timed in its own process,
+    carries none, and the report prints the range beside the median's ratio."""
+    rng = np.random.default_rng(0)
+    ours_times = list(rng.uniform(1.5, 2.5, 30))
+    torch_times = list(rng.uniform(6.0, 9.0, 30))
+
+    def timed(impl, times, group):
+        record = {**_measurement(impl, "training", float(np.median(times))), "scenario": "S3", "times": times}
+        return {**record, "group": group} if group else record
+    measurements = [timed("grukit", ours_times, "S3/gru/training"), timed("torch", torch_times, "S3/gru/training"),
+                    timed("keras-jax", list(rng.uniform(2.0, 4.0, 30)), None)]
+    rows = {r["peer"]: r for r in comparisons(measurements, [], None)}
+    q25, q75 = np.quantile(np.array(torch_times) / np.array(ours_times), [0.25, 0.75])
+    assert rows["torch"]["paired"]["q25"] == pytest.approx(q25)
+    assert rows["torch"]["paired"]["q75"] == pytest.approx(q75)
+    assert rows["torch"]["paired"]["rounds"] == 30
+    assert "paired" not in rows["keras-jax"]
+    # rounds of unequal counts cannot be paired
+    unequal = [timed("grukit", ours_times[:10], "g"), timed("torch", torch_times, "g")]
+    assert "paired" not in comparisons(unequal, [], None)[0]
+    text = markdown(_result(comparisons=list(rows.values()), measurements=measurements))
+    assert f"{rows['torch']['ratio']:.2f}x ({q25:.2f}-{q75:.2f})" in text
+    assert f"{rows['keras-jax']['ratio']:.2f}x |" in text
