@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -98,16 +99,9 @@ def paired_ratios(ours: dict, peer: dict) -> dict | None:
     a, b = ours.get("times") or [], peer.get("times") or []
     if len(a) != len(b) or len(a) < 4:
         return None
-    ratios = sorted(p / o for o, p in zip(a, b))
-    return {"q25": _quantile(ratios, 0.25), "q75": _quantile(ratios, 0.75), "rounds": len(ratios)}
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between the closest ranks (numpy's default), of a sorted list."""
-    position = q * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    ratios = [p / o for o, p in zip(a, b)]
+    q25, _, q75 = statistics.quantiles(ratios, n=4, method="inclusive")   # numpy's default interpolation
+    return {"q25": q25, "q75": q75, "rounds": len(ratios)}
 
 
 def _fmt(value: float, unit: str) -> str:
