@@ -32,7 +32,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from . import buffers, onednn, region
+from . import buffers, onednn, region, tiles
 from .bf16 import rounded_product, vnni_product
 from .blas import (PER_THREAD_LIMIT, blas_gemm, blas_gemm_nt_acc, one_thread_here, pack_rows, packed_gemm,
                    restore_threads_here)
@@ -459,6 +459,10 @@ GEMM_MIN_ROWS = 6
 # layer, T = 100, I = 64, H = 128, alternating processes: inference B = 4 0.99 -> 0.66 ms, B = 8
 # 1.57 -> 0.68 ms; training B = 8 3.1 -> 2.4 ms.
 ONEDNN_MIN_ROWS = 2
+# grukit's tiles (tiles.py) likewise read the weight once for up to 4 rows: one Zen 3 core, 3H x H
+# weight at H = 128, 2-5 rows 6.2-12.6 us against 9.3-19.2 us on the mat-vec loop (1.5-2.1x), 1 row
+# 5.2 against 4.6 us; H = 64, 2 and 4 rows 1.9x and 1.7x.
+TILES_MIN_ROWS = 2
 GEMM_SMALL_MNK = 1_000_000
 GEMM_MIN_CHUNK = 4
 
@@ -492,6 +496,22 @@ def _float_gemm_packed(x, m, packed, out):
         gemm(x, m, out)
     else:
         packed_gemm(x, m, packed, out)
+
+
+@njit(**JIT)
+def _tiles_gemm_packed(x, m, packed, out):
+    """:func:`gemm` with ``packed = pack_weight_for(m, x.shape[0])``: grukit's tiles (tiles.py) on
+    the weight packed once per call, or the mat-vec loop where it was not packed."""
+    if packed.size == 0:
+        gemm(x, m, out)
+    else:
+        tiles.product(x, m, packed, out, np.bool_(False))
+
+
+def _on_tiles(x) -> bool:
+    """Whether products of ``x``'s Numba type run on grukit's tiles: float32 where they are the
+    faster GEMM (tiles.FASTER_F32). Decided when a loop compiles, so float64 loops never compile them."""
+    return tiles.FASTER_F32 and x.dtype == types.float32
 
 
 # The microkernel reads all of m for each block of rows it holds in registers: an m larger than the
@@ -555,14 +575,22 @@ def _gemm_packed(x, m, packed, out):
         return lambda x, m, packed, out: vnni_product(x, packed, out)
     if packed.ndim == 2:
         return lambda x, m, packed, out: rounded_product(x, packed, out)
+    if _on_tiles(x):
+        return lambda x, m, packed, out: _tiles_gemm_packed(x, m, packed, out)
     return lambda x, m, packed, out: _float_gemm_packed(x, m, packed, out)
 
 
-@njit(**JIT)
 def pack_weight_for(m, rows):
     """The packed form of a block's recurrent weight for :func:`gemm_packed` (may be empty: no
-    packing for the blocks that stay on the mat-vec loop)."""
-    return pack_rows(m, rows if rows >= GEMM_MIN_ROWS else 0)
+    packing for the blocks that stay on the mat-vec loop): MKL's packed form, or grukit's panels
+    (tiles.pack) for its tiles, which take blocks from TILES_MIN_ROWS rows."""
+
+
+@overload(pack_weight_for, jit_options=OVERLOAD_JIT)
+def _pack_weight_for(m, rows):
+    if _on_tiles(m):
+        return lambda m, rows: tiles.pack(m) if rows >= TILES_MIN_ROWS else np.empty(0, np.float32)
+    return lambda m, rows: pack_rows(m, rows if rows >= GEMM_MIN_ROWS else 0)
 
 
 def recurrent_operand(m, rows, operand):
@@ -584,16 +612,34 @@ def _recurrent_operand(m, rows, operand):
     return lambda m, rows, operand: pack_weight_for(m, rows)
 
 
-@njit(**JIT)
 def gemm_add(x, m, packed, scratch, out):
     """out += x @ m (C-contiguous; ``packed`` from :func:`recurrent_operand`, may be empty;
-    ``scratch`` has out's shape and receives x @ m)."""
+    ``scratch`` has out's shape and receives x @ m, except on grukit's tiles, which add to out)."""
+
+
+@njit(**JIT)
+def _gemm_add_through(x, m, packed, scratch, out):
     gemm_packed(x, m, packed, scratch)
     for i in range(out.shape[0]):
         o = out[i]
         a = scratch[i]
         for j in range(o.shape[0]):
             o[j] += a[j]
+
+
+@njit(**JIT)
+def _tiles_gemm_add(x, m, packed, scratch, out):
+    if packed.size == 0:
+        _gemm_add_through(x, m, packed, scratch, out)
+    else:
+        tiles.product(x, m, packed, out, np.bool_(True))
+
+
+@overload(gemm_add, jit_options=OVERLOAD_JIT)
+def _gemm_add(x, m, packed, scratch, out):
+    if _on_tiles(x) and packed.ndim == 1:
+        return lambda x, m, packed, scratch, out: _tiles_gemm_add(x, m, packed, scratch, out)
+    return lambda x, m, packed, scratch, out: _gemm_add_through(x, m, packed, scratch, out)
 
 
 # The inference projection fills its output with the bias, then lets the GEMM add x @ w_ih.T
@@ -619,10 +665,7 @@ def _projection_acc_overload(x, w_ih, operand, out):
 
 
 @njit(**JIT)
-def project_rows(r0, r1, x, w_ih, b_ih, gx, operand):
-    """gx[r] = x[r] @ w_ih.T + b_ih for the rows r0 <= r < r1 of the 2-D views x (R, I) and
-    gx (R, G*H): GEMMs over chunks of rows, each output chunk filled with the bias first.
-    w_ih (G*H, I) as stored; ``operand``: products.operands of w_ih.T (empty for MKL's GEMM)."""
+def _project_chunks(r0, r1, x, w_ih, b_ih, gx, operand):
     rows = max(PROJECTION_MIN_CHUNK_ROWS, PROJECTION_CHUNK_BYTES // max(1, gx.shape[1] * gx.itemsize))
     for c0 in range(r0, r1, rows):
         c1 = min(c0 + rows, r1)
@@ -630,6 +673,35 @@ def project_rows(r0, r1, x, w_ih, b_ih, gx, operand):
         for r in range(c1 - c0):
             copy_vector(g[r], b_ih)
         _projection_acc(x[c0:c1], w_ih, operand, g)
+
+
+@njit(**JIT)
+def _project_on_tiles(r0, r1, x, w_ih, b_ih, gx, operand):
+    if r1 > r0:
+        w_t = w_ih.T
+        tiles.biased_product(x[r0:r1], w_t, tiles.pack(w_t), b_ih, gx[r0:r1])
+
+
+def _projection(r0, r1, x, w_ih, b_ih, gx, operand):
+    """:func:`project_rows`'s GEMMs, on grukit's tiles or the others (chosen when the loop compiles)."""
+
+
+@overload(_projection, jit_options=OVERLOAD_JIT)
+def _projection_overload(r0, r1, x, w_ih, b_ih, gx, operand):
+    if _on_tiles(x) and operand.ndim == 1:
+        return lambda r0, r1, x, w_ih, b_ih, gx, operand: _project_on_tiles(r0, r1, x, w_ih, b_ih, gx, operand)
+    return lambda r0, r1, x, w_ih, b_ih, gx, operand: _project_chunks(r0, r1, x, w_ih, b_ih, gx, operand)
+
+
+@njit(**JIT)
+def project_rows(r0, r1, x, w_ih, b_ih, gx, operand):
+    """gx[r] = x[r] @ w_ih.T + b_ih for the rows r0 <= r < r1 of the 2-D views x (R, I) and
+    gx (R, G*H): GEMMs over chunks of rows, each output chunk filled with the bias first.
+    w_ih (G*H, I) as stored; ``operand``: products.operands of w_ih.T (empty for MKL's GEMM or,
+    in float32 where they are the faster GEMM, grukit's tiles, which start each row from the bias
+    themselves: one Zen 3 core, S2's 3200 x 128 by 384 1.04x MKL with its bias pass, S4's 6400 x 512
+    by 1536 1.10x)."""
+    _projection(r0, r1, x, w_ih, b_ih, gx, operand)
 
 
 @njit(**JIT)

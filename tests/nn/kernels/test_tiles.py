@@ -1,0 +1,132 @@
+"""grukit's own float32 GEMM (kernels/tiles.py): register tiles over a weight packed into panels.
+
+Oracle: the float64 product of the same float32 operands, within the standard bound of a float32
+sum of K products (|error| <= gamma_K * (|x| @ |m|), gamma_K = K u / (1 - K u), u = 2^-24) per
+element. Shapes cover every tile height (1-4 rows and more), full panels, the 8-column panel, the
+columns past it, and K beyond one chunk (tiles.K_CHUNK). A row's bits must not depend on the
+other rows of the call (the batch's split over threads relies on it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from grukit.nn.kernels import buffers, common, tiles
+
+U = 2.0 ** -24
+SHAPES = [(1, 128, 384), (2, 64, 192), (3, 5, 24), (4, 16, 8), (5, 300, 40), (7, 1, 17), (9, 64, 23),
+          (16, 128, 512), (13, tiles.K_CHUNK * 2 + 8, 9), (33, 70, 131), (6, 0, 16), (2, 3, 7)]
+
+
+def _operands(R, K, N, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((R, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32),
+            rng.standard_normal(N).astype(np.float32))
+
+
+def _assert_within_the_float32_bound(got, x, m, start):
+    K = x.shape[1]
+    want = start + x.astype(np.float64) @ m.astype(np.float64)
+    gamma = (K + 1) * U / (1 - (K + 1) * U)   # K products and the start value
+    bound = gamma * (np.abs(start) + np.abs(x).astype(np.float64) @ np.abs(m).astype(np.float64)) + 1e-30
+    excess = np.abs(got - want) - bound
+    assert excess.max() <= 0, f"{excess.max():.3g} past the bound at {np.unravel_index(excess.argmax(), got.shape)}"
+
+
+@pytest.mark.parametrize("R,K,N", SHAPES)
+def test_the_product_the_sum_and_the_bias_are_within_float32_round_off(R, K, N):
+    x, m, bias = _operands(R, K, N)
+    packed = tiles.pack(m)
+    out = np.full((R, N), np.nan, np.float32)
+    tiles.product(x, m, packed, out, np.bool_(False))
+    _assert_within_the_float32_bound(out, x, m, 0.0)
+    before = np.random.default_rng(1).standard_normal((R, N)).astype(np.float32)
+    summed = before.copy()
+    tiles.product(x, m, packed, summed, np.bool_(True))
+    _assert_within_the_float32_bound(summed, x, m, before.astype(np.float64))
+    biased = np.full((R, N), np.nan, np.float32)
+    tiles.biased_product(x, m, packed, bias, biased)
+    _assert_within_the_float32_bound(biased, x, m, np.broadcast_to(bias.astype(np.float64), (R, N)))
+
+
+def test_the_panels_hold_every_full_and_half_panel_column_on_a_cache_line():
+    K, N = 5, 16 * 3 + 8 + 3
+    m = np.arange(K * N, dtype=np.float32).reshape(K, N)
+    packed = tiles.pack(m)
+    assert packed.size == tiles.packed_size(K, N) == K * (N - 3)
+    assert packed.ctypes.data % buffers.ALIGNMENT == 0
+    panels = [packed[p * K * 16:(p + 1) * K * 16].reshape(K, 16) for p in range(3)]
+    for p, panel in enumerate(panels):
+        np.testing.assert_array_equal(panel, m[:, 16 * p:16 * (p + 1)])
+    np.testing.assert_array_equal(packed[3 * K * 16:].reshape(K, 8), m[:, 48:56])
+
+
+@pytest.mark.parametrize("R,K,N", [(16, 128, 384), (11, 300, 45), (7, 64, 23)])
+def test_a_rows_bits_do_not_depend_on_the_other_rows_of_the_call(R, K, N):
+    x, m, _ = _operands(R, K, N, seed=2)
+    packed = tiles.pack(m)
+    whole = np.empty((R, N), np.float32)
+    tiles.product(x, m, packed, whole, np.bool_(False))
+    for split in range(1, R):
+        parts = np.empty((R, N), np.float32)
+        tiles.product(x[:split], m, packed, parts[:split], np.bool_(False))
+        tiles.product(x[split:], m, packed, parts[split:], np.bool_(False))
+        np.testing.assert_array_equal(parts, whole)
+
+
+def test_rows_of_wider_arrays_are_read_and_written_in_place():
+    """x and out as column slices of wider arrays (their rows further apart than K and N)."""
+    R, K, N = 6, 40, 24
+    x, m, _ = _operands(R, K, N, seed=3)
+    wide_x = np.zeros((R, K + 9), np.float32)
+    wide_x[:, 4:4 + K] = x
+    wide_out = np.full((R, N + 5), 7.0, np.float32)
+    tiles.product(wide_x[:, 4:4 + K], m, tiles.pack(m), wide_out[:, :N], np.bool_(False))
+    _assert_within_the_float32_bound(wide_out[:, :N], x, m, 0.0)
+    assert (wide_out[:, N:] == 7.0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(R=st.integers(1, 12), K=st.integers(0, 40), N=st.integers(1, 40), seed=st.integers(0, 2 ** 16))
+def test_any_shape_is_within_float32_round_off(R, K, N, seed):
+    x, m, bias = _operands(R, K, N, seed)
+    out = np.empty((R, N), np.float32)
+    tiles.biased_product(x, m, tiles.pack(m), bias, out)
+    _assert_within_the_float32_bound(out, x, m, np.broadcast_to(bias.astype(np.float64), (R, N)))
+
+
+@njit
+def _kernels_product(x, m, out):
+    common.gemm_packed(x, m, common.recurrent_operand(m, x.shape[0], common.no_operand(x.dtype)), out)
+
+
+@njit
+def _kernels_projection(x, w_ih, b_ih, gx):
+    common.project_rows(np.int64(0), x.shape[0], x, w_ih, b_ih, gx, common.no_operand(x.dtype))
+
+
+@pytest.mark.skipif(not tiles.FASTER_F32, reason="grukit's tiles run on CPUs with AVX2 and FMA but no AVX-512")
+def test_the_kernels_float32_products_and_projection_run_on_the_tiles():
+    """Where the tiles are the faster GEMM, a block's product (2 rows and more) and the projection
+    give exactly the tiles' bits; float64 stays on BLAS."""
+    for R in (common.TILES_MIN_ROWS, 16):
+        x, m, bias = _operands(R, 64, 192, seed=4)
+        got = np.empty((R, 192), np.float32)
+        _kernels_product(x, m, got)
+        want = np.empty((R, 192), np.float32)
+        tiles.product(x, m, tiles.pack(m), want, np.bool_(False))
+        np.testing.assert_array_equal(got, want)
+    w_ih = np.ascontiguousarray(m.T)
+    gx = np.empty((R, 192), np.float32)
+    _kernels_projection(x, w_ih, bias, gx)
+    want = np.empty((R, 192), np.float32)
+    tiles.biased_product(x, m, tiles.pack(m), bias, want)
+    np.testing.assert_array_equal(gx, want)
+    x64, m64 = x.astype(np.float64), m.astype(np.float64)
+    got64 = np.empty((R, 192))
+    _kernels_product(x64, m64, got64)
+    np.testing.assert_allclose(got64, x64 @ m64, rtol=1e-12, atol=1e-12)
