@@ -1,10 +1,10 @@
 """The backward's GEMMs on oneDNN's float32 microkernel (kernels/backward_gemms.py): the weight
-gradients' a^T @ b and the input gradient's a @ b.
+gradients' a^T @ b and the input gradient's a @ b (on grukit's tiles where those are the faster GEMM).
 
 Oracles: numpy's product in float64, within the float32 error bound of a sum of R products
 (R * eps * (|a|^T |b|), elementwise) and within 4x the error of torch's float32 matmul; the same
 layer trained in float64 on its reference loop. The bits must not depend on the thread count. Runs
-only where the microkernel is the float32 GEMM.
+only where the microkernel (or, for a @ b, the tiles) is the float32 GEMM.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ import grukit.nn as gnn
 from grukit.nn import projection_grads
 from grukit.nn.kernels import backward_gemms, common, onednn
 
-pytestmark = pytest.mark.skipif(not onednn.FASTER_F32,
+# a^T @ b runs on oneDNN's microkernel only (AMD CPUs with AVX-512); a @ b there or on grukit's tiles
+# (CPUs with AVX2 and no AVX-512)
+TRANSPOSED = pytest.mark.skipif(not backward_gemms.TRANSPOSED_USABLE,
                                 reason="oneDNN's float32 microkernel is used on AMD CPUs with AVX-512 only")
+PRODUCT = pytest.mark.skipif(not backward_gemms.USABLE,
+                             reason="neither oneDNN's float32 microkernel nor grukit's tiles are the faster GEMM here")
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -61,6 +65,7 @@ SHAPES = [(1300, 200, 70), (1300, 70, 200), (2100, 40, 900), (700, 130, 9), (900
           (400, 40, 300), (1024, 17, 33)]
 
 
+@TRANSPOSED
 @pytest.mark.parametrize("R,M,N", SHAPES)
 @pytest.mark.parametrize("strided", [False, True])
 def test_against_float64_and_the_same_bits_on_one_or_two_threads(R, M, N, strided, monkeypatch):
@@ -73,6 +78,7 @@ def test_against_float64_and_the_same_bits_on_one_or_two_threads(R, M, N, stride
     np.testing.assert_array_equal(out, serial)
 
 
+@TRANSPOSED
 def test_applies_to_large_float32_operands_with_contiguous_rows_only(monkeypatch):
     a, b = _operands(6400, 384, 128)
     assert backward_gemms.applies_transposed(a, b)
@@ -93,6 +99,7 @@ SHARED_SHAPES = [(3200, 256, 64, 10), (400, 256, 64, 10), (1300, 512, 128, 70), 
                  (3200, 256, 64, 100)]
 
 
+@TRANSPOSED
 @pytest.mark.parametrize("R,G,M1,M2", SHARED_SHAPES)
 def test_shared_products_have_the_bits_of_two_products(R, G, M1, M2, monkeypatch):
     """An LSTM's grad weight_hh and grad weight_ih from one pass over g: the bits of two transposed_product
@@ -134,6 +141,7 @@ def _s3_step_calls_and_matches_float64(cell, function_name, monkeypatch):
         torch.testing.assert_close(p.grad.double(), q.grad, rtol=0, atol=2e-5 * scale, msg=name)
 
 
+@TRANSPOSED
 def test_an_lstm_with_a_narrow_input_forms_both_weight_gradients_in_one_pass(monkeypatch):
     """S3's LSTM (10 features, projected inside the loop): grad weight_hh and grad weight_ih come from
     shared_transposed_products."""
@@ -146,6 +154,7 @@ SHARED_NARROW_SHAPES = [(3200, 64, 128, 64), (400, 64, 128, 64), (6400, 128, 256
                         (3200, 100, 200, 100)]
 
 
+@TRANSPOSED
 @pytest.mark.parametrize("R,M,N1,N2", SHARED_NARROW_SHAPES)
 def test_products_with_a_shared_narrow_operand_have_the_bits_of_two_products(R, M, N1, N2, monkeypatch):
     """A GRU's two grad weight_hh terms against h in one pass: the bits of two transposed_product calls,
@@ -163,6 +172,7 @@ def test_products_with_a_shared_narrow_operand_have_the_bits_of_two_products(R, 
     _assert_within_float32_bound(out, narrow, np.concatenate([wide, wide2], 1))
 
 
+@TRANSPOSED
 def test_a_shared_narrow_operand_applies_to_the_two_products_work_together():
     narrow, wide, wide2 = np.ones((3200, 64), np.float32), np.ones((3200, 128), np.float32), np.ones((3200, 64), np.float32)
     assert backward_gemms.applies_with_shared_narrow(narrow, wide, wide2)
@@ -172,6 +182,7 @@ def test_a_shared_narrow_operand_applies_to_the_two_products_work_together():
     assert not backward_gemms.applies_with_shared_narrow(narrow, wide[:-1], wide2)  # row counts differ
 
 
+@TRANSPOSED
 def test_a_gru_forms_its_weight_hh_gradient_in_one_pass(monkeypatch):
     """S3's GRU (reset after): grad weight_hh's two terms (dG_rz and dn * r against h) come from
     products_with_shared_narrow."""
@@ -182,6 +193,7 @@ def test_a_gru_forms_its_weight_hh_gradient_in_one_pass(monkeypatch):
 PRODUCT_SHAPES = [(1000, 200, 70), (129, 1536, 512), (3000, 64, 200), (700, 130, 10), (5000, 384, 1)]
 
 
+@PRODUCT
 @pytest.mark.parametrize("R,K,N", PRODUCT_SHAPES)
 @pytest.mark.parametrize("strided", [False, True])
 def test_the_product_against_float64_and_the_same_bits_on_one_or_two_threads(R, K, N, strided, monkeypatch):
@@ -198,6 +210,7 @@ def test_the_product_against_float64_and_the_same_bits_on_one_or_two_threads(R, 
     np.testing.assert_array_equal(out, serial)
 
 
+@PRODUCT
 def test_the_product_applies_to_float32_operands_with_contiguous_rows_only(monkeypatch):
     a, b = np.ones((3200, 192), np.float32), np.ones((192, 64), np.float32)
     assert backward_gemms.applies(a, b)
@@ -209,6 +222,7 @@ def test_the_product_applies_to_float32_operands_with_contiguous_rows_only(monke
     assert not backward_gemms.applies(a, b)
 
 
+@TRANSPOSED
 def test_weight_gradient_takes_it_and_falls_back_to_torch(monkeypatch):
     a, b = _operands(3000, 300, 150, seed=1)
     grad, rows = torch.from_numpy(a), torch.from_numpy(b)
@@ -223,6 +237,7 @@ def test_weight_gradient_takes_it_and_falls_back_to_torch(monkeypatch):
         torch.testing.assert_close(projection_grads.weight_gradient(grad, rows), grad.t() @ rows, rtol=0, atol=0)
 
 
+@PRODUCT
 @pytest.mark.parametrize("cell", [gnn.GRU, gnn.LSTM])
 def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
     """A spy on both products: an S2-like layer's weight gradients (the kernels' terms' grad weight_hh,
@@ -242,8 +257,9 @@ def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
     oracle(x_oracle)[0].square().mean().backward()
     # two weight gradients: two products, or (an LSTM projecting inside its loop) one shared pass; a GRU's
     # weight_hh terms may be one product too
-    assert (calls.count("transposed_product") + 2 * calls.count("shared_transposed_products")
-            + calls.count("products_with_shared_narrow")) >= 2
+    weight_products = (calls.count("transposed_product") + 2 * calls.count("shared_transposed_products")
+                       + calls.count("products_with_shared_narrow"))
+    assert weight_products >= 2 if backward_gemms.TRANSPOSED_USABLE else weight_products == 0
     assert calls.count("product") == 1
     torch.testing.assert_close(x.grad.double(), x_oracle.grad, rtol=0, atol=2e-5 * x_oracle.grad.abs().max().item())
     for (name, p), q in zip(layer.named_parameters(), oracle.parameters()):
@@ -251,6 +267,7 @@ def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
         torch.testing.assert_close(p.grad.double(), q.grad, rtol=0, atol=2e-5 * scale, msg=name)
 
 
+@PRODUCT
 def test_a_backward_that_records_a_graph_keeps_torchs_ops():
     """create_graph=True (and torch.func) differentiate the gradients again: the products must then
     be torch's, recorded, not numpy results."""

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import grukit.nn as gnn
-from grukit.nn.kernels import api, function, onednn, products
+from grukit.nn.kernels import api, function, onednn, products, tiles
 from grukit.nn.kernels.common import GEMM_MIN_ROWS
 
 from kernel_cases import make_case
@@ -109,12 +109,13 @@ def test_the_inference_projection_agrees_with_float64(faster, monkeypatch):
     np.testing.assert_allclose(table[index], want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.skipif(not onednn.FASTER_F32, reason="oneDNN's float32 microkernel is used on AMD CPUs with AVX-512 only")
+@pytest.mark.skipif(not (onednn.FASTER_F32 or tiles.FASTER_F32),
+                    reason="the kernels' float32 GEMM (oneDNN's microkernel or grukit's tiles) is not the faster one here")
 @pytest.mark.parametrize("cell", [gnn.GRU, gnn.LSTM, gnn.RNN])
-def test_the_training_projection_runs_on_the_microkernel_and_agrees_with_float64(cell):
+def test_the_training_projection_runs_on_the_kernels_gemm_and_agrees_with_float64(cell):
     """A fused float32 layer's training projection (recurrent._FusedInputProjection) on the kernels'
-    threads and oneDNN's GEMM: a spy on the kernels' counter, and the output and every gradient against
-    the same layer in float64, to float32 round-off."""
+    threads and GEMM (oneDNN's microkernel or grukit's tiles): a spy on the kernels' counter, and the
+    output and every gradient against the same layer in float64, to float32 round-off."""
     torch.manual_seed(0)
     wide = api.BLOCK_PROJECTION_MAX + 4   # narrower inputs are projected inside the loop
     layer = cell(wide, 16, batch_first=True)
@@ -134,8 +135,9 @@ def test_the_training_projection_runs_on_the_microkernel_and_agrees_with_float64
         torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-5 * expected.abs().max().item())
 
 
-def test_the_training_projection_is_torchs_where_onednn_is_not_the_faster_gemm(monkeypatch):
+def test_the_training_projection_is_torchs_where_the_kernels_gemm_is_not_the_faster_one(monkeypatch):
     monkeypatch.setattr(onednn, "FASTER_F32", False)
+    monkeypatch.setattr(tiles, "FASTER_F32", False)
     layer = gnn.GRU(api.INPUT_ROWS_MAX + 4, 8)
     before = function.CALLS["project"]
     layer(torch.randn(5, 3, api.INPUT_ROWS_MAX + 4, requires_grad=True))[0].sum().backward()

@@ -74,7 +74,7 @@ def test_the_compiled_launchers_run_where_the_team_is_usable(counted_launches, m
     x = torch.randn(64, 50, 10)
     # the weight gradients' GEMM is a region of its own only where the microkernel is the faster GEMM
     # (AVX-512 Zen); elsewhere torch's matmul forms it
-    gemm = int(backward_gemms.USABLE)
+    gemm = int(backward_gemms.TRANSPOSED_USABLE)
     layer(x)[0][:, -1].sum().backward()
     # the forward, the backward (and the weight gradients' GEMM): regions, none from Python
     assert counted_launches == {"python": 0, "compiled": 2 + gemm}
@@ -111,11 +111,12 @@ def test_each_gemm_launcher_gives_the_callbacks_bits(monkeypatch):
              lambda: backward_gemms.transposed_product(rng.standard_normal((400, 300)).astype(np.float32),
                                                        rng.standard_normal((400, 40)).astype(np.float32)),
              lambda: backward_gemms.transposed_product(rng.standard_normal((3000, 256)).astype(np.float32),
-                                                       rng.standard_normal((3000, 64)).astype(np.float32)),
-             lambda: backward_gemms.product(rng.standard_normal((3000, 200)).astype(np.float32),
-                                            rng.standard_normal((200, 64)).astype(np.float32))]
-    if not backward_gemms.USABLE:
+                                                       rng.standard_normal((3000, 64)).astype(np.float32))]
+    if not backward_gemms.TRANSPOSED_USABLE:
         cases = []
+    if backward_gemms.USABLE:
+        cases.append(lambda: backward_gemms.product(rng.standard_normal((3000, 200)).astype(np.float32),
+                                                    rng.standard_normal((200, 64)).astype(np.float32)))
     torch.set_num_threads(2)
     for case in cases:
         state = rng.bit_generator.state

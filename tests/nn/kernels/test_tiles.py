@@ -130,3 +130,12 @@ def test_the_kernels_float32_products_and_projection_run_on_the_tiles():
     got64 = np.empty((R, 192))
     _kernels_product(x64, m64, got64)
     np.testing.assert_allclose(got64, x64 @ m64, rtol=1e-12, atol=1e-12)
+
+
+def test_a_matrix_of_any_strides_packs_as_its_contiguous_copy():
+    """pack reads rows of contiguous floats by address, other strides (a weight's transposed view, as
+    the projection packs W_ih^T) element by element: the same panels either way."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((61, 37)).astype(np.float32)
+    for view in (w.T, w[::2, 3:30], w[:, 1:]):
+        np.testing.assert_array_equal(tiles.pack(view), tiles.pack(np.ascontiguousarray(view)))

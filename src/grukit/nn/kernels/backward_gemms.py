@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-from . import onednn
+from . import onednn, tiles
 from .common import JIT, part_bounds, run_rows
 from .region import team_rows
 
@@ -49,20 +49,27 @@ MIN_NARROW_WORK = 1 << 22
 # by 192 x 64 to S4's 12800 x 1536 by 1536 x 512, 1.5x at S4 (two threads, Zen 5).
 MIN_PRODUCT_WORK = 1 << 22
 
-USABLE = onednn.FASTER_F32
+# grukit's tiles (tiles.py) take the microkernel's place where they are the faster GEMM (AVX2 without
+# AVX-512), for a @ b only, b packed into panels by each thread. Zen 3,
+# two threads, paired medians of 15 against torch's matmul: a @ b at S2's 6400 x 384 by 128 1.22x,
+# S3's 3200 x 192 by 64 1.09x, S4's 12800 x 1536 by 512 1.10x; but a^T @ b 0.77-0.91x from S3 to S4
+# (MKL's own order is the faster there), level with torch's faster order for narrow operands.
+ON_TILES = tiles.FASTER_F32 and not onednn.FASTER_F32
+USABLE = onednn.FASTER_F32 or ON_TILES
+TRANSPOSED_USABLE = onednn.FASTER_F32
 
 
 def applies_transposed(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether :func:`transposed_product` takes these operands: float32 2-D (R, M) and (R, N) arrays of one
-    dtype whose rows are contiguous, on a CPU where the microkernel is the faster GEMM."""
-    return (_float32_rows(a, b) and a.shape[0] == b.shape[0]
+    dtype whose rows are contiguous, on a CPU where oneDNN's microkernel is the faster GEMM."""
+    return (TRANSPOSED_USABLE and _float32_rows(a, b) and a.shape[0] == b.shape[0]
             and _worth_it(a.shape[0] * a.shape[1] * b.shape[1], min(a.shape[1], b.shape[1])))
 
 
 def applies(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether :func:`product` takes these operands: float32 2-D (R, K) and (K, N) arrays whose rows
-    are contiguous, at least MIN_PRODUCT_WORK multiply-adds, on a CPU where the microkernel is the
-    faster GEMM."""
+    are contiguous, at least MIN_PRODUCT_WORK multiply-adds, on a CPU where oneDNN's microkernel or
+    grukit's tiles are the faster GEMM."""
     return (_float32_rows(a, b) and a.shape[1] == b.shape[0]
             and a.shape[0] * a.shape[1] * b.shape[1] >= MIN_PRODUCT_WORK)
 
@@ -115,7 +122,7 @@ def applies_with_shared_narrow(narrow: np.ndarray, wide: np.ndarray, wide2: np.n
     two products together (alone, S3's GRU's dn * r term, 13 M multiply-adds, runs on torch's matmul)."""
     R, M = narrow.shape
     N = wide.shape[1] + wide2.shape[1]
-    return (_float32_rows(wide, narrow) and _float32_rows(wide2, narrow) and wide.shape[0] == R
+    return (TRANSPOSED_USABLE and _float32_rows(wide, narrow) and _float32_rows(wide2, narrow) and wide.shape[0] == R
             and wide2.shape[0] == R and M <= min(wide.shape[1], wide2.shape[1]) and _worth_it(R * M * N, M))
 
 
@@ -138,6 +145,8 @@ def _path(M: int, R: int) -> str:
 
 def _stacked_product(a: np.ndarray, a2: np.ndarray, b: np.ndarray, b2: np.ndarray | None = None) -> np.ndarray:
     """[a | a2]^T @ [b | b2], the work split as _path says for a. With a2 and b2 empty, a^T @ b."""
+    if not TRANSPOSED_USABLE:   # the microkernel's symbol is a stub there
+        raise RuntimeError("backward_gemms: a^T @ b runs on oneDNN's microkernel only; check applies_transposed first")
     _ready()
     b2 = b[:, :0] if b2 is None else b2
     M, N = a.shape[1] + a2.shape[1], b.shape[1] + b2.shape[1]
@@ -247,6 +256,10 @@ def _product_tiles(t0, t1, a, b, out):
     R = a.shape[0]
     K = a.shape[1]
     N = b.shape[1]
+    if ON_TILES:
+        r0, r1 = t0 * TILE_ROWS, min(t1 * TILE_ROWS, R)
+        tiles.product(a[r0:r1], b, tiles.pack(b), out[r0:r1], np.bool_(False))
+        return
     lda = np.int64(a.strides[0] // 4)
     ldb = np.int64(b.strides[0] // 4)
     ldc = np.int64(out.strides[0] // 4)
@@ -342,4 +355,5 @@ def compile_launchers() -> None:
 
 
 __all__ = ["applies", "applies_transposed", "applies_with_shared_narrow", "compile_launchers", "product",
-           "products_with_shared_narrow", "shared_transposed_products", "transposed_product", "USABLE"]
+           "products_with_shared_narrow", "shared_transposed_products", "transposed_product", "TRANSPOSED_USABLE",
+           "USABLE"]

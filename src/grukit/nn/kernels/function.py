@@ -35,7 +35,7 @@ from ..embedded import TableRows, row_sums
 from ..first_order import first_order_backward
 from ..projection_grads import projection_grads
 from ..reference import DirectionWeights
-from . import api, backward_gemms, buffers, products
+from . import api, backward_gemms, buffers, products, tiles
 from .blas import PER_THREAD_LIMIT
 from .common import GEMM_MIN_ROWS, TINY_GRADIENT_FLOAT32, flush_tiny, set_threads
 
@@ -507,12 +507,16 @@ def training_projection(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                         out: torch.Tensor) -> bool:
     """out = rows @ weight.T + bias on the kernels' threads (api.project_into), for a fused layer's
     training projection, where the kernels' float32 GEMM is oneDNN's microkernel (products.py: AMD
-    CPUs with AVX-512, where torch's MKL runs AVX2 code). True when done; False leaves it to torch.
+    CPUs with AVX-512, where torch's MKL runs AVX2 code) or grukit's tiles (tiles.py: AVX2 without
+    AVX-512). True when done; False leaves it to torch.
 
     Measured on the Zen 4, a training step against the same layer on torch's addmm, one process,
     alternating, 24 paired rounds: S2 GRU 1.06x, LSTM 1.08x (S2's projection alone: 3.9-4.1 against
-    4.3-5.1 ms)."""
-    if products.resolve(None, np.float32) != "onednn" or not _on_cpu_as(torch.float32, rows, weight, bias):
+    4.3-5.1 ms). On the Zen 3, the projection alone on the tiles against addmm, both threads, paired
+    medians of 15: S2 GRU 1.05x, LSTM 1.20x, S4 1.05x; at 10 features 0.52x, but inputs that narrow
+    are projected inside the time loop instead (api.INPUT_ROWS_MAX)."""
+    faster = products.resolve(None, np.float32) == "onednn" or tiles.FASTER_F32
+    if not faster or not _on_cpu_as(torch.float32, rows, weight, bias):
         return False
     set_threads(torch.get_num_threads())
     bias_np = np.zeros(weight.shape[0], np.float32) if bias is None else _np(bias)

@@ -1,8 +1,9 @@
 """Which GEMM runs the kernels' per-step recurrent products (h @ W^T forward, dgates @ W backward),
 and the operand each takes: the ``products`` argument of the cells' forward, backward and step.
 
-* "blas": MKL's packed sgemm (float32) or BLAS's dgemm / OpenBLAS (blas.py); operand: an empty 1-D
-  array, so the block packs the weight itself (common.recurrent_operand).
+* "blas": MKL's packed sgemm (float32) or BLAS's dgemm / OpenBLAS (blas.py), and in float32 on CPUs
+  with AVX2 but no AVX-512 grukit's own register tiles instead of MKL (tiles.py, ``tiles.FASTER_F32``);
+  operand: an empty 1-D array, so the block packs the weight itself (common.recurrent_operand).
 * "onednn": oneDNN's float32 brgemm microkernel (onednn.py); operand: W itself as a batch of one,
   (1, K, N). The float32 default where it beat MKL (``onednn.FASTER_F32``).
 * "brgemm": the bfloat16 mode on BF16 units: the microkernel on W rounded to bfloat16 in VNNI
