@@ -32,6 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import buffers
+from .region import call_unlinked
 
 PANEL = 16
 HALF_PANEL = 8
@@ -128,6 +129,23 @@ def _copy(vectors: int):
 
 _copy_16 = _copy(2)
 _copy_8 = _copy(1)
+
+
+@intrinsic
+def _load(typingctx, address):
+    """The float32 at an address."""
+    def codegen(context, builder, signature, args):
+        return builder.load(builder.inttoptr(args[0], _F32.as_pointer()), align=4)
+    return types.float32(types.int64), codegen
+
+
+@intrinsic
+def _store(typingctx, address, value):
+    """Store a float32 at an address."""
+    def codegen(context, builder, signature, args):
+        builder.store(args[1], builder.inttoptr(args[0], _F32.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.void(types.int64, types.float32), codegen
 _tile_1x16, _tile_2x16, _tile_3x16, _tile_4x16 = (_tile(r, 2) for r in range(1, ROWS + 1))
 _tile_1x8, _tile_2x8, _tile_3x8, _tile_4x8 = (_tile(r, 1) for r in range(1, ROWS + 1))
 
@@ -180,39 +198,39 @@ def panel_buffer(K, N):
     return flat[skip:skip + size]
 
 
+# The entry points take arrays of any layout; the work runs in functions of addresses and sizes
+# only, called through their address (region.call_unlinked): each compiles once, and no kernel that
+# calls them optimizes their code again (linked into every caller, the tiles had added 10-20 s to a
+# first training step on an empty cache).
+@njit(**_JIT)
+def _pack_at(first, K, m, ldm, cs, N, dst):
+    """Panels of the float32 matrix at m ((K, N), rows ldm and columns cs floats apart) into dst."""
+    n0 = 0
+    while n0 + HALF_PANEL <= N:
+        width = PANEL if n0 + PANEL <= N else HALF_PANEL
+        for k in range(K):
+            src = m + (k * ldm + n0 * cs) * 4
+            if cs != 1:
+                for j in range(width):
+                    _store(dst + j * 4, _load(src + j * cs * 4))
+            elif width == PANEL:
+                _copy_16(src, dst)
+            else:
+                _copy_8(src, dst)
+            dst += width * 4
+        n0 += width
+
+
 @njit(**_JIT)
 def pack_into(m, out):
     """m (K, N) float32 as panels for :func:`product`, written into ``out`` (at least
     ``packed_size(K, N)`` floats): the N // 16 panels of 16 columns, then one of 8 if N % 16 >= 8,
     each (K, width) row-major, side by side. Columns past them are read from m itself."""
     K, N = m.shape
-    if K == 0 or N < HALF_PANEL:
-        return out
-    if m.strides[1] != 4:
-        for n0 in range(0, N // HALF_PANEL * HALF_PANEL, PANEL):
-            width = PANEL if n0 + PANEL <= N else HALF_PANEL
-            panel = out[n0 * K:(n0 + width) * K].reshape((K, width))
-            for k in range(K):
-                for j in range(width):
-                    panel[k, j] = m[k, n0 + j]
-        return out
-    # rows of contiguous floats: copied by address, 8 or 16 at a time (indexing an array of unknown
-    # strides cost 1.5 ns an element, 0.3 ms for a backward chunk of 512 x 384)
-    src = np.int64(m.ctypes.data)
-    ld = m.strides[0] if K > 1 else 0
-    dst = np.int64(out.ctypes.data)
-    n0 = 0
-    while n0 + HALF_PANEL <= N:
-        if n0 + PANEL <= N:
-            for k in range(K):
-                _copy_16(src + k * ld + n0 * 4, dst)
-                dst += PANEL * 4
-            n0 += PANEL
-        else:
-            for k in range(K):
-                _copy_8(src + k * ld + n0 * 4, dst)
-                dst += HALF_PANEL * 4
-            n0 += HALF_PANEL
+    if K > 0 and N >= HALF_PANEL:
+        call_unlinked(_pack_at, np.int64(0), np.int64(K),
+                      (np.int64(m.ctypes.data), np.int64(m.strides[0] // 4), np.int64(m.strides[1] // 4),
+                       np.int64(N), np.int64(out.ctypes.data)))
     return out
 
 
@@ -223,6 +241,43 @@ def pack(m):
 
 
 @njit(**_JIT)
+def _product_at(first, R, a, lda, b, c, ldc, K, N, start, bias, m, ldm, cs):
+    """C = S + A @ M for float32 at addresses: A (R, K) at a, rows lda floats apart; M's panels at b
+    (:func:`pack_into`), M itself at m (rows ldm and columns cs apart) for the columns past them;
+    C (R, N) at c, rows ldc apart. S: 0 for start 0, C itself for 1, the row at ``bias`` for 2."""
+    in_panels = N // HALF_PANEL * HALF_PANEL
+    if K == 0 and start != 1:
+        for r in range(R):
+            for j in range(in_panels):
+                _store(c + (r * ldc + j) * 4, _load(bias + j * 4) if start == 2 else np.float32(0.0))
+    for g0 in range(0, R, ROW_GROUP):
+        rows = min(ROW_GROUP, R - g0)
+        for k0 in range(0, K, K_CHUNK):
+            kc = min(K_CHUNK, K - k0)
+            n0 = 0
+            panel = b
+            while n0 < in_panels:
+                wide = n0 + PANEL <= N
+                width = PANEL if wide else HALF_PANEL
+                out = c + (g0 * ldc + n0) * 4
+                s, lds = 0, 0
+                if k0 > 0 or start == 1:
+                    s, lds = out, ldc
+                elif start == 2:
+                    s = bias + n0 * 4
+                _row_tiles(rows, a + (g0 * lda + k0) * 4, lda, panel + k0 * width * 4, out, ldc, kc, s, lds, wide)
+                panel += K * width * 4
+                n0 += width
+    for r in range(R):
+        for j in range(in_panels, N):
+            at = c + (r * ldc + j) * 4
+            t = np.float32(0.0) if start == 0 else _load(bias + j * 4 if start == 2 else at)
+            for k in range(K):
+                t += _load(a + (r * lda + k) * 4) * _load(m + (k * ldm + j * cs) * 4)
+            _store(at, t)
+
+
+@njit(**_JIT)
 def _product(x, m, packed, out, start, bias):
     """out = S + x @ m, float32, ``packed = pack(m)``; x (R, K) and out (R, N) with contiguous rows;
     S: 0 for start 0, out itself for 1, the row ``bias`` (N,) for 2."""
@@ -230,49 +285,19 @@ def _product(x, m, packed, out, start, bias):
     N = m.shape[1]
     if R == 0 or N == 0:
         return
-    lda = x.strides[0] // 4 if R > 1 else K
-    ldc = out.strides[0] // 4 if R > 1 else N
-    a0 = np.int64(x.ctypes.data)
-    b0 = np.int64(packed.ctypes.data)
-    c0 = np.int64(out.ctypes.data)
-    in_panels = N // HALF_PANEL * HALF_PANEL
-    if K == 0:
-        for r in range(R):
-            for j in range(in_panels):
-                out[r, j] = 0 if start == 0 else (bias[j] if start == 2 else out[r, j])
-    for g0 in range(0, R, ROW_GROUP):
-        rows = min(ROW_GROUP, R - g0)
-        for k0 in range(0, K, K_CHUNK):
-            kc = np.int64(min(K_CHUNK, K - k0))
-            n0 = 0
-            panel = b0
-            while n0 < in_panels:
-                wide = n0 + PANEL <= N
-                width = PANEL if wide else HALF_PANEL
-                c = c0 + (g0 * ldc + n0) * 4
-                if k0 > 0 or start == 1:
-                    s, lds = c, ldc
-                elif start == 2:
-                    s, lds = np.int64(bias.ctypes.data) + n0 * 4, 0
-                else:
-                    s, lds = 0, 0
-                _row_tiles(rows, a0 + (g0 * lda + k0) * 4, lda, panel + k0 * width * 4, c, ldc, kc,
-                           np.int64(s), np.int64(lds), wide)
-                panel += K * width * 4
-                n0 += width
-    for r in range(R):
-        for j in range(in_panels, N):
-            t = np.float32(0.0) if start == 0 else (bias[j] if start == 2 else out[r, j])
-            for k in range(K):
-                t += x[r, k] * m[k, j]
-            out[r, j] = t
+    call_unlinked(_product_at, np.int64(0), np.int64(R),
+                  (np.int64(x.ctypes.data), np.int64(x.strides[0] // 4 if R > 1 else K),
+                   np.int64(packed.ctypes.data), np.int64(out.ctypes.data),
+                   np.int64(out.strides[0] // 4 if R > 1 else N), np.int64(K), np.int64(N), np.int64(start),
+                   np.int64(bias.ctypes.data), np.int64(m.ctypes.data), np.int64(m.strides[0] // 4),
+                   np.int64(m.strides[1] // 4)))
 
 
 @njit(**_JIT)
 def product(x, m, packed, out, accumulate):
     """out = x @ m (``out += x @ m`` with ``accumulate``), float32, ``packed = pack(m)``; x (R, K) and
     out (R, N) with contiguous rows."""
-    _product(x, m, packed, out, np.int64(1 if accumulate else 0), out[0, :0])
+    _product(x, m, packed, out, np.int64(1 if accumulate else 0), packed[:0])
 
 
 @njit(**_JIT)
