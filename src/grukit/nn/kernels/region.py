@@ -36,7 +36,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, compiler
 from numba.extending import intrinsic, overload
 
 from . import team
@@ -144,6 +144,30 @@ def run_in_team(typingctx, function, threads, args):
         return builder.sext(builder.load(error), ir.IntType(64))
 
     return types.int64(function, threads, args), codegen
+
+
+def _keep_reload_init_on_cached_libraries() -> None:
+    """Numba (0.68) runs a cached function's reload_init when it loads it, but the library it loads
+    comes back without them. A function compiled later that links that library (a kernel calling
+    tiles.pack, itself loaded from the cache) then inherits none, and a process that loads that
+    kernel alone from the cache aborts on the unlinked function's missing symbol ("LLVM ERROR:
+    Symbol not found"). Kept on the loaded library, they pass on as a fresh compile's do
+    (tests/nn/kernels/test_unlinked_cache.py)."""
+    rebuild = compiler.CompileResult._rebuild.__func__
+    if getattr(rebuild, "keeps_reload_init", False):
+        return
+
+    def rebuild_keeping_reload_init(cls, *args, **kwargs):
+        result = rebuild(cls, *args, **kwargs)
+        if result.reload_init:
+            result.library._reload_init.update(result.reload_init)
+        return result
+
+    rebuild_keeping_reload_init.keeps_reload_init = True
+    compiler.CompileResult._rebuild = classmethod(rebuild_keeping_reload_init)
+
+
+_keep_reload_init_on_cached_libraries()
 
 
 def _symbol(dispatcher, argtypes) -> str:
