@@ -26,7 +26,7 @@ import torch
 from grukit import nn as gnn
 from grukit.errors import ConfigError
 from grukit.nn import bfloat16
-from grukit.nn.kernels import bf16, products
+from grukit.nn.kernels import bf16, products, tiles
 from grukit.nn.kernels.function import CALLS
 
 I, H, T, B = 10, 24, 12, 6
@@ -172,10 +172,11 @@ PRODUCT_SHAPES = [(16, 128, 384), (7, 33, 20), (1, 64, 192), (64, 5, 3), (3, 1, 
 
 
 @pytest.mark.parametrize("R,K,N", PRODUCT_SHAPES)
-@pytest.mark.parametrize("how", ["brgemm", "rounded float32", "rounded float64"])
+@pytest.mark.parametrize("how", ["brgemm", "rounded float32", "rounded float64", "rounded on tiles"])
 def test_recurrent_product_is_the_exact_product_of_the_rounded_operands_rounded(R, K, N, how):
-    """vnni_product (oneDNN's microkernel on the VNNI-packed weight; odd K padded) and rounded_product
-    against the float64 product of the rounded operands, rounded; written into a strided view."""
+    """vnni_product (oneDNN's microkernel on the VNNI-packed weight; odd K padded), rounded_product and
+    rounded_tiles_product against the float64 product of the rounded operands, rounded; written into
+    a strided view."""
     if how == "brgemm" and not bf16.HAS_BRGEMM:
         pytest.skip("no BF16 units on this CPU, or torch exports no brgemm: the mode takes rounded_product")
     rng = np.random.default_rng(R * K + N)
@@ -187,6 +188,9 @@ def test_recurrent_product_is_the_exact_product_of_the_rounded_operands_rounded(
     out = wide[:, 1:N + 1]   # rows of stride N + 3
     if how == "brgemm":
         bf16.vnni_product(x, bf16.vnni_operand(w), out)
+    elif how == "rounded on tiles":
+        rounded_w = bf16.rounded_operand(w)
+        bf16.rounded_tiles_product(x, rounded_w, tiles.pack(rounded_w), out)
     else:
         bf16.rounded_product(x, bf16.rounded_operand(w), out)
     assert (wide[:, 0] == 7).all() and (wide[:, N + 1:] == 7).all()

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from grukit.nn.kernels import buffers, common, tiles
+from grukit.nn.kernels import bf16, buffers, common, tiles
 
 U = 2.0 ** -24
 SHAPES = [(0, 5, 16), (1, 128, 384), (2, 64, 192), (3, 5, 24), (4, 16, 8), (5, 300, 40), (7, 1, 17), (9, 64, 23),
@@ -131,6 +131,42 @@ def test_the_kernels_float32_products_and_projection_run_on_the_tiles():
     got64 = np.empty((R, 192))
     _kernels_product(x64, m64, got64)
     np.testing.assert_allclose(got64, x64 @ m64, rtol=1e-12, atol=1e-12)
+
+
+@njit
+def _block_operand(rounded_m, rows):
+    return common.recurrent_operand(rounded_m, rows, rounded_m)
+
+
+@njit
+def _kernels_rounded_product(x, rounded_m, out):
+    common.gemm_packed(x, rounded_m, common.recurrent_operand(rounded_m, x.shape[0], rounded_m), out)
+
+
+@pytest.mark.skipif(not tiles.FASTER_F32, reason="grukit's tiles run on CPUs with AVX2 and FMA but no AVX-512")
+def test_the_bfloat16_modes_block_products_run_on_the_tiles():
+    """The mode's float32 products without BF16 units ("rounded" operands): a block packs the
+    rounded values into the tiles' panels once per call (none for a block of one row), and its
+    products give the bits of bf16.rounded_tiles_product; float64 keeps the operand as it is."""
+    x, m, _ = _operands(16, 64, 197, seed=6)
+    rounded_m = bf16.rounded_operand(m)
+    operand, panels = _block_operand(rounded_m, np.int64(16))
+    assert operand is rounded_m or np.shares_memory(operand, rounded_m)
+    np.testing.assert_array_equal(panels, tiles.pack(rounded_m))
+    assert _block_operand(rounded_m, np.int64(1))[1].size == 0
+    for R in (1, common.TILES_MIN_ROWS, 16):
+        got = np.empty((R, 197), np.float32)
+        _kernels_rounded_product(x[:R], rounded_m, got)
+        want = np.empty((R, 197), np.float32)
+        bf16.rounded_tiles_product(x[:R], rounded_m, panels if R >= common.TILES_MIN_ROWS else panels[:0], want)
+        np.testing.assert_array_equal(got, want)
+    m64 = rounded_m.astype(np.float64)
+    assert isinstance(_block_operand(m64, np.int64(16)), np.ndarray)
+    got64 = np.empty((16, 197))
+    _kernels_rounded_product(x.astype(np.float64), m64, got64)
+    want64 = np.empty((16, 197))
+    bf16.rounded_product(x.astype(np.float64), m64, want64)
+    np.testing.assert_array_equal(got64, want64)
 
 
 def test_a_matrix_of_any_strides_packs_as_its_contiguous_copy():

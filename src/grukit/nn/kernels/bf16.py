@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from . import onednn
+from . import onednn, tiles
 from .blas import blas_gemm
 from .torch_libraries import open_torch_library
 
@@ -201,6 +201,26 @@ def rounded_product(x, rounded_m, out):
     """out = r(r(x) @ W) with ``rounded_m = rounded_operand(W)`` (the rounded values, x's dtype):
     a float32 (or float64) GEMM whose products of bfloat16 values are exact, as :func:`vnni_product`
     up to the order of the additions."""
+    blas_gemm(_rounded_copy(x), rounded_m, out)
+    round_rows(out)
+
+
+@njit(cache=True, nogil=True)
+def rounded_tiles_product(x, rounded_m, panels, out):
+    """:func:`rounded_product` on grukit's float32 tiles (tiles.py), ``panels = tiles.pack(rounded_m)``
+    (packed once per call by the block; empty for the blocks of one row, which take
+    :func:`rounded_product`). On the Zen 3, one core, 16 x 128 by 384: 17 us against 25 us for
+    MKL's unpacked sgemm."""
+    if panels.size == 0:
+        rounded_product(x, rounded_m, out)
+        return
+    tiles.product(_rounded_copy(x), rounded_m, panels, out, np.bool_(False))
+    round_rows(out)
+
+
+@njit(cache=True, nogil=True)
+def _rounded_copy(x):
+    """x's values rounded to bfloat16, in a new C-contiguous array of x's dtype."""
     R, K = x.shape
     a = np.empty((R, K), x.dtype)
     for i in range(R):
@@ -208,8 +228,7 @@ def rounded_product(x, rounded_m, out):
         ai = a[i]
         for k in range(K):
             ai[k] = rounded_value(xi[k])
-    blas_gemm(a, rounded_m, out)
-    round_rows(out)
+    return a
 
 
 def vnni_operand(m: np.ndarray) -> np.ndarray:
@@ -231,4 +250,4 @@ def rounded_operand(m: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["HAS_BRGEMM", "PROVIDER", "from_float32", "matmul", "round_rows", "rounded_bits",
-           "rounded_operand", "rounded_product", "rounded_value", "to_float32", "vnni_operand", "vnni_product"]
+           "rounded_operand", "rounded_product", "rounded_tiles_product", "rounded_value", "to_float32", "vnni_operand", "vnni_product"]

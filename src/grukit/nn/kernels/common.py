@@ -33,7 +33,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import buffers, onednn, region, tiles
-from .bf16 import rounded_product, vnni_product
+from .bf16 import rounded_product, rounded_tiles_product, vnni_product
 from .blas import (PER_THREAD_LIMIT, blas_gemm, blas_gemm_nt_acc, one_thread_here, pack_rows, packed_gemm,
                    restore_threads_here)
 from .team import run_blocks
@@ -564,11 +564,14 @@ def gemm_packed(x, m, packed, out):
     rows, operand)``. Chosen by packed's type when the loop is compiled (products.py): a 1-D float
     array is MKL's packed m (or empty), a BLAS GEMM; a 3-D float array is m as a batch of one, for
     oneDNN's float32 microkernel; a 2-D array is the bfloat16 mode's operand (bf16.py), whose product
-    rounds both operands and its result to bfloat16."""
+    rounds both operands and its result to bfloat16, and a pair (that operand, its tiles' panels) the
+    same product on grukit's tiles."""
 
 
 @overload(gemm_packed, jit_options=OVERLOAD_JIT)
 def _gemm_packed(x, m, packed, out):
+    if isinstance(packed, types.BaseTuple):   # the bfloat16 mode's rounded values and their panels
+        return lambda x, m, packed, out: rounded_tiles_product(x, packed[0], packed[1], out)
     if packed.ndim == 3:
         return lambda x, m, packed, out: _onednn_gemm(x, packed, out)
     if packed.ndim == 2 and packed.dtype == types.uint16:
@@ -595,7 +598,8 @@ def _pack_weight_for(m, rows):
 
 def recurrent_operand(m, rows, operand):
     """The second operand of a block's per-step products with m for :func:`gemm_packed`: ``operand``
-    itself (products.operands: oneDNN's or the bfloat16 mode's), or for an empty 1-D array ("blas"),
+    itself (products.operands: oneDNN's or the bfloat16 mode's; on grukit's tiles the mode's float32
+    operand with its panels, packed once per call), or for an empty 1-D array ("blas"),
     :func:`pack_weight_for` of m."""
 
 
@@ -607,6 +611,10 @@ def no_operand(dtype):
 
 @overload(recurrent_operand, jit_options=OVERLOAD_JIT)
 def _recurrent_operand(m, rows, operand):
+    if operand.ndim == 2 and _on_tiles(operand):
+        # the bfloat16 mode's rounded values (float32): on the tiles, with their panels
+        return lambda m, rows, operand: (operand, tiles.pack(operand) if rows >= TILES_MIN_ROWS
+                                         else np.empty(0, np.float32))
     if operand.ndim >= 2:
         return lambda m, rows, operand: operand
     return lambda m, rows, operand: pack_weight_for(m, rows)
@@ -637,7 +645,7 @@ def _tiles_gemm_add(x, m, packed, scratch, out):
 
 @overload(gemm_add, jit_options=OVERLOAD_JIT)
 def _gemm_add(x, m, packed, scratch, out):
-    if _on_tiles(x) and packed.ndim == 1:
+    if _on_tiles(x) and isinstance(packed, types.Array) and packed.ndim == 1:
         return lambda x, m, packed, scratch, out: _tiles_gemm_add(x, m, packed, scratch, out)
     return lambda x, m, packed, scratch, out: _gemm_add_through(x, m, packed, scratch, out)
 

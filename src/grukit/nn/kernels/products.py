@@ -9,7 +9,8 @@ and the operand each takes: the ``products`` argument of the cells' forward, bac
 * "brgemm": the bfloat16 mode on BF16 units: the microkernel on W rounded to bfloat16 in VNNI
   layout, ((K+1) // 2, 2N) uint16 (bf16.vnni_product).
 * "rounded": the bfloat16 mode elsewhere, and in float64: a GEMM of the rounded values, rounded;
-  operand: W's rounded values, (K, N) in W's dtype (bf16.rounded_product).
+  operand: W's rounded values, (K, N) in W's dtype (bf16.rounded_product; in float32 on the tiles'
+  CPUs the block packs them into panels once per call, bf16.rounded_tiles_product).
 
 The compiled loops tell the kinds apart by the operand's type when they compile (common.gemm_packed).
 """
