@@ -176,3 +176,55 @@ def test_a_matrix_of_any_strides_packs_as_its_contiguous_copy():
     w = rng.standard_normal((61, 37)).astype(np.float32)
     for view in (w.T, w[::2, 3:30], w[:, 1:]):
         np.testing.assert_array_equal(tiles.pack(view), tiles.pack(np.ascontiguousarray(view)))
+
+
+@pytest.mark.parametrize("K,N,c0,c1", [(128, 384, 0, 384), (128, 384, 256, 384), (40, 120, 0, 80), (40, 120, 80, 120),
+                                       (20, 60, 32, 60), (7, 24, 0, 24), (5, 13, 0, 13), (64, 200, 48, 200),
+                                       (0, 32, 0, 32), (300, 64, 16, 48)])
+def test_one_rows_product_over_panels_gives_the_bits_of_the_tiles(K, N, c0, c1):
+    """tiles.row_product (a batch of one's product, several panels at a time) on any column range
+    that starts on a panel: the bits of tiles.product's row and of common.matmul_acc, within the
+    float32 bound; nothing written outside the range."""
+    x, m, _ = _operands(1, K, N, seed=K + N)
+    packed = tiles.pack(m)
+    wide = np.full((1, c1 - c0 + 2), 7.0, np.float32)
+    tiles.row_product(x, m, packed, c0, c1, wide[:, 1:-1])
+    got = wide[:, 1:-1]
+    assert wide[0, 0] == 7.0 and wide[0, -1] == 7.0
+    whole = np.empty((1, N), np.float32)
+    tiles.product(x, m, packed, whole, np.bool_(False))
+    np.testing.assert_array_equal(got, whole[:, c0:c1])
+    looped = np.zeros((1, c1 - c0), np.float32)
+    common.matmul_acc(x, m, np.int64(0), np.int64(c0), np.int64(c1 - c0), looped)
+    np.testing.assert_array_equal(got, looped)
+    _assert_within_the_float32_bound(got, x, m[:, c0:c1], 0.0)
+
+
+@njit
+def _stored_tiles_operand(w, T):
+    return common.stored_tiles_operand(w, T)
+
+
+@njit
+def _stored_rows_product(h, w, T, r0, r1, out):
+    w_r, transposed, panels = common.stored_tiles_operand(w, T)
+    common.rows_product_on(h, w_r, transposed, panels, r0, r1, out)
+
+
+@pytest.mark.skipif(not tiles.FASTER_F32, reason="grukit's tiles run on CPUs with AVX2 and FMA but no AVX-512")
+def test_a_long_batch_of_one_multiplies_on_panels_of_w_transposed():
+    """A batch of one over common.STORED_TRANSPOSE_MIN_STEPS steps or more (the families'
+    stored_sequence) reads W^T's panels; shorter ones and float64 read W as stored. Either way a
+    column range of the product agrees with the float64 product."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((96, 48)).astype(np.float32)        # (G*H, H) as stored
+    long_steps, short_steps = common.STORED_TRANSPOSE_MIN_STEPS, common.STORED_TRANSPOSE_MIN_STEPS - 1
+    w_t, transposed, panels = _stored_tiles_operand(w, np.int64(long_steps))
+    assert transposed and np.array_equal(w_t, w.T) and np.array_equal(panels, tiles.pack(np.ascontiguousarray(w.T)))
+    assert not _stored_tiles_operand(w, np.int64(short_steps))[1]
+    assert not _stored_tiles_operand(w.astype(np.float64), np.int64(long_steps))[1]
+    h = rng.standard_normal((1, 48)).astype(np.float32)
+    for T in (short_steps, long_steps):
+        out = np.empty((1, 48), np.float32)
+        _stored_rows_product(h, w, np.int64(T), np.int64(48), np.int64(96), out)
+        _assert_within_the_float32_bound(out, h, np.ascontiguousarray(w[48:].T), 0.0)

@@ -377,7 +377,9 @@ def stored_matvec(K):
 # two forms alternating in one process, Zen 4: 1.10-1.16x faster on the copy; at T=24 0.98x, T=32
 # 1.05x, T=48 1.16x. The LSTM, SimpleRNN and MGU loops gained nothing that held (0.87-1.04x,
 # 0.83-0.91x, 1.00x) and read W as stored. On the Zen 5 the GRU's loop on W as stored: `layer(x)`
-# at S1 1.22-1.29x (313 to 242-257 us), `streamer.run` 1.13x.
+# at S1 1.22-1.29x (313 to 242-257 us), `streamer.run` 1.13x. On the tiles' CPUs every family's loop
+# reads W^T's panels from this many steps on (tiles_transposed, stored_panels): S1 on a Zen 3, GRU
+# 1.06x, LSTM 1.11x, SimpleRNN 1.07x, MGU 1.09x.
 STORED_TRANSPOSE_MIN_STEPS = 32
 
 
@@ -408,6 +410,68 @@ def stored_operand(w, T):
     w_t = aligned_matrix(w.shape[1], w.shape[0], w)
     _transpose_into(w, w_t)
     return w_t, True
+
+
+def stored_panels(w_r, transposed):
+    """The panels of ``stored_operand``'s W^T for :func:`rows_product_on` (tiles.pack), on CPUs where
+    grukit's tiles are the faster float32 GEMM; else empty (the products stay on rows_product)."""
+
+
+@overload(stored_panels, jit_options=OVERLOAD_JIT)
+def _stored_panels(w_r, transposed):
+    if _on_tiles(w_r):
+        return lambda w_r, transposed: tiles.pack(w_r) if transposed else np.empty(0, np.float32)
+    return lambda w_r, transposed: np.empty(0, w_r.dtype)
+
+
+def tiles_transposed(w, T):
+    """The weight form of a batch of one for the families that read W as stored elsewhere (LSTM,
+    SimpleRNN, MGU): on the tiles' CPUs (float32), from STORED_TRANSPOSE_MIN_STEPS steps on,
+    ``(W^T, True)``, copied here, whose panels the one-thread loop multiplies on and whose columns
+    a split over threads reads (the same bits); else ``(w, False)``."""
+
+
+@overload(tiles_transposed, jit_options=OVERLOAD_JIT)
+def _tiles_transposed(w, T):
+    if _on_tiles(w):
+        def on_tiles(w, T):
+            if T < STORED_TRANSPOSE_MIN_STEPS:
+                return w, False
+            w_t = aligned_matrix(w.shape[1], w.shape[0], w)
+            _transpose_into(w, w_t)
+            return w_t, True
+        return on_tiles
+    return lambda w, T: (w, False)
+
+
+@njit(**JIT)
+def stored_tiles_operand(w, T):
+    """``(w_r, transposed, panels)``: :func:`tiles_transposed` and its :func:`stored_panels` for
+    :func:`rows_product_on` (one Zen 3 core, one row, 128 x 128: 0.47 against 1.1 us; the copies
+    take about 20 us a call)."""
+    w_r, transposed = tiles_transposed(w, T)
+    return w_r, transposed, stored_panels(w_r, transposed)
+
+
+def rows_product_on(x, w, transposed, panels, r0, r1, out):
+    """:func:`rows_product`, or for a single row with ``panels = stored_panels(w, transposed)`` the
+    tiles' one-row product on them (the same bits, each weight read once: tiles.row_product)."""
+
+
+@njit(**JIT)
+def _rows_product_on_tiles(x, w, transposed, panels, r0, r1, out):
+    if panels.size > 0 and x.shape[0] == 1 and r0 % tiles.PANEL == 0:
+        tiles.row_product(x, w, panels, r0, r1, out)
+    else:
+        rows_product(x, w, transposed, r0, r1, out)
+
+
+@overload(rows_product_on, jit_options=OVERLOAD_JIT)
+def _rows_product_on(x, w, transposed, panels, r0, r1, out):
+    if _on_tiles(x):
+        return lambda x, w, transposed, panels, r0, r1, out: _rows_product_on_tiles(x, w, transposed, panels, r0, r1,
+                                                                                    out)
+    return lambda x, w, transposed, panels, r0, r1, out: rows_product(x, w, transposed, r0, r1, out)
 
 
 @njit(**JIT)

@@ -20,9 +20,10 @@ from numba import njit
 
 from . import buffers
 from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
-                     gemm_packed, gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame,
-                     project_sequence, project_stored, recurrent_operand, rows_product, run_forward, run_rows,
-                     run_step, sigmoid, stored_operand, tanh, time_index, tiny_gradient, zero_tail)
+                     gemm_packed, gx_block, gx_row, gx_shape, max_length, no_operand, one_length, output_grad,
+                     project_frame, project_sequence, project_stored, recurrent_operand, rows_product_on, run_forward,
+                     run_rows, run_step, sigmoid, stored_operand, stored_panels, tanh, time_index, tiny_gradient,
+                     zero_tail)
 from .products import operand_pair
 from .region import barrier, run_in_team, team_rows
 from .unit_shares import share_buffers, share_step
@@ -403,25 +404,26 @@ def frame(x, w_in, input_transposed, b_in, w, transposed, bhh, reset_after, h, g
     out (B, H) are scratch. The step is stored_sequence's."""
     project_frame(x, w_in, input_transposed, b_in, gx)
     gr, rh, gn = _stored_scratch(h, reset_after)
-    _stored_step(gx[0], w, transposed, bhh, reset_after, h, out, gr, rh, gn)
+    _stored_step(gx[0], w, transposed, no_operand(h.dtype), bhh, reset_after, h, out, gr, rh, gn)
 
 
 @njit(**JIT)
-def _stored_step(g, w, transposed, bhh, reset_after, h, o, gr, rh, gn):
+def _stored_step(g, w, transposed, panels, bhh, reset_after, h, o, gr, rh, gn):
     """One step on the weights as stored, read in place: g (B, 3H) the step's input side,
-    w (3H, H) rows r, z, n (with ``transposed``, W^T (H, 3H)), bhh (3H,); the state h (B, H) is
-    updated in place and copied to o. Scratch: gr (B, 3H) reset after, (B, 2H) before; rh and gn
-    (B, H). The same gate passes as the forward loop, on products from common.rows_product."""
+    w (3H, H) rows r, z, n (with ``transposed``, W^T (H, 3H), and maybe its ``panels``:
+    common.stored_panels), bhh (3H,); the state h (B, H) is updated in place and copied to o.
+    Scratch: gr (B, 3H) reset after, (B, 2H) before; rh and gn (B, H). The same gate passes as the
+    forward loop, on products from common.rows_product_on."""
     B, H = h.shape
     if reset_after:
-        rows_product(h, w, transposed, np.int64(0), 3 * H, gr)
+        rows_product_on(h, w, transposed, panels, np.int64(0), 3 * H, gr)
         for i in range(B):
             _gates_after(g[i], gr[i], bhh, h[i], o[i], H)
         return
-    rows_product(h, w, transposed, np.int64(0), 2 * H, gr)
+    rows_product_on(h, w, transposed, panels, np.int64(0), 2 * H, gr)
     for i in range(B):
         _reset_before(g[i], gr[i], h[i], rh[i], H)
-    rows_product(rh, w, transposed, 2 * H, 3 * H, gn)
+    rows_product_on(rh, w, transposed, panels, 2 * H, 3 * H, gn)
     for i in range(B):
         _gates_before(g[i], gr[i], gn[i], h[i], o[i], H)
 
@@ -441,7 +443,8 @@ def stored_frame(x, w_ih, b_in, w, bhh, reset_after, h):
     g = np.empty((B, 3 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
     gr, rh, gn = _stored_scratch(h, reset_after)
-    _stored_step(g, w, np.bool_(False), bhh, reset_after, h, np.empty((B, H), h.dtype), gr, rh, gn)
+    _stored_step(g, w, np.bool_(False), no_operand(h.dtype), bhh, reset_after, h, np.empty((B, H), h.dtype), gr, rh,
+                 gn)
 
 
 @njit(**JIT)
@@ -454,9 +457,10 @@ def stored_sequence(x, w_ih, b_in, w, bhh, reset_after, reverse, h, out):
     g = project_sequence(x, w_ih, b_in)
     gr, rh, gn = _stored_scratch(h, reset_after)
     w_r, transposed = stored_operand(w, T)
+    panels = stored_panels(w_r, transposed)
     for s in range(T):
         t = time_index(s, T, reverse)
-        _stored_step(g[t], w_r, transposed, bhh, reset_after, h, out[t], gr, rh, gn)
+        _stored_step(g[t], w_r, transposed, panels, bhh, reset_after, h, out[t], gr, rh, gn)
 
 
 # A batch of one's sequence on two (or more) threads, reset after (unit_shares.py, api._split_sequence).

@@ -17,9 +17,10 @@ from .products import operands
 from .region import barrier, run_in_team, team_rows
 from .unit_shares import share_buffers, share_step
 from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add, gemm_packed,
-                     gx_block, gx_row, gx_shape, max_length, one_length, output_grad, project_frame, project_sequence,
-                     project_stored, recurrent_operand, rows_product, run_forward, run_rows, run_step, sigmoid, tanh,
-                     time_index, tiny_gradient, zero_tail, zero_vector)
+                     gx_block, gx_row, gx_shape, max_length, no_operand, one_length, output_grad, project_frame,
+                     project_sequence, project_stored, recurrent_operand, rows_product_on, run_forward, run_rows,
+                     run_step, sigmoid, stored_tiles_operand, tanh, tiles_transposed, time_index, tiny_gradient,
+                     zero_tail, zero_vector)
 
 
 # Per-row gate passes on 1-D row views: a flag test or a store into a 3-D workspace inside
@@ -268,16 +269,18 @@ def frame(x, w_in, input_transposed, b_in, w, transposed, bhh, h, c, gx, out):
     (common.stored_matvec says which); the states h and c (B, H) are updated in place. gx (1, B, 4H)
     and out (B, H) are scratch. The step is stored_sequence's."""
     project_frame(x, w_in, input_transposed, b_in, gx)
-    _stored_step(gx[0], w, transposed, bhh, h, c, out, np.empty((h.shape[0], 4 * h.shape[1]), h.dtype))
+    _stored_step(gx[0], w, transposed, no_operand(h.dtype), bhh, h, c, out,
+                 np.empty((h.shape[0], 4 * h.shape[1]), h.dtype))
 
 
 @njit(**JIT)
-def _stored_step(g, w, transposed, bhh, h, c, o, gr):
+def _stored_step(g, w, transposed, panels, bhh, h, c, o, gr):
     """One step on the weights as stored, read in place: g (B, 4H) the step's input side,
-    w (4H, H) (with ``transposed``, W^T (H, 4H)), bhh (4H,); the states h and c (B, H) are updated
-    in place and h copied to o. gr (B, 4H) is scratch."""
+    w (4H, H) (with ``transposed``, W^T (H, 4H), and maybe its ``panels``:
+    common.stored_tiles_operand), bhh (4H,); the states h and c (B, H) are updated in place and h
+    copied to o. gr (B, 4H) is scratch."""
     H = h.shape[1]
-    rows_product(h, w, transposed, np.int64(0), 4 * H, gr)
+    rows_product_on(h, w, transposed, panels, np.int64(0), 4 * H, gr)
     for i in range(h.shape[0]):
         _gates(g[i], gr[i], bhh, h[i], c[i], o[i], H)
 
@@ -289,7 +292,8 @@ def stored_frame(x, w_ih, b_in, w, bhh, h, c):
     B, H = h.shape
     g = np.empty((B, 4 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    _stored_step(g, w, np.bool_(False), bhh, h, c, np.empty((B, H), h.dtype), np.empty((B, 4 * H), h.dtype))
+    _stored_step(g, w, np.bool_(False), no_operand(h.dtype), bhh, h, c, np.empty((B, H), h.dtype),
+                 np.empty((B, 4 * H), h.dtype))
 
 
 @njit(**JIT)
@@ -299,9 +303,10 @@ def stored_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out):
     T = x.shape[0]
     g = project_sequence(x, w_ih, b_in)
     gr = np.empty((h.shape[0], 4 * h.shape[1]), h.dtype)
+    w_r, transposed, panels = stored_tiles_operand(w, T)
     for s in range(T):
         t = time_index(s, T, reverse)
-        _stored_step(g[t], w, np.bool_(False), bhh, h, c, out[t], gr)
+        _stored_step(g[t], w_r, transposed, panels, bhh, h, c, out[t], gr)
 
 
 @njit(**JIT)
@@ -311,13 +316,14 @@ def split_sequence(x, w_ih, b_in, w, bhh, reverse, h, c, out, threads):
     the states h and c (1, H) updated in place. Returns 0, or 1 when a thread's call raised."""
     H = h.shape[1]
     g = project_sequence(x, w_ih, b_in)
+    w_r, transposed = tiles_transposed(w, g.shape[0])   # the one-thread loop's form: its bits
     states = np.empty((2, 1, H), h.dtype)     # h before and after each step; c stays with its units
     counter = np.zeros(8, np.int64)
-    return run_in_team(_split_part, threads, (g, w, bhh, reverse, h, c, out, states, counter))
+    return run_in_team(_split_part, threads, (g, w_r, transposed, bhh, reverse, h, c, out, states, counter))
 
 
 @njit(**JIT)
-def _split_part(thread, team_size, g, w, bhh, reverse, h, c, out, states, counter):
+def _split_part(thread, team_size, g, w, transposed, bhh, reverse, h, c, out, states, counter):
     """One thread's share of split_sequence (unit_shares.py): its units' i, f, g and o rows gathered for
     the gate pass stored_sequence runs over the whole row (_gates); their cell state stays in place."""
     T = g.shape[0]
@@ -327,7 +333,7 @@ def _split_part(thread, team_size, g, w, bhh, reverse, h, c, out, states, counte
     barrier(counter, team_size)
     for s in range(T):
         t = time_index(s, T, reverse)
-        after = share_step(g[t, 0], w, np.bool_(False), states, s, u0, u1, products, local_g)
+        after = share_step(g[t, 0], w, transposed, states, s, u0, u1, products, local_g)
         _gates(local_g, gathered, local_b, after, cell, out[t, 0, u0:u1], u1 - u0)
         barrier(counter, team_size * (s + 2))
     copy_vector(h[0, u0:u1], states[T % 2, 0, u0:u1])

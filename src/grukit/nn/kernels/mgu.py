@@ -16,8 +16,9 @@ from numba import njit
 from . import buffers
 from .products import operand_pair
 from .common import (JIT, ONE, copy_matrix, fma, gemm_add, gemm_packed, gx_block, gx_row, gx_shape, max_length,
-                     one_length, output_grad, project_frame, project_sequence, project_stored, recurrent_operand,
-                     rows_product, run_forward, run_rows, run_step, sigmoid, tanh, time_index, zero_tail)
+                     no_operand, one_length, output_grad, project_frame, project_sequence, project_stored,
+                     recurrent_operand, rows_product_on, run_forward, run_rows, run_step, sigmoid, stored_tiles_operand,
+                     tanh, time_index, zero_tail)
 from .region import team_rows
 
 
@@ -210,22 +211,23 @@ def frame(x, w_in, input_transposed, b_in, w, transposed, has_uf, h, gx, out):
     (common.stored_matvec says which); the state h (B, H) is updated in place. gx (1, B, 2H) and out
     (B, H) are scratch. The step is stored_sequence's."""
     project_frame(x, w_in, input_transposed, b_in, gx)
-    _stored_step(gx[0], w, transposed, has_uf, h, out, np.empty(h.shape, h.dtype),
+    _stored_step(gx[0], w, transposed, no_operand(h.dtype), has_uf, h, out, np.empty(h.shape, h.dtype),
                  np.empty(h.shape, h.dtype), np.empty(h.shape, h.dtype))
 
 
 @njit(**JIT)
-def _stored_step(g, w, transposed, has_uf, h, o, gf, fh, gn):
+def _stored_step(g, w, transposed, panels, has_uf, h, o, gf, fh, gn):
     """One step on the weights as stored, read in place: g (B, 2H) the step's input side, w
-    (2H, H) rows U_f, U_n (without U_f, (H, H): U_n; with ``transposed``, W^T); the state h (B, H)
-    is updated in place and copied to o. gf, fh and gn (B, H) are scratch."""
+    (2H, H) rows U_f, U_n (without U_f, (H, H): U_n; with ``transposed``, W^T, and maybe its
+    ``panels``: common.stored_tiles_operand); the state h (B, H) is updated in place and copied to
+    o. gf, fh and gn (B, H) are scratch."""
     B, H = h.shape
     if has_uf:
-        rows_product(h, w, transposed, np.int64(0), H, gf)
+        rows_product_on(h, w, transposed, panels, np.int64(0), H, gf)
     for i in range(B):
         _forget(g[i], gf[i], h[i], fh[i], H, has_uf)
     n0 = H if has_uf else np.int64(0)     # U_n's rows
-    rows_product(fh, w, transposed, n0, n0 + H, gn)
+    rows_product_on(fh, w, transposed, panels, n0, n0 + H, gn)
     for i in range(B):
         _update(g[i], gf[i], gn[i], h[i], o[i], H)
 
@@ -238,8 +240,8 @@ def stored_frame(x, w_ih, b_in, w, h):
     B, H = h.shape
     g = np.empty((B, 2 * H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    _stored_step(g, w, np.bool_(False), np.bool_(True), h, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype),
-                 np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
+    _stored_step(g, w, np.bool_(False), no_operand(h.dtype), np.bool_(True), h, np.empty((B, H), h.dtype),
+                 np.empty((B, H), h.dtype), np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
 
 
 @njit(**JIT)
@@ -252,9 +254,10 @@ def stored_sequence(x, w_ih, b_in, w, has_uf, reverse, h, out):
     gf = np.empty(h.shape, h.dtype)
     fh = np.empty(h.shape, h.dtype)
     gn = np.empty(h.shape, h.dtype)
+    w_r, transposed, panels = stored_tiles_operand(w, T)
     for s in range(T):
         t = time_index(s, T, reverse)
-        _stored_step(g[t], w, np.bool_(False), has_uf, h, out[t], gf, fh, gn)
+        _stored_step(g[t], w_r, transposed, panels, has_uf, h, out[t], gf, fh, gn)
 
 
 def split_weight(w_t, has_uf):

@@ -18,8 +18,9 @@ from numba import njit
 from . import buffers
 from .products import operands
 from .common import (JIT, ONE, ZERO, copy_matrix, gemm_add, gemm_packed, gx_block, gx_row, gx_shape, max_length,
-                     one_length, output_grad, project_frame, project_sequence, project_stored, recurrent_operand,
-                     rows_product, run_forward, run_rows, run_step, tanh, time_index, zero_tail)
+                     no_operand, one_length, output_grad, project_frame, project_sequence, project_stored,
+                     recurrent_operand, rows_product_on, run_forward, run_rows, run_step, stored_tiles_operand, tanh,
+                     time_index, zero_tail)
 from .region import team_rows
 
 
@@ -136,16 +137,16 @@ def frame(x, w_in, input_transposed, b_in, w, transposed, bhh, relu, h, gx, out)
     (common.stored_matvec says which); the state h (B, H) is updated in place. gx (1, B, H) and out
     (B, H) are scratch. The step is stored_sequence's."""
     project_frame(x, w_in, input_transposed, b_in, gx)
-    _stored_step(gx[0], w, transposed, bhh, relu, h, out, np.empty(h.shape, h.dtype))
+    _stored_step(gx[0], w, transposed, no_operand(h.dtype), bhh, relu, h, out, np.empty(h.shape, h.dtype))
 
 
 @njit(**JIT)
-def _stored_step(g, w, transposed, bhh, relu, h, o, gr):
+def _stored_step(g, w, transposed, panels, bhh, relu, h, o, gr):
     """One step on the weights as stored, read in place: g (B, H) the step's input side, w (H, H)
-    (with ``transposed``, W^T), bhh (H,); the state h (B, H) is updated in place and copied to o.
-    gr (B, H) is scratch."""
+    (with ``transposed``, W^T, and maybe its ``panels``: common.stored_tiles_operand), bhh (H,); the
+    state h (B, H) is updated in place and copied to o. gr (B, H) is scratch."""
     H = h.shape[1]
-    rows_product(h, w, transposed, np.int64(0), H, gr)
+    rows_product_on(h, w, transposed, panels, np.int64(0), H, gr)
     for i in range(h.shape[0]):
         if relu:
             _relu_row(g[i], gr[i], bhh, h[i], o[i], H)
@@ -160,7 +161,8 @@ def stored_frame(x, w_ih, b_in, w, bhh, relu, h):
     B, H = h.shape
     g = np.empty((B, H), h.dtype)
     project_stored(x, w_ih, b_in, g)
-    _stored_step(g, w, np.bool_(False), bhh, relu, h, np.empty((B, H), h.dtype), np.empty((B, H), h.dtype))
+    _stored_step(g, w, np.bool_(False), no_operand(h.dtype), bhh, relu, h, np.empty((B, H), h.dtype),
+                 np.empty((B, H), h.dtype))
 
 
 @njit(**JIT)
@@ -170,9 +172,10 @@ def stored_sequence(x, w_ih, b_in, w, bhh, relu, reverse, h, out):
     T = x.shape[0]
     g = project_sequence(x, w_ih, b_in)
     gr = np.empty(h.shape, h.dtype)
+    w_r, transposed, panels = stored_tiles_operand(w, T)
     for s in range(T):
         t = time_index(s, T, reverse)
-        _stored_step(g[t], w, np.bool_(False), bhh, relu, h, out[t], gr)
+        _stored_step(g[t], w_r, transposed, panels, bhh, relu, h, out[t], gr)
 
 
 # The blocks of a batch started from compiled code (common.run_rows, region.team_rows).

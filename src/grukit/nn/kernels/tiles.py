@@ -106,6 +106,50 @@ def _tile(rows: int, vectors: int):
     return tile
 
 
+def _panels_row(panels: int):
+    """An intrinsic ``row(a, b, stride, c, k)``: C[16 * panels] = A[k] @ B for one float32 row A at
+    a and ``panels`` consecutive full panels from b, each ``stride`` bytes after the one before (a
+    panel: k rows of 16 floats). One row reads each weight once, so a single panel's two sums
+    wait on the FMA's latency; across panels, 2 * panels sums keep both FMA units busy. Each sum
+    runs over k in order from zero, as in :func:`_tile`: the bits of a 1-row tile."""
+    vec = ir.VectorType(_F32, 8)
+
+    @intrinsic
+    def row(typingctx, a, b, stride, c, k):
+        sig = types.void(*(types.int64,) * 5)
+
+        def codegen(context, builder, signature, args):
+            a, b, stride, c, k = args
+            pa, pc = (builder.inttoptr(p, _F32.as_pointer()) for p in (a, c))
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v8f32")
+            zero = ir.Constant(vec, None)
+            sums = [cgutils.alloca_once(builder, vec) for _ in range(2 * panels)]
+            for total in sums:
+                builder.store(zero, total)
+            starts = [builder.inttoptr(builder.add(b, builder.mul(stride, ir.Constant(_I64, p))), _F32.as_pointer())
+                      for p in range(panels)]
+            splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+            with cgutils.for_range(builder, k) as loop:
+                scalar = builder.load(builder.gep(pa, [loop.index]), align=4)
+                broadcast = builder.shuffle_vector(builder.insert_element(zero, scalar, ir.Constant(_I32, 0)), zero, splat)
+                offset = builder.mul(loop.index, ir.Constant(_I64, PANEL))
+                for p, start in enumerate(starts):
+                    line = builder.gep(start, [offset])
+                    for v in range(2):
+                        weights = builder.load(builder.bitcast(builder.gep(line, [ir.Constant(_I64, 8 * v)]),
+                                                               vec.as_pointer()), align=4)
+                        total = sums[2 * p + v]
+                        builder.store(builder.call(fma, [broadcast, weights, builder.load(total)]), total)
+            for j, total in enumerate(sums):
+                builder.store(builder.load(total), builder.bitcast(builder.gep(pc, [ir.Constant(_I64, 8 * j)]),
+                                                                   vec.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return row
+
+
 def _copy(vectors: int):
     """An intrinsic ``copy(src, dst)``: 8 * vectors float32 from address src to dst, as vectors."""
     vec = ir.VectorType(_F32, 8)
@@ -147,6 +191,7 @@ def _store(typingctx, address, value):
         return context.get_dummy_value()
     return types.void(types.int64, types.float32), codegen
 _tile_1x16, _tile_2x16, _tile_3x16, _tile_4x16 = (_tile(r, 2) for r in range(1, ROWS + 1))
+_row_3_panels, _row_2_panels, _row_1_panel = (_panels_row(p) for p in (3, 2, 1))
 _tile_1x8, _tile_2x8, _tile_3x8, _tile_4x8 = (_tile(r, 1) for r in range(1, ROWS + 1))
 
 
@@ -305,5 +350,48 @@ def biased_product(x, m, packed, bias, out):
     """out = bias + x @ m (each row from the bias (N,)), float32, ``packed = pack(m)``."""
     _product(x, m, packed, out, np.int64(2), bias)
 
+@njit(**_JIT)
+def _row_product_at(first, K, a, b, c, N, c0, c1, m, ldm):
+    """C = A @ M[:, c0:c1] for one float32 row: A (K,) at a; M (K, N) at m, rows ldm floats apart,
+    its panels at b (:func:`pack_into`); C (c1 - c0,) at c; c0 a multiple of PANEL. The full panels go
+    three at a time (six sums), the 8-column panel as a 1 x 8 tile, the columns past them one by one."""
+    stride = K * PANEL * 4
+    in_full = min(c1, N // PANEL * PANEL)
+    n = c0
+    while n + 3 * PANEL <= in_full:
+        _row_3_panels(a, b + n // PANEL * stride, stride, c + (n - c0) * 4, K)
+        n += 3 * PANEL
+    if n + 2 * PANEL <= in_full:
+        _row_2_panels(a, b + n // PANEL * stride, stride, c + (n - c0) * 4, K)
+        n += 2 * PANEL
+    elif n + PANEL <= in_full:
+        _row_1_panel(a, b + n // PANEL * stride, stride, c + (n - c0) * 4, K)
+        n += PANEL
+    if n == N // PANEL * PANEL and n + HALF_PANEL <= c1:
+        _tile_1x8(a, 0, b + n // PANEL * stride, c + (n - c0) * 4, 0, K, 0, 0)
+        n += HALF_PANEL
+    for j in range(n, c1):
+        t = np.float32(0.0)
+        for k in range(K):
+            t += _load(a + k * 4) * _load(m + (k * ldm + j) * 4)
+        _store(c + (j - c0) * 4, t)
+
+
+@njit(**_JIT)
+def row_product(x, m, packed, c0, c1, out):
+    """out[0] = x[0] @ m[:, c0:c1] for one float32 row x (1, K), m (K, N) with contiguous rows,
+    ``packed = pack(m)``, out (1, c1 - c0), c0 a multiple of PANEL: a batch of one's product, every
+    weight read once (one Zen 3 core, 128 x 384: 2.0 against 2.4 us for common.matmul_acc, 128 x
+    128: 0.47 against 1.1 us), with the bits of :func:`product`."""
+    K, N = m.shape
+    if K == 0:
+        for j in range(c1 - c0):
+            out[0, j] = 0
+        return
+    call_unlinked(_row_product_at, np.int64(0), np.int64(K),
+                  (np.int64(x.ctypes.data), np.int64(packed.ctypes.data), np.int64(out.ctypes.data), np.int64(N),
+                   np.int64(c0), np.int64(c1), np.int64(m.ctypes.data), np.int64(m.strides[0] // 4 if K > 1 else N)))
+
+
 __all__ = ["FASTER_F32", "K_CHUNK", "PANEL", "USABLE", "biased_product", "pack", "pack_into", "packed_size", "panel_buffer",
-           "product"]
+           "product", "row_product"]
