@@ -31,7 +31,7 @@ import torch
 from ..errors import ConfigError, ShapeError
 from .kernels import api, gru, lstm, mgu, mingru, rnn
 from .kernels.buffers import aligned_copy
-from .kernels.common import set_threads, stored_matvec
+from .kernels.common import frame_panels, set_threads, stored_matvec
 from .kernels.function import one_blas_thread
 from .recurrent import RecurrentLayer, input_preactivations
 
@@ -121,23 +121,26 @@ class Streamer:
         w = weights.w_hh if stored else weights.w_t
         input_transposed, transposed = np.bool_(not input_stored), np.bool_(not stored)
         B, mode, h = self.batch_size, self.mode, self.h[index]
+        panels = frame_panels(w, transposed, B)
         gx = np.empty((1, B, input_bias.shape[0]), self.dtype)
         out = np.empty((B, self.hidden_size), self.dtype)
         if mode in ("GRU", "GRU_RESET_BEFORE"):
             reset_after = mode == "GRU"
-            return lambda x: gru.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, reset_after, h,
-                                       gx, out)
+            return lambda x: gru.frame(x, w_in, input_transposed, input_bias, w, transposed, panels, bias_hh,
+                                       reset_after, h, gx, out)
         if mode == "LSTM":
             c = self.c[index]
-            return lambda x: lstm.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, h, c, gx, out)
+            return lambda x: lstm.frame(x, w_in, input_transposed, input_bias, w, transposed, panels, bias_hh, h, c,
+                                        gx, out)
         if mode in ("RNN_TANH", "RNN_RELU"):
             relu = mode == "RNN_RELU"
-            return lambda x: rnn.frame(x, w_in, input_transposed, input_bias, w, transposed, bias_hh, relu, h, gx, out)
+            return lambda x: rnn.frame(x, w_in, input_transposed, input_bias, w, transposed, panels, bias_hh, relu, h,
+                                       gx, out)
         if mode == "MINGRU":
             use_g = self.candidate == "g"
             return lambda x: mingru.frame(x, w_in, input_transposed, input_bias, use_g, h, gx, out)
         has_uf = mode != "MGU3"
-        return lambda x: mgu.frame(x, w_in, input_transposed, input_bias, w, transposed, has_uf, h, gx, out)
+        return lambda x: mgu.frame(x, w_in, input_transposed, input_bias, w, transposed, panels, has_uf, h, gx, out)
 
     def step(self, frame) -> np.ndarray:
         """One frame (H_in,) or (batch_size, H_in) in, the last layer's output out (same rank).

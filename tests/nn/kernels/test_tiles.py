@@ -228,3 +228,28 @@ def test_a_long_batch_of_one_multiplies_on_panels_of_w_transposed():
         out = np.empty((1, 48), np.float32)
         _stored_rows_product(h, w, np.int64(T), np.int64(48), np.int64(96), out)
         _assert_within_the_float32_bound(out, h, np.ascontiguousarray(w[48:].T), 0.0)
+
+
+@pytest.mark.skipif(not tiles.FASTER_F32, reason="grukit's tiles run on CPUs with AVX2 and FMA but no AVX-512")
+def test_a_streamer_of_one_sequence_steps_on_panels_and_keeps_the_layers_numbers():
+    """A float32 streamer of batch one holds its W^T's panels (common.frame_panels); batches of more,
+    W as stored and float64 hold none. Its frames still give the layer's outputs."""
+    import torch
+
+    import grukit.nn as gnn
+
+    rng = np.random.default_rng(9)
+    w_t = rng.standard_normal((32, 96)).astype(np.float32)
+    np.testing.assert_array_equal(common.frame_panels(w_t, np.bool_(True), 1), tiles.pack(w_t))
+    assert common.frame_panels(w_t, np.bool_(True), 2).size == 0
+    assert common.frame_panels(w_t, np.bool_(False), 1).size == 0
+    assert common.frame_panels(w_t.astype(np.float64), np.bool_(True), 1).size == 0
+    torch.manual_seed(0)
+    for layer in (gnn.GRU(5, 32, batch_first=True), gnn.LSTM(5, 32, batch_first=True),
+                  gnn.RNN(5, 32, batch_first=True), gnn.MGU(5, 32, batch_first=True)):
+        x = torch.randn(1, 6, 5)
+        with torch.no_grad():
+            want, _ = layer(x)
+        streamer = layer.streamer()
+        got = np.stack([streamer.step(x[0, t].numpy()) for t in range(6)])
+        np.testing.assert_allclose(got, want[0].numpy(), rtol=1e-5, atol=1e-6)

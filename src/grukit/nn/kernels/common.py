@@ -441,7 +441,7 @@ def _tiles_transposed(w, T):
             _transpose_into(w, w_t)
             return w_t, True
         return on_tiles
-    return lambda w, T: (w, False)
+    return lambda w, T: (w, np.bool_(False))   # typed, not a literal: one compile
 
 
 @njit(**JIT)
@@ -453,6 +453,17 @@ def stored_tiles_operand(w, T):
     return w_r, transposed, stored_panels(w_r, transposed)
 
 
+def frame_panels(w, transposed, batch_size: int) -> np.ndarray:
+    """The panels a streamer's frames multiply a batch of one on (rows_product_on), made once per
+    streamer: tiles.pack of its W^T where grukit's tiles are the faster float32 GEMM, else empty
+    (None for a cell without a recurrent weight, the minGRU)."""
+    if w is None:
+        return None
+    if tiles.FASTER_F32 and transposed and batch_size == 1 and w.dtype == np.float32:
+        return tiles.pack(w)
+    return np.empty(0, w.dtype)
+
+
 def rows_product_on(x, w, transposed, panels, r0, r1, out):
     """:func:`rows_product`, or for a single row with ``panels = stored_panels(w, transposed)`` the
     tiles' one-row product on them (the same bits, each weight read once: tiles.row_product)."""
@@ -460,7 +471,7 @@ def rows_product_on(x, w, transposed, panels, r0, r1, out):
 
 @njit(**JIT)
 def _rows_product_on_tiles(x, w, transposed, panels, r0, r1, out):
-    if panels.size > 0 and x.shape[0] == 1 and r0 % tiles.PANEL == 0:
+    if panels.size > 0 and x.shape[0] == 1 and r0 % tiles.PANEL == 0 and w.strides[1] == 4:
         tiles.row_product(x, w, panels, r0, r1, out)
     else:
         rows_product(x, w, transposed, r0, r1, out)
