@@ -211,7 +211,7 @@ def _stored_rows_product(h, w, T, r0, r1, out):
     common.rows_product_on(h, w_r, transposed, panels, r0, r1, out)
 
 
-@pytest.mark.skipif(not tiles.FASTER_F32, reason="grukit's tiles run on CPUs with AVX2 and FMA but no AVX-512")
+@pytest.mark.skipif(not tiles.FASTER_ROW_F32, reason="a batch of one runs on the tiles' panels on AVX2 CPUs without AVX-512 and on Zen 4")
 def test_a_long_batch_of_one_multiplies_on_panels_of_w_transposed():
     """A batch of one over common.STORED_TRANSPOSE_MIN_STEPS steps or more (the families'
     stored_sequence) reads W^T's panels; shorter ones and float64 read W as stored. Either way a
@@ -230,7 +230,7 @@ def test_a_long_batch_of_one_multiplies_on_panels_of_w_transposed():
         _assert_within_the_float32_bound(out, h, np.ascontiguousarray(w[48:].T), 0.0)
 
 
-@pytest.mark.skipif(not tiles.FASTER_F32, reason="grukit's tiles run on CPUs with AVX2 and FMA but no AVX-512")
+@pytest.mark.skipif(not tiles.FASTER_ROW_F32, reason="a batch of one runs on the tiles' panels on AVX2 CPUs without AVX-512 and on Zen 4")
 def test_a_streamer_of_one_sequence_steps_on_panels_and_keeps_the_layers_numbers():
     """A float32 streamer of batch one holds its W^T's panels (common.frame_panels); batches of more,
     W as stored and float64 hold none. Its frames still give the layer's outputs."""

@@ -379,7 +379,7 @@ def stored_matvec(K):
 # 0.83-0.91x, 1.00x) and read W as stored. On the Zen 5 the GRU's loop on W as stored: `layer(x)`
 # at S1 1.22-1.29x (313 to 242-257 us), `streamer.run` 1.13x. On the tiles' CPUs every family's loop
 # reads W^T's panels from this many steps on (tiles_transposed, stored_panels): S1 on a Zen 3, GRU
-# 1.06x, LSTM 1.11x, SimpleRNN 1.07x, MGU 1.09x.
+# 1.06x, LSTM 1.11x, SimpleRNN 1.07x, MGU 1.09x; on a Zen 4 1.07x, 1.10x, 1.06x, 1.04x.
 STORED_TRANSPOSE_MIN_STEPS = 32
 
 
@@ -414,26 +414,27 @@ def stored_operand(w, T):
 
 def stored_panels(w_r, transposed):
     """The panels of ``stored_operand``'s W^T for :func:`rows_product_on` (tiles.pack), on CPUs where
-    grukit's tiles are the faster float32 GEMM; else empty (the products stay on rows_product)."""
+    the tiles' one-row product is the faster (tiles.FASTER_ROW_F32); else empty (rows_product)."""
 
 
 @overload(stored_panels, jit_options=OVERLOAD_JIT)
 def _stored_panels(w_r, transposed):
-    if _on_tiles(w_r):
+    if _rows_on_tiles(w_r):
         return lambda w_r, transposed: tiles.pack(w_r) if transposed else np.empty(0, np.float32)
     return lambda w_r, transposed: np.empty(0, w_r.dtype)
 
 
 def tiles_transposed(w, T):
     """The weight form of a batch of one for the families that read W as stored elsewhere (LSTM,
-    SimpleRNN, MGU): on the tiles' CPUs (float32), from STORED_TRANSPOSE_MIN_STEPS steps on,
-    ``(W^T, True)``, copied here, whose panels the one-thread loop multiplies on and whose columns
-    a split over threads reads (the same bits); else ``(w, False)``."""
+    SimpleRNN, MGU): where the tiles' one-row product is the faster (float32, tiles.FASTER_ROW_F32),
+    from STORED_TRANSPOSE_MIN_STEPS steps on, ``(W^T, True)``, copied here, whose panels the
+    one-thread loop multiplies on and whose columns a split over threads reads (the same bits);
+    else ``(w, False)``."""
 
 
 @overload(tiles_transposed, jit_options=OVERLOAD_JIT)
 def _tiles_transposed(w, T):
-    if _on_tiles(w):
+    if _rows_on_tiles(w):
         def on_tiles(w, T):
             if T < STORED_TRANSPOSE_MIN_STEPS:
                 return w, False
@@ -455,11 +456,11 @@ def stored_tiles_operand(w, T):
 
 def frame_panels(w, transposed, batch_size: int) -> np.ndarray:
     """The panels a streamer's frames multiply a batch of one on (rows_product_on), made once per
-    streamer: tiles.pack of its W^T where grukit's tiles are the faster float32 GEMM, else empty
+    streamer: tiles.pack of its W^T where the tiles' one-row product is the faster (tiles.FASTER_ROW_F32), else empty
     (None for a cell without a recurrent weight, the minGRU)."""
     if w is None:
         return None
-    if tiles.FASTER_F32 and transposed and batch_size == 1 and w.dtype == np.float32:
+    if tiles.FASTER_ROW_F32 and transposed and batch_size == 1 and w.dtype == np.float32:
         return tiles.pack(w)
     return np.empty(0, w.dtype)
 
@@ -479,7 +480,7 @@ def _rows_product_on_tiles(x, w, transposed, panels, r0, r1, out):
 
 @overload(rows_product_on, jit_options=OVERLOAD_JIT)
 def _rows_product_on(x, w, transposed, panels, r0, r1, out):
-    if _on_tiles(x):
+    if _rows_on_tiles(x):
         return lambda x, w, transposed, panels, r0, r1, out: _rows_product_on_tiles(x, w, transposed, panels, r0, r1,
                                                                                     out)
     return lambda x, w, transposed, panels, r0, r1, out: rows_product(x, w, transposed, r0, r1, out)
@@ -587,6 +588,12 @@ def _on_tiles(x) -> bool:
     """Whether products of ``x``'s Numba type run on grukit's tiles: float32 where they are the
     faster GEMM (tiles.FASTER_F32). Decided when a loop compiles, so float64 loops never compile them."""
     return tiles.FASTER_F32 and x.dtype == types.float32
+
+
+def _rows_on_tiles(x) -> bool:
+    """Whether a batch of one's products of ``x``'s Numba type run on the tiles' panels
+    (tiles.row_product): float32 where that beats the mat-vec loop (tiles.FASTER_ROW_F32)."""
+    return tiles.FASTER_ROW_F32 and x.dtype == types.float32
 
 
 # The microkernel reads all of m for each block of rows it holds in registers: an m larger than the
