@@ -208,6 +208,34 @@ def test_streamer_run_continues_the_sequence_across_chunks_and_frames(kind):
     np.testing.assert_allclose(single.run(x[:, 1].numpy()), out1.numpy(), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_streamer_of_one_takes_frames_of_any_form_with_the_bits_of_its_bound_frames(kind):
+    """A batch of one's frames run through compiled entry points bound to one frame type. Frames of
+    other forms (a list, big-endian floats, a strided or read-only view, (1, H_in)) are converted and give
+    the same bits; both equal the layer; a wrong shape names the expected ones."""
+    layer, x, _ = _two_layers_and_their_output(kind)
+    with torch.no_grad():
+        want, _ = layer(x[:, 0])
+    fast, converted = layer.streamer(), layer.streamer()
+    wide = np.zeros((T, 2 * I))
+    wide[:, ::2] = x[:, 0].numpy()
+    read_only = x[:, 0].numpy().copy()
+    read_only.flags.writeable = False
+    forms = [lambda t: x[t, 0].tolist(), lambda t: x[t, 0].numpy().astype(">f8"), lambda t: wide[t, ::2],
+             lambda t: read_only[t], lambda t: x[t, :1].numpy()]
+    for t in range(T):
+        y = fast.step(x[t, 0].numpy())
+        assert y.shape == (H,) and not np.shares_memory(y, fast.h[-1])
+        np.testing.assert_allclose(y, want[t].numpy(), atol=1e-12, rtol=0)
+        form = forms[t % len(forms)]
+        got = converted.step(form(t))
+        np.testing.assert_array_equal(got.reshape(-1), y)
+        assert got.shape == np.shape(form(t))[:-1] + (H,)
+    assert fast._calls_of_one is not None
+    with pytest.raises(ShapeError, match=r"\(3,\) or \(1, 3\)"):
+        fast.step(np.zeros(I + 1))
+
+
 def test_streamer_run_in_float32_matches_the_layer_and_names_the_expected_shape():
     layer = gnn.LSTM(I, H, num_layers=2).eval()
     x = torch.randn(50, I)

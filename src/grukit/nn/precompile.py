@@ -81,6 +81,7 @@ def _exercise(layer: RecurrentLayer, dtype: torch.dtype, training: bool) -> None
             streamer = layer.streamer(batch_size=3)
             streamer.step(x[:, 0].numpy())
             streamer.run(x.transpose(0, 1).numpy())
+            layer.streamer().step(x[0, 0].numpy())      # a batch of one's frames: (H_in,) inputs
     if training:
         _train(layer, x, lengths)
         layer.batch_first = False

@@ -88,8 +88,10 @@ class Streamer:
         self._c = np.zeros_like(self._h) if self.mode == "LSTM" else None
         self.h = list(self._h)
         self.c = None if self._c is None else list(self._c)
-        self._frames = [self._frame_function(index) for index in range(len(self._weights))]
+        self._frames = [self._frame_call(index) for index in range(len(self._weights))]
         self._frame_shape = (self.input_size,) if batch_size == 1 else None   # step()'s fast path
+        self._calls_of_one = None
+        self._output_of_one = self._h[-1, 0]      # the last layer's state of a batch of one, a view
 
     @staticmethod
     def _expanded_input_side(layer: RecurrentLayer, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,38 +111,46 @@ class Streamer:
         for state in self.h + (self.c or []):
             state.fill(0)     # in place: the frame functions hold these arrays
 
-    def _frame_function(self, index: int):
-        """``run(x)``: one compiled call for the layer's whole frame (input product, gates, state
-        update in place), with its weights and scratch buffers bound. The output is left in the
-        layer's state ``self.h[index]``."""
+    def _frame_call(self, index: int) -> tuple:
+        """``(frame, bound)``: the layer's compiled frame (input product, gates, state update in
+        place) and its arguments after the input, the weights and scratch buffers. The output is
+        left in the layer's state ``self.h[index]``."""
         weights = self._weights[index]
         input_bias, bias_hh = weights.input_bias, weights.bias_hh
         # each weight as stored where dot products are its faster mat-vec, else transposed
-        input_stored, stored = stored_matvec(self.input_size), stored_matvec(self.hidden_size)
+        input_stored, stored = stored_matvec(self.input_size if index == 0 else self.hidden_size), \
+            stored_matvec(self.hidden_size)
         w_in = weights.w_ih if input_stored else weights.input_t
         w = weights.w_hh if stored else weights.w_t
         input_transposed, transposed = np.bool_(not input_stored), np.bool_(not stored)
         B, mode, h = self.batch_size, self.mode, self.h[index]
-        panels = frame_panels(w, transposed, B)
+        input_panels, panels = frame_panels(w_in, input_transposed, B), frame_panels(w, transposed, B)
         gx = np.empty((1, B, input_bias.shape[0]), self.dtype)
         out = np.empty((B, self.hidden_size), self.dtype)
+        inputs = (w_in, input_transposed, input_panels, input_bias)
         if mode in ("GRU", "GRU_RESET_BEFORE"):
-            reset_after = mode == "GRU"
-            return lambda x: gru.frame(x, w_in, input_transposed, input_bias, w, transposed, panels, bias_hh,
-                                       reset_after, h, gx, out)
+            return gru.frame, inputs + (w, transposed, panels, bias_hh, np.bool_(mode == "GRU"), h, gx, out)
         if mode == "LSTM":
-            c = self.c[index]
-            return lambda x: lstm.frame(x, w_in, input_transposed, input_bias, w, transposed, panels, bias_hh, h, c,
-                                        gx, out)
+            return lstm.frame, inputs + (w, transposed, panels, bias_hh, h, self.c[index], gx, out)
         if mode in ("RNN_TANH", "RNN_RELU"):
-            relu = mode == "RNN_RELU"
-            return lambda x: rnn.frame(x, w_in, input_transposed, input_bias, w, transposed, panels, bias_hh, relu, h,
-                                       gx, out)
+            return rnn.frame, inputs + (w, transposed, panels, bias_hh, np.bool_(mode == "RNN_RELU"), h, gx, out)
         if mode == "MINGRU":
-            use_g = self.candidate == "g"
-            return lambda x: mingru.frame(x, w_in, input_transposed, input_bias, use_g, h, gx, out)
-        has_uf = mode != "MGU3"
-        return lambda x: mgu.frame(x, w_in, input_transposed, input_bias, w, transposed, panels, has_uf, h, gx, out)
+            return mingru.frame, inputs + (np.bool_(self.candidate == "g"), h, gx, out)
+        return mgu.frame, inputs + (w, transposed, panels, np.bool_(mode != "MGU3"), h, gx, out)
+
+    def _bind_frames_of_one(self) -> list:
+        """A batch of one's frames as calls of their compiled code (Numba's entry points, resolved
+        here once): a frame's arguments keep their types from call to call, so the dispatcher's type
+        checks, 0.4 us a frame, are skipped (step() lets through only frames of the type bound here).
+        Each layer's input is a (H_in,) vector: the frame, then the layer before's state."""
+        calls = []
+        for index, (frame, bound) in enumerate(self._frames):
+            x = np.empty(self.input_size, self.dtype) if index == 0 else self._h[index - 1, 0]
+            entry = frame.compile(tuple(frame.typeof_pyval(a) for a in (x, *bound)))
+            calls.append((entry, bound, x))
+        (first, first_bound, _), *rest = calls
+        self._calls_of_one = first, first_bound, rest
+        return self._calls_of_one
 
     def step(self, frame) -> np.ndarray:
         """One frame (H_in,) or (batch_size, H_in) in, the last layer's output out (same rank).
@@ -148,21 +158,29 @@ class Streamer:
         The result is a copy: the streamer's own state is updated in place by the next frame.
         """
         if (type(frame) is np.ndarray and frame.shape == self._frame_shape and frame.dtype == self.dtype
-                and frame.flags.c_contiguous):   # a batch of one's frame as it should be: no conversion
-            return self._run_frames(frame.reshape(1, -1))[0].copy()
+                and (flags := frame.flags).c_contiguous and flags.aligned and flags.writeable):
+            # a batch of one's frame of the bound type (_bind_frames_of_one): no conversion, no checks
+            first, bound, rest = self._calls_of_one or self._bind_frames_of_one()
+            first(frame, *bound)
+            for entry, bound, x in rest:
+                entry(x, *bound)
+            return self._output_of_one.copy()
         x = np.asarray(frame, dtype=self.dtype)
         single = x.ndim == 1
         x = x.reshape(1, -1) if single else x
         if x.shape != (self.batch_size, self.input_size):
             raise ShapeError(f"{self.layer_type} streamer: a frame must be ({self.input_size},) or "
                              f"({self.batch_size}, {self.input_size}), got {np.shape(frame)}")
+        if self.batch_size == 1:   # a new array: contiguous, aligned and writeable, of the bound type
+            out = self.step(np.array(x[0]))
+            return out if single else out[None]
         out = self._run_frames(np.ascontiguousarray(x))
         return out[0].copy() if single else out.copy()
 
     def _run_frames(self, x: np.ndarray) -> np.ndarray:
         """x (batch_size, H_in) through every layer's frame; returns the last layer's state."""
-        for run, h in zip(self._frames, self.h):
-            run(x)
+        for (frame, bound), h in zip(self._frames, self.h):
+            frame(x, *bound)
             x = h
         return x
 

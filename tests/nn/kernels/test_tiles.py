@@ -232,8 +232,8 @@ def test_a_long_batch_of_one_multiplies_on_panels_of_w_transposed():
 
 @pytest.mark.skipif(not tiles.FASTER_ROW_F32, reason="a batch of one runs on the tiles' panels on AVX2 CPUs without AVX-512 and on Zen 4")
 def test_a_streamer_of_one_sequence_steps_on_panels_and_keeps_the_layers_numbers():
-    """A float32 streamer of batch one holds its W^T's panels (common.frame_panels); batches of more,
-    W as stored and float64 hold none. Its frames still give the layer's outputs."""
+    """A float32 streamer of batch one holds its W^T's and W_ih^T's panels (common.frame_panels);
+    batches of more, W as stored and float64 hold none. Its frames still give the layer's outputs."""
     import torch
 
     import grukit.nn as gnn
@@ -251,5 +251,7 @@ def test_a_streamer_of_one_sequence_steps_on_panels_and_keeps_the_layers_numbers
         with torch.no_grad():
             want, _ = layer(x)
         streamer = layer.streamer()
+        _, (w_in, input_transposed, input_panels, *_) = streamer._frames[0]
+        assert input_transposed and np.array_equal(input_panels, tiles.pack(w_in))   # the input side's too
         got = np.stack([streamer.step(x[0, t].numpy()) for t in range(6)])
         np.testing.assert_allclose(got, want[0].numpy(), rtol=1e-5, atol=1e-6)

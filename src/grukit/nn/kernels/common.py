@@ -494,14 +494,33 @@ def project_stored(x, w_ih, b_in, g):
         add_vector(g[i], b_in)
 
 
+def as_rows(x):
+    """x (K,) as one row (1, K), a view; x (B, K) itself."""
+
+
+@overload(as_rows, jit_options=OVERLOAD_JIT)
+def _as_rows(x):
+    if x.ndim == 1:
+        return lambda x: x.reshape((1, x.shape[0]))
+    return lambda x: x
+
+
 @njit(**JIT)
-def project_frame(x, w_in, transposed, b_in, gx):
-    """gx[0] = x @ W_ih^T + b_in for one frame of streaming: x (B, I), w_in W_ih^T (I, G*H) with
-    ``transposed``, else W_ih as stored (G*H, I) (:func:`stored_matvec`), b_in (G*H,), gx (1,
-    B, G*H). The input side of a frame is a handful of mat-vecs, too small for a BLAS call to pay off."""
+def project_frame(x, w_in, transposed, panels, b_in, gx):
+    """gx[0] = x @ W_ih^T + b_in for one frame of streaming: x (B, I), or (I,) for a batch of one,
+    w_in W_ih^T (I, G*H) with ``transposed``, else W_ih as stored (G*H, I) (:func:`stored_matvec`),
+    ``panels`` its common.frame_panels, b_in (G*H,), gx (1, B, G*H). The input side of a frame is a
+    handful of mat-vecs, too small for a BLAS call to pay off; a batch of one's on the panels, where
+    there are some (one Zen 4 core, 64 x 384: 0.87 against 1.09 us)."""
+    x = as_rows(x)
     g = gx[0]
     if not transposed:
         project_stored(x, w_in, b_in, g)
+        return
+    if panels.size > 0:
+        rows_product_on(x, w_in, transposed, panels, np.int64(0), g.shape[1], g)
+        for i in range(g.shape[0]):
+            add_vector(g[i], b_in)
         return
     for i in range(g.shape[0]):
         copy_vector(g[i], b_in)

@@ -397,12 +397,13 @@ _bwd_rows_before = _backward_rows(False)
 
 
 @njit(**JIT)
-def frame(x, w_in, input_transposed, b_in, w, transposed, panels, bhh, reset_after, h, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I); w_in = W_ih^T (I, 3H) with
-    ``input_transposed``, else W_ih as stored; w = W^T (H, 3H) with ``transposed``, else W as stored
-    (common.stored_matvec says which), ``panels`` its common.frame_panels; the state h (B, H) is
-    updated in place. gx (1, B, 3H) and out (B, H) are scratch. The step is stored_sequence's."""
-    project_frame(x, w_in, input_transposed, b_in, gx)
+def frame(x, w_in, input_transposed, input_panels, b_in, w, transposed, panels, bhh, reset_after, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I) or (I,); w_in = W_ih^T (I, 3H) with
+    ``input_transposed`` (its frame_panels ``input_panels``), else W_ih as stored; w = W^T (H, 3H) with
+    ``transposed``, else W as stored (common.stored_matvec says which), ``panels`` its
+    common.frame_panels; the state h (B, H) is updated in place. gx (1, B, 3H) and out (B, H) are
+    scratch. The step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, input_panels, b_in, gx)
     gr, rh, gn = _stored_scratch(h, reset_after)
     _stored_step(gx[0], w, transposed, panels, bhh, reset_after, h, out, gr, rh, gn)
 

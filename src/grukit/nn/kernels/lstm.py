@@ -263,12 +263,13 @@ def _bwd_rows(b0, b1, w, op_w, lengths, reverse, grad_out, grad_bf, grad_h_n, gr
 
 
 @njit(**JIT)
-def frame(x, w_in, input_transposed, b_in, w, transposed, panels, bhh, h, c, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I); w_in = W_ih^T (I, 4H) with
-    ``input_transposed``, else W_ih as stored; w = W^T (H, 4H) with ``transposed``, else W as stored
-    (common.stored_matvec says which), ``panels`` its common.frame_panels; the states h and c (B, H)
-    are updated in place. gx (1, B, 4H) and out (B, H) are scratch. The step is stored_sequence's."""
-    project_frame(x, w_in, input_transposed, b_in, gx)
+def frame(x, w_in, input_transposed, input_panels, b_in, w, transposed, panels, bhh, h, c, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I) or (I,); w_in = W_ih^T (I, 4H) with
+    ``input_transposed`` (its frame_panels ``input_panels``), else W_ih as stored; w = W^T (H, 4H) with
+    ``transposed``, else W as stored (common.stored_matvec says which), ``panels`` its
+    common.frame_panels; the states h and c (B, H) are updated in place. gx (1, B, 4H) and out (B, H)
+    are scratch. The step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, input_panels, b_in, gx)
     _stored_step(gx[0], w, transposed, panels, bhh, h, c, out,
                  np.empty((h.shape[0], 4 * h.shape[1]), h.dtype))
 

@@ -204,13 +204,14 @@ def _bwd_rows(b0, b1, w, op_f, op_n, lengths, reverse, has_uf, grad_out, grad_bf
 
 
 @njit(**JIT)
-def frame(x, w_in, input_transposed, b_in, w, transposed, panels, has_uf, h, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I); w_in = W_ih^T (I, 2H) over both gates
-    (zero columns where a variant has no input weights) with ``input_transposed``, else as stored; w =
-    W^T (H, 2H) columns U_f, U_n (without U_f, (H, H)) with ``transposed``, else as stored
-    (common.stored_matvec says which), ``panels`` its common.frame_panels; the state h (B, H) is
-    updated in place. gx (1, B, 2H) and out (B, H) are scratch. The step is stored_sequence's."""
-    project_frame(x, w_in, input_transposed, b_in, gx)
+def frame(x, w_in, input_transposed, input_panels, b_in, w, transposed, panels, has_uf, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I) or (I,); w_in = W_ih^T (I, 2H) over both gates (zero
+    columns where a variant has no input weights) with ``input_transposed`` (its frame_panels
+    ``input_panels``), else as stored; w = W^T (H, 2H) columns U_f, U_n (without U_f, (H, H)) with
+    ``transposed``, else as stored (common.stored_matvec says which), ``panels`` its
+    common.frame_panels; the state h (B, H) is updated in place. gx (1, B, 2H) and out (B, H) are
+    scratch. The step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, input_panels, b_in, gx)
     _stored_step(gx[0], w, transposed, panels, has_uf, h, out, np.empty(h.shape, h.dtype),
                  np.empty(h.shape, h.dtype), np.empty(h.shape, h.dtype))
 

@@ -144,11 +144,12 @@ _WORK_PER_ELEMENT = 40
 
 
 @njit(**JIT)
-def frame(x, w_in, input_transposed, b_in, use_g, h, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I), w_in = W_ih^T (I, 2H) with
-    ``input_transposed``, else W_ih as stored (common.stored_matvec says which); the state h (B, H) is
-    updated in place. gx (1, B, 2H) and out (B, H) are scratch. The step is stored_sequence's."""
-    project_frame(x, w_in, input_transposed, b_in, gx)
+def frame(x, w_in, input_transposed, input_panels, b_in, use_g, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I) or (I,), w_in = W_ih^T (I, 2H) with
+    ``input_transposed`` (its frame_panels ``input_panels``), else W_ih as stored (common.stored_matvec
+    says which); the state h (B, H) is updated in place. gx (1, B, 2H) and out (B, H) are scratch. The
+    step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, input_panels, b_in, gx)
     _stored_step(gx[0], use_g, h, out)
 
 

@@ -131,12 +131,13 @@ def _bwd_rows(b0, b1, w, op_w, lengths, reverse, relu, grad_out, grad_bf, grad_h
 
 
 @njit(**JIT)
-def frame(x, w_in, input_transposed, b_in, w, transposed, panels, bhh, relu, h, gx, out):
-    """One streaming frame (streaming.Streamer): x (B, I); w_in = W_ih^T (I, H) with
-    ``input_transposed``, else W_ih as stored; w = W^T (H, H) with ``transposed``, else W as stored
-    (common.stored_matvec says which), ``panels`` its common.frame_panels; the state h (B, H) is
-    updated in place. gx (1, B, H) and out (B, H) are scratch. The step is stored_sequence's."""
-    project_frame(x, w_in, input_transposed, b_in, gx)
+def frame(x, w_in, input_transposed, input_panels, b_in, w, transposed, panels, bhh, relu, h, gx, out):
+    """One streaming frame (streaming.Streamer): x (B, I) or (I,); w_in = W_ih^T (I, H) with
+    ``input_transposed`` (its frame_panels ``input_panels``), else W_ih as stored; w = W^T (H, H) with
+    ``transposed``, else W as stored (common.stored_matvec says which), ``panels`` its
+    common.frame_panels; the state h (B, H) is updated in place. gx (1, B, H) and out (B, H) are
+    scratch. The step is stored_sequence's."""
+    project_frame(x, w_in, input_transposed, input_panels, b_in, gx)
     _stored_step(gx[0], w, transposed, panels, bhh, relu, h, out, np.empty(h.shape, h.dtype))
 
 
