@@ -45,7 +45,7 @@ from ..errors import ConfigError, DataError, ShapeError
 from . import bfloat16, dispatch, training_plan
 from .cells import LAYOUTS, CellLayout, State, activation_function
 from .dynamo import eager_under_compile
-from .embedded import EmbeddedTokens, TableRows, check_tokens, kept_empty
+from .embedded import EmbeddedTokens, TableRows, check_tokens, kept_empty, time_major_rows
 from .projection_grads import projection_grads
 from .reference import DirectionWeights, mingru_parallel_scan, run_direction, step
 
@@ -718,18 +718,6 @@ def _torch_projection(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return torch.addmm(bias, rows, weight.t(), out=out)
 
 
-def _time_major_rows(x: torch.Tensor) -> torch.Tensor:
-    """x (T, N, I) as (T*N, I) rows. A batch-first layer's input arrives as a transposed view, and
-    reshape would copy it into a fresh tensor on every training step, touching new pages whenever
-    glibc had handed the last one back (profiled in such a process: 2.1 ms of a 25 ms S2 GRU
-    step); the copy goes into a kept array instead."""
-    if x.is_contiguous():
-        return x.view(-1, x.shape[-1])
-    rows = kept_empty(tuple(x.shape), x)
-    rows.copy_(x)
-    return rows.view(-1, x.shape[-1])
-
-
 def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidden_size: int,
                          fused: bool = False) -> torch.Tensor:
     """gx for all steps: the input projection (one GEMM) in full gate order plus outer biases;
@@ -739,10 +727,10 @@ def input_preactivations(layout: CellLayout, x: torch.Tensor, params: dict, hidd
         # one fused GEMM + bias (addmm): no separate pass over gx for the bias.
         # Flattened to 2-D first: linear on a 3-D batch-first view runs mm, then the bias add.
         if bfloat16.enabled():
-            flat = bfloat16.Projection.apply(_time_major_rows(x), *single)
+            flat = bfloat16.Projection.apply(time_major_rows(x), *single)
         elif dispatch.records_gradient(x, *single):
             projection = _FusedInputProjection if fused else _InputProjection
-            flat = projection.apply(_time_major_rows(x), *single)
+            flat = projection.apply(time_major_rows(x), *single)
         else:
             flat = nn.functional.linear(x.reshape(-1, x.shape[-1]), *single)
         return flat.view(*x.shape[:-1], flat.shape[-1])

@@ -31,7 +31,7 @@ from torch._functorch.utils import unwrap_dead_wrappers
 
 from .. import bfloat16
 from ..dispatch import records_gradient
-from ..embedded import TableRows, row_sums
+from ..embedded import TableRows, row_sums, time_major_rows
 from ..first_order import first_order_backward
 from ..projection_grads import projection_grads
 from ..reference import DirectionWeights
@@ -236,7 +236,7 @@ class _FusedDirection(torch.autograd.Function):
             for gradient in (dgx, *(term[2] for term in terms or () if not np.may_share_memory(term[2], dgx))):
                 flush_tiny(gradient, TINY_GRADIENT_FLOAT32)
         grad_w = grad_b = None
-        x_rows = gx.reshape(-1, gx.shape[2]) if ctx.input_rows else None
+        x_rows = time_major_rows(gx) if ctx.input_rows else None
         shared = _shared_weight_grads(ctx, terms, dgx, x_rows)
         if terms and (ctx.needs_input_grad[_WEIGHT_HH] or ctx.needs_input_grad[_BIAS_HH]):
             one_pass = shared[0] if shared is not None else _one_pass_weight_hh_grad(ctx, terms, w.shape)
