@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import copy
 from pathlib import Path
 
@@ -306,6 +307,29 @@ def test_one_zero_row_stands_for_an_unused_output_sequences_gradient(mode):
         assert (a is None and b is None) or np.array_equal(a, b)
     with pytest.raises(ValueError, match="unused output"):
         api.backward(mode, ws, gx, w, np.zeros((1, 2, out.shape[2])), grad_h_n, grad_c_n, lengths, True)
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m in api.BIAS_SOURCE_IS_GATES + ("GRU",)])
+def test_the_gate_sums_are_the_gate_gradients_summed_over_every_row(mode):
+    """api.gate_sums (an input-side bias's gradient) is grad_gx summed over steps and sequences, and
+    the bias source's bias_hh part (api.bias_hh_source) sums to what torch's autograd gives bias_hh
+    in the reference loop (GRU: (dr, dz, dn * r), where the gate sums have dn)."""
+    gx, w, lengths, (out, h_n, c_n, ws) = reversed_training_forward(mode, seed=5)
+    rng = np.random.default_rng(3)
+    grad_out, grad_h_n = rng.standard_normal(out.shape), rng.standard_normal(h_n.shape)
+    grad_c_n = None if c_n is None else rng.standard_normal(c_n.shape)
+    dgx, _, _, _, bias_src = api.backward(mode, ws, gx, w, grad_out, grad_h_n, grad_c_n, lengths, True)
+    np.testing.assert_allclose(api.gate_sums(mode, bias_src), dgx.sum((0, 1)), rtol=0, atol=1e-12)
+    gx_t, state0, weights, lengths_t, _ = make_case(mode, 6, 3, 4, ragged=True, seed=5)
+    bias_hh = weights.bias_hh.detach().clone().requires_grad_(True)
+    results = run_direction(mode, gx_t, state0, dataclasses.replace(weights, bias_hh=bias_hh), lengths_t, reverse=True)
+    grads = [torch.from_numpy(grad_out), torch.from_numpy(grad_h_n)]
+    if grad_c_n is not None:
+        grads.append(torch.from_numpy(grad_c_n))
+    outputs = [results[0], *(results[1] if isinstance(results[1], tuple) else (results[1],))]
+    (expected,) = torch.autograd.grad(outputs, bias_hh, grads)
+    np.testing.assert_allclose(api.bias_grad(api.bias_hh_source(mode, bias_src)), expected.numpy(), rtol=0,
+                               atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -396,10 +396,25 @@ def bias_grad(bias_source):
     return np.concatenate([s.reshape(-1, s.shape[-1]).sum(0) for s in sources])
 
 
+def bias_hh_source(mode, bias_source):
+    """The part of a backward's bias source that sums to grad bias_hh (:func:`weight_grads`): the
+    GRU's (reset after) per-sequence sums are (dr, dz, dn * r | dn), (B, 4H), bias_hh's the first 3H."""
+    if mode == "GRU" and bias_source is not None:
+        return bias_source[:, :bias_source.shape[1] // 4 * 3]
+    return bias_source
+
+
 def gate_sums(mode, bias_source, grad_bias_hh=None):
     """The gates' pre-activation gradients summed over all rows (T, B): the gradient of a bias added
-    on the input side, or None where this mode's bias source is not those sums (GRU's is dn * r for
-    its candidate, the others have none). ``grad_bias_hh``, when weight_grads gave it, is that sum."""
+    on the input side, or None where this mode's bias source is not those sums (the others have
+    none). The GRU's (reset after) are (dr, dz, dn), apart from its bias_hh's (dr, dz, dn * r):
+    its kernel sums dn beside them (:func:`bias_hh_source`), where torch's sum over the (T * B, 3H)
+    gate gradients had taken 0.2-0.4 ms of S2's training step. ``grad_bias_hh``, when
+    weight_grads gave it, is that sum where the two agree."""
+    if mode == "GRU" and bias_source is not None:
+        H = bias_source.shape[1] // 4
+        sums = bias_source.sum(0)
+        return np.concatenate([sums[:2 * H], sums[3 * H:]])
     if mode not in BIAS_SOURCE_IS_GATES or bias_source is None:
         return None
     if grad_bias_hh is not None:

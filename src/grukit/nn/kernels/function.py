@@ -238,13 +238,14 @@ class _FusedDirection(torch.autograd.Function):
         grad_w = grad_b = None
         x_rows = time_major_rows(gx) if ctx.input_rows else None
         shared = _shared_weight_grads(ctx, terms, dgx, x_rows)
+        bias_hh = api.bias_hh_source(ctx.mode, bias_src)
         if terms and (ctx.needs_input_grad[_WEIGHT_HH] or ctx.needs_input_grad[_BIAS_HH]):
             one_pass = shared[0] if shared is not None else _one_pass_weight_hh_grad(ctx, terms, w.shape)
             if one_pass is not None:
-                grad_w, grad_b = np.ascontiguousarray(one_pass), api.bias_grad(bias_src if ctx.has_bias else None)
+                grad_w, grad_b = np.ascontiguousarray(one_pass), api.bias_grad(bias_hh if ctx.has_bias else None)
             else:
                 grad_w, grad_b = api.weight_grads(api.merged_terms(terms) if ctx.bf16 else terms,
-                                                  bias_src if ctx.has_bias else None, w.shape,
+                                                  bias_hh if ctx.has_bias else None, w.shape,
                                                   matmul=bfloat16.numpy_matmul if ctx.bf16 else _weight_matmul)
             grad_w = torch.from_numpy(grad_w)
             grad_b = None if grad_b is None else torch.from_numpy(np.asarray(grad_b))

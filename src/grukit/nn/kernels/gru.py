@@ -258,7 +258,7 @@ _fwd_rows_before = _forward_rows(False)
 def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
     """Reset after, one row: dgx row (dr, dz, dn) into dg, dn * r into dn_r, dh_{t-1}'s direct
     part d * z into dhi; then the recurrent side's (dr, dz, dn * r) into gb and summed over time
-    into gsum (grad bias_hh), in loops of their own (common.GATE_LOOPS)."""
+    into gsum (grad bias_hh), in loops of their own (common.GATE_LOOPS), and dn summed into gsum[3H:]."""
     for j in range(H):
         d = dhi[j] + go[j]
         r = gs[j]
@@ -272,6 +272,8 @@ def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
         dhi[j] = d * z
     copy_and_sum(dg, gb[:2 * H], gsum)
     copy_and_sum(dn_r, gb[2 * H:], gsum[2 * H:])
+    for j in range(H):   # and dn's sum: with dr's and dz's, an input-side bias's gradient (api.gate_sums)
+        gsum[3 * H + j] += dg[2 * H + j]
 
 
 @njit(**JIT)
@@ -333,8 +335,9 @@ def _backward_rows(reset_after: bool):
         one GEMM (reset before: d(r * h) = dn @ W_n first, then the r, z rows).
 
         Reset after, the recurrent side's gradient is (dr, dz, dn * r): dgx holds (dr, dz, dn)
-        and dgh_n (T, B, H) the one block that differs, dn * r; bias_rows (B, 3H) receives its
-        sum over time per sequence (grad bias_hh is their sum over the batch). Gate gradients
+        and dgh_n (T, B, H) the one block that differs, dn * r; bias_rows (B, 4H) receives the
+        sums over time per sequence of (dr, dz, dn * r) (grad bias_hh is their sum over the batch)
+        and of dn (for an input-side bias: api.gate_sums). Gate gradients
         below ``tiny`` leave as 0 (see common.TINY_GRADIENT_FLOAT32). op_main, op_n: the operands
         of W (reset before W_rz) and W_n for the step's products (common.recurrent_operand)."""
         H = grad_out.shape[2]
@@ -572,7 +575,7 @@ def backward(ws, w, grad_out, grad_h_n, lengths, reverse, reset_after, grad_bf=F
     dgx = buffers.empty((T, B, 3 * H), dt)
     dgh_n = buffers.empty((T, B, H), dt) if reset_after else dgx
     dh0 = np.empty((B, H), dt)
-    bias_rows = np.zeros((B, 3 * H) if reset_after else (1, 1), dt)
+    bias_rows = np.zeros((B, 4 * H) if reset_after else (1, 1), dt)
     ops = operand_pair(w, w, products) if reset_after else operand_pair(w[:2 * H], w[2 * H:], products)
     args = (w, *ops, lengths, reverse, grad_out, grad_bf, grad_h_n, ws_g, ws_h, dgx, dgh_n, dh0, bias_rows,
             tiny_gradient(dt))
