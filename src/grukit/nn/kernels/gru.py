@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .common import (JIT, ONE, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
+from .common import (JIT, ONE, add_vector, copy_and_sum, copy_matrix, copy_vector, flushed, fma, gemm_add,
                      gemm_packed, gx_block, gx_row, gx_shape, max_length, no_operand, one_length, output_grad,
                      project_frame, project_sequence, project_stored, recurrent_operand, rows_product_on, run_forward,
                      run_rows, run_step, sigmoid, stored_operand, stored_panels, tanh, time_index, tiny_gradient,
@@ -272,8 +272,7 @@ def _bwd_after(go, gs, hp, dg, gb, dn_r, dhi, H, gsum, tiny):
         dhi[j] = d * z
     copy_and_sum(dg, gb[:2 * H], gsum)
     copy_and_sum(dn_r, gb[2 * H:], gsum[2 * H:])
-    for j in range(H):   # and dn's sum: with dr's and dz's, an input-side bias's gradient (api.gate_sums)
-        gsum[3 * H + j] += dg[2 * H + j]
+    add_vector(gsum[3 * H:], dg[2 * H:])   # dn's sum: with dr's and dz's, an input bias's gradient
 
 
 @njit(**JIT)
