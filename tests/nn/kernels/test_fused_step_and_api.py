@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
