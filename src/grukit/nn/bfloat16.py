@@ -56,12 +56,17 @@ from .first_order import first_order_backward
 from .kernels import bf16 as _bf16_gemm
 from .kernels import buffers
 
-_STATE = threading.local()
+
+class _ThreadState(threading.local):
+    on = False   # a class default: enabled() finds it without a failed lookup (0.4 against 0.05 us)
+
+
+_STATE = _ThreadState()
 
 
 def enabled() -> bool:
     """Whether the bfloat16 mode is on in this thread (:func:`mode`, or a layer's forward under autocast)."""
-    return getattr(_STATE, "on", False)
+    return _STATE.on
 
 
 @contextlib.contextmanager

@@ -479,9 +479,9 @@ class RecurrentLayer(nn.Module):
         """
         if torch.is_grad_enabled() or bfloat16.enabled():   # the bfloat16 mode: per direction, below
             return None
-        params = tuple(self._parameters.values())
+        params = self._parameters.values()
         key = (self.kernel, self.training, self.dropout, self.recurrent_dropout, x.dtype, x.device.type,
-               *map(id, params), *((p.data_ptr(), p.shape, p.stride()) for p in params))
+               [(id(p), p.data_ptr(), p.shape, p.stride()) for p in params])
         kept = self.__dict__.get(self._KEPT_VIEWS)
         if kept is not None and kept[0] == key:
             return kept[1]
@@ -625,11 +625,13 @@ class RecurrentLayer(nn.Module):
 
     def _check_state(self, hx: State, N: int, batched: bool) -> None:
         """Raise a ShapeError unless hx is a state of this layer for N sequences (batched) or one."""
-        name = type(self).__name__
         rows = self.num_layers * self.num_directions
         h_shape = (rows, N, self.output_size)
         c_shape = (rows, N, self.hidden_size)
         is_lstm = self.layout.has_cell_state
+        if _is_state_of(hx, (h_shape, c_shape) if is_lstm else (h_shape,), batched, self._any_weight().dtype):
+            return   # accepted at once, as step() asks of every frame's state; else the error below
+        name = type(self).__name__
         if is_lstm and not (isinstance(hx, tuple) and len(hx) == 2):
             raise ShapeError(f"{name}: hx must be a tuple (h_0, c_0) for an LSTM")
         if not is_lstm and not isinstance(hx, torch.Tensor):
@@ -643,6 +645,19 @@ class RecurrentLayer(nn.Module):
                 raise ShapeError(f"{name}: {label} must have shape {want} (num_layers * num_directions, "
                                  f"{'batch, ' if batched else ''}features), got {tuple(part.shape)}; "
                                  "pass None for zeros or reshape the state")
+
+
+def _is_state_of(hx, shapes: tuple, batched: bool, dtype: torch.dtype) -> bool:
+    """Whether hx is exactly a state of these shapes ((L, N, H) each, or (L, H) when not batched)
+    and dtype: one tensor for one shape, a tuple of them for two (LSTM's)."""
+    parts = (hx,) if len(shapes) == 1 else hx
+    if type(parts) is not tuple or len(parts) != len(shapes):
+        return False
+    for part, shape in zip(parts, shapes):
+        if type(part) is not torch.Tensor or part.dtype != dtype or part.shape != (
+                shape if batched else (shape[0], shape[2])):
+            return False
+    return True
 
 
 def _state_tuple(hx: State | list | None) -> State | None:

@@ -227,6 +227,10 @@ def test_a_bad_state_raises_the_layers_error():
         layer.step(torch.randn(3, I), torch.zeros(2, 4, H))
     with torch.no_grad(), pytest.raises(ShapeError, match="tuple"):
         gnn.LSTM(I, H).step(torch.randn(3, I), torch.zeros(1, 3, H))
+    with torch.no_grad(), pytest.raises(ShapeError, match=r"c_0 must have shape \(1, 3, 6\)"):
+        gnn.LSTM(I, H).step(torch.randn(3, I), (torch.zeros(1, 3, H), torch.zeros(1, 3, H + 1)))
+    with torch.no_grad(), pytest.raises(ShapeError, match=r"h_0 must have shape \(2, 6\)"):
+        layer.step(torch.randn(I), torch.zeros(2, 1, H))   # an unbatched step takes (L, H)
 
 
 def test_step_stack_checks_its_arrays():

@@ -459,21 +459,19 @@ class StepStack:
             raise ValueError(f"x: expected a C-contiguous (B, {self.input_size}) {self.dtype} array, "
                              f"got {x.shape} {x.dtype}")
         shape = (self.layers, x.shape[0], self.hidden_size)
-        lstm_ = self.mode == "LSTM"
-        if h is None:
-            h_n = np.zeros(shape, self.dtype)
-            c_n = np.zeros(shape, self.dtype) if lstm_ else None
-        else:
-            for name, state in (("h", h), ("c", c)) if lstm_ else (("h", h),):
-                if state is None or state.shape != shape or state.dtype != self.dtype:
-                    raise ValueError(f"{name}: expected {shape} {self.dtype} states, one per layer, got "
-                                     f"{None if state is None else (state.shape, state.dtype)}")
-            h_n = np.array(h, copy=True, order="C")   # the frames update the states in place
-            c_n = np.array(c, copy=True, order="C") if lstm_ else None
-        for index, frame in enumerate(self._frames):
-            frame(x, h_n[index], None if c_n is None else c_n[index])
-            x = h_n[index]
-        return x.copy(), h_n, c_n
+        states = []   # copies: the frames update the states in place
+        for name, state in (("h", h), ("c", c)) if self.mode == "LSTM" else (("h", h),):
+            if h is None:
+                states.append(np.zeros(shape, self.dtype))
+                continue
+            if state is None or state.shape != shape or state.dtype != self.dtype:
+                raise ValueError(f"{name}: expected {shape} {self.dtype} states, one per layer, got "
+                                 f"{None if state is None else (state.shape, state.dtype)}")
+            states.append(state.copy())   # C order
+        for index, (frame, weights) in enumerate(self._frames):
+            frame(x, *weights, *[state[index] for state in states])
+            x = states[0][index]
+        return x.copy(), states[0], states[1] if len(states) == 2 else None
 
 
 class SequenceStack:
@@ -580,20 +578,17 @@ def _stored_weights(mode, weights, size, H, dt, label):
 
 
 def _stored_frame(mode, candidate, w_ih, b_in, w_hh, bias):
-    """The family's compiled frame on stored weights for one layer, its weights bound:
-    (x, h, c) -> the state(s) updated in place."""
+    """The family's compiled frame on stored weights for one layer and the arguments after its
+    input: ``frame(x, *weights, h)`` (``h, c`` for LSTM) updates the state(s) in place."""
     if mode in ("GRU", "GRU_RESET_BEFORE"):
-        reset_after = mode == "GRU"
-        return lambda x, h, c: gru.stored_frame(x, w_ih, b_in, w_hh, bias, reset_after, h)
+        return gru.stored_frame, (w_ih, b_in, w_hh, bias, mode == "GRU")
     if mode == "LSTM":
-        return lambda x, h, c: lstm.stored_frame(x, w_ih, b_in, w_hh, bias, h, c)
+        return lstm.stored_frame, (w_ih, b_in, w_hh, bias)
     if mode in ("RNN_TANH", "RNN_RELU"):
-        relu = mode == "RNN_RELU"
-        return lambda x, h, c: rnn.stored_frame(x, w_ih, b_in, w_hh, bias, relu, h)
+        return rnn.stored_frame, (w_ih, b_in, w_hh, bias, mode == "RNN_RELU")
     if mode == "MINGRU":
-        use_g = candidate == "g"
-        return lambda x, h, c: mingru.stored_frame(x, w_ih, b_in, use_g, h)
-    return lambda x, h, c: mgu.stored_frame(x, w_ih, b_in, w_hh, h)
+        return mingru.stored_frame, (w_ih, b_in, candidate == "g")
+    return mgu.stored_frame, (w_ih, b_in, w_hh)
 
 
 def _stored_sequence(mode, candidate, w_ih, b_in, w_hh, bias):

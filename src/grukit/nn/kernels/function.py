@@ -553,12 +553,14 @@ def fused_step_stack(mode: str, x: torch.Tensor, state, stack: api.StepStack, ba
     None for zeros, its shapes already checked. Returns (y, state) as ``layer.step()`` does.
     """
     x_np = _np(x)
-    states = None
-    if state is not None:
-        states = [_np(part) for part in (state if mode == "LSTM" else (state,))]
-        if not batched:
-            states = [part.reshape(part.shape[0], 1, part.shape[1]) for part in states]
-    y, h_n, c_n = stack.step(x_np if batched else x_np.reshape(1, -1), *(states or ()))
+    if state is None:
+        states = ()
+    else:
+        states = (_np(state[0]), _np(state[1])) if mode == "LSTM" else (_np(state),)
+    if not batched:
+        x_np = x_np.reshape(1, -1)
+        states = [part.reshape(part.shape[0], 1, part.shape[1]) for part in states]
+    y, h_n, c_n = stack.step(x_np, *states)
     CALLS["step"] += stack.layers
     if not batched:
         y, h_n, c_n = y[0], h_n[:, 0], None if c_n is None else c_n[:, 0]
