@@ -64,9 +64,10 @@ def test_a_step_reuses_the_kept_output_of_the_step_before():
 def test_a_batch_first_input_is_copied_to_time_major_rows_in_a_kept_array(width, monkeypatch):
     """Training a batch-first layer: the transposed input becomes time-major rows in a kept array
     (embedded.time_major_rows), for the projection of all steps (width INPUT_ROWS_MAX + 1) or, where
-    the fused loop projects each step's rows itself (width 4), for its backward's grad weight_ih
-    (a fresh copy there had cost 800 page faults a step at S2); the input's gradient flows back
-    through it. The oracle is torch.nn.GRU."""
+    the fused loop projects each step's rows itself (width 4), for its backward's grad weight_ih on
+    torch's matmul, as in float64 (a fresh copy there had cost 800 page faults a step at S2; in float32
+    oneDNN's microkernel reads x in place, test_backward_gemms); the input's gradient flows back through
+    it. The oracle is torch.nn.GRU."""
     kept = []
     original = embedded.kept_empty
     monkeypatch.setattr(embedded, "kept_empty", lambda shape, like: kept.append(shape) or original(shape, like))

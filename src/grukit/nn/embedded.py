@@ -159,7 +159,8 @@ def time_major_rows(x: torch.Tensor) -> torch.Tensor:
     """x (T, N, I) as (T*N, I) rows. A batch-first layer's input arrives as a transposed view, and
     reshape would copy it into a fresh tensor on every training step, touching new pages whenever
     glibc had handed the last one back (profiled: 2.1 ms of a 25 ms S2 GRU step); the copy goes into a
-    kept array instead. The fused kernels' backward reads x's rows this way for grad weight_ih too:
+    kept array instead. The fused kernels' backward reads x's rows this way for grad weight_ih where
+    oneDNN's microkernel cannot read x in place (torch's matmul, float64: projection_grads.weight_gradient):
     its fresh copy had cost S2's training steps (Zen 4, one process, alternating, page faults at about
     2.6 us each) 368 -> 63 faults a step for the GRU, 585 -> 143 for the LSTM, 343 -> 20 for SimpleRNN,
     1.01-1.02x in time."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .embedded import time_major_rows
 from .kernels import backward_gemms
 from .kernels.common import set_threads
 
@@ -43,7 +44,8 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def projection_grads(rows: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, need_rows: bool,
                      need_weight: bool, need_bias: bool):
     """(grad rows, grad weight, grad bias) of ``rows @ weight.T + bias`` from the result's gradient
-    ``grad`` (R, G); rows (R, I), weight (G, I). None for each one not needed."""
+    ``grad`` (R, G); rows (R, I), or steps (T, B, I) whose T * B rows grad holds in time-major order (see
+    :func:`weight_gradient`); weight (G, I). None for each one not needed."""
     grad_rows = _input_grad(grad, weight) if need_rows else None
     grad_weight = None
     if need_weight:
@@ -55,9 +57,16 @@ def projection_grads(rows: torch.Tensor, weight: torch.Tensor, grad: torch.Tenso
 def weight_gradient(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """grad^T @ rows, C-contiguous: through oneDNN's microkernel on the kernels' threads where it is
     the faster GEMM (kernels/backward_gemms.py: 1.3-1.8x torch's matmul for S2 to S4, 1.2-2.0x for
-    narrow inputs against torch's faster order), else torch's matmul in the faster of its two orders."""
+    narrow inputs against torch's faster order), else torch's matmul in the faster of its two orders.
+    rows may be steps (T, B, I), a batch-first input's transposed view, with grad (T * B, G) time-major:
+    the microkernel reads them in place where they are the narrower operand (the one it transposes);
+    otherwise they become time-major rows in a kept array first (embedded.time_major_rows)."""
     operands = _numpy_operands(grad, rows)
-    if operands is not None and backward_gemms.applies_transposed(*operands):
+    takes = operands is not None and backward_gemms.applies_transposed(*operands)
+    if rows.dim() == 3 and not (takes and rows.shape[2] <= grad.shape[1]):
+        rows = time_major_rows(rows)
+        operands = _numpy_operands(grad, rows)
+    if takes:
         set_threads(torch.get_num_threads())
         return torch.from_numpy(np.ascontiguousarray(backward_gemms.transposed_product(*operands)))
     return (rows.t() @ grad).t() if rows.shape[1] <= NARROW_INPUT else grad.t() @ rows

@@ -1,5 +1,6 @@
 """The backward's GEMMs on oneDNN's float32 microkernel (kernels/backward_gemms.py): the weight
-gradients' a^T @ b and the input gradient's a @ b (on grukit's tiles where those are the faster GEMM).
+gradients' a^T @ b, also of steps read in place (a batch-first input's transposed view), and the input
+gradient's a @ b (on grukit's tiles where those are the faster GEMM).
 
 Oracles: numpy's product in float64, within the float32 error bound of a sum of R products
 (R * eps * (|a|^T |b|), elementwise) and within 4x the error of torch's float32 matmul; the same
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import grukit.nn as gnn
-from grukit.nn import projection_grads
+from grukit.nn import embedded, projection_grads
 from grukit.nn.kernels import backward_gemms, common, onednn
 
 # a^T @ b runs on oneDNN's microkernel only (AMD CPUs with AVX-512); a @ b there or on grukit's tiles
@@ -90,6 +91,70 @@ def test_applies_to_large_float32_operands_with_contiguous_rows_only(monkeypatch
     assert not backward_gemms.applies_transposed(a[:-1], b)                               # row counts differ
     monkeypatch.setattr(backward_gemms, "USABLE", False)
     assert not backward_gemms.applies_transposed(a, b)
+
+
+def _steps(T, B, M, N, seed=0):
+    """a batch-first (B, T, M) array's transposed view and a time-major (T, B, N) array: the steps of a
+    batch-first input and of the kernels' gate gradients."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((B, T, M), np.float32).transpose(1, 0, 2), rng.standard_normal((T, B, N), np.float32)
+
+
+def _rows(steps):
+    """The steps' rows in time-major order, (T * B, N): the copy they are read in place of (rows as they are)."""
+    return np.ascontiguousarray(steps).reshape(-1, steps.shape[-1])
+
+
+# (T, B, M, N): row tiles (S2's shape, smaller), column tiles (few rows), the summed rows' parts with their
+# bounds inside a sequence (1110 rows: parts of 544 and 566 rows, sequences of 37 steps), chunks (CHUNK_ROWS)
+# that start inside a sequence, the narrower operand second (the batch-first one then copied to rows).
+STEP_SHAPES = [(40, 12, 128, 384), (9, 40, 64, 200), (37, 30, 10, 192), (1300, 2, 70, 40), (50, 64, 256, 10)]
+
+
+@TRANSPOSED
+@pytest.mark.parametrize("T,B,M,N", STEP_SHAPES)
+def test_steps_have_the_bits_of_their_rows_copied_on_one_or_two_threads(T, B, M, N, monkeypatch):
+    """A batch-first input's transposed view beside time-major gradients, each given as steps or as rows:
+    the bits of the product of the copied rows, within the float32 bound of the float64 product."""
+    monkeypatch.setattr(backward_gemms, "MIN_WORK", 1)
+    a, b = _steps(T, B, M, N)
+    for first, second in ((a, b), (b, a), (a, _rows(b)), (_rows(b), a)):
+        assert backward_gemms.applies_transposed(first, second)
+        out, serial = _on_two_threads_and_one(backward_gemms.transposed_product, first, second)
+        assert out.shape == (first.shape[-1], second.shape[-1])
+        np.testing.assert_array_equal(out, serial)
+        np.testing.assert_array_equal(out, backward_gemms.transposed_product(_rows(first), _rows(second)))
+        _assert_within_float32_bound(np.ascontiguousarray(out), _rows(first), _rows(second))
+
+
+@TRANSPOSED
+def test_steps_apply_beside_rows_or_steps_of_as_many_rows(monkeypatch):
+    a, b = _steps(200, 32, 128, 384)
+    assert backward_gemms.applies_transposed(a, b) and backward_gemms.applies_transposed(a, _rows(b))
+    assert not backward_gemms.applies_transposed(a[:-1], b)              # step counts differ
+    assert not backward_gemms.applies_transposed(a[:, :-1], b)           # batch sizes differ
+    assert not backward_gemms.applies_transposed(a[:, :-1], _rows(b))    # row counts differ
+    assert not backward_gemms.applies_transposed(a.reshape(100, 64, 128), b)   # same rows, other steps
+    assert not backward_gemms.applies_transposed(a[:, :, ::2], b)        # strided rows
+    assert not backward_gemms.applies_with_shared_narrow(a, b, b)       # rows only there
+
+
+@TRANSPOSED
+def test_shared_products_read_a_batch_first_input_in_place(monkeypatch):
+    """S3's LSTM, batch-first: grad weight_hh and grad weight_ih from one pass over the time-major gate
+    gradients, the previous states time-major and the input a transposed view; on one thread or two, the
+    bits of the two products of the copied rows, within the float32 bound of the float64 products."""
+    monkeypatch.setattr(backward_gemms, "MIN_WORK", 1)
+    rng = np.random.default_rng(5)
+    g, states = (rng.standard_normal((50, 64, n), np.float32) for n in (256, 64))
+    x = rng.standard_normal((64, 50, 10), np.float32).transpose(1, 0, 2)
+    out, serial = _on_two_threads_and_one(lambda g, pair: backward_gemms.shared_transposed_products(g, *pair),
+                                          g, (states, x))
+    for ours, one_thread, operand in zip(out, serial, (states, x)):
+        assert ours.shape == (256, operand.shape[2])
+        np.testing.assert_array_equal(ours, one_thread)
+        np.testing.assert_array_equal(ours, backward_gemms.transposed_product(_rows(g), _rows(operand)))
+        _assert_within_float32_bound(np.ascontiguousarray(ours), _rows(g), _rows(operand))
 
 
 # (R, width of g, first's, second's): both on the summed rows' parts (S3's LSTM), both on column tiles
@@ -237,6 +302,27 @@ def test_weight_gradient_takes_it_and_falls_back_to_torch(monkeypatch):
         torch.testing.assert_close(projection_grads.weight_gradient(grad, rows), grad.t() @ rows, rtol=0, atol=0)
 
 
+@TRANSPOSED
+def test_weight_gradient_reads_steps_in_place_and_copies_them_for_torch(monkeypatch):
+    """rows given as steps (a batch-first input's transposed view), grad time-major: the microkernel's
+    product reads them in place, with the bits of the copied rows; torch's fallback gets the time-major
+    copy, with torch's bits."""
+    a, b = _steps(60, 50, 40, 300, seed=2)
+    grad, steps = torch.from_numpy(_rows(b)), torch.from_numpy(a)
+    copies = []
+    original = projection_grads.time_major_rows
+    monkeypatch.setattr(projection_grads, "time_major_rows", lambda x: copies.append(1) or original(x))
+    with torch.no_grad():
+        ours = projection_grads.weight_gradient(grad, steps)
+        assert not copies and ours.is_contiguous() and ours.shape == (300, 40)
+        torch.testing.assert_close(ours, projection_grads.weight_gradient(grad, torch.from_numpy(_rows(a))),
+                                   rtol=0, atol=0)
+        monkeypatch.setattr(backward_gemms, "USABLE", False)
+        rows = torch.from_numpy(_rows(a))
+        torch.testing.assert_close(projection_grads.weight_gradient(grad, steps), grad.t() @ rows, rtol=0, atol=0)
+        assert copies == [1]
+
+
 @PRODUCT
 @pytest.mark.parametrize("cell", [gnn.GRU, gnn.LSTM])
 def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
@@ -247,6 +333,9 @@ def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
     for name in ("transposed_product", "shared_transposed_products", "products_with_shared_narrow", "product"):
         original = getattr(backward_gemms, name)
         monkeypatch.setattr(backward_gemms, name, lambda *a, f=original, name=name: calls.append(name) or f(*a))
+    copied = []
+    original_copy = embedded.kept_empty
+    monkeypatch.setattr(embedded, "kept_empty", lambda shape, like: copied.append((shape, like.dtype)) or original_copy(shape, like))
     torch.manual_seed(0)
     layer = cell(96, 128, batch_first=True)
     oracle = cell(96, 128, batch_first=True, dtype=torch.float64, kernel="reference")
@@ -261,6 +350,9 @@ def test_a_fused_training_step_takes_it_and_matches_float64(cell, monkeypatch):
                        + calls.count("products_with_shared_narrow"))
     assert weight_products >= 2 if backward_gemms.TRANSPOSED_USABLE else weight_products == 0
     assert calls.count("product") == 1
+    # the batch-first input is read in place by the microkernel's product, copied to time-major rows for torch's
+    # (the float64 oracle's projection copies it too)
+    assert copied.count(((120, 24, 96), torch.float32)) == (0 if backward_gemms.TRANSPOSED_USABLE else 1)
     torch.testing.assert_close(x.grad.double(), x_oracle.grad, rtol=0, atol=2e-5 * x_oracle.grad.abs().max().item())
     for (name, p), q in zip(layer.named_parameters(), oracle.parameters()):
         scale = q.grad.abs().max().item()
