@@ -65,7 +65,8 @@ def weight_gradient(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     takes = operands is not None and backward_gemms.applies_transposed(*operands)
     if rows.dim() == 3 and not (takes and rows.shape[2] <= grad.shape[1]):
         rows = time_major_rows(rows)
-        operands = _numpy_operands(grad, rows)
+        if takes:   # the microkernel reads the copied rows as stored; torch's matmul takes the tensors
+            operands = _numpy_operands(grad, rows)
     if takes:
         set_threads(torch.get_num_threads())
         return torch.from_numpy(np.ascontiguousarray(backward_gemms.transposed_product(*operands)))
